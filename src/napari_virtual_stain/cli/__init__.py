@@ -1,0 +1,66 @@
+"""``virtual-stain``: the core functions from the shell (batch work, HPC, scripts).
+
+Each subcommand lives in its own module with ``register(subparsers)``, which adds its
+parser and sets ``func`` (a callable taking the parsed args and returning an exit code).
+User errors (VirtualStainError) are printed on one line and exit with status 2;
+Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import Cancelled, VirtualStainError
+
+# Subcommand modules, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "predict",
+    "models",
+    "preprocess",
+    "train",
+    "deepliif",
+    "evaluate",
+    "maxim",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="virtual-stain",
+        description="Virtual staining, DeepLIIF and MAXIM imputation for microscopy images.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"{__name__}.{name}":  # not written yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except VirtualStainError as err:
+        print(f"virtual-stain {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print(f"virtual-stain {args.command}: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"virtual-stain {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""One ``.pt`` file per model: ``{"format": FORMAT, "card": {...}, "state_dict": {...}}``.
+
+Loading uses ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain data
+only and can never run code. Saving writes a temporary file next to the target and
+renames it into place, so a crash during a save never corrupts the previous file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .card import ModelCard
+from .factory import build_model
+
+FORMAT = "napari-virtual-stain/1"
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, card: ModelCard) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "card": card.to_dict(), "state_dict": state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict]:
+    """Read card and weights without building the network."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"There is no model file at {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path.name} is not a readable napari-virtual-stain model (corrupt, truncated, "
+            f"or it would need to run code to load): {first[:200]}"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path.name} is a PyTorch file but not a napari-virtual-stain model "
+            f"(expected format {FORMAT!r}); export it with its card first."
+        )
+    card = ModelCard.from_dict(payload.get("card"))
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path.name} holds no weights.")
+    return card, state
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
+    """Build the network named by the card and load its weights (eval mode, on the CPU)."""
+    card, state = read_checkpoint(path)
+    model = build_model(card.architecture, card.arch_args)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"The weights in {Path(path).name} do not fit the architecture its card names: "
+            f"{str(err).splitlines()[0][:200]}"
+        ) from err
+    model.eval()
+    return model, card
