@@ -1,0 +1,69 @@
+"""``virtual-stain predict IN.tif -o OUT.tif --model NAME``: virtual staining from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.tiff_reader import load_image, save_tiff
+from .progress import TextProgress
+from .common import add_engine_arguments, make_predictor
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="virtually stain an image or stack with a model",
+                       description="Predict the model's output channels for a whole image or z-stack.")
+    p.add_argument("input", help="input image (TIFF/OME-TIFF; PNG/JPEG for colour models)")
+    p.add_argument("-o", "--output", required=True, help="output TIFF, one channel per model output")
+    p.add_argument("--model", default="demo-2d-nuclei-membrane",
+                   help="model name (see `virtual-stain models`) or path to a .pt file")
+    p.add_argument("--channel", default=None,
+                   help="for a multi-channel file and a one-channel model: the channel to use (name or index)")
+    add_engine_arguments(p)
+    p.set_defaults(func=run)
+
+
+def select_channel(data, axes: str, names: list[str], wanted: str | None):
+    """Drop the C axis of a multi-channel file by picking one channel (by name or index)."""
+    if "C" not in axes:
+        return data, axes
+    c = axes.index("C")
+    n = data.shape[c]
+    if wanted is None:
+        if n == 1:
+            return np.take(data, 0, axis=c), axes.replace("C", "")
+        raise InputError(f"The file has {n} channels ({', '.join(names[:8])}{'...' if n > 8 else ''}) "
+                         "but the model takes one: choose it with --channel NAME.")
+    index = names.index(wanted) if wanted in names else (int(wanted) if wanted.isdigit() else -1)
+    if not 0 <= index < n:
+        raise InputError(f"There is no channel {wanted!r} in the file (channels: {', '.join(names)}).")
+    return np.take(data, index, axis=c), axes.replace("C", "")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..tasks.stain import run_stain
+
+    predictor = make_predictor(args)
+    card = predictor.card
+    image = load_image(args.input)
+    data, axes = image.data, image.axes
+    rgb = axes.endswith("S")
+    if card.n_in == 1 and not rgb:
+        data, axes = select_channel(data, axes, image.channel_names, args.channel)
+    elif "C" in axes and axes.index("C") != 0:
+        data = np.moveaxis(np.asarray(data), axes.index("C"), 0)
+        axes = "C" + axes.replace("C", "")
+    print(f"{args.input}: {axes} {tuple(data.shape)} {data.dtype} -> {card.summary()}", file=sys.stderr)
+    result = run_stain(predictor, data, rgb=rgb, name=str(args.input),
+                       progress=TextProgress("predict"))
+    if result.nan_fraction > 0:
+        print(f"warning: {result.nan_fraction:.1%} of the input pixels were NaN or infinite and were treated as 0",
+              file=sys.stderr)
+    spatial_axes = "ZYX" if result.data.ndim == 4 else "YX"
+    size = image.pixel_size_um
+    save_tiff(args.output, result.data.astype(np.float32), "C" + spatial_axes, result.channels, size)
+    print(f"wrote {args.output}: {', '.join(result.channels)} {result.data.shape[1:]}", file=sys.stderr)
+    return 0

@@ -1,0 +1,58 @@
+"""Virtual staining: a label-free image (or tissue photograph) -> fluorescence channels.
+
+The task adds nothing to the engine but the choice of region: it reads the region
+(plus a margin of real context, so the view's border pixels are predicted as they would
+be in a whole-image run), runs the Predictor, and crops the margin off again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..engine.predictor import Predictor
+from ..models.card import ModelCard
+from .arrays import Layout, layout_for, nan_fraction, to_channels_first
+from .region import Region
+
+
+@dataclass
+class StainResult:
+    data: np.ndarray  # (C_out, *region.shape) float32
+    channels: list[str]
+    region: Region
+    layout: Layout
+    card: ModelCard
+    nan_fraction: float  # share of non-finite input pixels (treated as 0 by the engine)
+
+
+def context_margin(card: ModelCard, spatial_ndim: int) -> tuple[int, ...]:
+    """Context read around a region: the model's tile overlap, per spatial axis.
+
+    A 2D model on a stack gets no margin along z: planes are independent for it.
+    """
+    overlap = list(card.overlap)
+    if card.spatial_dims == 2 and spatial_ndim == 3:
+        overlap = [0] + overlap
+    return tuple(int(o) for o in overlap)
+
+
+def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str = "image",
+              region: Region | None = None,
+              progress: Callable[[int, int], None] | None = None, cancel=None) -> StainResult:
+    """Predict the model's output channels for ``region`` of a layer's data (all of it by default)."""
+    card = predictor.card
+    layout = layout_for(layer_data, card, rgb, name)
+    image = to_channels_first(layer_data, layout)
+    spatial = tuple(image.shape[1:])
+    region = region or Region.whole(spatial)
+    outer = region.grow(context_margin(card, len(spatial)), spatial)
+    block = image[(slice(None),) + outer.slices]
+    if not isinstance(block, np.ndarray) and outer.shape != spatial:
+        block = np.asarray(block)  # a view of a lazy array: small enough to hold
+    out = predictor.predict(block, progress=progress, cancel=cancel)
+    inner = np.ascontiguousarray(np.asarray(out)[(slice(None),) + region.relative_to(outer)])
+    frac = nan_fraction(block) if isinstance(block, np.ndarray) else 0.0
+    return StainResult(inner, list(card.output_channels), region, layout, card, frac)

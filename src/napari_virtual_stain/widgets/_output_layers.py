@@ -1,0 +1,29 @@
+"""Publish LayerDataTuples as overlay layers: created once, then updated in place."""
+
+from __future__ import annotations
+
+from napari.layers import Image
+
+
+def publish(viewer, tuples: list[tuple]) -> list:
+    """Add each tuple as a layer, or update the layer of that name if it is already there.
+
+    An existing layer keeps the user's colormap, blending and contrast; its data and
+    position are replaced. A layer of another kind or dimensionality is replaced.
+    """
+    layers = []
+    for data, kwargs, kind in tuples:
+        name = kwargs["name"]
+        existing = viewer.layers[name] if name in viewer.layers else None
+        if existing is not None and isinstance(existing, Image) and existing.ndim == data.ndim and kind == "image":
+            existing.data = data
+            existing.scale = kwargs["scale"]
+            existing.translate = kwargs["translate"]
+            existing.metadata.update(kwargs.get("metadata", {}))
+            layers.append(existing)
+            continue
+        if existing is not None:
+            viewer.layers.remove(existing)
+        add = getattr(viewer, f"add_{kind}")
+        layers.append(add(data, **kwargs))
+    return layers

@@ -1,0 +1,193 @@
+"""The Virtual Stain dock: pick a layer and a model, run on the current view or everything.
+
+Thin by design: it reads choices, computes the visible box, and hands a core function
+(tasks.stain.run_stain) to a worker thread; results come back as LayerDataTuples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, RadioButtons
+from napari.layers import Image
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..engine.device import available_devices
+from ..engine.predictor import Predictor
+from ..models.registry import list_models, load_model
+from ..tasks.arrays import layout_for
+from ..tasks.layers import overlay_tuples
+from ..tasks.region import view_region
+from ..tasks.stain import run_stain
+from ._output_layers import publish
+from ._viewer_geometry import visible_data_corners
+from ._worker import Job, ProgressRelay, report_error, show_warning
+
+CURRENT_VIEW = "current view"
+WHOLE = "whole image / stack"
+
+
+class PredictorCache:
+    """Keeps the last loaded model on its device: a second run starts at once."""
+
+    def __init__(self):
+        self._key = None
+        self._predictor: Predictor | None = None
+
+    def get(self, model_name: str, device: str) -> Predictor:
+        key = (model_name, device)
+        if key != self._key:
+            model, card = load_model(model_name)
+            self._predictor = Predictor(model, card, device=device)
+            self._key = key
+        return self._predictor
+
+    def clear(self) -> None:
+        self._key, self._predictor = None, None
+
+
+def _predict(cache: PredictorCache, model_name: str, device: str, data, rgb: bool, name: str,
+             region, progress=None, cancel=None):
+    """Worker body: load (cached) and predict. Runs in a thread; touches no Qt."""
+    predictor = cache.get(model_name, device)
+    return run_stain(predictor, data, rgb=rgb, name=name, region=region, progress=progress, cancel=cancel)
+
+
+class VirtualStainWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.cache = PredictorCache()
+        self.job: Job | None = None
+        self.relay = ProgressRelay()
+
+        self.input = ComboBox(label="input", choices=self._image_layers)
+        self.model = ComboBox(label="model", choices=self._model_names)
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        self.scope = RadioButtons(label="run on", choices=[CURRENT_VIEW, WHOLE], value=CURRENT_VIEW)
+        self.live = CheckBox(text="follow the view (re-run after pan/zoom)", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.info = Label(value="")
+        self.container = Container(widgets=[self.input, self.model, self.device, self.scope, self.live,
+                                            Container(widgets=[self.run_button, self.cancel_button],
+                                                      layout="horizontal", labels=False),
+                                            self.progress, self.info])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.container.native)
+        layout.addStretch()
+
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.relay.progressed.connect(self._on_progress)
+        self.model.changed.connect(self._describe_model)
+        self.device.changed.connect(lambda *_: self.cache.clear())
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
+                      self.viewer.layers.events.moved):
+            event.connect(self.reset_choices)
+        # "follow the view": re-run the current view once panning/zooming has paused.
+        self._live_timer = QTimer(self, singleShot=True, interval=300, timeout=self._live_tick)
+        for event in (self.viewer.camera.events.center, self.viewer.camera.events.zoom,
+                      self.viewer.dims.events.current_step):
+            event.connect(self._view_changed)
+        self._describe_model()
+
+    # -- choices ---------------------------------------------------------------------------
+    def _image_layers(self, *_):
+        return [layer.name for layer in self.viewer.layers
+                if isinstance(layer, Image) and "source_layer" not in layer.metadata]
+
+    def _model_names(self, *_):
+        return [e.name for e in list_models(task="stain")]
+
+    def reset_choices(self, *_):
+        self.input.reset_choices()
+        self.model.reset_choices()
+
+    def _describe_model(self, *_):
+        name = self.model.value
+        entry = next((e for e in list_models(task="stain") if e.name == name), None)
+        if entry is None or entry.card is None:
+            self.info.value = "No model selected." if entry is None else entry.problem
+            return
+        card = entry.card
+        self.info.value = (f"{card.spatial_dims}D: {', '.join(card.input_channels)} → "
+                           f"{', '.join(card.output_channels)}")
+        self.info.tooltip = card.description
+
+    # -- running ---------------------------------------------------------------------------
+    def _region_for(self, layer, card):
+        """The visible box of the current plane, in the core's spatial axes (or None: all)."""
+        if self.scope.value == WHOLE or self.viewer.dims.ndisplay == 3:
+            return None  # in a 3D view everything is "visible"
+        layout = layout_for(layer.data, card, layer.rgb, layer.name)
+        box, point, displayed = visible_data_corners(self.viewer, layer)
+        if layout.channel_axis == 0:  # a channels-first layer: its first axis is not spatial
+            box, point, displayed = box[:, 1:], point[1:], tuple(a - 1 for a in displayed)
+        spatial_shape = layout.spatial_shape(tuple(layer.data.shape))
+        z_extent = card.tile[0] if card.spatial_dims == 3 else 1
+        return view_region(box, point, spatial_shape, displayed, z_extent=z_extent)
+
+    def run(self, *_):
+        if self.job is not None and self.job.running:
+            return
+        name, model_name = self.input.value, self.model.value
+        if name is None or name not in self.viewer.layers:
+            show_warning("Choose an input image layer first.")
+            return
+        if model_name is None:
+            show_warning("No virtual staining model is installed; train one in the Fine-tune dock.")
+            return
+        layer = self.viewer.layers[name]
+        try:
+            card = next(e.card for e in list_models(task="stain") if e.name == model_name)
+            region = self._region_for(layer, card)
+        except Exception as err:  # user errors become notifications, not tracebacks
+            report_error(err, "Virtual staining")
+            return
+        self._run_context = (layer, card)
+        self.job = Job(_predict, self.cache, model_name, self.device.value, layer.data, layer.rgb,
+                       layer.name, region, on_result=self._on_result, on_done=self._on_done,
+                       action="Virtual staining", relay=self.relay)
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.value = 0
+        self.job.start()
+
+    def cancel(self, *_):
+        if self.job is not None:
+            self.job.cancel()
+
+    def _on_progress(self, done: int, total: int):
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+
+    def _on_result(self, result):
+        layer, _ = self._run_context
+        scale = self._spatial(layer.scale, result)
+        translate = self._spatial(layer.translate, result)
+        limits = None if result.card.output_activation == "none" else [(0.0, 1.0)] * len(result.channels)
+        tuples = overlay_tuples(result.data, result.channels, layer.name, result.region.start, scale, translate,
+                                metadata={"model": result.card.name}, contrast=limits)
+        publish(self.viewer, tuples)
+        if result.nan_fraction > 0:
+            show_warning(f"{result.nan_fraction:.1%} of the input pixels were NaN or infinite; they were treated as 0.")
+        self.info.value = f"{result.card.name}: {len(result.channels)} channels, region {result.region.shape}"
+
+    @staticmethod
+    def _spatial(values, result):
+        """The layer's scale/translate for the spatial axes the result covers."""
+        values = list(values)
+        n = len(result.region.start)
+        return values[-n:]
+
+    def _on_done(self):
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _view_changed(self, *_):
+        if self.live.value and self.scope.value == CURRENT_VIEW:
+            self._live_timer.start()
+
+    def _live_tick(self):
+        if self.job is None or not self.job.running:
+            self.run()

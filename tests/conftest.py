@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models saved as checkpoints in a private user-model folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_virtual_stain.models.card import ModelCard
+from napari_virtual_stain.models.checkpoint import save_checkpoint
+from napari_virtual_stain.models.factory import build_model
+
+DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def user_models(tmp_path, monkeypatch):
+    """An empty user model folder for the test (never the real ~/.napari-virtual-stain)."""
+    folder = tmp_path / "user-models"
+    folder.mkdir()
+    monkeypatch.setenv("NAPARI_VIRTUAL_STAIN_MODELS", str(folder))
+    return folder
+
+
+def tiny_unet_card(name="tiny-2d", spatial_dims=2, n_in=1, outputs=("nuclei", "membrane"), **kw) -> ModelCard:
+    tile = [32] * spatial_dims if spatial_dims == 2 else [8, 32, 32]
+    overlap = [8] * spatial_dims if spatial_dims == 2 else [2, 8, 8]
+    return ModelCard(
+        name=name, task="stain", architecture="unet",
+        arch_args=dict(in_channels=n_in, out_channels=len(outputs), spatial_dims=spatial_dims,
+                       depth=2, base=4, norm="group", activation="sigmoid"),
+        spatial_dims=spatial_dims,
+        input_channels=["brightfield"] if n_in == 1 else [f"c{i}" for i in range(n_in)],
+        output_channels=list(outputs), tile=tile, overlap=overlap,
+        description="a tiny random network for tests", **kw,
+    )
+
+
+def save_tiny_model(folder, **kw):
+    card = tiny_unet_card(**kw)
+    torch.manual_seed(0)
+    model = build_model(card.architecture, card.arch_args)
+    return save_checkpoint(folder / f"{card.name}.pt", model, card), card
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
