@@ -1,0 +1,241 @@
+"""The one Predictor every task uses: tiles -> batches -> model on device -> blended output.
+
+Data path for ``Predictor.predict(image)`` (channels first, numpy, dask or zarr):
+
+1. validate the shape against the model card (channels, 2D/3D);
+2. normalisation statistics once over the whole input (``engine.normalise``);
+3. for each image (the whole input, or each Z plane for a 2D model on a stack), read one
+   strip of tile rows at a time, normalise it, and cut it into tiles (padded only where the
+   image is smaller than a tile);
+4. batches of tiles go through the model under ``torch.inference_mode`` and autocast;
+5. outputs are mapped to display values and blended strip by strip into ``out``
+   (``engine.tiling.StripBlender``), so memory stays bounded by a few strips even for a
+   10000 x 10000 input written into a zarr array.
+
+Progress is ``(tiles_done, tiles_total)`` over the whole run; the cancel event is checked
+before every forward pass. A cancelled run raises :class:`Cancelled` and leaves ``out``
+partly written: callers discard it (widgets only publish finished results).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InputError, check_cancel
+from ..models.card import ModelCard
+from .device import autocast_context, preferred_memory_format, resolve_device, resolve_precision
+from .normalise import compute_stats, normalise, output_to_display
+from .tiling import StripBlender, n_tiles, tile_starts
+
+Progress = Callable[[int, int], None]
+
+# Pixels (voxels) per batch on a GPU: 16 tiles of 512 x 512. Enough to keep a GPU busy; the
+# batch halves itself if it runs out of memory.
+GPU_PIXELS_PER_BATCH = 1 << 22
+# On the CPU a bigger batch does not compute faster (measured in bench/bench_tiling.py) and
+# only delays progress and cancellation, so tiles go one by one.
+CPU_BATCH_SIZE = 1
+
+
+def _pad_mode(size: int) -> str:
+    # Reflection needs at least two pixels; a single row/column can only be repeated.
+    return "reflect" if size > 1 else "edge"
+
+
+def _pad_to(block: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Pad the spatial axes of a (C, *spatial) block at their ends up to ``shape``."""
+    if tuple(block.shape[1:]) == tuple(shape):
+        return block
+    for axis, (have, want) in enumerate(zip(block.shape[1:], shape), start=1):
+        if want > have:
+            widths = [(0, 0)] * block.ndim
+            widths[axis] = (0, want - have)
+            block = np.pad(block, widths, mode=_pad_mode(have))
+    return block
+
+
+class Predictor:
+    """Run a model over images of any size, tiled and blended, on the chosen device.
+
+    ``tile``/``overlap`` default to the model card's; ``batch_size`` defaults to one tile at a
+    time on the CPU and ~4 megapixels per batch on a GPU (always 1 when the card says the
+    network is not batch-independent). The model is moved to the device and put in eval
+    mode in place.
+    """
+
+    def __init__(self, model: torch.nn.Module, card: ModelCard, device: str = "auto",
+                 tile: Sequence[int] | None = None, overlap: Sequence[int] | None = None,
+                 batch_size: int | None = None, precision: str = "auto"):
+        self.card = card
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(self.device, precision)
+        dims = card.spatial_dims
+        self.tile = tuple(int(t) for t in (tile if tile is not None else card.tile))
+        self.overlap = tuple(int(o) for o in (overlap if overlap is not None else card.overlap))
+        if len(self.tile) != dims or len(self.overlap) != dims:
+            raise InputError(f"This is a {dims}D model: tile and overlap need {dims} values each, "
+                             f"not {len(self.tile)} and {len(self.overlap)}.")
+        for t, o in zip(self.tile, self.overlap):
+            tile_starts(t, t, o)  # raises InputError for an overlap that does not fit the tile
+        self.batch_size = self._choose_batch_size(batch_size)
+        self.memory_format = preferred_memory_format(self.device, dims, self.precision)
+        self.model = model.to(self.device).eval()
+        if self.memory_format is not torch.contiguous_format:
+            self.model = self.model.to(memory_format=self.memory_format)
+        # Models whose input size must be a multiple of something (a U-Net of depth d:
+        # 2**d) may say so; padding small images to that instead of a full tile saves work.
+        self.size_multiple = int(getattr(model, "size_multiple", 0) or 0)
+
+    def _choose_batch_size(self, requested: int | None) -> int:
+        if not self.card.batch_independent:
+            return 1  # each tile must be normalised with its own batch statistics
+        if requested is not None:
+            if int(requested) < 1:
+                raise InputError(f"The batch size must be at least 1, not {requested}.")
+            return int(requested)
+        if self.device.type == "cpu":
+            return CPU_BATCH_SIZE
+        return max(1, min(64, GPU_PIXELS_PER_BATCH // math.prod(self.tile)))
+
+    # ---- shapes -------------------------------------------------------------------------
+
+    def _check_input(self, image) -> tuple[list[tuple], tuple[int, ...]]:
+        """Validate ``image``; return the index prefix of each image to tile, and its spatial shape."""
+        shape = tuple(int(s) for s in image.shape)
+        dims = self.card.spatial_dims
+        if len(shape) not in (3, 4):
+            raise InputError(f"The image has {len(shape)} axes; expected channels first, (C, Y, X) or (C, Z, Y, X).")
+        if dims == 3 and len(shape) == 3:
+            raise InputError(f"{self.card.name} is a 3D model and needs a Z stack (C, Z, Y, X), but the image is a single 2D plane.")
+        if shape[0] != self.card.n_in:
+            raise InputError(
+                f"{self.card.name} expects {self.card.n_in} input channel(s) "
+                f"({', '.join(self.card.input_channels)}) but the image has {shape[0]}.")
+        if min(shape[1:]) < 1:
+            raise InputError("The image is empty; there is nothing to predict.")
+        if np.issubdtype(np.dtype(image.dtype), np.complexfloating):
+            raise InputError("The image holds complex numbers; virtual staining needs real intensities.")
+        if dims == 2 and len(shape) == 4:
+            return [(slice(None), z) for z in range(shape[1])], shape[2:]
+        return [(slice(None),)], shape[1:]
+
+    def _model_tile(self, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(tile used for the grid, shape fed to the model) for an image of ``spatial`` shape."""
+        grid = tuple(min(t, n) for t, n in zip(self.tile, spatial))
+        fed = []
+        for t, n in zip(self.tile, spatial):
+            if n >= t:
+                fed.append(t)
+            elif self.size_multiple:
+                fed.append(min(t, -(-n // self.size_multiple) * self.size_multiple))
+            else:
+                fed.append(t)  # the card's tile size is known to fit the network
+        return grid, tuple(fed)
+
+    # ---- the run ------------------------------------------------------------------------
+
+    def predict(self, image, *, out=None, progress: Progress | None = None,
+                cancel: threading.Event | None = None):
+        """Predict the whole ``image`` (channels first); returns ``out`` or a new float32 array.
+
+        A 2D model runs a (C, Z, Y, X) stack plane by plane; a 3D model runs it in 3D tiles.
+        """
+        prefixes, spatial = self._check_input(image)
+        out_shape = (self.card.n_out,) + tuple(int(s) for s in image.shape[1:])
+        if out is None:
+            out = np.empty(out_shape, dtype=np.float32)
+        elif tuple(out.shape) != out_shape:
+            raise InputError(f"The output array has shape {tuple(out.shape)} but this prediction needs {out_shape}.")
+        check_cancel(cancel)
+        spec = self.card.input_normalisation
+        stats = compute_stats(image, spec)
+        grid_tile, fed_tile = self._model_tile(spatial)
+        per_image = n_tiles(spatial, grid_tile, self.overlap)
+        total = per_image * len(prefixes)
+
+        blenders = [self._blender(out, prefix, spatial, grid_tile) for prefix in prefixes]
+        jobs = self._tiles(image, prefixes, spatial, grid_tile, fed_tile, spec, stats, cancel)
+        done = 0
+        current = None
+        for (which, tile), values in self._run_batches(jobs, cancel):
+            if current is not None and which != current:
+                blenders[current].close()  # finish a plane before starting the next
+            current = which
+            blenders[which].add(tile, values)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        if current is not None:
+            blenders[current].close()
+        return out
+
+    def _blender(self, out, prefix: tuple, spatial, grid_tile) -> StripBlender:
+        def write(rows: slice, values: np.ndarray) -> None:
+            out[prefix + (rows,)] = values
+        return StripBlender(write, self.card.n_out, spatial, grid_tile, self.overlap)
+
+    def _tiles(self, image, prefixes, spatial, grid_tile, fed_tile, spec, stats, cancel) -> Iterator:
+        """Yield ``((image index, tile slices), normalised padded tile)`` in grid order.
+
+        Reads one strip of tile rows at a time, so a lazy input is read once, in big pieces.
+        """
+        rest_starts = [tile_starts(n, t, o) for n, t, o in zip(spatial[1:], grid_tile[1:], self.overlap[1:])]
+        for which, prefix in enumerate(prefixes):
+            for start0 in tile_starts(spatial[0], grid_tile[0], self.overlap[0]):
+                check_cancel(cancel)
+                rows = slice(start0, start0 + grid_tile[0])
+                strip = normalise(np.asarray(image[prefix + (rows,)]), spec, stats)
+                for starts in itertools.product(*rest_starts):
+                    local = tuple(slice(s, s + t) for s, t in zip(starts, grid_tile[1:]))
+                    block = _pad_to(strip[(slice(None), slice(None)) + local], fed_tile)
+                    yield (which, (rows,) + local), block
+
+    def _run_batches(self, jobs: Iterator, cancel) -> Iterator:
+        """Group tiles into batches, run them, and yield ``(key, display values)`` in order."""
+        while True:
+            batch = list(itertools.islice(jobs, self.batch_size))
+            if not batch:
+                return
+            check_cancel(cancel)
+            keys = [key for key, _ in batch]
+            outputs = self._forward(np.stack([block for _, block in batch]))
+            for (which, tile), y in zip(keys, outputs):
+                extent = tuple(sl.stop - sl.start for sl in tile)
+                crop = (slice(None),) + tuple(slice(0, e) for e in extent)
+                yield (which, tile), output_to_display(y[crop], self.card.output_activation)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch (N, C, *tile) through the model; returns float32 numpy (N, C_out, *tile)."""
+        try:
+            return self._forward_once(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise InputError("The GPU ran out of memory on a single tile; choose a smaller tile size or the CPU.") from None
+            torch.cuda.empty_cache()
+            self.batch_size = max(1, len(batch) // 2)  # remember for the rest of the run
+            half = len(batch) // 2
+            return np.concatenate([self._forward(batch[:half]), self._forward(batch[half:])])
+
+    def _forward_once(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
+        if self.memory_format is not torch.contiguous_format:
+            x = x.contiguous(memory_format=self.memory_format)
+        with torch.inference_mode(), autocast_context(self.device, self.precision):
+            y = self.model(x)
+        if not isinstance(y, torch.Tensor):
+            raise CheckpointError(f"{self.card.name} returned {type(y).__name__}, not one image tensor.")
+        if y.shape[0] != x.shape[0] or y.shape[1] != self.card.n_out or tuple(y.shape[2:]) != tuple(x.shape[2:]):
+            raise CheckpointError(
+                f"{self.card.name} turned a tile of shape {tuple(x.shape[1:])} into {tuple(y.shape[1:])}, "
+                f"but its card promises {self.card.n_out} channel(s) of the same size.")
+        return y.float().cpu().numpy()
