@@ -20,6 +20,7 @@ sentence a microscopist understands; napari shows it as a notification.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -356,7 +357,35 @@ def _describe_tiff(path: Path, tf: tifffile.TiffFile, indices: list[int]):
     return shape, axes, names, sizes, extra
 
 
+# tifffile logs (rather than raises) when a file's page chain is cut short and then
+# returns the pages it found: these messages mean the file is truncated or damaged.
+_DAMAGE_LOG_MESSAGES = ("invalid page offset", "failed to reshape", "truncated", "invalid tag")
+
+
+class _TifffileDamageLog(logging.Handler):
+    """Collects tifffile's log messages that reveal a damaged file."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if any(words in text for words in _DAMAGE_LOG_MESSAGES):
+            self.messages.append(text)
+
+
 def _read_tiff_file(path: Path, lazy_threshold_bytes: int) -> LoadedImage:
+    damage = _TifffileDamageLog()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(damage)
+    try:
+        return _read_tiff_file_logged(path, lazy_threshold_bytes, damage)
+    finally:
+        logger.removeHandler(damage)
+
+
+def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _TifffileDamageLog) -> LoadedImage:
     try:
         tf = tifffile.TiffFile(str(path))
     except tifffile.TiffFileError as err:
@@ -368,6 +397,8 @@ def _read_tiff_file(path: Path, lazy_threshold_bytes: int) -> LoadedImage:
             raise ReaderError(f"{path.name} is a TIFF file without any image in it.")
         indices = _channel_series(tf)
         shape, axes, names, sizes, extra = _describe_tiff(path, tf, indices)
+        if damage.messages:
+            raise ReaderError(f"{path.name} is truncated or damaged: some of its images cannot be found.")
         nbytes = int(np.prod(shape, dtype=np.int64)) * tf.series[0].dtype.itemsize
         lazy = nbytes > lazy_threshold_bytes
         data = _read_pixels(path, tf, indices, lazy)
