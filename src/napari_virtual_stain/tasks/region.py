@@ -57,8 +57,9 @@ def view_region(corner_pixels: np.ndarray, current_point: tuple[float, ...],
     start, stop = [], []
     for axis, size in enumerate(spatial_shape):
         if axis in displayed_axes:
-            lo = int(np.floor(max(0.0, corners[0, axis])))
-            hi = int(np.ceil(min(float(size), corners[1, axis] + 1)))
+            # napari pixel i spans [i - 0.5, i + 0.5): the pixels touching the box.
+            lo = max(0, int(np.floor(corners[0, axis] + 0.5)))
+            hi = min(size, int(np.floor(corners[1, axis] + 0.5)) + 1)
         else:
             plane = int(np.clip(round(current_point[axis]), 0, size - 1))
             half = z_extent // 2
