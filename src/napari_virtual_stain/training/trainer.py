@@ -1,0 +1,568 @@
+"""The training loop: generic over any generator (and optional critic) ``nn.Module``.
+
+``Trainer(model, card, inputs, targets, config).run(progress, cancel, on_update)`` trains on
+patches of co-registered pairs (``datasets.PairedPatches``) with a masked reconstruction
+loss (``losses``), optionally adversarially (``adversarial``: pix2pix's vanilla or
+least-squares GAN with Adam, or paper 002's WGAN-GP with RMSprop and n_critic critic
+steps per generator step). It validates on a held-out region every ``val_every`` steps
+(and once before the first step, so a fine-tuned model is only replaced by a better
+one), keeps the best weights, stops early after ``patience`` validations without
+improvement (paper 003), and decays the learning rate linearly in the second part of the
+run if asked (papers 001, 004).
+
+Stop is a normal end: when the cancel event is set the loop ends after the current step,
+the best weights are put back into the model and ``run`` returns
+``TrainResult(stopped=True)``. ``save(path)`` writes the best model with an updated card
+(atomically) and ``path.with_suffix(".state.pt")`` with the last weights, optimiser and
+step, which ``resume(path)`` reads back to continue.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..engine.device import autocast_context, resolve_device, resolve_precision
+from ..errors import CheckpointError, InputError
+from ..metrics import mean_scores, tiled_channel_scores
+from ..models.card import ModelCard
+from ..models.checkpoint import save_checkpoint
+from . import adversarial
+from .datasets import TARGET_NORMALISATION, PairedPatches
+from .losses import LOSS_NAMES, make_loss
+from .schedules import LR_SCHEDULES, EarlyStopping, lr_factor
+
+STATE_FORMAT = "napari-virtual-stain-train-state/1"
+# Used when neither steps, epochs nor minutes are given.
+DEFAULT_STEPS = 500
+# Loss curves stored in the card are thinned to about this many points.
+MAX_HISTORY_POINTS = 200
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Lengths: ``steps``, else ``epochs`` (nominal epochs of the training
+    region), and/or ``max_minutes`` (whichever ends first); none of them: DEFAULT_STEPS.
+
+    ``lr`` None means 2e-4 with Adam (pix2pix, papers 001/004) or 5e-5 with RMSprop for
+    WGAN-GP (paper 002). ``gan_weight``/``n_critic`` None take the per-kind defaults of
+    ``adversarial``. ``patience`` counts validations. ``precision`` "fp32" is exact;
+    "bf16"/"auto" use autocast (see engine.device).
+    """
+
+    patch: Sequence[int] = (128, 128)
+    batch_size: int = 8
+    steps: int | None = None
+    epochs: int | None = None
+    max_minutes: float | None = None
+    lr: float | None = None
+    loss: str = "l1"
+    alpha: float = 0.5
+    gan: str | None = None
+    gan_weight: float | None = None
+    n_critic: int | None = None
+    lambda_gp: float = 10.0
+    critic_width: int = 32
+    lr_schedule: str = "constant"
+    decay_start: float = 0.5
+    patience: int | None = None
+    val_fraction: float = 0.15
+    val_every: int = 50
+    max_val_tiles: int = 32
+    preview_every: int = 25
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    best_path: str | None = None
+    last_path: str | None = None
+    checkpoint_every: int | None = None
+
+    def check(self, spatial_dims: int) -> None:
+        """Raise InputError for settings that cannot work."""
+        if len(tuple(self.patch)) != spatial_dims:
+            raise InputError(f"The patch {tuple(self.patch)} needs {spatial_dims} sizes for a {spatial_dims}D model.")
+        if self.loss not in LOSS_NAMES:
+            raise InputError(f"Unknown loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}.")
+        if self.gan is not None and self.gan not in adversarial.GAN_KINDS:
+            raise InputError(f"Unknown adversarial training {self.gan!r}; choose one of {', '.join(adversarial.GAN_KINDS)}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InputError(f"The loss weight alpha must be between 0 and 1, not {self.alpha}.")
+        for name in ("batch_size", "steps", "epochs", "val_every", "preview_every", "n_critic", "patience", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise InputError(f"{name.replace('_', ' ').capitalize()} must be at least 1, not {value}.")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise InputError(f"The time limit must be positive, not {self.max_minutes} minutes.")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["patch"] = [int(p) for p in self.patch]
+        return data
+
+
+@dataclass
+class TrainUpdate:
+    """What a live view needs after each step."""
+
+    step: int
+    total_steps: int | None
+    train_loss: float
+    val_loss: float | None = None  # the latest validation loss (None before the first)
+    val_step: int | None = None  # the step it was measured at
+    best_val_loss: float | None = None
+    sec_per_step: float = 0.0
+    eta_s: float | None = None
+    elapsed_s: float = 0.0
+    lr: float = 0.0
+    critic_loss: float | None = None
+    gen_adv_loss: float | None = None
+    wasserstein: float | None = None  # WGAN-GP: mean D(real) - D(fake), the critic's distance estimate
+    gradient_penalty: float | None = None
+    preview: np.ndarray | None = None  # (T, ...) prediction on a fixed validation patch, in [0, 1]
+    scores: dict | None = None  # validation scores per channel, when validated at this step
+
+
+@dataclass
+class TrainResult:
+    stopped: bool  # True when the user stopped the run
+    reason: str  # "steps", "minutes", "early_stopping" or "stopped"
+    steps: int
+    best_step: int
+    best_val_loss: float | None
+    seconds: float
+    scores: dict = field(default_factory=dict)  # validation scores of the best model
+    history: dict = field(default_factory=dict)  # {"train": [[step, loss]], "val": [[step, loss]]}
+    card: ModelCard | None = None
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _thin(points: list, limit: int = MAX_HISTORY_POINTS) -> list:
+    if len(points) <= limit:
+        return [list(p) for p in points]
+    keep = np.linspace(0, len(points) - 1, limit).round().astype(int)
+    return [list(points[i]) for i in keep]
+
+
+def _to_unit(pred: torch.Tensor, activation: str) -> torch.Tensor:
+    # Targets are in [0, 1]; a tanh network's [-1, 1] is mapped there (as the Predictor does).
+    return (pred + 1.0) * 0.5 if activation == "tanh" else pred
+
+
+class Trainer:
+    """Train ``model`` (described by ``card``) on (input, target) pairs; see the module docstring.
+
+    ``inputs``: list of (C, Y, X) or (C, Z, Y, X) arrays; ``targets``: per pair a (T, ...)
+    array or a list of T arrays/None (NaN = missing pixel). ``critic``: a conditional
+    critic taking C + T channels; built automatically (``adversarial.make_critic``) when
+    ``config.gan`` is set and none is given.
+    """
+
+    def __init__(self, model: nn.Module, card: ModelCard, inputs: Sequence, targets: Sequence,
+                 config: TrainConfig | None = None, critic: nn.Module | None = None):
+        self.config = config = config or TrainConfig()
+        config.check(card.spatial_dims)
+        self.card = card
+        dims = card.spatial_dims
+        n_in = int(inputs[0].shape[0]) if len(inputs) else 0
+        if len(inputs) and n_in != card.n_in:
+            raise InputError(f"The model '{card.name}' expects {card.n_in} input channel(s) "
+                             f"({', '.join(card.input_channels)}) but the chosen input has {n_in}.")
+        common = dict(patch=config.patch, spatial_dims=dims, val_fraction=config.val_fraction, seed=config.seed,
+                      input_normalisation=card.input_normalisation, input_names=None,
+                      target_names=card.output_channels)
+        self.train_data = PairedPatches(inputs, targets, augment=config.augment, split="train", **common)
+        if self.train_data.n_out != card.n_out:
+            raise InputError(f"The model '{card.name}' predicts {card.n_out} channel(s) "
+                             f"({', '.join(card.output_channels)}) but {self.train_data.n_out} target channel(s) were chosen.")
+        self.val_data = (PairedPatches(inputs, targets, augment=False, split="val", max_val_tiles=config.max_val_tiles, **common)
+                         if config.val_fraction > 0 else None)
+
+        torch.manual_seed(config.seed)
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(self.device, config.precision)
+        self.model = model.to(self.device)
+        self.loss_fn = make_loss(config.loss, config.alpha)
+        self.gan = config.gan
+        if self.gan:
+            self.critic = (critic if critic is not None else adversarial.make_critic(
+                card.n_in, card.n_out, dims, tuple(config.patch), self.gan, ndf=config.critic_width)).to(self.device)
+            self.gan_weight = config.gan_weight if config.gan_weight is not None else adversarial.DEFAULT_GAN_WEIGHT[self.gan]
+            self.n_critic = config.n_critic or adversarial.DEFAULT_N_CRITIC[self.gan]
+        else:
+            self.critic = None
+        self.base_lr = config.lr if config.lr is not None else (5e-5 if self.gan == "wgan-gp" else 2e-4)
+        self.optimizer = self._optimizer(self.model)
+        self.critic_optimizer = self._optimizer(self.critic) if self.critic is not None else None
+
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_data) / config.batch_size))
+        if config.steps is not None:
+            self.total_steps: int | None = int(config.steps)
+        elif config.epochs is not None:
+            self.total_steps = int(config.epochs) * self.steps_per_epoch
+        elif config.max_minutes is not None:
+            self.total_steps = None
+        else:
+            self.total_steps = DEFAULT_STEPS
+
+        self.step = 0
+        self.seconds_before = 0.0  # training time of earlier (resumed) runs
+        self.stopper = EarlyStopping(config.patience)
+        self.history: dict[str, list] = {"train": [], "val": []}
+        self.best_state = _cpu_state(self.model)
+        self.last_state: dict | None = None
+        self.best_scores: dict = {}
+        self.reason = "not started"
+        self._validated_once = False
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        if self.gan == "wgan-gp":
+            return torch.optim.RMSprop(module.parameters(), lr=self.base_lr)
+        betas = (0.5, 0.999) if self.gan else (0.9, 0.999)
+        return torch.optim.Adam(module.parameters(), lr=self.base_lr, betas=betas)
+
+    def _set_lr(self, progress: float) -> float:
+        lr = self.base_lr * lr_factor(self.config.lr_schedule, progress, self.config.decay_start)
+        for opt in (self.optimizer, self.critic_optimizer):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+        return lr
+
+    def _batch(self):
+        return tuple(t.to(self.device) for t in self.train_data.sample_batch(self.config.batch_size))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.device, self.precision):
+            pred = self.model(x)
+        return _to_unit(pred.float(), self.card.output_activation)
+
+    def _critic(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.device, self.precision):
+            scores = self.critic(torch.cat([x, y], dim=1))
+        return scores.float()
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def _train_step(self) -> dict[str, float]:
+        self.model.train()
+        if not self.gan:
+            x, y, mask = self._batch()
+            loss = self.loss_fn(self._forward(x), y, mask)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            return {"train_loss": float(loss.detach())}
+        return self._gan_step()
+
+    def _gan_step(self) -> dict[str, float]:
+        kind = self.gan
+        self.critic.train()
+        self.critic.requires_grad_(True)
+        out: dict[str, float] = {}
+        for _ in range(self.n_critic):
+            x, y, mask = self._batch()  # a fresh batch per critic step (paper 002, algorithm 1)
+            with torch.no_grad():
+                fake = adversarial.mask_for_critic(self._forward(x), mask)
+            real = adversarial.mask_for_critic(y, mask)
+            real_scores, fake_scores = self._critic(x, real), self._critic(x, fake)
+            loss = adversarial.critic_loss(kind, real_scores, fake_scores)
+            if kind == "wgan-gp":
+                penalty = adversarial.gradient_penalty(self.critic, x, real, fake)
+                out["wasserstein"] = float((real_scores.mean() - fake_scores.mean()).detach())
+                out["gradient_penalty"] = float(penalty.detach())
+                loss = loss + self.config.lambda_gp * penalty
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.critic_optimizer.step()
+            out["critic_loss"] = float(loss.detach())
+        # Generator step on the last batch; the critic's weights are not trained here.
+        self.critic.requires_grad_(False)
+        pred = self._forward(x)
+        recon = self.loss_fn(pred, y, mask)
+        adv = adversarial.generator_adversarial_loss(kind, self._critic(x, adversarial.mask_for_critic(pred, mask)))
+        loss = recon + self.gan_weight * adv
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.critic.requires_grad_(True)
+        out["train_loss"] = float(recon.detach())
+        out["gen_adv_loss"] = float(adv.detach())
+        return out
+
+    # ---- validation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's prediction in [0, 1] for a batch of normalised patches (eval mode)."""
+        self.model.eval()
+        return self._forward(x.to(self.device))
+
+    def validate(self) -> tuple[float, dict]:
+        """Validation loss (the reconstruction loss over all validation tiles) and scores."""
+        data = self.val_data
+        preds, ys, masks = [], [], []
+        for start in range(0, len(data), self.config.batch_size):
+            items = [data[i] for i in range(start, min(len(data), start + self.config.batch_size))]
+            x, y, mask = (torch.stack(parts) for parts in zip(*items))
+            preds.append(self.predict_patches(x).cpu())
+            ys.append(y)
+            masks.append(mask)
+        pred, y, mask = torch.cat(preds), torch.cat(ys), torch.cat(masks)
+        loss = float(self.loss_fn(pred, y, mask))
+        scores = tiled_channel_scores(pred.numpy(), y.numpy(), mask.numpy() > 0, names=self.card.output_channels)
+        return loss, scores
+
+    def preview(self) -> np.ndarray:
+        """Prediction (T, ...) on the fixed preview patch (the first validation tile)."""
+        data = self.val_data if self.val_data is not None and len(self.val_data) else self.train_data
+        x, _, _ = data.fixed_patch()
+        return self.predict_patches(x[None])[0].cpu().numpy()
+
+    def _on_validation(self, loss: float, scores: dict) -> bool:
+        """Record a validation; keep the weights if they are the best. Returns should_stop."""
+        self.history["val"].append((self.step, loss))
+        improved, stop = self.stopper.update(loss, self.step)
+        if improved:
+            self.best_state = _cpu_state(self.model)
+            self.best_scores = scores
+            if self.config.best_path:
+                self._save_model(Path(self.config.best_path), self.best_state)
+        return stop
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def run(self, progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+            on_update: Callable[[TrainUpdate], None] | None = None) -> TrainResult:
+        """Train until the planned steps/minutes, early stopping or Stop; see the module docstring."""
+        config = self.config
+        start = time.perf_counter()
+        max_seconds = config.max_minutes * 60.0 if config.max_minutes is not None else None
+        first_step = self.step
+        val_loss, val_step, scores = None, None, None
+        if self.history["val"]:
+            val_step, val_loss = self.history["val"][-1]
+
+        if self.val_data is not None and not self._validated_once and self.step == 0:
+            val_loss, scores = self.validate()
+            val_step = 0
+            self._validated_once = True
+            self._on_validation(val_loss, scores)
+
+        self.reason = "steps"
+        while True:
+            elapsed = time.perf_counter() - start
+            if cancel is not None and cancel.is_set():
+                self.reason = "stopped"
+                break
+            if self.total_steps is not None and self.step >= self.total_steps:
+                self.reason = "steps"
+                break
+            if max_seconds is not None and elapsed >= max_seconds:
+                self.reason = "minutes"
+                break
+            fraction = self._progress_fraction(elapsed, max_seconds)
+            lr = self._set_lr(fraction)
+            losses = self._train_step()
+            if not math.isfinite(losses["train_loss"]):
+                raise InputError(f"Training diverged at step {self.step + 1} (the loss became {losses['train_loss']}); "
+                                 "lower the learning rate or check the data.")
+            self.step += 1
+            self.history["train"].append((self.step, losses["train_loss"]))
+
+            scores = None
+            should_stop = False
+            if self.val_data is not None and self.step % config.val_every == 0:
+                val_loss, scores = self.validate()
+                val_step = self.step
+                should_stop = self._on_validation(val_loss, scores)
+            if config.checkpoint_every and config.last_path and self.step % config.checkpoint_every == 0:
+                self.save(config.last_path, best=False)
+
+            elapsed = time.perf_counter() - start
+            per_step = elapsed / max(1, self.step - first_step)
+            eta = self._eta(per_step, elapsed, max_seconds)
+            if progress is not None:
+                done_fraction = self._progress_fraction(elapsed, max_seconds)
+                if self.total_steps is not None and max_seconds is None:
+                    progress(self.step, self.total_steps)
+                else:
+                    progress(int(round(1000 * done_fraction)), 1000)
+            if on_update is not None:
+                preview = self.preview() if self.step % config.preview_every == 0 else None
+                on_update(TrainUpdate(
+                    step=self.step, total_steps=self.total_steps, train_loss=losses["train_loss"],
+                    val_loss=val_loss, val_step=val_step,
+                    best_val_loss=self.stopper.best if math.isfinite(self.stopper.best) else None,
+                    sec_per_step=per_step, eta_s=eta, elapsed_s=elapsed, lr=lr,
+                    critic_loss=losses.get("critic_loss"), gen_adv_loss=losses.get("gen_adv_loss"),
+                    wasserstein=losses.get("wasserstein"), gradient_penalty=losses.get("gradient_penalty"),
+                    preview=preview, scores=scores))
+            if should_stop:
+                self.reason = "early_stopping"
+                break
+
+        # A final validation unless the user asked to stop (Stop must be prompt) or the
+        # last step was just validated.
+        if (self.reason != "stopped" and self.val_data is not None and self.history["val"]
+                and self.history["val"][-1][0] != self.step):
+            val_loss, scores = self.validate()
+            self._on_validation(val_loss, scores)
+        self.seconds_before += time.perf_counter() - start
+        self.last_state = _cpu_state(self.model)
+        if self.val_data is None:
+            self.best_state = self.last_state  # nothing to choose by: the last weights are the result
+            self.stopper.best_step = self.step
+        self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        if config.last_path:
+            self.save(config.last_path, best=False)
+        best_loss = self.stopper.best if math.isfinite(self.stopper.best) else None
+        return TrainResult(stopped=self.reason == "stopped", reason=self.reason, steps=self.step,
+                           best_step=self.stopper.best_step, best_val_loss=best_loss, seconds=self.seconds_before,
+                           scores=self.best_scores, history=copy.deepcopy(self.history), card=self.trained_card())
+
+    def _progress_fraction(self, elapsed: float, max_seconds: float | None) -> float:
+        fractions = []
+        if self.total_steps:
+            fractions.append(self.step / self.total_steps)
+        if max_seconds:
+            fractions.append(elapsed / max_seconds)
+        return min(1.0, max(fractions)) if fractions else 0.0
+
+    def _eta(self, per_step: float, elapsed: float, max_seconds: float | None) -> float | None:
+        options = []
+        if self.total_steps is not None:
+            options.append(max(0, self.total_steps - self.step) * per_step)
+        if max_seconds is not None:
+            options.append(max(0.0, max_seconds - elapsed))
+        return min(options) if options else None
+
+    # ---- card and files --------------------------------------------------------------------------
+
+    def trained_card(self) -> ModelCard:
+        """The card of the best model: data, settings, steps, time, validation scores."""
+        card = copy.deepcopy(self.card)
+        training = {k: v for k, v in card.training.items() if k in ("started_from", "previous")}
+        training.update({
+            "data": self.train_data.describe(),
+            "config": self.config.to_dict(),
+            "steps": self.step,
+            "best_step": self.stopper.best_step,
+            "seconds": round(self.seconds_before, 1),
+            "stopped_by": self.reason,
+            "device": str(self.device), "precision": self.precision,
+            "torch": str(torch.__version__),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "history": {"train": _thin(self.history["train"]), "val": _thin(self.history["val"])},
+        })
+        card.training = training
+        scores = {k: v for k, v in card.scores.items() if k == "before_fine_tuning"}
+        if self.best_scores:
+            scores["validation"] = self.best_scores
+            scores["validation_mean"] = mean_scores(self.best_scores)
+            scores["validation_loss"] = self.stopper.best
+        card.scores = scores
+        card.extra = dict(card.extra)
+        card.extra["target_normalisation"] = {
+            "spec": TARGET_NORMALISATION,
+            "note": "targets were scaled per pair and channel to [0, 1] with these percentiles; "
+                    "stats[pair][channel] = {low, high} in the target's own units (None: missing)",
+            "stats": [[None if s is None else {"low": s["low"][0], "high": s["high"][0]} for s in pair]
+                      for pair in self.train_data.target_stats],
+        }
+        return card
+
+    def _save_model(self, path: Path, state: dict) -> None:
+        model = copy.deepcopy(self.model).cpu()
+        model.load_state_dict(state)
+        save_checkpoint(path, model, self.trained_card())
+
+    def save(self, path: str | os.PathLike, best: bool = True) -> Path:
+        """Write the model (best weights, or the current ones with ``best=False``) and its resume state."""
+        path = Path(path)
+        state = self.best_state if best else (self.last_state if self.last_state is not None else _cpu_state(self.model))
+        self._save_model(path, state)
+        last = self.last_state if self.last_state is not None else _cpu_state(self.model)
+        payload = {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "seconds": self.seconds_before,
+            "model": last,
+            "optimizer": self.optimizer.state_dict(),
+            "critic": _cpu_state(self.critic) if self.critic is not None else None,
+            "critic_optimizer": self.critic_optimizer.state_dict() if self.critic_optimizer is not None else None,
+            "early_stopping": self.stopper.state_dict(),
+            "history": {k: [list(p) for p in v] for k, v in self.history.items()},
+            "data_state": self.train_data.get_state(),
+            "validated": self._validated_once,
+        }
+        _atomic_torch_save(payload, path.with_suffix(".state.pt"))
+        return path
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Continue a saved run: last weights, optimiser, step and histories from ``path``'s state file."""
+        from ..models.checkpoint import read_checkpoint
+
+        path = Path(path)
+        state_path = path.with_suffix(".state.pt")
+        if not state_path.is_file():
+            raise CheckpointError(f"There is no saved training state next to {path.name} ({state_path.name}); "
+                                  "fine-tune from the model instead.")
+        try:
+            payload = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt or foreign file: say so in one sentence
+            raise CheckpointError(f"{state_path.name} could not be read as a training state: {str(err)[:200]}") from err
+        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{state_path.name} is not a napari-virtual-stain training state.")
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            if self.critic is not None and payload.get("critic") is not None:
+                self.critic.load_state_dict(payload["critic"])
+                self.critic_optimizer.load_state_dict(payload["critic_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"The saved training state does not fit this model: {str(err).splitlines()[0][:200]}") from err
+        self.step = int(payload["step"])
+        self.seconds_before = float(payload["seconds"])
+        self.stopper.load_state_dict(payload["early_stopping"])
+        self.history = {k: [tuple(p) for p in v] for k, v in payload["history"].items()}
+        self.train_data.set_state(payload["data_state"])
+        self._validated_once = bool(payload.get("validated", False))
+        card, best = read_checkpoint(path)
+        self.best_state = best
+        self.best_scores = dict(card.scores.get("validation", {}))
