@@ -48,10 +48,13 @@ class Job:
         kwargs = dict(kwargs, cancel=self.cancel_event)
         if relay is not None:
             kwargs["progress"] = relay
-        self.worker = create_worker(func, *args, _start_thread=False, **kwargs)
-        self.worker.returned.connect(on_result)
-        self.worker.errored.connect(lambda err: report_error(err, action))
-        self.worker.finished.connect(on_done)
+        # Handlers go through _connect: an "errored" handler given there stops superqt
+        # from re-raising the worker's exception in the event loop.
+        self.worker = create_worker(func, *args, _start_thread=False, _connect={
+            "returned": on_result,
+            "errored": lambda err: report_error(err, action),
+            "finished": on_done,
+        }, **kwargs)
 
     def start(self) -> None:
         self.worker.start()

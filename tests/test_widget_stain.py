@@ -1,0 +1,123 @@
+"""The Virtual Stain dock, driven as a user would: dock, choose, click Run, wait."""
+
+import numpy as np
+import pytest
+
+from napari_virtual_stain.engine.predictor import Predictor
+from napari_virtual_stain.models.registry import load_model
+from napari_virtual_stain.tasks.region import Region
+from napari_virtual_stain.tasks.stain import run_stain
+from napari_virtual_stain.widgets import _worker
+from napari_virtual_stain.widgets.stain_widget import CURRENT_VIEW, WHOLE, VirtualStainWidget
+
+from conftest import save_tiny_model
+
+
+@pytest.fixture
+def dock(make_napari_viewer, user_models, monkeypatch, qtbot):
+    save_tiny_model(user_models, name="tiny-2d")
+    messages = []
+    monkeypatch.setattr(_worker, "show_error", messages.append)
+    monkeypatch.setattr(_worker, "show_info", messages.append)
+    viewer = make_napari_viewer()
+    widget = VirtualStainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.messages = messages
+    return viewer, widget
+
+
+def run_and_wait(widget, qtbot, timeout=60000):
+    widget.run()
+    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running
+                    and widget.run_button.enabled, timeout=timeout)
+
+
+def expected(data, region=None):
+    model, card = load_model("tiny-2d")
+    return run_stain(Predictor(model, card, device="cpu"), data, region=region).data
+
+
+def test_whole_image_gives_one_overlay_per_channel_updated_in_place(dock, qtbot):
+    viewer, widget = dock
+    data = np.random.default_rng(1).random((70, 90)).astype(np.float32)
+    layer = viewer.add_image(data.copy(), name="bf", scale=(0.5, 0.5), translate=(10, 20))
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "bf", "tiny-2d", WHOLE
+    run_and_wait(widget, qtbot)
+    nuclei, membrane = viewer.layers["bf · nuclei"], viewer.layers["bf · membrane"]
+    assert nuclei.data.shape == data.shape and nuclei.blending == "additive"
+    assert tuple(nuclei.translate) == (10, 20) and tuple(nuclei.scale) == (0.5, 0.5)
+    np.testing.assert_allclose(np.stack([nuclei.data, membrane.data]), expected(data), atol=1e-5)
+    assert widget.progress.value == widget.progress.max
+    n_layers = len(viewer.layers)
+    run_and_wait(widget, qtbot)
+    assert len(viewer.layers) == n_layers and viewer.layers["bf · nuclei"] is nuclei
+    np.testing.assert_array_equal(layer.data, data)  # the input is never modified
+    assert "bf · nuclei" not in widget.input.choices  # outputs are not offered as inputs
+
+
+def test_current_view_lands_where_it_belongs_after_pan_and_zoom(dock, qtbot):
+    viewer, widget = dock
+    data = np.random.default_rng(2).random((400, 500)).astype(np.float32)
+    viewer.add_image(data, name="bf", scale=(2.0, 2.0), translate=(-50, 30))
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "bf", "tiny-2d", CURRENT_VIEW
+    viewer.camera.zoom = 4.0  # 4 screen pixels per world unit: 8 per data pixel
+    viewer.camera.center = (150.0, 330.0)  # world coords: data (100, 150)
+    run_and_wait(widget, qtbot)
+    out = viewer.layers["bf · nuclei"]
+    h, w = out.data.shape
+    assert 0 < h < 400 and 0 < w < 500  # only the visible part was predicted
+    start = ((np.asarray(out.translate) - (-50, 30)) / 2.0).round().astype(int)
+    # the visible box is centred on the camera centre (data pixel 100, 150)
+    assert abs(start[0] + h / 2 - 100) <= 1 and abs(start[1] + w / 2 - 150) <= 1
+    region = Region(tuple(start), (start[0] + h, start[1] + w))
+    np.testing.assert_allclose(out.data, expected(data, region)[0], atol=1e-5)
+    # pan: the same layer now covers the new view
+    viewer.camera.center = (500.0, 700.0)
+    run_and_wait(widget, qtbot)
+    moved = ((np.asarray(out.translate) - (-50, 30)) / 2.0).round().astype(int)
+    assert moved[0] > start[0] and moved[1] > start[1]
+
+
+def test_2d_model_on_a_stack_runs_plane_by_plane_and_view_is_the_current_plane(dock, qtbot):
+    viewer, widget = dock
+    stack = np.random.default_rng(3).random((4, 40, 50)).astype(np.float32)
+    viewer.add_image(stack, name="zs")
+    widget.reset_choices()
+    widget.input.value, widget.model.value = "zs", "tiny-2d"
+    widget.scope.value = WHOLE
+    run_and_wait(widget, qtbot)
+    assert viewer.layers["zs · nuclei"].data.shape == (4, 40, 50)
+    viewer.layers.remove("zs · nuclei")
+    viewer.layers.remove("zs · membrane")
+    viewer.dims.set_current_step(0, 2)
+    widget.scope.value = CURRENT_VIEW
+    viewer.reset_view()
+    run_and_wait(widget, qtbot)
+    out = viewer.layers["zs · nuclei"]
+    assert out.data.shape[0] == 1 and out.translate[0] == 2  # exactly the current plane
+    np.testing.assert_allclose(out.data[0], expected(stack[2])[0], atol=1e-5)
+
+
+def test_cancel_stops_the_run_and_publishes_nothing(dock, qtbot):
+    viewer, widget = dock
+    viewer.add_image(np.random.default_rng(4).random((64, 256, 256)).astype(np.float32), name="big")
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "big", "tiny-2d", WHOLE
+    widget.relay.progressed.connect(lambda done, total: widget.cancel())
+    run_and_wait(widget, qtbot)
+    assert "big · nuclei" not in viewer.layers
+    assert any("cancelled" in str(m) for m in widget.messages)
+
+
+def test_rgb_layer_for_a_grey_model_is_a_clear_message_not_a_crash(dock, qtbot):
+    viewer, widget = dock
+    rgb = np.random.default_rng(5).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    viewer.add_image(rgb.copy(), name="photo", rgb=True)
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "photo", "tiny-2d", WHOLE
+    run_and_wait(widget, qtbot)
+    assert any("RGB image" in str(m) for m in widget.messages)
+    assert [l.name for l in viewer.layers] == ["photo"]
+    np.testing.assert_array_equal(viewer.layers["photo"].data, rgb)
