@@ -125,9 +125,8 @@ class Predictor:
             return [(slice(None), z) for z in range(shape[1])], shape[2:]
         return [(slice(None),)], shape[1:]
 
-    def _model_tile(self, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(tile used for the grid, shape fed to the model) for an image of ``spatial`` shape."""
-        grid = tuple(min(t, n) for t, n in zip(self.tile, spatial))
+    def _fed_tile(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The tile shape fed to the model for an image of ``spatial`` shape (tiles are padded to it)."""
         fed = []
         for t, n in zip(self.tile, spatial):
             if n >= t:
@@ -136,7 +135,7 @@ class Predictor:
                 fed.append(min(t, -(-n // self.size_multiple) * self.size_multiple))
             else:
                 fed.append(t)  # the card's tile size is known to fit the network
-        return grid, tuple(fed)
+        return tuple(fed)
 
     # ---- the run ------------------------------------------------------------------------
 
@@ -155,12 +154,12 @@ class Predictor:
         check_cancel(cancel)
         spec = self.card.input_normalisation
         stats = compute_stats(image, spec)
-        grid_tile, fed_tile = self._model_tile(spatial)
-        per_image = n_tiles(spatial, grid_tile, self.overlap)
+        fed_tile = self._fed_tile(spatial)
+        per_image = n_tiles(spatial, self.tile, self.overlap)
         total = per_image * len(prefixes)
 
-        blenders = [self._blender(out, prefix, spatial, grid_tile) for prefix in prefixes]
-        jobs = self._tiles(image, prefixes, spatial, grid_tile, fed_tile, spec, stats, cancel)
+        blenders = [self._blender(out, prefix, spatial) for prefix in prefixes]
+        jobs = self._tiles(image, prefixes, spatial, fed_tile, spec, stats, cancel)
         done = 0
         current = None
         for (which, tile), values in self._run_batches(jobs, cancel):
@@ -175,24 +174,25 @@ class Predictor:
             blenders[current].close()
         return out
 
-    def _blender(self, out, prefix: tuple, spatial, grid_tile) -> StripBlender:
+    def _blender(self, out, prefix: tuple, spatial) -> StripBlender:
         def write(rows: slice, values: np.ndarray) -> None:
             out[prefix + (rows,)] = values
-        return StripBlender(write, self.card.n_out, spatial, grid_tile, self.overlap)
+        return StripBlender(write, self.card.n_out, spatial, self.tile, self.overlap)
 
-    def _tiles(self, image, prefixes, spatial, grid_tile, fed_tile, spec, stats, cancel) -> Iterator:
+    def _tiles(self, image, prefixes, spatial, fed_tile, spec, stats, cancel) -> Iterator:
         """Yield ``((image index, tile slices), normalised padded tile)`` in grid order.
 
         Reads one strip of tile rows at a time, so a lazy input is read once, in big pieces.
         """
-        rest_starts = [tile_starts(n, t, o) for n, t, o in zip(spatial[1:], grid_tile[1:], self.overlap[1:])]
+        # Tiles are clipped to the image: along an axis shorter than the tile, one tile is the whole axis.
+        rest = [[slice(s, min(s + t, n)) for s in tile_starts(n, t, o)]
+                for n, t, o in zip(spatial[1:], self.tile[1:], self.overlap[1:])]
         for which, prefix in enumerate(prefixes):
-            for start0 in tile_starts(spatial[0], grid_tile[0], self.overlap[0]):
+            for start0 in tile_starts(spatial[0], self.tile[0], self.overlap[0]):
                 check_cancel(cancel)
-                rows = slice(start0, start0 + grid_tile[0])
+                rows = slice(start0, min(start0 + self.tile[0], spatial[0]))
                 strip = normalise(np.asarray(image[prefix + (rows,)]), spec, stats)
-                for starts in itertools.product(*rest_starts):
-                    local = tuple(slice(s, s + t) for s, t in zip(starts, grid_tile[1:]))
+                for local in itertools.product(*rest):
                     block = _pad_to(strip[(slice(None), slice(None)) + local], fed_tile)
                     yield (which, (rows,) + local), block
 

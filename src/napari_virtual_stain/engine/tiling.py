@@ -84,11 +84,13 @@ def blend_profile(length: int, overlap: int) -> np.ndarray:
     two tiles' better halves. A model whose receptive field reaches ``r`` pixels therefore
     gives the same result tiled as untiled (to ~1e-8) once ``overlap >= 4 r``.
     """
-    o = min(int(overlap), length // 2)
-    trim = o // 4
-    ramp_len = o - 2 * trim
+    half = length // 2
+    trim = min(int(overlap) // 4, half)
+    # Overlaps longer than half a tile (several tiles over each pixel) keep their trim and
+    # shorten the ramp so that the two ends of the profile still fit in the tile.
+    ramp_len = max(0, min(int(overlap) - 2 * trim, half - trim))
     profile = np.ones(length, dtype=np.float64)
-    if o > 0:
+    if trim + ramp_len > 0:
         ramp = np.sin(0.5 * np.pi * (np.arange(ramp_len, dtype=np.float64) + 0.5) / max(ramp_len, 1)) ** 2
         rising = np.concatenate([np.full(trim, EDGE_WEIGHT), ramp])
         profile[:len(rising)] = rising
@@ -114,11 +116,21 @@ def normalised_axis_weights(size: int, tile: int, overlap: int) -> list[np.ndarr
     """
     starts = tile_starts(size, tile, overlap)
     length = min(int(tile), int(size))
-    profile = blend_profile(length, overlap)
-    total = np.zeros(int(size), dtype=np.float64)
+    half = length // 2
+    profiles = []
     for s in starts:
+        profile = blend_profile(length, overlap)
+        # A side on the image border is the image's edge, not a tile cut: its pixels are as
+        # good as the untiled network's there, so they keep full weight.
+        if s == 0:
+            profile[:half] = 1.0
+        if s + length == size:
+            profile[length - half:] = 1.0
+        profiles.append(profile)
+    total = np.zeros(int(size), dtype=np.float64)
+    for s, profile in zip(starts, profiles):
         total[s:s + length] += profile
-    return [profile / total[s:s + length] for s in starts]
+    return [profile / total[s:s + length] for s, profile in zip(starts, profiles)]
 
 
 def crop_with_margin(shape: Sequence[int], box: Sequence[slice], margin: int | Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
