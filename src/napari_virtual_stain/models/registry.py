@@ -84,3 +84,25 @@ def _read_card(path: Path) -> tuple[ModelCard, dict]:
 def load_model(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
     """Load a model by name or path. Each call returns a fresh module (callers may move it)."""
     return load_checkpoint(resolve_model(name_or_path))
+
+
+# Widgets subscribe to hear when a model is saved (a plain callback list: no Qt here).
+_LISTENERS: list = []
+
+
+def subscribe(callback) -> None:
+    """Call ``callback()`` whenever a model is added or replaced through :func:`notify_models_changed`."""
+    _LISTENERS.append(callback)
+
+
+def unsubscribe(callback) -> None:
+    if callback in _LISTENERS:
+        _LISTENERS.remove(callback)
+
+
+def notify_models_changed() -> None:
+    for callback in list(_LISTENERS):
+        try:
+            callback()
+        except RuntimeError:  # a widget whose Qt object is gone
+            unsubscribe(callback)

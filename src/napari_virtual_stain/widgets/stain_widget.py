@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
 from ..engine.predictor import Predictor
-from ..models.registry import list_models, load_model
+from ..models.registry import list_models, load_model, subscribe
 from ..tasks.arrays import layout_for
 from ..tasks.layers import overlay_tuples
 from ..tasks.region import view_region
@@ -91,6 +91,7 @@ class VirtualStainWidget(QWidget):
         for event in (self.viewer.camera.events.center, self.viewer.camera.events.zoom,
                       self.viewer.dims.events.current_step):
             event.connect(self._view_changed)
+        subscribe(self._models_changed)  # a model saved in the Fine-tune dock appears at once
         self._describe_model()
 
     # -- choices ---------------------------------------------------------------------------
@@ -103,6 +104,10 @@ class VirtualStainWidget(QWidget):
 
     def reset_choices(self, *_):
         self.input.reset_choices()
+        self.model.reset_choices()
+
+    def _models_changed(self):
+        self.cache.clear()  # a model saved under the same name must be reloaded
         self.model.reset_choices()
 
     def _describe_model(self, *_):

@@ -1,0 +1,44 @@
+"""Training pairs from what the user picked: one input layer and one or more target layers.
+
+A 2D model learns from every plane of a stack (each plane is a pair); a 3D model from
+the whole stack. Targets are stacked channel-wise; a missing target is NaN (masked out
+of the loss, paper 002). Shapes that do not match are refused with a sentence.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def pairs_from_layers(input_data, target_datas: Sequence, spatial_dims: int,
+                      input_name: str = "input", target_names: Sequence[str] = ()) -> tuple[list, list]:
+    """(inputs, targets) lists for the Trainer: inputs (1, ...) and targets (T, ...) per pair."""
+    if not target_datas:
+        raise InputError("Choose at least one target layer (the real stain the model should learn).")
+    x = np.asarray(input_data, dtype=np.float32)
+    if x.size == 0:
+        raise InputError(f"The input layer '{input_name}' is empty.")
+    if x.ndim not in (2, 3):
+        raise InputError(f"The input layer '{input_name}' has shape {_shape(x.shape)}; a grey plane or z-stack is needed.")
+    names = list(target_names) or [f"target {i + 1}" for i in range(len(target_datas))]
+    ys = []
+    for name, data in zip(names, target_datas):
+        y = np.asarray(data, dtype=np.float32)
+        if y.shape != x.shape:
+            raise InputError(f"The target layer '{name}' is {_shape(y.shape)} but the input '{input_name}' is "
+                             f"{_shape(x.shape)}: pairs must have the same shape.")
+        ys.append(y)
+    y = np.stack(ys)
+    if x.ndim == 3 and spatial_dims == 2:  # a stack for a 2D model: every plane is a pair
+        return [x[None, z] for z in range(x.shape[0])], [y[:, z] for z in range(x.shape[0])]
+    if x.ndim == 2 and spatial_dims == 3:
+        raise InputError(f"A 3D model needs a z-stack, but '{input_name}' is a single plane.")
+    return [x[None]], [y]

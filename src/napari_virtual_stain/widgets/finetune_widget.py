@@ -1,0 +1,214 @@
+"""The Fine-tune dock: train or fine-tune a model on the user's own labelled pairs.
+
+Pick the input layer and the target layers, a starting point (a model to fine-tune or
+an architecture from scratch) and press Train: a live loss curve, a preview layer on a
+validation patch, seconds per step and time left. Stop keeps the best model so far;
+Resume continues; Save writes it to the user model folder, where the Virtual Stain dock
+finds it at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
+from napari.layers import Image
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..engine.device import available_devices
+from ..models.registry import list_models, notify_models_changed, user_model_dir
+from ..tasks.layers import overlay_tuples
+from ..training.layer_pairs import pairs_from_layers
+from ..training.starting import model_for_training
+from ..training.trainer import Trainer, TrainConfig
+from ._output_layers import publish
+from ._plot import LinePlot
+from ._worker import Job, ProgressRelay, report_error, show_info
+
+NEW_PREFIX = "new: "
+ARCHITECTURES = {"new: U-Net": "unet", "new: ResNet generator": "resnet_generator"}
+LOSSES = ["l1", "smooth_l1", "ssim_l1", "l1_l2"]
+GANS = ["none", "vanilla", "lsgan", "wgan-gp"]
+
+
+class UpdateRelay(QObject):
+    updated = Signal(object)
+
+    def __call__(self, update) -> None:  # from the worker thread
+        self.updated.emit(update)
+
+
+def _train(trainer: Trainer, on_update=None, progress=None, cancel=None):
+    """Worker body: run (or continue) training; Stop ends it normally with the best weights."""
+    return trainer.run(progress=progress, cancel=cancel, on_update=on_update)
+
+
+class FineTuneWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.trainer: Trainer | None = None
+        self.job: Job | None = None
+        self.relay, self.updates = ProgressRelay(), UpdateRelay()
+
+        self.input = ComboBox(label="input", choices=self._image_layers)
+        self.targets = Select(label="targets", choices=self._image_layers)
+        self.start = ComboBox(label="start from", choices=self._starting_points)
+        self.name = LineEdit(label="save as", value="my-model")
+        self.patch = SpinBox(label="patch", value=128, min=16, max=1024, step=16)
+        self.steps = SpinBox(label="steps", value=500, min=1, max=1_000_000)
+        self.minutes = FloatSpinBox(label="max minutes", value=5.0, min=0.1, max=10_000, step=0.5)
+        self.loss = ComboBox(label="loss", choices=LOSSES, value="l1")
+        self.gan = ComboBox(label="adversarial", choices=GANS, value="none")
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        self.train_button, self.stop_button = PushButton(text="Train"), PushButton(text="Stop", enabled=False)
+        self.resume_button, self.save_button = PushButton(text="Resume", enabled=False), PushButton(text="Save", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        self.plot = LinePlot("loss (train, validation)")
+        buttons = Container(widgets=[self.train_button, self.stop_button, self.resume_button, self.save_button],
+                            layout="horizontal", labels=False)
+        self.container = Container(widgets=[self.input, self.targets, self.start, self.name, self.patch, self.steps,
+                                            self.minutes, self.loss, self.gan, self.device, buttons,
+                                            self.progress, self.status])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.container.native)
+        layout.addWidget(self.plot)
+        layout.addStretch()
+
+        self.train_button.changed.connect(self.train)
+        self.stop_button.changed.connect(self.stop)
+        self.resume_button.changed.connect(self.resume)
+        self.save_button.changed.connect(self.save)
+        self.relay.progressed.connect(self._on_progress)
+        self.updates.updated.connect(self._on_update)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self.reset_choices)
+
+    # -- choices ---------------------------------------------------------------------------
+    def _image_layers(self, *_):
+        return [layer.name for layer in self.viewer.layers
+                if isinstance(layer, Image) and not layer.rgb and "source_layer" not in layer.metadata]
+
+    def _starting_points(self, *_):
+        return list(ARCHITECTURES) + [e.name for e in list_models(task="stain")]
+
+    def reset_choices(self, *_):
+        for widget in (self.input, self.targets, self.start):
+            widget.reset_choices()
+
+    # -- actions ---------------------------------------------------------------------------
+    def _build_trainer(self) -> Trainer:
+        if self.input.value is None:
+            from ..errors import InputError
+            raise InputError("Choose an input layer (the label-free image).")
+        targets = [t for t in self.targets.value if t != self.input.value]
+        source = self.viewer.layers[self.input.value]
+        start = self.start.value
+        from_model = None if start in ARCHITECTURES else start
+        arch = ARCHITECTURES.get(start)
+        dims = 3 if (arch is None and next(e.card.spatial_dims for e in list_models() if e.name == start) == 3) else 2
+        inputs, target_arrays = pairs_from_layers(source.data, [self.viewer.layers[t].data for t in targets], dims,
+                                                  input_name=source.name, target_names=targets)
+        model, card = model_for_training(from_model=from_model, arch=arch, n_in=1, n_out=len(targets),
+                                         spatial_dims=dims, input_names=[source.name], output_names=targets,
+                                         name=self.name.value)
+        patch = (self.patch.value,) * dims
+        if dims == 3:
+            patch = (min(self.patch.value // 4, 32),) + (self.patch.value,) * 2
+        config = TrainConfig(patch=patch, steps=self.steps.value, max_minutes=self.minutes.value,
+                             loss=self.loss.value, gan=None if self.gan.value == "none" else self.gan.value,
+                             device=self.device.value, val_every=max(5, min(50, self.steps.value // 10)),
+                             preview_every=max(2, min(10, self.steps.value // 20)))
+        trainer = Trainer(model, card, inputs, target_arrays, config)
+        trainer.source_layer = source  # where previews are drawn
+        return trainer
+
+    def train(self, *_):
+        try:
+            self.trainer = self._build_trainer()
+        except Exception as err:
+            report_error(err, "Training")
+            return
+        self.plot.clear()
+        self._start_job()
+
+    def resume(self, *_):
+        if self.trainer is None:
+            return
+        self._start_job()
+
+    def _start_job(self):
+        self.job = Job(_train, self.trainer, self.updates, on_result=self._on_result, on_done=self._on_done,
+                       action="Training", relay=self.relay)
+        self._set_running(True)
+        self.job.start()
+
+    def stop(self, *_):
+        if self.job is not None:
+            self.job.cancel()
+
+    def save(self, *_):
+        if self.trainer is None:
+            return
+        name = self.name.value.strip() or "my-model"
+        if any(c in name for c in "/\\:"):
+            report_error(ValueError("use a plain name without slashes"), "Saving")
+            return
+        try:
+            self.trainer.card.name = name
+            path = self.trainer.save(user_model_dir() / f"{name}.pt")
+        except Exception as err:
+            report_error(err, "Saving")
+            return
+        notify_models_changed()
+        self.reset_choices()
+        show_info(f"Saved '{name}' to {path}; it is now in the Virtual Stain dock.")
+        self.status.value = f"saved {path.name}"
+
+    # -- feedback --------------------------------------------------------------------------
+    def _set_running(self, running: bool):
+        self.train_button.enabled = not running
+        self.stop_button.enabled = running
+        self.resume_button.enabled = not running and self.trainer is not None
+        self.save_button.enabled = not running and self.trainer is not None
+
+    def _on_progress(self, done, total):
+        self.progress.max = max(1, total)
+        self.progress.value = done
+
+    def _on_update(self, update):
+        history = self.trainer.history if self.trainer is not None else {}
+        self.plot.set_series("train", history.get("train", []))
+        self.plot.set_series("validation", history.get("val", []))
+        eta = f"{update.eta_s / 60:.1f} min left" if update.eta_s is not None else ""
+        val = f" · val {update.val_loss:.4g}" if update.val_loss is not None else ""
+        self.status.value = f"step {update.step} · {update.sec_per_step:.2f} s/step · {eta}{val}"
+        if update.preview is not None:
+            self._show_preview(update.preview)
+
+    def _show_preview(self, preview: np.ndarray):
+        trainer = self.trainer
+        source = trainer.source_layer
+        start = (0,) * (preview.ndim - 1)
+        if trainer.val_data is not None and trainer.val_data.tiles:
+            pair, corner = trainer.val_data.tiles[0]
+            start = tuple(corner)
+            if source.ndim == 3 and trainer.card.spatial_dims == 2:  # pairs are planes
+                start, preview = (pair,) + start, preview[:, None]
+        names = [f"preview {c}" for c in trainer.card.output_channels]
+        scale, translate = list(source.scale)[-len(start):], list(source.translate)[-len(start):]
+        publish(self.viewer, overlay_tuples(preview, names, source.name, start, scale, translate,
+                                            contrast=[(0.0, 1.0)] * len(names)))
+
+    def _on_result(self, result):
+        self.plot.set_series("train", result.history.get("train", []))
+        self.plot.set_series("validation", result.history.get("val", []))
+        why = {"stopped": "stopped", "early_stopping": "early stopping", "minutes": "time limit",
+               "steps": "all steps done"}.get(result.reason, result.reason)
+        best = f", best validation loss {result.best_val_loss:.4g} at step {result.best_step}" \
+            if result.best_val_loss is not None else ""
+        self.status.value = f"{why}: {result.steps} steps in {result.seconds / 60:.1f} min{best}. Save to use it."
+
+    def _on_done(self):
+        self._set_running(False)

@@ -1,0 +1,83 @@
+"""The Fine-tune dock under Xvfb: a short run, Stop, Resume, Save, then use the model."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_virtual_stain.widgets import _worker
+from napari_virtual_stain.widgets.finetune_widget import FineTuneWidget
+from napari_virtual_stain.widgets.stain_widget import WHOLE, VirtualStainWidget
+
+
+@pytest.fixture
+def docks(make_napari_viewer, user_models, monkeypatch):
+    messages = []
+    monkeypatch.setattr(_worker, "show_error", messages.append)
+    monkeypatch.setattr(_worker, "show_info", messages.append)
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    x = ndi.gaussian_filter(rng.random((96, 96)), 2).astype(np.float32)
+    viewer.add_image(x, name="bf")
+    viewer.add_image(np.clip(x - x.mean(), 0, None) * 4, name="nuclei")
+    tune, stain = FineTuneWidget(viewer), VirtualStainWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    viewer.window.add_dock_widget(stain)
+    tune.input.value, tune.targets.value = "bf", ["nuclei"]
+    tune.start.value, tune.patch.value, tune.name.value = "new: U-Net", 32, "tuned"
+    tune.messages = messages
+    return viewer, tune, stain
+
+
+def wait_idle(widget, qtbot, timeout=120000):
+    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running and widget.train_button.enabled,
+                    timeout=timeout)
+
+
+def test_train_stop_resume_save_and_use(docks, qtbot, user_models):
+    viewer, tune, stain = docks
+    tune.steps.value = 100000
+    stopped_at = []
+
+    def stop_after_a_few(done, total):
+        if tune.trainer.step >= 12 and not stopped_at:
+            stopped_at.append(tune.trainer.step)
+            tune.stop()
+    tune.relay.progressed.connect(stop_after_a_few)
+    tune.train()
+    wait_idle(tune, qtbot)
+    first = tune.trainer.step
+    assert 12 <= first < 100000  # Stop worked long before the planned steps
+    assert "stopped" in tune.status.value
+    assert tune.save_button.enabled and tune.resume_button.enabled
+    assert tune.plot.series["train"], "the loss curve is drawn"
+    assert any(layer.name.startswith("bf · preview") for layer in viewer.layers)
+
+    tune.relay.progressed.disconnect(stop_after_a_few)
+    tune.trainer.config.steps = tune.trainer.total_steps = first + 5
+    tune.resume()
+    wait_idle(tune, qtbot)
+    assert tune.trainer.step == first + 5  # continued, not restarted
+
+    tune.save()
+    assert (user_models / "tuned.pt").is_file()
+    assert "tuned" in stain.model.choices  # appears at once in the Virtual Stain dock
+    stain.input.value, stain.model.value, stain.scope.value = "bf", "tuned", WHOLE
+    stain.run()
+    qtbot.waitUntil(lambda: "bf · nuclei" in viewer.layers, timeout=60000)
+    assert viewer.layers["bf · nuclei"].data.shape == (96, 96)
+
+
+def test_mismatched_pair_is_refused_with_a_sentence(docks, qtbot):
+    viewer, tune, _ = docks
+    viewer.add_image(np.zeros((50, 60), np.float32) + 1, name="other")
+    tune.targets.value = ["other"]
+    tune.train()
+    assert any("pairs must have the same shape" in str(m) for m in tune.messages)
+    assert tune.job is None and tune.train_button.enabled
+
+
+def test_no_target_is_refused(docks):
+    _, tune, _ = docks
+    tune.targets.value = []
+    tune.train()
+    assert any("at least one target" in str(m) for m in tune.messages)
