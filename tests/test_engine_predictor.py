@@ -290,3 +290,19 @@ def test_model_returning_wrong_channels_is_a_checkpoint_error():
     predictor = Predictor(torch.nn.Conv2d(1, 2, 1), make_card(n_in=1, n_out=3), device="cpu")
     with pytest.raises(CheckpointError, match="3 channel"):
         predictor.predict(np.zeros((1, 8, 8), np.float32))
+
+
+def test_tiles_are_fitted_to_the_image_for_models_with_a_size_multiple():
+    seen = set()
+
+    class Multiple2(torch.nn.Module):
+        size_multiple = 2
+
+        def forward(self, x):
+            seen.add(tuple(x.shape[2:]))
+            return x
+
+    image = RNG.random((1, 30, 30), dtype=np.float32)
+    result = Predictor(Multiple2(), make_card(tile=16, overlap=4), device="cpu").predict(image)
+    assert seen == {(14, 14)}  # 3 x 3 tiles either way, but 14 px instead of 16
+    np.testing.assert_array_equal(result, image)

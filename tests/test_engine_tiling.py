@@ -10,6 +10,7 @@ from napari_virtual_stain.engine.tiling import (
     blend_profile,
     blend_window,
     crop_with_margin,
+    fit_tile,
     n_tiles,
     normalised_axis_weights,
     tile_slices,
@@ -126,3 +127,14 @@ def test_crop_with_margin_clips_at_borders_and_maps_back():
 def test_crop_with_margin_rejects_empty_box():
     with pytest.raises(InputError, match="empty"):
         crop_with_margin((10, 10), (slice(5, 5), slice(0, 10)), 2)
+
+
+def test_fit_tile_needs_no_more_tiles_and_computes_fewer_pixels():
+    assert fit_tile(2048, 512, 32, 16) == 448  # 5 tiles either way, 23% fewer pixels
+    assert fit_tile(100, 512, 32, 16) == 112  # small image: one tile, rounded up
+    assert fit_tile(10_000, 512, 32, 16) == 512  # large image: the full tile is already tight
+    for size in range(20, 700, 7):
+        for tile, overlap, multiple in [(512, 32, 16), (256, 64, 8), (96, 16, 1)]:
+            fitted = fit_tile(size, tile, overlap, multiple)
+            assert fitted <= tile and (fitted % multiple == 0 or fitted == tile)
+            assert len(tile_starts(size, fitted, min(overlap, fitted - 1))) <= len(tile_starts(size, tile, overlap))

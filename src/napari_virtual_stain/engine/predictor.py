@@ -31,7 +31,7 @@ from ..errors import CheckpointError, InputError, check_cancel
 from ..models.card import ModelCard
 from .device import autocast_context, preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
-from .tiling import StripBlender, n_tiles, tile_starts
+from .tiling import StripBlender, fit_tile, n_tiles, tile_starts
 
 Progress = Callable[[int, int], None]
 
@@ -125,22 +125,23 @@ class Predictor:
             return [(slice(None), z) for z in range(shape[1])], shape[2:]
         return [(slice(None),)], shape[1:]
 
-    def _fed_tile(self, spatial: Sequence[int]) -> tuple[int, ...]:
-        """The tile shape fed to the model for an image of ``spatial`` shape (tiles are padded to it)."""
-        fed = []
-        for t, n in zip(self.tile, spatial):
-            if n >= t:
-                fed.append(t)
-            elif self.size_multiple:
-                fed.append(min(t, -(-n // self.size_multiple) * self.size_multiple))
-            else:
-                fed.append(t)  # the card's tile size is known to fit the network
-        return tuple(fed)
+    def _tile_for(self, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The (tile, overlap) used on an image of ``spatial`` shape (tiles are padded up to the tile).
+
+        Models that declare ``size_multiple`` (they accept any multiple of it) get tiles fitted
+        to the image (``engine.tiling.fit_tile``): as many tiles as the card's tile needs, but
+        no bigger than necessary. Other models always get exactly the card's tile.
+        """
+        if not self.size_multiple:
+            return self.tile, self.overlap
+        tile = tuple(fit_tile(n, t, o, self.size_multiple) for n, t, o in zip(spatial, self.tile, self.overlap))
+        # A fitted tile can be shorter than the overlap only where one tile covers the axis.
+        return tile, tuple(min(o, t - 1) for o, t in zip(self.overlap, tile))
 
     # ---- the run ------------------------------------------------------------------------
 
     def predict(self, image, *, out=None, progress: Progress | None = None,
-                cancel: threading.Event | None = None):
+                cancel: threading.Event | None = None, stats: dict | None = None):
         """Predict the whole ``image`` (channels first); returns ``out`` or a new float32 array.
 
         A 2D model runs a (C, Z, Y, X) stack plane by plane; a 3D model runs it in 3D tiles.
@@ -153,13 +154,15 @@ class Predictor:
             raise InputError(f"The output array has shape {tuple(out.shape)} but this prediction needs {out_shape}.")
         check_cancel(cancel)
         spec = self.card.input_normalisation
-        stats = compute_stats(image, spec)
-        fed_tile = self._fed_tile(spatial)
-        per_image = n_tiles(spatial, self.tile, self.overlap)
+        # ``stats`` from the whole image when ``image`` is only a part of it (the current
+        # view): the part is then normalised exactly as in a whole-image run.
+        stats = stats if stats is not None else compute_stats(image, spec)
+        tile, overlap = self._tile_for(spatial)
+        per_image = n_tiles(spatial, tile, overlap)
         total = per_image * len(prefixes)
 
-        blenders = [self._blender(out, prefix, spatial) for prefix in prefixes]
-        jobs = self._tiles(image, prefixes, spatial, fed_tile, spec, stats, cancel)
+        blenders = [self._blender(out, prefix, spatial, tile, overlap) for prefix in prefixes]
+        jobs = self._tiles(image, prefixes, spatial, tile, overlap, spec, stats, cancel)
         done = 0
         current = None
         for (which, tile), values in self._run_batches(jobs, cancel):
@@ -174,26 +177,26 @@ class Predictor:
             blenders[current].close()
         return out
 
-    def _blender(self, out, prefix: tuple, spatial) -> StripBlender:
+    def _blender(self, out, prefix: tuple, spatial, tile, overlap) -> StripBlender:
         def write(rows: slice, values: np.ndarray) -> None:
             out[prefix + (rows,)] = values
-        return StripBlender(write, self.card.n_out, spatial, self.tile, self.overlap)
+        return StripBlender(write, self.card.n_out, spatial, tile, overlap)
 
-    def _tiles(self, image, prefixes, spatial, fed_tile, spec, stats, cancel) -> Iterator:
+    def _tiles(self, image, prefixes, spatial, tile, overlap, spec, stats, cancel) -> Iterator:
         """Yield ``((image index, tile slices), normalised padded tile)`` in grid order.
 
         Reads one strip of tile rows at a time, so a lazy input is read once, in big pieces.
         """
         # Tiles are clipped to the image: along an axis shorter than the tile, one tile is the whole axis.
         rest = [[slice(s, min(s + t, n)) for s in tile_starts(n, t, o)]
-                for n, t, o in zip(spatial[1:], self.tile[1:], self.overlap[1:])]
+                for n, t, o in zip(spatial[1:], tile[1:], overlap[1:])]
         for which, prefix in enumerate(prefixes):
-            for start0 in tile_starts(spatial[0], self.tile[0], self.overlap[0]):
+            for start0 in tile_starts(spatial[0], tile[0], overlap[0]):
                 check_cancel(cancel)
-                rows = slice(start0, min(start0 + self.tile[0], spatial[0]))
+                rows = slice(start0, min(start0 + tile[0], spatial[0]))
                 strip = normalise(np.asarray(image[prefix + (rows,)]), spec, stats)
                 for local in itertools.product(*rest):
-                    block = _pad_to(strip[(slice(None), slice(None)) + local], fed_tile)
+                    block = _pad_to(strip[(slice(None), slice(None)) + local], tile)
                     yield (which, (rows,) + local), block
 
     def _run_batches(self, jobs: Iterator, cancel) -> Iterator:

@@ -44,6 +44,24 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def fit_tile(size: int, tile: int, overlap: int, multiple: int) -> int:
+    """The smallest tile (a multiple of ``multiple``, at most ``tile``) that needs no more tiles.
+
+    A fixed tile wastes work on images that are not a whole number of steps long: 2048
+    pixels at tile 512 and overlap 32 need 5 tiles, and 5 tiles of 448 pixels cover it as
+    well as 5 of 512 with 23% fewer pixels to compute. Images smaller than a tile get one
+    tile rounded up to ``multiple`` instead of a whole padded tile.
+    """
+    size, tile, overlap, multiple = int(size), int(tile), int(overlap), max(1, int(multiple))
+    tile_starts(size, tile, overlap)  # validates
+    if size <= tile:
+        return min(tile, -(-size // multiple) * multiple)
+    n = -(-(size - overlap) // (tile - overlap))
+    fitted = -(-(size - overlap) // n) + overlap
+    fitted = -(-fitted // multiple) * multiple
+    return min(tile, max(fitted, overlap + 1))
+
+
 def _per_axis(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
     if isinstance(value, (int, np.integer)):
         return (int(value),) * n
