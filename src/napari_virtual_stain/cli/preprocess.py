@@ -143,6 +143,7 @@ def run_flatfield(args: argparse.Namespace) -> int:
 
 def run_focus(args: argparse.Namespace) -> int:
     from ..preprocess import select_in_focus
+    from ..preprocess.focus import DEFAULT_BAND
 
     image, data, axes = _load(args.input)
     if "Z" not in axes:
@@ -151,9 +152,8 @@ def run_focus(args: argparse.Namespace) -> int:
     if core.ndim == 5:  # (C, Z, Y, X) after an RGB stack's samples moved first; nothing else has 5
         raise InputError(f"{args.input} has axes {axes}: a (Z, Y, X) or (C, Z, Y, X) stack is needed.")
     channel = _channel_index(args.channel, image.channel_names, core.shape[0] if core.ndim == 4 else 1)
-    keep = args.keep if (args.keep is not None or args.min_score is not None) else 1
-    band = args.band if args.band is not None else (None, 0.125)
-    result = select_in_focus(core, keep=keep, min_score=args.min_score, sharper=args.sharper,
+    band = args.band if args.band is not None else DEFAULT_BAND
+    result = select_in_focus(core, keep=args.keep, min_score=args.min_score, sharper=args.sharper,
                              band=band, channel=channel, progress=TextProgress("focus"))
     _print_scores(result, image.extra.get("z_positions_um"))
     if args.output:
@@ -166,10 +166,8 @@ def run_normalise(args: argparse.Namespace) -> int:
 
     image, data, axes = _load(args.input)
     core, restore = _channels_first(data, axes)
-    if "C" not in axes and "S" not in axes:
-        core = core[None]
-        restore_one = restore
-        restore = lambda a: restore_one(a[0])  # noqa: E731  (one grey channel)
+    grey = "C" not in axes and "S" not in axes  # one channel: give it a channel axis for the stats
+    core = core[None] if grey else core
     spec = {"kind": "percentile", "low": args.low, "high": args.high, "clip": bool(args.clip)}
     stats = compute_stats(core, spec)
     normalised = normalise(core, spec, stats)
@@ -177,7 +175,7 @@ def run_normalise(args: argparse.Namespace) -> int:
     print(f"{'channel':<16} {'p' + format(args.low, 'g'):>12} {'p' + format(args.high, 'g'):>12}")
     for name, low, high in zip(names, stats["low"], stats["high"]):
         print(f"{name:<16} {low:>12.4g} {high:>12.4g}")
-    _save(args.output, restore(normalised), axes, image)
+    _save(args.output, normalised[0] if grey else restore(normalised), axes, image)
     if args.stats_out:
         record = {"spec": spec, "stats": stats, "channels": names, "source": str(args.input)}
         with open(args.stats_out, "w", encoding="utf-8") as handle:

@@ -45,6 +45,8 @@ class FlatFieldResult:
 
 def estimate_background(plane: np.ndarray, sigma: float, method: str = "gaussian") -> np.ndarray:
     """The smooth background of one 2D plane (float32, same shape)."""
+    if method not in METHODS:
+        raise InputError(f"The background method must be 'gaussian' or 'opening', not {method!r}.")
     values = np.asarray(plane, dtype=np.float32)
     if method == "gaussian":
         return ndi.gaussian_filter(values, sigma, mode="reflect")
@@ -67,11 +69,12 @@ def correct_flatfield(
     ``image``: ``(Y, X)`` or ``(..., Y, X)``; ``sigma`` in pixels, larger than the objects.
     Returns float32 arrays; the corrected image is clipped to the input's valid range
     (non-negative images stay non-negative, integers within their dtype) and keeps each
-    plane's mean intensity. The input is not modified.
+    plane's mean intensity (exactly, unless that clipping cuts values). The input is not
+    modified.
     """
     if mode not in MODES:
         raise InputError(f"The flat-field mode must be 'divide' or 'subtract', not {mode!r}.")
-    if method not in METHODS:
+    if method not in METHODS:  # checked here too: before the image is copied
         raise InputError(f"The background method must be 'gaussian' or 'opening', not {method!r}.")
     if not np.isfinite(sigma) or sigma <= 0:
         raise InputError(f"The background smoothing (sigma) must be a positive number of pixels, not {sigma:g}.")

@@ -95,7 +95,7 @@ class ScorePlot(QWidget):
             return
         lo, hi = min(finite), max(finite)
         hi = hi if hi > lo else lo + 1.0
-        margin, w, h = 12, self.width() - 24, self.height() - 30
+        margin, w, h = 12, self.width() - 24, self.height() - 40  # room for the caption below
         n = len(self.scores)
         point = lambda z, s: (margin + (w * z / max(n - 1, 1)), margin + h * (hi - s) / (hi - lo))  # noqa: E731
         painter.setPen(QPen(QColor("#888888"), 1))
