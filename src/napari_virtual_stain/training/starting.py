@@ -138,13 +138,14 @@ def replace_output_head(model: nn.Module, keep: Sequence[int | None]) -> None:
     ``keep[i]`` is the old output row to copy into new output ``i``, or None for a freshly
     initialised row.
     """
-    parent, attr, old = None, None, None
-    for module_name, module in model.named_modules():
-        for child_name, child in module.named_children():
-            if isinstance(child, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                parent, attr, old = module, child_name, child
-    if old is None:
+    # named_modules() lists modules in registration (pre-)order: the last convolution
+    # listed is the one closest to the output in the architectures we build.
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    if not convs:
         raise CheckpointError("The model has no convolution to use as its output head.")
+    full_name, old = convs[-1]
+    parent_name, _, attr = full_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
     new = type(old)(old.in_channels, len(keep), old.kernel_size, stride=old.stride, padding=old.padding,
                     dilation=old.dilation, groups=old.groups, bias=old.bias is not None, padding_mode=old.padding_mode)
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
