@@ -63,7 +63,8 @@ def _register_flatfield(sub) -> None:
                     "keeping each plane's mean intensity.")
     p.add_argument("input", help="input TIFF")
     p.add_argument("-o", "--output", required=True, help="corrected TIFF")
-    p.add_argument("--sigma", type=float, default=50.0, help="background smoothing in pixels, larger than the objects (default 50)")
+    p.add_argument("--sigma", type=float, default=50.0,
+                   help="background smoothing in pixels, larger than the objects (default 50)")
     p.add_argument("--mode", choices=["divide", "subtract"], default="divide",
                    help="divide (illumination shading, default) or subtract (additive haze)")
     p.add_argument("--method", choices=["gaussian", "opening"], default="gaussian",
@@ -86,7 +87,8 @@ def _register_focus(sub) -> None:
     p.add_argument("--sharper", choices=["higher", "lower"], default="higher",
                    help="which PLLS is sharper: higher (blur steepens the slope; default) or lower "
                         "(noisy stacks, as paper 002 found; check the printed scores)")
-    p.add_argument("--channel", default=None, help="score this channel only (name or index; default: mean over channels)")
+    p.add_argument("--channel", default=None,
+                   help="score this channel only (name or index; default: mean over channels)")
     p.add_argument("--band", type=_band, default=None,
                    help="frequency band of the fit in cycles/pixel, e.g. 0.01,0.125 (default: first ring to 0.125)")
     p.set_defaults(func=run_focus)
@@ -195,7 +197,8 @@ def _load(path):
     if "T" in axes:
         t = axes.index("T")
         if data.shape[t] != 1:
-            raise InputError(f"{path} is a time series ({data.shape[t]} time points): process one time point at a time.")
+            raise InputError(f"{path} is a time series ({data.shape[t]} time points): "
+                             "process one time point at a time.")
         data, axes = np.take(data, 0, axis=t), axes.replace("T", "")
     return image, data, axes
 
@@ -223,7 +226,8 @@ def _print_scores(result, z_positions) -> None:
     rank[rank_planes(result.scores, result.sharper)] = np.arange(1, result.scores.shape[0] + 1)
     kept = set(result.indices.tolist())
     has_z = z_positions is not None and len(z_positions) == result.scores.shape[0]
-    print(f"{'plane':>5} {'z (um)':>10} {'PLLS':>8} {'rank':>5}  kept" if has_z else f"{'plane':>5} {'PLLS':>8} {'rank':>5}  kept")
+    z_header = f" {'z (um)':>10}" if has_z else ""
+    print(f"{'plane':>5}{z_header} {'PLLS':>8} {'rank':>5}  kept")
     for z, score in enumerate(result.scores):
         shown = "   blank" if np.isnan(score) else f"{score:>8.3f}"
         mark = "yes" if z in kept else ""
