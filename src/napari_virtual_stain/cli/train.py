@@ -1,0 +1,205 @@
+"""``virtual-stain train INPUT TARGET [TARGET2 ...] (--from MODEL | --arch NAME) -o MODEL.pt``.
+
+Trains (or fine-tunes) a model on one co-registered pair of files: the input image or
+stack and one or more target files, whose channels are stacked in order (a target file
+may hold several channels; NaN pixels are missing values). Prints a progress line now
+and then and the validation scores at the end. The best model so far is written to the
+output during the run; the first Ctrl-C stops training and keeps it, with a resume state
+next to it (``--resume`` continues). The result is usable as
+``virtual-stain predict --model MODEL.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .common import _ints, _per_axis
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a model on co-registered image pairs",
+                       description="Train or fine-tune a virtual-staining model on an input image and its real stains.")
+    p.add_argument("input", help="input image or stack (TIFF), e.g. brightfield")
+    p.add_argument("targets", nargs="+", help="target image(s) of the same shape (TIFF); channels are stacked in order")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="from_model", metavar="MODEL",
+                       help="model to fine-tune (name from `virtual-stain models`, or a .pt file)")
+    start.add_argument("--arch", metavar="NAME", help="architecture to train from scratch (unet, resnet_generator, ...)")
+    p.add_argument("--arch-args", type=json.loads, default=None, metavar="JSON",
+                   help='with --arch: constructor arguments, e.g. \'{"depth": 3, "base": 16}\'')
+    p.add_argument("-o", "--output", required=True, help="where to write the model (.pt)")
+    p.add_argument("--name", default=None, help="model name in its card (default: the output file's name)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved at --output (its .state.pt)")
+    length = p.add_argument_group("how long (whichever ends first; default 500 steps)")
+    length.add_argument("--steps", type=int, default=None)
+    length.add_argument("--epochs", type=int, default=None)
+    length.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--patch", type=_ints, default=None, help="training patch, e.g. 128 or 16,128,128 (default 128 / 16,64,64)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-4 Adam; 5e-5 RMSprop for wgan-gp)")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "constant_then_linear"])
+    p.add_argument("--loss", default="l1", choices=["l1", "smooth_l1", "ssim_l1", "l1_l2"])
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of SSIM in ssim_l1, of L1 in l1_l2")
+    p.add_argument("--gan", default="none", choices=["none", "vanilla", "lsgan", "wgan-gp"])
+    p.add_argument("--gan-weight", type=float, default=None)
+    p.add_argument("--n-critic", type=int, default=None)
+    p.add_argument("--patience", type=int, default=None, help="stop after this many validations without improvement")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="part of the Y axis kept for validation")
+    p.add_argument("--val-every", type=int, default=50, help="validate every N steps")
+    p.add_argument("--z-as-channels", action="store_true",
+                   help="feed the planes of an input stack to a 2D model as channels (e.g. a brightfield focal series)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def channels_first(path: str, z_as_channels: bool = False) -> tuple[np.ndarray, list[str], int]:
+    """Read a file as (C, [Z], Y, X) float32; returns data, channel names and spatial dims."""
+    from ..io.tiff_reader import load_image
+
+    image = load_image(path)
+    data, axes = np.asarray(image.data), image.axes
+    if "T" in axes:
+        raise InputError(f"{Path(path).name} is a time series; training takes one time point: save it on its own first.")
+    if axes.endswith("S"):  # RGB samples become channels
+        data = np.moveaxis(data, -1, 0)
+        axes = "C" + axes[:-1]
+        names = ["red", "green", "blue", "alpha"][: data.shape[0]]
+    elif "C" in axes:
+        names = list(image.channel_names) or [f"{Path(path).stem} {i + 1}" for i in range(data.shape[0])]
+    else:
+        data = data[None]
+        axes = "C" + axes
+        names = [Path(path).stem]
+    if z_as_channels and "Z" in axes:
+        c, z = data.shape[:2]
+        data = data.reshape((c * z,) + data.shape[2:])
+        names = [f"{n} z{k}" for n in names for k in range(z)]
+        axes = axes.replace("Z", "")
+    spatial_dims = len(axes) - 1
+    return data.astype(np.float32, copy=False), names, spatial_dims
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class _Printer:
+    """Prints a line every ~5% of the run and at every validation."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.last_val_step = None
+
+    def __call__(self, u) -> None:
+        every = max(1, (u.total_steps or 200) // 20)
+        validated = u.val_step is not None and u.val_step != self.last_val_step
+        if not (validated or u.step % every == 0 or u.step == 1):
+            return
+        self.last_val_step = u.val_step
+        total = f"/{u.total_steps}" if u.total_steps else ""
+        parts = [f"step {u.step}{total}", f"train {u.train_loss:.4f}"]
+        if u.val_loss is not None:
+            parts.append(f"val {u.val_loss:.4f} (best {u.best_val_loss:.4f})")
+        if u.critic_loss is not None:
+            parts.append(f"critic {u.critic_loss:.3f} adv {u.gen_adv_loss:.3f}")
+        parts.append(f"{u.sec_per_step:.2f} s/step, {_duration(u.eta_s)} left")
+        print("  ".join(parts), file=self.stream, flush=True)
+
+
+def _print_scores(scores: dict, stream) -> None:
+    if not scores:
+        print("no validation scores (no validation region)", file=stream)
+        return
+    print(f"{'channel':<16}{'SSIM':>8}{'PSNR':>8}{'PCC':>8}{'MAE':>8}", file=stream)
+    for name, s in scores.items():
+        print(f"{name:<16}{s['ssim']:>8.3f}{s['psnr']:>8.2f}{s['pcc']:>8.3f}{s['mae']:>8.4f}", file=stream)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.checkpoint import load_checkpoint
+    from ..models.registry import resolve_model
+    from ..models.checkpoint import read_checkpoint
+    from ..training.starting import model_for_training
+    from ..training.trainer import TrainConfig, Trainer
+
+    output = Path(args.output)
+    if output.suffix != ".pt":
+        raise InputError(f"The output must be a .pt file, not {output.name}.")
+    if not args.resume and args.from_model is None and args.arch is None:
+        raise InputError("Say where to start: --from MODEL to fine-tune, or --arch NAME to train from scratch.")
+
+    x, input_names, dims = channels_first(args.input, args.z_as_channels)
+    targets, target_names = [], []
+    for path in args.targets:
+        t, names, t_dims = channels_first(path)
+        if t_dims != dims:
+            raise InputError(f"{Path(path).name} is {t_dims}D but the input is {dims}D: pairs must have the same shape.")
+        targets.append(t)
+        target_names += names
+    if len({tuple(t.shape[1:]) for t in targets}) > 1:
+        shapes = ", ".join("x".join(map(str, t.shape[1:])) for t in targets)
+        raise InputError(f"The target files differ in shape ({shapes}): pairs must have the same shape.")
+    y = np.concatenate(targets)
+
+    if args.resume:
+        model, card = load_checkpoint(output)
+    elif args.from_model is not None:
+        model_dims = read_checkpoint(resolve_model(args.from_model))[0].spatial_dims
+        if model_dims == 2 and dims == 3:
+            raise InputError(f"The model is 2D but {Path(args.input).name} is a stack; "
+                             "use --z-as-channels if its planes are channels of one image.")
+        model, card = model_for_training(from_model=args.from_model, n_in=x.shape[0], n_out=y.shape[0],
+                                         spatial_dims=dims, input_names=input_names, output_names=target_names,
+                                         name=args.name or output.stem)
+    else:
+        model, card = model_for_training(arch=args.arch, n_in=x.shape[0], n_out=y.shape[0], spatial_dims=dims,
+                                         input_names=input_names, output_names=target_names,
+                                         arch_args=args.arch_args, name=args.name or output.stem)
+
+    patch = _per_axis(args.patch, dims, "patch") or ([128, 128] if dims == 2 else [16, 64, 64])
+    config = TrainConfig(
+        patch=patch, batch_size=args.batch_size, steps=args.steps, epochs=args.epochs, max_minutes=args.minutes,
+        lr=args.lr, loss=args.loss, alpha=args.alpha, gan=None if args.gan == "none" else args.gan,
+        gan_weight=args.gan_weight, n_critic=args.n_critic, lr_schedule=args.lr_schedule, patience=args.patience,
+        val_fraction=args.val_fraction, val_every=args.val_every, seed=args.seed, device=args.device,
+        precision=args.precision, best_path=str(output))
+    trainer = Trainer(model, card, [x], [y], config)
+    if args.resume:
+        trainer.resume(output)
+    print(f"training {card.summary()} on {Path(args.input).name} ({'x'.join(map(str, x.shape[1:]))}), "
+          f"patch {'x'.join(map(str, patch))}, from step {trainer.step}", file=sys.stderr)
+
+    # First Ctrl-C: stop after this step and keep the best model; a second one aborts.
+    cancel = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum, frame):
+            if cancel.is_set():
+                raise KeyboardInterrupt
+            cancel.set()
+            print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+        previous = signal.signal(signal.SIGINT, stop)
+    try:
+        result = trainer.run(cancel=cancel, on_update=_Printer())
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    trainer.save(output)
+    print(f"{result.reason}: {result.steps} steps in {_duration(result.seconds)}, best at step {result.best_step}",
+          file=sys.stderr)
+    _print_scores(result.scores, sys.stderr)
+    print(f"wrote {output} (resume state: {output.with_suffix('.state.pt').name})", file=sys.stderr)
+    return 0

@@ -1,0 +1,88 @@
+"""`virtual-stain train` end to end on tiny TIFFs."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from scipy import ndimage
+
+from napari_virtual_stain.cli import main
+from napari_virtual_stain.models.checkpoint import load_checkpoint
+
+TINY = ["--arch-args", '{"depth": 2, "base": 4}', "--patch", "32", "--batch-size", "2", "--val-every", "2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks on a shared CPU
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    rng = np.random.default_rng(0)
+    spots = ndimage.gaussian_filter((rng.random((64, 48)) > 0.98).astype(np.float32), 1.5)
+    bf = (ndimage.gaussian_filter(spots, 1) * 500 + 1000 + rng.normal(0, 5, spots.shape)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "bf.tif", bf)
+    nuclei = (spots * 4000).astype(np.float32)
+    nuclei[:6] = np.nan  # missing pixels
+    tifffile.imwrite(tmp_path / "nuclei.tif", nuclei)
+    tifffile.imwrite(tmp_path / "membrane.tif", ndimage.gaussian_gradient_magnitude(spots, 1).astype(np.float32))
+    return tmp_path
+
+
+def test_train_from_scratch_writes_a_model_that_loads_and_predicts(pair, capsys):
+    out = pair / "model.pt"
+    code = main(["train", str(pair / "bf.tif"), str(pair / "nuclei.tif"), str(pair / "membrane.tif"),
+                 "--arch", "unet", "-o", str(out), "--steps", "4", *TINY])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "step 4/4" in err and "wrote" in err and "nuclei" in err
+    model, card = load_checkpoint(out)
+    assert card.input_channels == ["bf"] and card.output_channels == ["nuclei", "membrane"]
+    assert card.name == "model" and card.training["steps"] == 4
+    assert set(card.scores["validation"]) == {"nuclei", "membrane"}
+    assert out.with_suffix(".state.pt").is_file()
+
+    # ... and `predict` accepts it.
+    code = main(["predict", str(pair / "bf.tif"), "-o", str(pair / "pred.tif"), "--model", str(out)])
+    assert code == 0
+    predicted = tifffile.imread(pair / "pred.tif")
+    assert predicted.shape == (2, 64, 48) and np.isfinite(predicted).all()
+
+    # Resume continues where the run ended.
+    code = main(["train", str(pair / "bf.tif"), str(pair / "nuclei.tif"), str(pair / "membrane.tif"),
+                 "-o", str(out), "--resume", "--steps", "6", *TINY])
+    assert code == 0
+    assert load_checkpoint(out)[1].training["steps"] == 6
+
+
+def test_fine_tune_with_a_multichannel_target_file(pair, capsys):
+    first = pair / "first.pt"
+    assert main(["train", str(pair / "bf.tif"), str(pair / "nuclei.tif"), "--arch", "unet", "-o", str(first),
+                 "--steps", "2", *TINY]) == 0
+    both = np.stack([tifffile.imread(pair / "nuclei.tif"), tifffile.imread(pair / "membrane.tif")])
+    tifffile.imwrite(pair / "both.tif", both, imagej=True, metadata={"axes": "CYX", "Labels": ["nuclei", "membrane"]})
+    tuned = pair / "tuned.pt"
+    assert main(["train", str(pair / "bf.tif"), str(pair / "both.tif"), "--from", str(first), "-o", str(tuned),
+                 "--steps", "2", *TINY[2:]]) == 0
+    _, card = load_checkpoint(tuned)
+    assert card.output_channels == ["nuclei", "membrane"]
+    assert "head replaced" in card.training["started_from"]
+
+
+def test_bad_input_prints_one_sentence_and_exits_2(pair, capsys):
+    tifffile.imwrite(pair / "small.tif", np.ones((40, 40), np.float32))
+    code = main(["train", str(pair / "bf.tif"), str(pair / "small.tif"), "--arch", "unet", "-o", str(pair / "m.pt"),
+                 "--steps", "1", *TINY])
+    assert code == 2
+    assert "The target layer 'small' is 40x40 but the input is 64x48: pairs must have the same shape" in capsys.readouterr().err
+    code = main(["train", str(pair / "bf.tif"), str(pair / "nuclei.tif"), "-o", str(pair / "m.pt")])
+    assert code == 2
+    assert "--from MODEL" in capsys.readouterr().err
+    code = main(["train", str(pair / "bf.tif"), str(pair / "nuclei.tif"), "--arch", "unet", "-o", str(pair / "m.pt"),
+                 "--patch", "128", "--steps", "1"])
+    assert code == 2
+    assert "smaller than the 128x128 training patch" in capsys.readouterr().err
