@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..engine.normalise import compute_stats
 from ..engine.predictor import Predictor
 from ..models.card import ModelCard
 from .arrays import Layout, layout_for, nan_fraction, to_channels_first
@@ -26,6 +27,7 @@ class StainResult:
     layout: Layout
     card: ModelCard
     nan_fraction: float  # share of non-finite input pixels (treated as 0 by the engine)
+    stats: dict  # the input normalisation statistics used (of the whole image): reuse them
 
 
 def context_margin(card: ModelCard, spatial_ndim: int) -> tuple[int, ...]:
@@ -40,19 +42,25 @@ def context_margin(card: ModelCard, spatial_ndim: int) -> tuple[int, ...]:
 
 
 def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str = "image",
-              region: Region | None = None,
+              region: Region | None = None, stats: dict | None = None,
               progress: Callable[[int, int], None] | None = None, cancel=None) -> StainResult:
-    """Predict the model's output channels for ``region`` of a layer's data (all of it by default)."""
+    """Predict the model's output channels for ``region`` of a layer's data (all of it by default).
+
+    Normalisation statistics come from the whole image (or ``stats``, computed earlier for
+    it), so a region is predicted exactly as it would be in a whole-image run.
+    """
     card = predictor.card
     layout = layout_for(layer_data, card, rgb, name)
     image = to_channels_first(layer_data, layout)
     spatial = tuple(image.shape[1:])
     region = region or Region.whole(spatial)
     outer = region.grow(context_margin(card, len(spatial)), spatial)
+    if stats is None:
+        stats = compute_stats(image, card.input_normalisation)
     block = image[(slice(None),) + outer.slices]
     if not isinstance(block, np.ndarray) and outer.shape != spatial:
         block = np.asarray(block)  # a view of a lazy array: small enough to hold
-    out = predictor.predict(block, progress=progress, cancel=cancel)
+    out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats)
     inner = np.ascontiguousarray(np.asarray(out)[(slice(None),) + region.relative_to(outer)])
     frac = nan_fraction(block) if isinstance(block, np.ndarray) else 0.0
-    return StainResult(inner, list(card.output_channels), region, layout, card, frac)
+    return StainResult(inner, list(card.output_channels), region, layout, card, frac, stats)

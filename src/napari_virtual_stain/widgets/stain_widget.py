@@ -47,10 +47,11 @@ class PredictorCache:
 
 
 def _predict(cache: PredictorCache, model_name: str, device: str, data, rgb: bool, name: str,
-             region, progress=None, cancel=None):
+             region, stats=None, progress=None, cancel=None):
     """Worker body: load (cached) and predict. Runs in a thread; touches no Qt."""
     predictor = cache.get(model_name, device)
-    return run_stain(predictor, data, rgb=rgb, name=name, region=region, progress=progress, cancel=cancel)
+    return run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
+                     progress=progress, cancel=cancel)
 
 
 class VirtualStainWidget(QWidget):
@@ -58,6 +59,7 @@ class VirtualStainWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.cache = PredictorCache()
+        self._stats: dict = {}
         self.job: Job | None = None
         self.relay = ProgressRelay()
 
@@ -151,9 +153,13 @@ class VirtualStainWidget(QWidget):
         except Exception as err:  # user errors become notifications, not tracebacks
             report_error(err, "Virtual staining")
             return
-        self._run_context = (layer, card)
+        # Whole-image normalisation statistics, computed once per layer data and model:
+        # panning in "follow the view" mode then costs only the network.
+        stats_key = (id(layer.data), model_name)
+        stats = self._stats.get(stats_key)
+        self._run_context = (layer, card, stats_key)
         self.job = Job(_predict, self.cache, model_name, self.device.value, layer.data, layer.rgb,
-                       layer.name, region, on_result=self._on_result, on_done=self._on_done,
+                       layer.name, region, stats, on_result=self._on_result, on_done=self._on_done,
                        action="Virtual staining", relay=self.relay)
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value = 0
@@ -168,7 +174,8 @@ class VirtualStainWidget(QWidget):
         self.progress.value = done
 
     def _on_result(self, result):
-        layer, _ = self._run_context
+        layer, _, stats_key = self._run_context
+        self._stats = {stats_key: result.stats}
         scale = self._spatial(layer.scale, result)
         translate = self._spatial(layer.translate, result)
         limits = None if result.card.output_activation == "none" else [(0.0, 1.0)] * len(result.channels)
