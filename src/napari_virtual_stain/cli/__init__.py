@@ -16,6 +16,7 @@ from ..errors import Cancelled, VirtualStainError
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = [
+    "demo",
     "predict",
     "models",
     "preprocess",
