@@ -204,25 +204,31 @@ def make_cells_3d(shape: tuple[int, int, int] = (32, 256, 256), n_cells: int | N
     nucleoli, _ = rasterize(spots, (nz, ny, nx), within=(nuclei_labels > 0).astype(np.int32),
                             labels_of=[1] * len(spots))
 
-    texture = smooth_noise(rng, (nz, ny, nx), (0.7, 1.2, 1.2))  # shared by index and stain (see 2D)
-    delta_n = np.where(nuclei_labels > 0, DELTA_N_NUCLEUS, np.where(cell_labels > 0, DELTA_N_CYTOPLASM, 0.0))
-    delta_n = (delta_n * (1.0 + 0.1 * texture) + DELTA_N_NUCLEOLUS * (nucleoli > 0)).astype(np.float32)
+    # Per-voxel work only on the slab of planes the cells occupy (the rest is medium).
+    occupied = np.flatnonzero(cell_labels.any(axis=(1, 2)))
+    slab = slice(int(occupied[0]), int(occupied[-1]) + 1) if occupied.size else slice(0, 0)
+    cells_slab, nuclei_slab = cell_labels[slab], nuclei_labels[slab]
+    texture = smooth_noise(rng, cells_slab.shape, (0.7, 1.2, 1.2))  # shared by index and stain (see 2D)
+    delta_n = np.where(nuclei_slab > 0, DELTA_N_NUCLEUS, np.where(cells_slab > 0, DELTA_N_CYTOPLASM, 0.0))
+    delta_n = (delta_n * (1.0 + 0.1 * texture) + DELTA_N_NUCLEOLUS * (nucleoli[slab] > 0)).astype(np.float32)
     delta_n = ndimage.gaussian_filter(delta_n, (0.0, 0.5, 0.5)) * mic.contrast
-    phase = (2 * np.pi / mic.wavelength_um * delta_n * mic.z_step_um).astype(np.float32)
-    absorption = mic.contrast * mic.z_step_um * (
-        ABSORPTION_PER_UM * (cell_labels > 0) + NUCLEAR_ABSORPTION_PER_UM * (nuclei_labels > 0))
+    phase = np.zeros((nz, ny, nx), np.float32)
+    phase[slab] = 2 * np.pi / mic.wavelength_um * delta_n * mic.z_step_um
+    absorption = np.zeros((nz, ny, nx), np.float32)
+    absorption[slab] = mic.contrast * mic.z_step_um * (
+        ABSORPTION_PER_UM * (cells_slab > 0) + NUCLEAR_ABSORPTION_PER_UM * (nuclei_slab > 0))
 
     focus_um = np.arange(nz) * mic.z_step_um + mic.focus_offset_um
     light = illumination(rng, (ny, nx), mic.illumination_gradient)
-    intensity = brightfield_focal_series(phase, absorption.astype(np.float32), mic, focus_um,
+    intensity = brightfield_focal_series(phase, absorption, mic, focus_um,
                                          specimen_center_um=middle * mic.z_step_um)
     brightfield = _brightfield_camera(rng, intensity, mic, light)
 
     sigma_xy = psf_sigma_px(mic)
     sigma_z = 0.6 * mic.fluorescence_wavelength_um * mic.medium_index / mic.na**2 / mic.z_step_um
     dna = _dna_content(rng, len(cells))
-    chromatin = 1.0 + 0.25 * texture
-    stain = dna[nuclei_labels] * chromatin * (nuclei_labels > 0)
+    stain = np.zeros((nz, ny, nx), np.float32)
+    stain[slab] = dna[nuclei_slab] * (1.0 + 0.25 * texture) * (nuclei_slab > 0)
     nuclei_clean = np.clip(0.8 * ndimage.gaussian_filter(stain, (sigma_z, sigma_xy, sigma_xy)), 0, 1)
     membrane_clean = _membrane(rng, cell_labels, len(cells), (sigma_z, sigma_xy, sigma_xy))
     fluorescence_light = 1.0 + 0.5 * (light - 1.0)
