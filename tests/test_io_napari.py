@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_virtual_stain.errors import ReaderError
 from napari_virtual_stain.io import sample_data
 from napari_virtual_stain.io.tiff_reader import read_tiff, save_tiff
 
@@ -42,3 +43,28 @@ def test_samples_open_in_the_viewer(make_napari_viewer, name):
     assert any(layer.visible for layer in layers)
     hidden = [layer.name for layer in layers if not layer.visible]
     assert hidden and all("(truth)" in n for n in hidden)
+
+
+def test_drag_and_drop_through_the_plugin(make_napari_viewer, tmp_path):
+    rng = np.random.default_rng(1)
+    path = save_tiff(tmp_path / "markers.ome.tif", rng.random((3, 12, 14)).astype(np.float32), "CYX",
+                     ["DAPI", "CD3", "CD45"], (0.4, 0.4))
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-virtual-stain")
+    assert [layer.name for layer in viewer.layers] == ["DAPI", "CD3", "CD45"]
+    assert tuple(viewer.layers["CD3"].scale) == pytest.approx((0.4, 0.4))
+
+
+def test_a_bad_file_reaches_the_user_as_our_sentence(make_napari_viewer, tmp_path):
+    path = tmp_path / "notes.tif"
+    path.write_text("not an image")
+    viewer = make_napari_viewer()
+    with pytest.raises(ReaderError, match=r"^notes\.tif is not a TIFF file"):
+        viewer.open(str(path), plugin="napari-virtual-stain")
+    assert len(viewer.layers) == 0
+
+
+def test_open_sample_through_the_plugin(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-virtual-stain", "label_free_2d")
+    assert "brightfield" in viewer.layers and not viewer.layers["nuclei (truth)"].visible
