@@ -1,0 +1,173 @@
+"""MAXIM from the shell: ``train-imputers``, ``impute`` and ``qc`` (batch QC of many stacks).
+
+    virtual-stain train-imputers STACK.tif -o MODELDIR [--markers A B] [--minutes M]
+    virtual-stain impute STACK.tif --models MODELDIR --marker NAME -o OUT.tif
+    virtual-stain qc STACK.tif [MORE.tif ...] --models MODELDIR -o REPORT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .progress import TextProgress
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _add_stack_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--names", type=_names, default=None,
+                   help="marker names, comma-separated, one per channel (default: the names in the file)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-imputers", help="train one MAXIM imputer per marker from a well-stained stack",
+                       description="Train a U-Net per target marker that imputes it from the other markers "
+                                   "(paper 003). One checkpoint with its model card per marker goes into MODELDIR.")
+    p.add_argument("stack", help="multiplex stack (TIFF/OME-TIFF with a channel axis)")
+    p.add_argument("-o", "--output", required=True, help="folder for the imputer-<marker>.pt files")
+    p.add_argument("--markers", nargs="+", default=None, help="target markers to train (default: all)")
+    p.add_argument("--minutes", type=float, default=None, help="time budget for all markers together")
+    p.add_argument("--steps", type=int, default=None, help="training steps per marker (default 2000, or by --minutes)")
+    p.add_argument("--patch", type=int, default=128, help="training patch size (default 128)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--adversarial", action="store_true", help="MAXIM-Adv: add pix2pix's PatchGAN loss")
+    _add_stack_arguments(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("impute", help="impute one marker of a stack with its MAXIM imputer",
+                       description="Impute a marker from the other markers of a stack; writes a float32 TIFF.")
+    p.add_argument("stack", help="multiplex stack (TIFF/OME-TIFF with a channel axis)")
+    p.add_argument("--models", required=True, help="folder of imputers (from train-imputers)")
+    p.add_argument("--marker", required=True, help="the marker to impute")
+    p.add_argument("--missing", nargs="+", default=(), help="input markers to treat as failed (fed as zeros)")
+    p.add_argument("-o", "--output", required=True, help="output TIFF (one channel, values 0-1)")
+    _add_stack_arguments(p)
+    p.set_defaults(func=run_impute)
+
+    p = sub.add_parser("qc", help="flag failed stains of multiplex stacks with MAXIM imputers",
+                       description="Impute every marker that has an imputer, compare with the acquired channel, "
+                                   "and report per-marker scores, flags and flagged regions (boxes) as JSON.")
+    p.add_argument("stacks", nargs="+", help="one or more multiplex stacks")
+    p.add_argument("--models", required=True, help="folder of imputers (from train-imputers)")
+    p.add_argument("-o", "--output", required=True, help="JSON report (one entry per stack for several stacks)")
+    p.add_argument("--maps", default=None,
+                   help="also write the disagreement maps of a single stack to this TIFF (one channel per marker)")
+    p.add_argument("--fail-on-flag", action="store_true", help="exit with status 1 when any marker is flagged")
+    _add_stack_arguments(p)
+    p.set_defaults(func=run_qc_command)
+
+
+def read_stack(path: str, names: list[str] | None) -> tuple[np.ndarray, list[str], tuple | None]:
+    """A (C, Y, X) stack, its marker names and pixel size from a file."""
+    from ..io.tiff_reader import load_image
+
+    image = load_image(path)
+    axes = image.axes
+    if "T" in axes or "Z" in axes:
+        raise InputError(f"{path} has axes {axes}: marker imputation needs one 2D multiplex image (channels, Y, X); "
+                         "save a single time point and plane.")
+    if axes.endswith("S"):
+        raise InputError(f"{path} is an RGB image, not a multiplex stack of marker channels.")
+    if "C" not in axes:
+        raise InputError(f"{path} has a single channel: imputing a marker needs a stack of several markers.")
+    data = np.asarray(image.data)
+    file_names = list(image.channel_names)
+    names = names or file_names
+    return data, names, image.pixel_size_um
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..training.imputers import ImputerConfig, train_imputers
+    from ..tasks.maxim import check_marker_stack, select_markers
+
+    stack, names, _ = read_stack(args.stack, args.names)
+    names = check_marker_stack(stack, names)
+    targets = select_markers(args.markers, names, "markers to train")
+    minutes = args.minutes / len(targets) if args.minutes else None
+    steps = args.steps if args.steps is not None else (None if minutes else 2000)
+    config = ImputerConfig(steps=steps, max_minutes=minutes, patch=args.patch, batch_size=args.batch_size,
+                           adversarial=args.adversarial, device=args.device)
+    print(f"{args.stack}: {len(names)} markers ({', '.join(names)}), {stack.shape[1]}x{stack.shape[2]}; "
+          f"training {', '.join(targets)}", file=sys.stderr)
+
+    def done(result) -> None:
+        s = result.scores
+        print(f"\n{result.marker}: held-out SSIM {s['val']['ssim']:.3f} PCC {s['val']['pcc']:.3f} "
+              f"MAE {s['val']['mae']:.4f} (BL-Mean MAE {s['bl_mean']['mae']:.4f}, BL-Zero MAE "
+              f"{s['bl_zero']['mae']:.4f}) -> {result.path}", file=sys.stderr)
+
+    train_imputers(stack, names, args.output, markers=targets, config=config,
+                   progress=TextProgress("train-imputers"), on_marker=done)
+    return 0
+
+
+def run_impute(args: argparse.Namespace) -> int:
+    from ..io.tiff_reader import save_tiff
+    from ..tasks.maxim import find_imputers, impute_marker
+
+    stack, names, pixel_size = read_stack(args.stack, args.names)
+    found = find_imputers(args.models)
+    lowered = {m.lower(): m for m in found}
+    if args.marker.lower() not in lowered:
+        raise InputError(f"{args.models} has no imputer for {args.marker} (it has: {', '.join(found)}).")
+    from ..models.checkpoint import load_checkpoint
+
+    model, card = load_checkpoint(found[lowered[args.marker.lower()]])
+    result = impute_marker(model, card, stack, names, missing=args.missing, device=args.device,
+                           progress=TextProgress("impute"))
+    channel = f"{card.output_channels[0]} (imputed)"
+    # One plane: written as Y, X (a one-entry channel axis does not survive a round trip).
+    save_tiff(args.output, result.data.astype(np.float32), "YX", None, pixel_size)
+    print(f"wrote {args.output}: {channel} {result.data.shape}", file=sys.stderr)
+    return 0
+
+
+def _summary_line(path: str, report) -> str:
+    parts = []
+    for marker, q in report.markers.items():
+        flag = "FLAGGED" if q.flagged else ("unassessable" if not q.assessable else "ok")
+        parts.append(f"{marker} {flag} (PCC {q.scores['pcc']:.2f}, SSIM {q.scores['ssim']:.2f}"
+                     f"{', ' + str(len(q.regions)) + ' region(s)' if q.regions else ''})")
+    return f"{path}: " + "; ".join(parts)
+
+
+def run_qc_command(args: argparse.Namespace) -> int:
+    from ..tasks.maxim import load_imputers
+    from ..tasks.maxim_qc import run_qc
+
+    if args.maps and len(args.stacks) > 1:
+        raise InputError("--maps writes the maps of one stack; give a single stack with it.")
+    imputers = load_imputers(args.models)
+    reports = {}
+    any_flag = False
+    for path in args.stacks:
+        stack, names, pixel_size = read_stack(path, args.names)
+        report = run_qc(stack, names, imputers, device=args.device, progress=TextProgress(f"qc {Path(path).name}"))
+        reports[path] = report.to_dict()
+        any_flag = any_flag or bool(report.flagged)
+        print(_summary_line(path, report), file=sys.stderr)
+        for warning in report.warnings:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
+        if args.maps:
+            from ..io.tiff_reader import save_tiff
+
+            markers = list(report.markers)
+            maps = np.stack([report.markers[m].disagreement for m in markers]).astype(np.float32)
+            save_tiff(args.maps, maps, "CYX", [f"{m} disagreement" for m in markers], pixel_size)
+    payload = next(iter(reports.values())) if len(reports) == 1 else {"stacks": reports}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
+    tmp.replace(out)  # a half-written report never replaces a good one
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 1 if (args.fail_on_flag and any_flag) else 0

@@ -1,0 +1,82 @@
+"""``virtual-stain train-imputers | impute | qc`` end to end on tiny files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_virtual_stain.cli import main
+from napari_virtual_stain.io.tiff_reader import load_image, save_tiff
+from napari_virtual_stain.models.checkpoint import save_checkpoint
+from test_maxim_core import MARKERS, OracleMean, good_stack, oracle_card
+from napari_virtual_stain.tasks.maxim import stack_marker_stats
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "models"
+    stats = stack_marker_stats(good_stack(seed=1), MARKERS)
+    for m in MARKERS:
+        save_checkpoint(folder / f"imputer-{m}.pt", OracleMean(), oracle_card(m, stats=stats))
+    return folder
+
+
+def _write(path, stack, names=MARKERS):
+    save_tiff(path, stack, "CYX", names)
+    return str(path)
+
+
+def test_qc_reports_a_blanked_region_as_json_and_maps(tmp_path, model_dir, capsys):
+    good = _write(tmp_path / "good.tif", good_stack(seed=0))
+    bad_stack = good_stack(seed=0)
+    bad_stack[2, 16:40, 20:44] = 0
+    bad = _write(tmp_path / "bad.tif", bad_stack)
+    report = tmp_path / "report.json"
+    assert main(["qc", good, bad, "--models", str(model_dir), "-o", str(report), "--device", "cpu",
+                 "--fail-on-flag"]) == 1
+    data = json.loads(report.read_text())["stacks"]
+    assert data[good]["flagged"] == [] and data[bad]["flagged"] == ["CD3"]
+    (box,) = data[bad]["markers"]["CD3"]["regions"]
+    assert 12 <= box["y0"] <= 20 and 36 <= box["y1"] <= 44 and box["kind"] == "weaker"
+    assert "CD3 FLAGGED" in capsys.readouterr().err
+
+    maps = tmp_path / "maps.tif"
+    assert main(["qc", bad, "--models", str(model_dir), "-o", str(report), "--maps", str(maps), "--device", "cpu"]) == 0
+    assert json.loads(report.read_text())["flagged"] == ["CD3"]
+    image = load_image(maps)
+    assert image.channel_names[2] == "CD3 disagreement"
+    assert np.asarray(image.data)[2, 20:36, 24:40].mean() > 3 * np.asarray(image.data)[0].mean()
+
+
+def test_impute_writes_the_marker(tmp_path, model_dir):
+    stack = _write(tmp_path / "s.tif", good_stack())
+    out = tmp_path / "ki67.tif"
+    assert main(["impute", stack, "--models", str(model_dir), "--marker", "ki67", "-o", str(out), "--device", "cpu"]) == 0
+    image = load_image(out)
+    assert image.axes == "YX" and np.asarray(image.data).shape == (64, 64)
+    assert np.corrcoef(np.asarray(image.data).ravel(), good_stack()[3].ravel().astype(float))[0, 1] > 0.95
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path, model_dir, capsys):
+    single = tmp_path / "one.tif"
+    save_tiff(single, good_stack()[0], "YX")
+    assert main(["qc", str(single), "--models", str(model_dir), "-o", str(tmp_path / "r.json")]) == 2
+    assert "single channel" in capsys.readouterr().err
+    lacking = _write(tmp_path / "lacking.tif", good_stack()[:4], MARKERS[:4])
+    assert main(["qc", lacking, "--models", str(model_dir), "-o", str(tmp_path / "r.json")]) == 2
+    assert "has no CK" in capsys.readouterr().err
+    stack = _write(tmp_path / "s.tif", good_stack())
+    assert main(["impute", stack, "--models", str(model_dir), "--marker", "CD8", "-o", str(tmp_path / "o.tif")]) == 2
+    assert "no imputer for CD8" in capsys.readouterr().err
+    assert main(["qc", stack, "--names", "a,b,a,c,d", "--models", str(model_dir), "-o", str(tmp_path / "r.json")]) == 2
+    assert "more than once" in capsys.readouterr().err
+
+
+def test_train_imputers_writes_one_model_per_chosen_marker(tmp_path):
+    stack = _write(tmp_path / "s.tif", good_stack()[:3], MARKERS[:3])
+    out = tmp_path / "trained"
+    assert main(["train-imputers", stack, "-o", str(out), "--markers", "CD3", "--steps", "1", "--patch", "32",
+                 "--batch-size", "2", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.pt")) == ["imputer-CD3.pt"]
