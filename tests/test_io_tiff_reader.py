@@ -246,3 +246,35 @@ def test_read_tiff_reads_each_file_of_a_list(tmp_path, rng):
     b = save_tiff(tmp_path / "b.tif", rng.random((8, 8)), "YX")
     layers = read_tiff([str(a), str(b)])
     assert [kw["name"] for _, kw, _ in layers] == [["DAPI", "GFP"], "b"]
+
+
+def test_nan_pixels_do_not_break_the_display_range(tmp_path):
+    data = np.full((2, 8, 8), np.nan, np.float32)
+    data[1, :4] = np.linspace(0, 5, 32).reshape(4, 8)
+    (_, kwargs, _), = read_tiff(str(save_tiff(tmp_path / "nan.tif", data, "CYX", ["empty", "half"])))
+    (lo0, hi0), (lo1, hi1) = kwargs["contrast_limits"]
+    assert (lo0, hi0) == (0.0, 1.0)
+    assert lo1 == 0.0 and 4.9 < hi1 <= 5.0
+
+
+def test_ome_tiff_from_elsewhere_is_put_in_canonical_order_with_units(tmp_path, rng):
+    data = rng.integers(0, 4000, size=(4, 2, 10, 12), dtype=np.uint16)  # Z, C, Y, X
+    tifffile.imwrite(tmp_path / "scope.ome.tif", data, photometric="minisblack", metadata={
+        "axes": "ZCYX", "Channel": {"Name": ["Hoechst", "mCherry"]},
+        "PhysicalSizeX": 325.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 325.0, "PhysicalSizeYUnit": "nm",
+        "PhysicalSizeZ": 1.5, "PhysicalSizeZUnit": "µm"})
+    image = load_image(tmp_path / "scope.ome.tif")
+    assert image.axes == "CZYX" and image.channel_names == ["Hoechst", "mCherry"]
+    np.testing.assert_array_equal(image.data, data.transpose(1, 0, 2, 3))
+    assert image.pixel_size_um == pytest.approx((1.5, 0.325, 0.325))
+
+
+def test_imagej_hyperstack_from_elsewhere(tmp_path, rng):
+    data = rng.random((3, 2, 10, 12)).astype(np.float32)  # Z, C, Y, X as ImageJ stores them
+    tifffile.imwrite(tmp_path / "fiji.tif", data, imagej=True, resolution=(1 / 0.1, 1 / 0.1),
+                     metadata={"axes": "ZCYX", "unit": "micron", "spacing": 0.5,
+                               "Labels": ["GFP", "RFP"] * 3})
+    image = load_image(tmp_path / "fiji.tif")
+    assert image.axes == "CZYX" and image.channel_names == ["GFP", "RFP"]
+    assert image.pixel_size_um == pytest.approx((0.5, 0.1, 0.1))
+    np.testing.assert_array_equal(image.data[1, 2], data[2, 1])

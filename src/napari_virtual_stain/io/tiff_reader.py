@@ -414,7 +414,8 @@ def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _Tifff
     if names is None or len(names) != n_channels:
         names = [f"C{i}" for i in range(n_channels)]
     spatial = "".join(a for a in axes if a in SPATIAL_AXES)
-    pixel_size = tuple(sizes.get(a) for a in spatial)
+    # 12 significant digits: 9.84, not 9.840000000000009 from a mean of label positions
+    pixel_size = tuple(float(f"{sizes[a]:.12g}") if sizes.get(a) else None for a in spatial)
     extra["lazy"] = lazy
     return LoadedImage(
         data=data,
@@ -481,10 +482,14 @@ def load_image(path: str | os.PathLike, lazy_threshold_bytes: int = LAZY_THRESHO
 
 
 def _display_range(plane_stack: np.ndarray) -> tuple[float, float]:
-    """Contrast limits that survive a few very bright pixels (sparse multiplex counts)."""
+    """Contrast limits that survive a few very bright pixels (sparse multiplex counts) and NaNs."""
     sample = np.asarray(plane_stack)
     step = max(1, int(math.sqrt(sample.size / 1_000_000)))  # about a million values is plenty
     sample = sample[..., ::step, ::step]
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            return 0.0, 1.0
     lo = float(np.min(sample))
     hi = float(np.percentile(sample, 99.9))
     if hi <= lo:
