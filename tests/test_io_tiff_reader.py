@@ -58,6 +58,15 @@ def test_mibi_layers_are_one_per_channel_named_by_marker():
     assert lo == 0 and 0 < hi <= data[17].max()
 
 
+@needs(GRANULOMA)
+def test_mibi_granuloma_opens_lazily_with_the_same_counts():
+    eager = load_image(GRANULOMA)
+    lazy = load_image(GRANULOMA, lazy_threshold_bytes=10_000_000)  # the file holds 98 MB of pixels
+    assert lazy.is_lazy and lazy.extra["lazy"] and lazy.channel_names == eager.channel_names
+    assert not isinstance(lazy.data, np.ndarray)  # compressed: dask over tifffile's zarr store
+    np.testing.assert_array_equal(np.asarray(lazy.data[17]), eager.data[17])
+
+
 @needs(BREAST)
 def test_mibi_breast_channel_names():
     image = load_image(BREAST)

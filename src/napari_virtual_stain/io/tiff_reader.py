@@ -428,10 +428,10 @@ def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _Tifff
 
 
 def _read_other_image(path: Path) -> LoadedImage:
-    import imageio.v3 as iio
+    from skimage import io as skio  # imageio underneath; scikit-image is a declared dependency
 
     try:
-        data = np.asarray(iio.imread(str(path)))
+        data = np.asarray(skio.imread(str(path)))
     except Exception as err:
         raise ReaderError(f"{path.name} is damaged or not a {path.suffix[1:].upper()} image: it could not be read.") from err
     if data.size == 0:
