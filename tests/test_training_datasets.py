@@ -146,3 +146,13 @@ def test_bad_pairs_raise_input_errors_with_a_sentence(rng):
     stack = rng.random((1, 10, 100, 100)).astype(np.float32)
     with pytest.raises(InputError, match="is 10x100x100 \\(ZxYxX\\), smaller than the 16x64x64 training patch"):
         validate_pairs([stack], [stack], (16, 64, 64), 3)
+
+
+def test_validation_band_can_be_lower_than_the_patch(rng):
+    # 15% of 80 rows is 12; the band is raised to 32 rows (not to the 48-row patch), and
+    # its tiles are 32 rows high so the training region keeps 48 rows.
+    x, y = _pair(rng, (80, 100))
+    val = PairedPatches([x], [y], (48, 48), 2, split="val")
+    assert val.region_of(0) == (slice(48, 80), slice(0, 100))
+    assert {tuple(val[i][0].shape) for i in range(len(val))} == {(1, 32, 48)}
+    assert len(val) == 3  # columns 0, 48 and 52 cover the 100-pixel width

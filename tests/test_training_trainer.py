@@ -156,11 +156,12 @@ def test_early_stopping_when_validation_does_not_improve():
 
 def test_card_records_data_settings_scores_and_target_normalisation():
     x, y = _cells()
-    y_partial = [y[0], None]
+    x2, y2 = _cells(seed=2, spatial=(96, 80))  # another size: validation tiles of two shapes
+    y_partial = [y2[0], None]
     model, card = _tiny()
-    result = Trainer(model, card, [x, x], [y, y_partial], _config(steps=3, loss="ssim_l1", alpha=0.8)).run()
+    result = Trainer(model, card, [x, x2], [y, y_partial], _config(steps=3, loss="ssim_l1", alpha=0.8)).run()
     trained = result.card
-    assert trained.training["data"]["pairs"] == 2
+    assert trained.training["data"]["pairs"] == 2 and trained.training["data"]["shapes"] == [[64, 64], [96, 80]]
     assert trained.training["data"]["pairs_with_target"] == {"nuclei": 2, "membrane": 1}
     assert trained.training["config"]["loss"] == "ssim_l1" and trained.training["config"]["alpha"] == 0.8
     assert trained.training["steps"] == 3

@@ -153,40 +153,45 @@ def mean_scores(per_channel: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def tiled_channel_scores(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None,
-                         names: Sequence[str] | None = None, data_range: float = 1.0) -> dict[str, dict[str, float]]:
-    """Score (N, C, ...) stacks of separate tiles per channel: ``{name: {metric: value}}``.
+def tiled_channel_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                         masks: Sequence[np.ndarray] | None = None, names: Sequence[str] | None = None,
+                         data_range: float = 1.0) -> dict[str, dict[str, float]]:
+    """Score separate (C, ...) tiles per channel: ``{name: {metric: value}}``.
 
-    PCC, MAE and PSNR pool the valid pixels of all tiles; SSIM is computed per tile (its
-    windows must not cross from one tile into the next) and averaged, weighted by each
-    tile's valid pixels. Channels without any valid pixel are left out.
+    ``preds``/``targets``/``masks`` are sequences of tiles (an (N, C, ...) array works
+    too); tiles may differ in shape. PCC, MAE and PSNR pool the valid pixels of all
+    tiles; SSIM is computed per tile (its windows must not cross from one tile into the
+    next) and averaged, weighted by each tile's valid pixels. Channels without any valid
+    pixel are left out.
     """
-    pred = np.asarray(pred)
-    target = np.asarray(target)
-    if pred.shape != target.shape or pred.ndim < 3:
-        raise ValueError(f"expected two (N, C, ...) stacks of one shape, not {pred.shape} and {target.shape}")
-    n, c = pred.shape[:2]
-    if mask is None:
-        mask = np.ones(pred.shape, dtype=bool)
-    names = list(names) if names is not None else [f"channel {i}" for i in range(c)]
+    if len(preds) != len(targets) or (masks is not None and len(masks) != len(preds)):
+        raise ValueError("give as many prediction, target and mask tiles")
+    if len(preds) == 0:
+        return {}
+    n_channels = np.asarray(preds[0]).shape[0]
+    names = list(names) if names is not None else [f"channel {i}" for i in range(n_channels)]
     result: dict[str, dict[str, float]] = {}
     for ch, name in enumerate(names):
-        p, t, m = pred[:, ch], target[:, ch], np.asarray(mask[:, ch], dtype=bool)
-        _, _, valid = _prepare(p, t, m)
-        if not valid.any():
+        flat_p, flat_t, weights, values = [], [], [], []
+        for i in range(len(preds)):
+            m = None if masks is None else np.asarray(masks[i][ch], dtype=bool)
+            p, t, valid = _prepare(np.asarray(preds[i][ch]), np.asarray(targets[i][ch]), m)
+            count = int(valid.sum())
+            if not count:
+                continue
+            flat_p.append(p[valid])
+            flat_t.append(t[valid])
+            value = ssim(p, t, valid, data_range)
+            if np.isfinite(value):
+                weights.append(count)
+                values.append(value)
+        if not flat_p:
             continue
-        weights, values = [], []
-        for i in range(n):
-            count = int(valid[i].sum())
-            if count:
-                value = ssim(p[i], t[i], m[i], data_range)
-                if np.isfinite(value):
-                    weights.append(count)
-                    values.append(value)
+        p, t = np.concatenate(flat_p), np.concatenate(flat_t)
         result[name] = {
             "ssim": float(np.average(values, weights=weights)) if values else float("nan"),
-            "psnr": psnr(p, t, m, data_range),
-            "pcc": pcc(p, t, m),
-            "mae": mae(p, t, m),
+            "psnr": psnr(p, t, None, data_range),
+            "pcc": pcc(p, t),
+            "mae": mae(p, t),
         }
     return result

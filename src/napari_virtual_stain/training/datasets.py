@@ -12,14 +12,16 @@
   scaled to [0, 1] with its own 1st/99.8th percentiles (clipped); the statistics are kept
   in ``target_stats`` for the model card;
 - the validation split is by region, never by random pixels: the last ``val_fraction``
-  of the Y axis of every pair (at least one patch high; the X axis if Y is too short)
-  is reserved for validation and training crops are drawn only from the rest, so no
-  training crop ever overlaps a validation tile;
+  of the Y axis of every pair (at least MIN_VAL_SIZE pixels or the patch, whichever is
+  smaller; the X axis if Y is too short) is reserved for validation and training crops
+  are drawn only from the rest, so no training crop ever overlaps a validation tile;
 - training crops are random, flipped in Y/X and rotated by multiples of 90 degrees in
   the Y-X plane (Z is never flipped: above and below focus look different in
   brightfield), and balanced across target channels as in paper 004: crop i of a batch
   is drawn for target channel i mod K from a pair that has data for that channel;
-- validation tiles are a fixed grid over the validation region, no augmentation.
+- validation tiles are a fixed grid over the validation region, no augmentation; they
+  have the patch's size, or the validation band's height where that is smaller (the
+  networks are fully convolutional).
 
 Items are ``(x, y, mask)`` float32 tensors: x (C, *patch), y (T, *patch) with missing
 values set to 0, mask (T, *patch) with 1 where the target exists.
@@ -47,6 +49,9 @@ TARGET_NORMALISATION = {"kind": "percentile", "low": 1.0, "high": 99.8, "clip": 
 # MIN_VALID_FRACTION of its pixels have a value for t; the best try is kept otherwise.
 CROP_TRIES = 8
 MIN_VALID_FRACTION = 0.05
+# The validation band is at least this high (or one patch, if the patch is smaller), so
+# a 15% band of a 384-pixel image is not inflated to a whole 128-pixel patch.
+MIN_VAL_SIZE = 32
 
 
 def _size(shape: Sequence[int]) -> str:
@@ -140,8 +145,9 @@ def split_regions(spatial: Sequence[int], patch: Sequence[int], val_fraction: fl
                   name: str = "the layer") -> tuple[tuple[slice, ...], tuple[slice, ...] | None]:
     """Training and validation regions of one image, as tuples of spatial slices.
 
-    The validation region is the last ``val_fraction`` of the Y axis, at least one patch
-    high; if Y cannot hold a training patch as well, the X axis is split instead.
+    The validation region is the last ``val_fraction`` of the Y axis, at least
+    ``min(patch, MIN_VAL_SIZE)`` high; if Y cannot also hold a training patch, the X axis
+    is split instead.
     ``val_fraction`` 0 gives no validation region.
     """
     full = tuple(slice(0, int(s)) for s in spatial)
@@ -152,14 +158,14 @@ def split_regions(spatial: Sequence[int], patch: Sequence[int], val_fraction: fl
     n = len(spatial)
     for axis in (n - 2, n - 1):
         length, size = int(spatial[axis]), int(patch[axis])
-        val_len = max(int(math.ceil(val_fraction * length)), size)
+        val_len = max(int(math.ceil(val_fraction * length)), min(size, MIN_VAL_SIZE))
         if length - val_len >= size:
             cut = length - val_len
             train = full[:axis] + (slice(0, cut),) + full[axis + 1:]
             val = full[:axis] + (slice(cut, length),) + full[axis + 1:]
             return train, val
     raise InputError(f"'{name}' is {_layer_size(spatial)}: too small to hold a {_size(patch)} training patch and a "
-                     "separate validation region of the same size; use a smaller patch, a larger layer or no validation.")
+                     "separate validation region; use a smaller patch, a larger layer or no validation.")
 
 
 def _grid_starts(length: int, size: int) -> list[int]:
@@ -244,11 +250,12 @@ class PairedPatches(torch.utils.data.Dataset):
             y[t] = normalise(part[None], TARGET_NORMALISATION, t_stats)[0]  # NaN -> 0 there
         return _Pair(x, y, mask, region)
 
-    def _grid(self, max_tiles: int | None) -> list[tuple[int, tuple[int, ...]]]:
+    def _grid(self, max_tiles: int | None) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
         tiles = []
         for index, pair in enumerate(self.pairs):
-            starts = [_grid_starts(s, p) for s, p in zip(pair.spatial, self.patch)]
-            tiles += [(index, corner) for corner in itertools.product(*starts)]
+            shape = tuple(min(s, p) for s, p in zip(pair.spatial, self.patch))
+            starts = [_grid_starts(s, p) for s, p in zip(pair.spatial, shape)]
+            tiles += [(index, corner, shape) for corner in itertools.product(*starts)]
         if max_tiles is not None and len(tiles) > max_tiles:
             keep = np.linspace(0, len(tiles) - 1, max_tiles).round().astype(int)
             tiles = [tiles[i] for i in keep]
@@ -262,8 +269,8 @@ class PairedPatches(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.split == "val":
-            pair, corner = self.tiles[index]
-            return self._as_tensors(*self._crop(self.pairs[pair], corner))
+            pair, corner, shape = self.tiles[index]
+            return self._as_tensors(*self._crop(self.pairs[pair], corner, shape))
         return self._as_tensors(*self._draw(index))
 
     def sample_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -294,8 +301,9 @@ class PairedPatches(torch.utils.data.Dataset):
                 break
         return self._augmented(*best) if self.augment else best
 
-    def _crop(self, pair: _Pair, corner: Sequence[int]):
-        index = (slice(None),) + tuple(slice(c, c + p) for c, p in zip(corner, self.patch))
+    def _crop(self, pair: _Pair, corner: Sequence[int], shape: Sequence[int] | None = None):
+        shape = self.patch if shape is None else shape
+        index = (slice(None),) + tuple(slice(c, c + p) for c, p in zip(corner, shape))
         return pair.x[index], pair.y[index], pair.mask[index]
 
     def _augmented(self, x, y, mask):

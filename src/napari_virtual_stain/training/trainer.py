@@ -333,18 +333,34 @@ class Trainer:
         return self._forward(x.to(self.device))
 
     def validate(self) -> tuple[float, dict]:
-        """Validation loss (the reconstruction loss over all validation tiles) and scores."""
+        """Validation loss (the reconstruction loss over all validation tiles) and scores.
+
+        Tiles of one shape are batched together (the band may give smaller tiles than the
+        patch); the loss is the mean of the batches' losses weighted by their valid pixels.
+        """
         data = self.val_data
-        preds, ys, masks = [], [], []
-        for start in range(0, len(data), self.config.batch_size):
-            items = [data[i] for i in range(start, min(len(data), start + self.config.batch_size))]
-            x, y, mask = (torch.stack(parts) for parts in zip(*items))
-            preds.append(self.predict_patches(x).cpu())
-            ys.append(y)
-            masks.append(mask)
-        pred, y, mask = torch.cat(preds), torch.cat(ys), torch.cat(masks)
-        loss = float(self.loss_fn(pred, y, mask))
-        scores = tiled_channel_scores(pred.numpy(), y.numpy(), mask.numpy() > 0, names=self.card.output_channels)
+        preds, ys, masks, losses, weights = [], [], [], [], []
+        batch: list = []
+
+        def flush():
+            x, y, mask = (torch.stack(parts) for parts in zip(*batch))
+            pred = self.predict_patches(x).cpu()
+            losses.append(float(self.loss_fn(pred, y, mask)))
+            weights.append(float(mask.sum()))
+            preds.extend(pred.numpy())
+            ys.extend(y.numpy())
+            masks.extend(mask.numpy() > 0)
+            batch.clear()
+
+        for i in range(len(data)):
+            item = data[i]
+            if batch and (len(batch) == self.config.batch_size or item[0].shape != batch[0][0].shape):
+                flush()
+            batch.append(item)
+        if batch:
+            flush()
+        loss = float(np.average(losses, weights=weights)) if sum(weights) > 0 else 0.0
+        scores = tiled_channel_scores(preds, ys, masks, names=self.card.output_channels)
         return loss, scores
 
     def preview(self) -> np.ndarray:
