@@ -1,0 +1,175 @@
+"""DeepLIIF networks: our composite, and official release folders (TorchScript) we serialise ourselves."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_virtual_stain.engine.predictor import Predictor
+from napari_virtual_stain.errors import CheckpointError
+from napari_virtual_stain.models.checkpoint import load_checkpoint, save_checkpoint
+from napari_virtual_stain.models.deepliif_net import (DEFAULT_SEG_WEIGHTS, DeepLIIFNet, UnetGenerator,
+                                                      deepliif_arch_args, deepliif_card, output_channel_names)
+from napari_virtual_stain.models.deepliif_official import load_release_folder, parse_train_options
+from napari_virtual_stain.models.resnet import ResnetBlock, ResnetGenerator
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread; on a busy shared CPU more threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=4, seg_max_mult=2, norm="batch")
+
+
+def tiny_net(**kw):
+    torch.manual_seed(0)
+    return DeepLIIFNet(**deepliif_arch_args("small", **dict(TINY, **kw))).eval()
+
+
+def test_composite_outputs_four_modalities_and_the_weighted_fusion():
+    net = tiny_net(seg_weights=[0.5, 0.1, 0.1, 0.2, 0.1])
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        y = net(x)
+        modalities, segs = net.forward_parts(x)
+    assert y.shape == (2, 15, 32, 32)
+    assert y.abs().max() <= 1.0
+    expected = 0.5 * segs[0] + 0.1 * segs[1] + 0.1 * segs[2] + 0.2 * segs[3] + 0.1 * segs[4]
+    torch.testing.assert_close(y[:, 12:], expected)
+    torch.testing.assert_close(y[:, 3:6], modalities[1])
+    # the segmenters after the first see the inferred modalities, not the IHC
+    with torch.no_grad():
+        torch.testing.assert_close(segs[2], net.segmenters[2](modalities[1]))
+
+
+def test_full_configuration_has_the_papers_sizes():
+    args = deepliif_arch_args("full")
+    assert (args["trans_ngf"], args["trans_blocks"], args["seg_ngf"], args["seg_downs"]) == (64, 9, 64, 9)
+    assert args["seg_weights"] == list(DEFAULT_SEG_WEIGHTS) == [0.25, 0.15, 0.25, 0.1, 0.25]
+    unet = UnetGenerator(3, 3, ngf=64, downs=9)
+    assert unet.size_multiple == 512
+    assert len(unet.down) == 9 and unet.down[0][0].out_channels == 64 and unet.down[-1][-1].out_channels == 512
+    resnet = ResnetGenerator(3, 3, ngf=64, n_blocks=9, norm="batch")
+    assert sum(isinstance(m, ResnetBlock) for m in resnet.modules()) == 9
+
+
+def test_small_model_checkpoint_round_trip(tmp_path):
+    net = tiny_net()
+    card = deepliif_card("tiny", deepliif_arch_args("small", **TINY), tile=64, overlap=16)
+    assert card.output_channels == output_channel_names() and len(card.output_channels) == 15
+    assert card.extra["seg_weights"] == list(DEFAULT_SEG_WEIGHTS)
+    save_checkpoint(tmp_path / "tiny.pt", net, card)
+    loaded, card2 = load_checkpoint(tmp_path / "tiny.pt")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
+    assert card2.task == "deepliif" and card2.batch_independent
+
+
+# ---- official release folders -----------------------------------------------------------------
+
+def _batch_stat(module: torch.nn.Module) -> torch.nn.Module:
+    """Drop running statistics, as DeepLIIF does before tracing: every batch normalises itself."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return module.eval()
+
+
+def make_release(folder, weights=(0.2, 0.3, 0.1, 0.3, 0.1), net_gs="unet_64"):
+    """A DeepLIIF release folder with tiny traced networks (ngf 4)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(1)
+    sample = torch.rand(1, 3, 64, 64)
+    for name in ("G1", "G2", "G3", "G4"):
+        net = _batch_stat(ResnetGenerator(3, 3, ngf=4, n_blocks=1, norm="batch"))
+        torch.jit.trace(net, sample, check_trace=False).save(str(folder / f"{name}.pt"))
+    for name in ("G51", "G52", "G53", "G54", "G55"):
+        net = _batch_stat(UnetGenerator(3, 3, ngf=4, downs=6, max_mult=2))
+        torch.jit.trace(net, sample, check_trace=False).save(str(folder / f"{name}.pt"))
+    (folder / "train_opt.txt").write_text(
+        "----------------- Options ---------------\n"
+        "                    model: DeepLIIF                      \t[default: DeepLIIF]\n"
+        f"                   net_gs: {net_gs}                      \n"
+        "                      ngf: 4                             \t[default: 64]\n"
+        f"              seg_weights: {list(weights)}              \n"
+        "----------------- End -------------------\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return make_release(tmp_path_factory.mktemp("deepliif") / "rel")
+
+
+def copy_of(release, tmp_path):
+    return Path(shutil.copytree(release, tmp_path / "rel"))
+
+
+def test_release_folder_loads_and_fuses_with_the_weights_of_train_opt(release):
+    model, card = load_release_folder(release)
+    assert model.seg_weights == [0.2, 0.3, 0.1, 0.3, 0.1]
+    assert card.batch_independent is False and card.tile == [64, 64] and len(card.output_channels) == 15
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        y = model(x)
+        mods = [g(x) for g in model.translators]
+        segs = [model.segmenters[0](x)] + [g(m) for g, m in zip(model.segmenters[1:], mods)]
+    fused = sum(w * s for w, s in zip([0.2, 0.3, 0.1, 0.3, 0.1], segs))
+    torch.testing.assert_close(y[:, 12:], fused)
+
+
+def test_batch_statistics_networks_give_the_one_tile_at_a_time_result(release):
+    model, card = load_release_folder(release)
+    torch.manual_seed(2)
+    tiles = torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        raw_together = model.translators[0](tiles)
+        raw_alone = torch.cat([model.translators[0](t[None]) for t in tiles])
+        together = model(tiles)
+        alone = torch.cat([model(t[None]) for t in tiles])
+    assert (raw_together - raw_alone).abs().max() > 1e-3  # the traced nets really use batch statistics
+    torch.testing.assert_close(together, alone)
+    predictor = Predictor(model, card, device="cpu", batch_size=8, precision="fp32")
+    assert predictor.batch_size == 1
+    image = np.random.default_rng(0).integers(0, 256, (3, 64, 64)).astype(np.uint8)
+    out = predictor.predict(image)
+    x = torch.from_numpy(image.astype(np.float32) / 127.5 - 1)[None]
+    with torch.no_grad():
+        expected = (model(x)[0].numpy() + 1) / 2
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_release_folder_missing_a_network_says_which(release, tmp_path):
+    folder = copy_of(release, tmp_path)
+    (folder / "G53.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"lacks G53\.pt"):
+        load_release_folder(folder)
+
+
+@pytest.mark.parametrize("text", [
+    "\x00\x01garbage without any option lines\n",
+    "seg_weights: [0.5, 0.5]\n",
+    "seg_weights: not-a-list\n",
+])
+def test_unparsable_train_opt_is_a_checkpoint_error(release, tmp_path, text):
+    folder = copy_of(release, tmp_path)
+    (folder / "train_opt.txt").write_text(text)
+    with pytest.raises(CheckpointError, match="does not parse"):
+        load_release_folder(folder)
+
+
+def test_train_opt_values_are_literals_never_code(tmp_path):
+    path = tmp_path / "train_opt.txt"
+    path.write_text("  name: __import__('os').getcwd()   [default: x]\n  lr: 0.0002\n  seg_gen: True\n")
+    options = parse_train_options(path)
+    assert options == {"name": "__import__('os').getcwd()", "lr": 0.0002, "seg_gen": True}
