@@ -105,6 +105,9 @@ def test_find_imputers_requires_imputer_checkpoints(tmp_path):
 
     with pytest.raises(CheckpointError, match="no marker imputers"):
         find_imputers(tmp_path)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="no marker imputers .1 unreadable file"):
+        find_imputers(tmp_path)
     save_checkpoint(tmp_path / "ki67.pt", OracleMean(), oracle_card("Ki67"))
     save_checkpoint(tmp_path / "cd3.pt", OracleMean(), oracle_card("CD3"))
     found = find_imputers(tmp_path)

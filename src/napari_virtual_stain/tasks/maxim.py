@@ -159,8 +159,15 @@ def find_imputers(model_dir: str | os.PathLike) -> dict[str, Path]:
     if not model_dir.is_dir():
         raise CheckpointError(f"There is no model folder at {model_dir}.")
     found: dict[str, Path] = {}
+    unreadable: list[str] = []
     for path in sorted(model_dir.glob("*.pt")):
-        card, _ = read_checkpoint(path)
+        if path.name.endswith(".state.pt"):
+            continue  # a trainer's resume state, not a model
+        try:
+            card, _ = read_checkpoint(path)
+        except CheckpointError as err:
+            unreadable.append(str(err))  # a stray file must not hide the good models beside it
+            continue
         if card.task != "impute":
             continue
         target = imputer_target(card)
@@ -169,7 +176,8 @@ def find_imputers(model_dir: str | os.PathLike) -> dict[str, Path]:
                                   f"{path.name}); keep one per marker.")
         found[target] = path
     if not found:
-        raise CheckpointError(f"{model_dir} holds no marker imputers; train them first (train-imputers).")
+        detail = f" ({len(unreadable)} unreadable file(s), e.g. {unreadable[0]})" if unreadable else ""
+        raise CheckpointError(f"{model_dir} holds no marker imputers{detail}; train them first (train-imputers).")
     return found
 
 
