@@ -95,3 +95,10 @@ def test_a_short_training_beats_bl_zero_on_the_held_out_region(tmp_path):
     scores = run.results["Ki67"].scores
     assert scores["val"]["pcc"] > 0.7, scores
     assert scores["val"]["mae"] < scores["bl_zero"]["mae"]
+
+
+def test_the_adversarial_variant_trains_with_a_patchgan(tmp_path):
+    run = train_imputers(good_stack()[:3], NAMES, tmp_path, markers=["Ki67"], config=tiny(steps=2, adversarial=True))
+    card = run.results["Ki67"].card
+    assert card.extra["adversarial"] is True and card.training["config"]["gan"] == "vanilla"
+    assert (tmp_path / "imputer-Ki67.pt").is_file()
