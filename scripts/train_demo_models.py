@@ -67,10 +67,12 @@ def log(*parts) -> None:
     print(time.strftime("%H:%M:%S"), *parts, flush=True)
 
 
-def make_pairs(setup: dict, seeds: list[int], shape) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def make_pairs(setup: dict, seeds: list[int], shape, microscope: Microscope | None = None
+               ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(brightfield, nuclei + membrane) pairs of synthetic fields, channels first."""
     inputs, targets = [], []
     for seed in seeds:
-        cells = setup["make"](shape, seed=seed, microscope=Microscope())
+        cells = setup["make"](shape, seed=seed, microscope=microscope or Microscope())
         inputs.append(cells["brightfield"][None].astype(np.float32))
         targets.append(np.stack([cells[c] for c in CHANNELS]).astype(np.float32))
     return inputs, targets
@@ -104,9 +106,13 @@ def pick_threads(requested: str) -> int:
     return chosen
 
 
-def evaluate(model, card, setup: dict) -> dict:
-    """Scores on held-out fields: the model (through the Predictor) vs zeros vs the input."""
-    inputs, targets = make_pairs(setup, setup["test_seeds"], setup["test_shape"])
+def evaluate(model, card, setup: dict, microscope: Microscope | None = None, seeds=None, shape=None) -> dict:
+    """Scores on held-out fields: the model (through the Predictor) vs zeros vs the input.
+
+    Returns ``{"model" | "zeros" | "input": {channel: {pcc, ssim, mae}}}``, each the mean
+    over the fields.
+    """
+    inputs, targets = make_pairs(setup, seeds or setup["test_seeds"], shape or setup["test_shape"], microscope)
     predictor = Predictor(model, card, device="cpu", precision="fp32")
     per_field = {"model": [], "zeros": [], "input": []}
     for x, y in zip(inputs, targets):
