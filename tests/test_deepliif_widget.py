@@ -1,0 +1,132 @@
+"""The DeepLIIF dock: run in a worker, then thresholds and clicks recount without the networks."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from napari_virtual_stain.models.checkpoint import save_checkpoint
+from napari_virtual_stain.models.deepliif_net import DeepLIIFNet, deepliif_arch_args, deepliif_card
+from napari_virtual_stain.tasks.deepliif_cells import NEGATIVE, POSITIVE
+from napari_virtual_stain.widgets.deepliif_widget import WHOLE, DeepLIIFWidget
+
+TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=4, seg_max_mult=2, norm="batch")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_deepliif(user_models):
+    torch.manual_seed(0)
+    args = deepliif_arch_args("small", **TINY)
+    save_checkpoint(user_models / "tiny-deepliif.pt", DeepLIIFNet(**args).eval(),
+                    deepliif_card("tiny-deepliif", args, tile=32, overlap=8))
+    return "tiny-deepliif"
+
+
+def disc(img, cy, cx, r, colour):
+    yy, xx = np.ogrid[:img.shape[0], :img.shape[1]]
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = colour
+
+
+def known_segmentation():
+    """Two positive cells, one negative cell, one 5-pixel positive speck."""
+    seg = np.zeros((64, 64, 3), np.uint8)
+    disc(seg, 12, 12, 6, (240, 0, 10))
+    disc(seg, 12, 40, 6, (240, 0, 10))
+    disc(seg, 40, 20, 6, (10, 0, 240))
+    disc(seg, 50, 50, 1, (255, 0, 0))
+    return seg
+
+
+def test_run_then_thresholds_and_clicks_recount(make_napari_viewer, qtbot, tiny_deepliif):
+    viewer = make_napari_viewer()
+    ihc = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    viewer.add_image(ihc, name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    assert widget.input.value == "ihc" and widget.model.value == tiny_deepliif
+    widget.scope.value = WHOLE
+    widget.run()
+    qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
+    for name in ("Hematoxylin", "DAPI", "Lap2", "Marker"):
+        assert viewer.layers[f"ihc · {name}"].data.shape == (64, 64, 3)
+
+    # Replace the random network's segmentation by a known one; the slider relabels without networks.
+    widget.result.images["Segmentation"] = known_segmentation()
+    widget.size_auto.value = False
+    widget.size_slider.value = 0
+    widget.marker_auto.value = False
+    widget.marker_slider.value = 255
+    widget.seg_slider.value = 149
+    qtbot.waitUntil(lambda: widget.classification is not None and widget.classification.total == 4, timeout=5000)
+    c = widget.classification
+    assert (c.positive, c.negative) == (3, 1)
+    assert "4 cells: 3 positive, 1 negative" in widget.counts.value
+    assert widget.cell_layer.metadata["deepliif"]["percent_pos"] == 75.0
+
+    widget.size_slider.value = 20  # the speck goes
+    assert (widget.classification.positive, widget.classification.negative) == (2, 1)
+    assert "66.7% positive" in widget.counts.value
+    assert list(widget.cell_layer.features["class"]).count("excluded") == 1
+
+    # a click on the negative cell flips it; a shift-click on a positive cell excludes it
+    layer = widget.cell_layer
+    layer.mode = "pan_zoom"
+    negative = layer.data[40, 20]
+    widget._on_click(layer, SimpleNamespace(position=(40.0, 20.0), modifiers=()))
+    assert widget.classification.classes[negative] == POSITIVE
+    assert (widget.classification.positive, widget.classification.negative) == (3, 0)
+    widget._on_click(layer, SimpleNamespace(position=(12.0, 12.0), modifiers=("Shift",)))
+    assert (widget.classification.positive, widget.classification.negative) == (2, 0)
+    widget._on_click(layer, SimpleNamespace(position=(40.0, 20.0), modifiers=()))
+    assert widget.classification.classes[negative] == NEGATIVE
+    assert widget.cell_layer.colormap.color_dict[int(negative)][2] > 0.9  # drawn blue
+
+
+def test_export_writes_the_current_classes(make_napari_viewer, qtbot, tiny_deepliif, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((64, 64, 3), 180, np.uint8), name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    widget.scope.value = WHOLE
+    widget.run()
+    qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
+    widget.result.images["Segmentation"] = known_segmentation()
+    widget.size_auto.value = False
+    widget.size_slider.value = 20
+    widget.relabel()
+    path = widget.export(tmp_path / "cells.csv", "csv")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 4 and sum("positive" in line.split(",")[1] for line in lines[1:]) >= 2
+
+
+def test_grey_layer_is_not_offered(make_napari_viewer, tiny_deepliif):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="grey")
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    assert widget.input.value is None
+
+
+def test_current_view_runs_on_the_visible_box_only(make_napari_viewer, qtbot, tiny_deepliif):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(1).integers(0, 256, (128, 128, 3)).astype(np.uint8), name="ihc", rgb=True)
+    viewer.camera.center = (64, 64)
+    viewer.camera.zoom = 20  # a few dozen pixels visible
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    widget.run()
+    qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
+    region = widget.result.region
+    assert all(s < 128 for s in region.shape) and region.start[0] <= 64 < region.stop[0]
+    layer = viewer.layers["ihc · DAPI"]
+    assert layer.data.shape[:2] == region.shape
+    assert tuple(layer.translate) == tuple(float(s) for s in region.start)
