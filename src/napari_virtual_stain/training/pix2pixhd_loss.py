@@ -92,8 +92,8 @@ def make_multiscale_critic(in_channels: int, out_channels: int, patch: tuple[int
     while scales < num_D and -(-smallest // 2**scales) >= MIN_CRITIC_INPUT:
         scales += 1
     coarsest = -(-smallest // 2 ** (scales - 1))
-    return MultiscaleDiscriminator(in_channels + out_channels, ndf=ndf, n_layers=critic_layers_for((coarsest,), n_layers),
-                                   num_D=scales, norm="instance")
+    layers = critic_layers_for((coarsest,), n_layers)
+    return MultiscaleDiscriminator(in_channels + out_channels, ndf=ndf, n_layers=layers, num_D=scales, norm="instance")
 
 
 def _critic_outputs(trainer, x: torch.Tensor, y: torch.Tensor) -> MultiscaleOutputs:
