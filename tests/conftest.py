@@ -28,7 +28,7 @@ def tiny_unet_card(name="tiny-2d", spatial_dims=2, n_in=1, outputs=("nuclei", "m
     return ModelCard(
         name=name, task="stain", architecture="unet",
         arch_args=dict(in_channels=n_in, out_channels=len(outputs), spatial_dims=spatial_dims,
-                       depth=2, base=4, norm="group", activation="sigmoid"),
+                       depth=2, base=4, norm="none", activation="sigmoid"),
         spatial_dims=spatial_dims,
         input_channels=["brightfield"] if n_in == 1 else [f"c{i}" for i in range(n_in)],
         output_channels=list(outputs), tile=tile, overlap=overlap,
