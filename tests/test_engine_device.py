@@ -80,9 +80,9 @@ def test_autocast_context_changes_compute_dtype_on_cpu():
         assert conv(x).dtype == torch.float32
 
 
-def test_channels_last_only_with_reduced_precision_off_mps():
+def test_channels_last_except_on_mps():
     cpu = torch.device("cpu")
-    assert preferred_memory_format(cpu, 2, "bf16") is torch.channels_last
-    assert preferred_memory_format(cpu, 3, "bf16") is torch.channels_last_3d
-    assert preferred_memory_format(cpu, 2, "fp32") is torch.contiguous_format
-    assert preferred_memory_format(torch.device("mps"), 2, "fp16") is torch.contiguous_format
+    assert preferred_memory_format(cpu, 2) is torch.channels_last
+    assert preferred_memory_format(cpu, 3) is torch.channels_last_3d
+    assert preferred_memory_format(torch.device("cuda"), 2) is torch.channels_last
+    assert preferred_memory_format(torch.device("mps"), 2) is torch.contiguous_format

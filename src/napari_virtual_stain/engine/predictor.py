@@ -65,8 +65,8 @@ class Predictor:
 
     ``tile``/``overlap`` default to the model card's; ``batch_size`` defaults to one tile at a
     time on the CPU and ~4 megapixels per batch on a GPU (always 1 when the card says the
-    network is not batch-independent). The model is moved to the device and put in eval
-    mode in place.
+    network is not batch-independent). The model is moved to the device, put in eval mode
+    and (except on MPS) into channels_last layout, in place.
     """
 
     def __init__(self, model: torch.nn.Module, card: ModelCard, device: str = "auto",
@@ -84,12 +84,16 @@ class Predictor:
         for t, o in zip(self.tile, self.overlap):
             tile_starts(t, t, o)  # raises InputError for an overlap that does not fit the tile
         self.batch_size = self._choose_batch_size(batch_size)
-        self.memory_format = preferred_memory_format(self.device, dims, self.precision)
+        self.memory_format = preferred_memory_format(self.device, dims)
         self.model = model.to(self.device).eval()
         if self.memory_format is not torch.contiguous_format:
-            self.model = self.model.to(memory_format=self.memory_format)
-        # Models whose input size must be a multiple of something (a U-Net of depth d:
-        # 2**d) may say so; padding small images to that instead of a full tile saves work.
+            try:
+                self.model = self.model.to(memory_format=self.memory_format)
+            except RuntimeError:  # e.g. 4D and 5D weights mixed in one network: keep the default layout
+                self.memory_format = torch.contiguous_format
+        # A model that accepts any input size that is a multiple of ``size_multiple`` (a U-Net
+        # of depth d: 2**d) says so with that attribute; its tiles are then fitted to the
+        # image instead of always being the card's tile (see _tile_for).
         self.size_multiple = int(getattr(model, "size_multiple", 0) or 0)
 
     def _choose_batch_size(self, requested: int | None) -> int:
