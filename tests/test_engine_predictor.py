@@ -8,6 +8,7 @@ import pytest
 import torch
 import zarr
 
+from napari_virtual_stain.engine.normalise import compute_stats
 from napari_virtual_stain.engine.predictor import Predictor
 from napari_virtual_stain.errors import Cancelled, CheckpointError, InputError
 from napari_virtual_stain.models.card import ModelCard
@@ -306,3 +307,15 @@ def test_tiles_are_fitted_to_the_image_for_models_with_a_size_multiple():
     result = Predictor(Multiple2(), make_card(tile=16, overlap=4), device="cpu").predict(image)
     assert seen == {(14, 14)}  # 3 x 3 tiles either way, but 14 px instead of 16
     np.testing.assert_array_equal(result, image)
+
+
+def test_region_with_whole_image_stats_matches_the_whole_image_run():
+    image = np.linspace(0, 1000, 60 * 60, dtype=np.float32).reshape(1, 60, 60)
+    card = make_card(tile=16, overlap=4, norm={"kind": "percentile", "low": 1.0, "high": 99.0})
+    predictor = Predictor(torch.nn.Identity(), card, device="cpu")
+    whole = predictor.predict(image)
+    stats = compute_stats(image, card.input_normalisation)
+    region = predictor.predict(image[:, 10:30, 5:50], stats=stats)
+    np.testing.assert_array_equal(region, whole[:, 10:30, 5:50])
+    own = predictor.predict(image[:, 10:30, 5:50])  # the region's own statistics differ
+    assert np.abs(own - region).max() > 0.1

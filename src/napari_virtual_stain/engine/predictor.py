@@ -149,6 +149,10 @@ class Predictor:
         """Predict the whole ``image`` (channels first); returns ``out`` or a new float32 array.
 
         A 2D model runs a (C, Z, Y, X) stack plane by plane; a 3D model runs it in 3D tiles.
+        ``out`` may be anything with ``shape`` and ``out[:, rows] = values`` (numpy, zarr, a
+        converting sink); it receives whole strips of finished rows, in order. ``stats`` are
+        normalisation statistics (``engine.normalise.compute_stats``) of the whole image that
+        ``image`` is a region of; by default they are computed over ``image``.
         """
         prefixes, spatial = self._check_input(image)
         out_shape = (self.card.n_out,) + tuple(int(s) for s in image.shape[1:])
