@@ -181,3 +181,17 @@ def test_six_panel_errors_are_sentences(tmp_path):
     wide = tmp_path / "wide.png"
     iio.imwrite(wide, np.zeros((10, 50, 3), np.uint8))
     assert get_panels_reader(str(wide)) is None  # not claimed by the 6-panel reader
+
+
+def test_table_built_in_strips_equals_one_pass(scene, monkeypatch):
+    from napari_virtual_stain.tasks import deepliif_cells
+
+    seg, marker = scene
+    modalities = {"dapi": marker, "lap2": seg}
+    one_pass = analyse_cells(seg, marker, modalities)
+    monkeypatch.setattr(deepliif_cells, "STRIP_ROWS", 7)
+    strips = analyse_cells(seg, marker, modalities)
+    for column, values in one_pass.table.items():
+        np.testing.assert_allclose(strips.table[column], values, err_msg=column)
+    assert one_pass.table["marker_max"][one_pass.labels[40, 40] - 1] == 200
+    assert np.isnan(one_pass.table["mean_hematoxylin"]).all()

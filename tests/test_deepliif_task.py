@@ -58,6 +58,11 @@ def test_zarr_store_matches_memory(predictor, ihc, tmp_path):
     assert not isinstance(on_disk.images["DAPI"], np.ndarray)
     for name in IMAGES:
         np.testing.assert_array_equal(np.asarray(on_disk.images[name]), in_memory.images[name])
+    # cells read the zarr maps strip by strip and find the same table
+    disk_cells, memory_cells = on_disk.analyse(segmentation_threshold=100), in_memory.analyse(segmentation_threshold=100)
+    np.testing.assert_array_equal(disk_cells.labels, memory_cells.labels)
+    for column, values in memory_cells.table.items():
+        np.testing.assert_allclose(disk_cells.table[column], values)
 
 
 def test_current_view_is_cropped_to_the_region(predictor, ihc):

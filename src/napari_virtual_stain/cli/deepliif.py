@@ -25,8 +25,6 @@ from .common import _ints, _per_axis
 from .progress import TextProgress
 
 FILE_SUFFIX = {"Hematoxylin": "Hema", "DAPI": "DAPI", "Lap2": "Lap2", "Marker": "Marker", "Segmentation": "Seg"}
-# Above this many pixels the modalities go to an on-disk zarr store instead of memory.
-STORE_ABOVE_PIXELS = 64 * 1024 * 1024
 
 
 def _auto_or_int(text: str):
@@ -81,7 +79,8 @@ def make_deepliif_predictor(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..io.tiff_reader import load_image
-    from ..tasks.deepliif import cell_polygons, cell_rows, run_deepliif, summary, write_csv, write_geojson
+    from ..tasks.deepliif import (cell_polygons, cell_rows, needs_store, run_deepliif, summary, write_csv,
+                                  write_geojson)
     from ..tasks.deepliif_cells import Thresholds, render_classified_mask
 
     predictor = make_deepliif_predictor(args)
@@ -90,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).stem
     data = image.data
-    n_pixels = int(np.prod(data.shape[:2])) if getattr(data, "ndim", 0) >= 2 else 0
-    store = out_dir / f"{stem}.zarr" if n_pixels > STORE_ABOVE_PIXELS else None
+    store = out_dir / f"{stem}.zarr" if getattr(data, "ndim", 0) >= 2 and needs_store(data.shape[:2]) else None
     print(f"{args.input}: {tuple(data.shape)} {data.dtype} -> {predictor.card.name}", file=sys.stderr)
     t0 = time.perf_counter()
     result = run_deepliif(predictor, data, name=stem, store=store, analyse=False,

@@ -31,6 +31,13 @@ from .region import Region
 IMAGES = (*MODALITIES, SEGMENTATION)
 MIN_SIDE = 16  # smaller than this there is no cell to find
 DEFAULT_MODEL = "deepliif-small"
+# Regions with more pixels than this keep their modalities in an on-disk zarr store, not in memory.
+STORE_ABOVE_PIXELS = 64 * 1024 * 1024
+
+
+def needs_store(region_shape) -> bool:
+    """True when a region is big enough that its outputs should go to disk (zarr)."""
+    return int(np.prod(region_shape)) > STORE_ABOVE_PIXELS
 
 
 def load_deepliif_model(name_or_path: str | os.PathLike = DEFAULT_MODEL):
@@ -116,8 +123,8 @@ class DeepLIIFResult:
 
     def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
         """(Re)build the cell table from the stored maps: no network runs."""
-        modalities = {key: np.asarray(self.images[name]) for key, name in zip(CHANNEL_COLUMNS, MODALITIES)}
-        self.cells = analyse_cells(np.asarray(self.images[SEGMENTATION]), modalities["marker"], modalities,
+        modalities = {key: self.images[name] for key, name in zip(CHANNEL_COLUMNS, MODALITIES)}
+        self.cells = analyse_cells(self.images[SEGMENTATION], modalities["marker"], modalities,
                                    segmentation_threshold, resolution)
         return self.cells
 

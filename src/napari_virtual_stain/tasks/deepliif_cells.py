@@ -54,13 +54,6 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32).mean(axis=-1)
 
 
-def _check_rgb(image: np.ndarray, what: str) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise InputError(f"The {what} must be an RGB image (Y, X, 3), not shape {image.shape}.")
-    return image
-
-
 def cell_pixels(segmentation: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
     """Boolean (cell, positive) pixel maps of a fused segmentation RGB image, DeepLIIF's rule."""
     red = segmentation[..., 0].astype(np.int16)
@@ -203,52 +196,89 @@ class CellAnalysis:
         self.overrides[label] = new
 
 
+STRIP_ROWS = 1024  # rows per strip when building the table: bounded temporary memory on big images
+
+
+def _strips(height: int, rows: int | None = None):
+    rows = rows or STRIP_ROWS  # read at call time (tests shrink it)
+    for start in range(0, height, rows):
+        yield slice(start, min(height, start + rows))
+
+
 def _table(labels: np.ndarray, n: int, positive: np.ndarray, classified: np.ndarray,
-           channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-cell columns from bincounts over the label image (one pass per column)."""
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=n + 1)[1:].astype(np.int64)
-    n_pos = np.bincount(flat, weights=positive.ravel(), minlength=n + 1)[1:]
-    n_cls = np.bincount(flat, weights=classified.ravel(), minlength=n + 1)[1:]
-    ys, xs = np.indices(labels.shape, sparse=True)
+           channels: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-cell columns from bincounts over the label image, strip by strip.
+
+    ``channels`` maps column names to (Y, X, 3) uint8 array-likes (numpy, zarr, dask): each
+    strip is read once and turned into a grey intensity there, so no full-size float copy
+    of any channel ever exists.
+    """
+    sums = {key: np.zeros(n + 1) for key in ("area", "pos", "cls", "y", "x", *channels)}
+    marker_max = np.zeros(n + 1)
+    width = labels.shape[1]
+    xs = np.arange(width, dtype=np.float64)
+    for rows in _strips(labels.shape[0]):
+        flat = labels[rows].ravel()
+        ys = np.repeat(np.arange(rows.start, rows.stop, dtype=np.float64), width)
+        sums["area"] += np.bincount(flat, minlength=n + 1)
+        sums["pos"] += np.bincount(flat, weights=positive[rows].ravel(), minlength=n + 1)
+        sums["cls"] += np.bincount(flat, weights=classified[rows].ravel(), minlength=n + 1)
+        sums["y"] += np.bincount(flat, weights=ys, minlength=n + 1)
+        sums["x"] += np.bincount(flat, weights=np.tile(xs, rows.stop - rows.start), minlength=n + 1)
+        for name, rgb in channels.items():
+            grey = _grey(np.asarray(rgb[rows]))
+            sums[name] += np.bincount(flat, weights=grey.ravel(), minlength=n + 1)
+            if name == "marker":
+                present = np.unique(flat)
+                present = present[present > 0]
+                if present.size:
+                    strip_max = np.asarray(ndimage.maximum(grey, labels[rows], present), dtype=np.float64)
+                    marker_max[present] = np.maximum(marker_max[present], strip_max)
+    area = sums["area"][1:].astype(np.int64)
     safe = np.maximum(area, 1)
-    cy = np.bincount(flat, weights=np.broadcast_to(ys, labels.shape).ravel(), minlength=n + 1)[1:] / safe
-    cx = np.bincount(flat, weights=np.broadcast_to(xs, labels.shape).ravel(), minlength=n + 1)[1:] / safe
-    table = {"id": np.arange(1, n + 1, dtype=np.int64), "area": area, "centroid_y": cy, "centroid_x": cx,
-             "positive_fraction": np.where(n_cls > 0, n_pos / np.maximum(n_cls, 1), 0.0)}
-    index = np.arange(1, n + 1)
-    marker = channels.get("marker")
-    if marker is not None and n:
-        table["marker_max"] = np.asarray(ndimage.maximum(marker, labels, index), dtype=np.float64)
-    else:
-        table["marker_max"] = np.zeros(n)
+    n_cls = sums["cls"][1:]
+    table = {"id": np.arange(1, n + 1, dtype=np.int64), "area": area,
+             "centroid_y": sums["y"][1:] / safe, "centroid_x": sums["x"][1:] / safe,
+             "positive_fraction": np.where(n_cls > 0, sums["pos"][1:] / np.maximum(n_cls, 1), 0.0),
+             "marker_max": marker_max[1:]}
     for name in CHANNEL_COLUMNS:
-        values = channels.get(name)
-        table[f"mean_{name}"] = (np.bincount(flat, weights=values.ravel(), minlength=n + 1)[1:] / safe
-                                 if values is not None else np.full(n, np.nan))
+        table[f"mean_{name}"] = sums[name][1:] / safe if name in channels else np.full(n, np.nan)
     return table
 
 
-def analyse_cells(segmentation: np.ndarray, marker: np.ndarray | None = None,
-                  modalities: dict[str, np.ndarray] | None = None,
+def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None = None,
                   segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
     """Label the cells of a fused segmentation RGB image and build their table.
 
     ``marker`` and the entries of ``modalities`` ("hematoxylin", "dapi", "lap2", "marker")
-    are the inferred RGB renderings (Y, X, 3) uint8 of the same region.
+    are the inferred RGB renderings (Y, X, 3) uint8 of the same region. All may be numpy,
+    zarr or dask arrays; they are read strip by strip. Memory: the label image (4 bytes
+    per pixel) and a few boolean maps.
     """
-    segmentation = _check_rgb(segmentation, "segmentation")
+    if len(segmentation.shape) != 3 or segmentation.shape[-1] != 3:
+        raise InputError(f"The segmentation must be an RGB image (Y, X, 3), not shape {tuple(segmentation.shape)}.")
     if not 0 <= int(segmentation_threshold) <= 510:
         raise InputError(f"The segmentation threshold must lie between 0 and 510 (red + blue), not {segmentation_threshold}.")
-    channels = {k: _grey(_check_rgb(v, k)) for k, v in (modalities or {}).items() if k in CHANNEL_COLUMNS}
+    channels = {k: v for k, v in (modalities or {}).items() if k in CHANNEL_COLUMNS and v is not None}
     if marker is not None:
-        channels["marker"] = _grey(_check_rgb(marker, "marker"))
-    cell, positive = cell_pixels(segmentation, segmentation_threshold)
+        channels["marker"] = marker
+    for name, rgb in channels.items():
+        if tuple(rgb.shape) != tuple(segmentation.shape):
+            raise InputError(f"The {name} image is {tuple(rgb.shape)} but the segmentation is {tuple(segmentation.shape)}.")
+    shape = tuple(segmentation.shape[:2])
+    cell = np.empty(shape, dtype=bool)
+    positive = np.empty(shape, dtype=bool)
+    for rows in _strips(shape[0]):
+        cell[rows], positive[rows] = cell_pixels(np.asarray(segmentation[rows]), segmentation_threshold)
     regions = cell_regions(cell)
     labels, n = ndimage.label(regions, structure=np.ones((3, 3), dtype=bool))
+    del regions
     labels = labels.astype(np.int32, copy=False)
     table = _table(labels, n, positive, cell, channels)
-    auto_marker = auto_marker_threshold(channels["marker"]) if "marker" in channels else 255
+    auto_marker = 255
+    if "marker" in channels:
+        step = max(1, int(np.sqrt(shape[0] * shape[1] / (1 << 22))))  # ~4 million pixels are plenty
+        auto_marker = auto_marker_threshold(_grey(np.asarray(channels["marker"][::step, ::step])))
     return CellAnalysis(labels, table, int(segmentation_threshold), auto_size_threshold(table["area"], resolution),
                         auto_marker)
 

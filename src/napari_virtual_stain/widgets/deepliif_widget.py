@@ -9,6 +9,7 @@ counts are shown in the dock and kept in the cell layer's metadata.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..engine.device import available_devices
 from ..engine.predictor import Predictor
 from ..models.registry import list_models
-from ..tasks.deepliif import (MODALITIES, cell_polygons, cell_rows, load_deepliif_model, run_deepliif, summary,
-                              write_csv, write_geojson)
+from ..tasks.deepliif import (MODALITIES, cell_polygons, cell_rows, load_deepliif_model, needs_store, run_deepliif,
+                              summary, write_csv, write_geojson)
 from ..tasks.deepliif_cells import NEGATIVE, POSITIVE, Thresholds
 from ..tasks.layers import output_layer_name
 from ..tasks.region import view_region
@@ -38,11 +39,17 @@ CELLS = "cells"
 
 
 def _run(model_key, device, data, name, region, seg_threshold, progress=None, cancel=None):
-    """Worker body: load the model and run DeepLIIF. Touches no Qt."""
+    """Worker body: load the model and run DeepLIIF. Touches no Qt.
+
+    A very large region (say 10000 x 10000) keeps its modalities in a temporary zarr store
+    on disk, shown lazily, so memory stays bounded.
+    """
     model, card = load_deepliif_model(model_key)
     predictor = Predictor(model, card, device=device)
+    shape = region.shape if region is not None else tuple(data.shape[:2])
+    store = tempfile.mkdtemp(prefix="deepliif-", suffix=".zarr") if needs_store(shape) else None
     return run_deepliif(predictor, data, name=name, region=region, segmentation_threshold=seg_threshold,
-                        progress=progress, cancel=cancel)
+                        store=store, progress=progress, cancel=cancel)
 
 
 class DeepLIIFWidget(QWidget):
@@ -167,7 +174,7 @@ class DeepLIIFWidget(QWidget):
     def _on_result(self, result):
         self.result = result
         scale, translate = self._placement()
-        tuples = [(np.asarray(result.images[m]), {"name": output_layer_name(self._source.name, m), "rgb": True,
+        tuples = [(result.images[m], {"name": output_layer_name(self._source.name, m), "rgb": True,
                                                   "scale": scale, "translate": translate, "blending": "additive",
                                                   "visible": False,
                                                   "metadata": {"source_layer": self._source.name, "channel": m}},
