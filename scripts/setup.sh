@@ -23,5 +23,5 @@ PYTHON=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # Torch first, pinned: a bare `torch` requirement would pull the newest CUDA build (GBs).
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[testing,pyqt5]"
+python -m pip install -q -e ".[testing,pyqt6]"
 python -c "import napari_virtual_stain, torch, napari; print('napari-virtual-stain ready: torch', torch.__version__, '| napari', napari.__version__)"

@@ -285,6 +285,13 @@ class PairedPatches(torch.utils.data.Dataset):
             return self[0]
         return self._as_tensors(*self._crop(self.pairs[0], (0,) * self.spatial_dims))
 
+    def fixed_patch_origin(self) -> tuple[int, tuple[int, ...]]:
+        """(pair index, corner) of :meth:`fixed_patch`: where a preview of it belongs."""
+        if self.split == "val" and self.tiles:
+            pair, corner = self.tiles[0][:2]
+            return int(pair), tuple(int(c) for c in corner)
+        return 0, (0,) * self.spatial_dims
+
     def _draw(self, slot: int):
         channel = self.sampled_channels[slot % len(self.sampled_channels)]
         pairs = [p for p in self.pairs if p.valid_counts[channel] > 0]

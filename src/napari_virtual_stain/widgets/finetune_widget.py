@@ -190,12 +190,10 @@ class FineTuneWidget(QWidget):
     def _show_preview(self, preview: np.ndarray):
         trainer = self.trainer
         source = trainer.source_layer
-        start = (0,) * (preview.ndim - 1)
-        if trainer.val_data is not None and trainer.val_data.tiles:
-            pair, corner = trainer.val_data.tiles[0]
-            start = tuple(corner)
-            if source.ndim == 3 and trainer.card.spatial_dims == 2:  # pairs are planes
-                start, preview = (pair,) + start, preview[:, None]
+        data = trainer.val_data if trainer.val_data is not None and len(trainer.val_data) else trainer.train_data
+        pair, start = data.fixed_patch_origin()
+        if source.ndim == 3 and trainer.card.spatial_dims == 2:  # pairs are the planes of the stack
+            start, preview = (pair,) + start, preview[:, None]
         names = [f"preview {c}" for c in trainer.card.output_channels]
         scale, translate = list(source.scale)[-len(start):], list(source.translate)[-len(start):]
         publish(self.viewer, overlay_tuples(preview, names, source.name, start, scale, translate,
