@@ -125,9 +125,14 @@ def evaluate(model, card, setup: dict, microscope: Microscope | None = None, see
             per_field[label].append(channel_scores(values, y_unit, names=CHANNELS, metrics=("pcc", "ssim", "mae")))
     summary = {}
     for label, fields in per_field.items():
-        summary[label] = {c: {m: float(np.nanmean([f[c][m] for f in fields])) for m in ("pcc", "ssim", "mae")}
-                          for c in CHANNELS}
+        summary[label] = {c: {m: _mean([f[c][m] for f in fields]) for m in ("pcc", "ssim", "mae")} for c in CHANNELS}
     return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    """Mean of the finite values; None (JSON null) when there is none, e.g. the PCC of all zeros."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def train(which: str, minutes: float, out_dir: Path, threads: int) -> dict:
@@ -192,7 +197,7 @@ def print_table(summaries: list[dict]) -> None:
     for s in summaries:
         for c in CHANNELS:
             for label in ("model", "zeros", "input"):
-                v = s[label][c]
+                v = {k: float("nan") if x is None else x for k, x in s[label][c].items()}
                 print(f"{s['name']:<26}{c:<10}{label:<8}{v['pcc']:>8.3f}{v['ssim']:>8.3f}{v['mae']:>8.3f}")
 
 

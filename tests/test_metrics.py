@@ -83,3 +83,13 @@ def test_tiled_scores_pool_pixels_and_average_ssim_per_tile(rng):
     per_tile = [metrics.ssim(pred[i, 0], target[i, 0]) for i in range(3)]
     assert scores["ssim"] == pytest.approx(np.mean(per_tile))
     assert metrics.mean_scores({"a": {"pcc": 0.5}, "b": {"pcc": 1.0}}) == {"pcc": 0.75}
+
+
+def test_tiled_scores_accept_tiles_of_different_shapes(rng):
+    preds = [rng.random((1, 20, 24)), rng.random((1, 12, 24))]
+    targets = [p + 0.05 for p in preds]
+    masks = [np.ones_like(p, bool) for p in preds]
+    masks[1][0, :6] = False
+    scores = metrics.tiled_channel_scores(preds, targets, masks)["channel 0"]
+    assert scores["mae"] == pytest.approx(0.05)
+    assert scores["psnr"] == pytest.approx(10 * np.log10(1 / 0.0025))
