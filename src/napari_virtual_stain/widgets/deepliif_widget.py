@@ -233,7 +233,10 @@ class DeepLIIFWidget(QWidget):
         colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
         colours.update({int(i): CLASS_COLOURS[int(c)] for i, c in enumerate(classes) if c in CLASS_COLOURS})
         self.cell_layer.colormap = DirectLabelColormap(color_dict=colours)
-        self.cell_layer.features = cell_rows(cells, self.classification)
+        rows = cell_rows(cells, self.classification)
+        for row in rows:  # napari maps a Labels layer's feature rows to label values through "index"
+            row["index"] = row["id"]
+        self.cell_layer.features = rows
         info = summary(self.classification, self.result.card, self.result.region)
         self.cell_layer.metadata["deepliif"] = info
         c = self.classification
