@@ -1,6 +1,7 @@
 """The Predictor: tiling is invisible in the result, every input kind agrees, runs can be stopped."""
 
 import threading
+import tracemalloc
 
 import dask.array as da
 import numpy as np
@@ -319,3 +320,20 @@ def test_region_with_whole_image_stats_matches_the_whole_image_run():
     np.testing.assert_array_equal(region, whole[:, 10:30, 5:50])
     own = predictor.predict(image[:, 10:30, 5:50])  # the region's own statistics differ
     assert np.abs(own - region).max() > 0.1
+
+
+def test_memory_does_not_grow_with_image_height_when_writing_to_zarr(tmp_path):
+    # Only a strip of tile rows is held at a time: an image 16x taller needs no more memory
+    # (a full-size float64 accumulator for the tall image alone would be 17 MB).
+    peaks = {}
+    predictor = Predictor(torch.nn.Identity(), make_card(tile=128, overlap=16), device="cpu")
+    for rows in (256, 4096):
+        image = RNG.random((1, rows, 512), dtype=np.float32)
+        out = zarr.open_array(str(tmp_path / f"{rows}.zarr"), mode="w", shape=image.shape, chunks=(1, 128, 128), dtype="f4")
+        tracemalloc.start()
+        predictor.predict(image, out=out)
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(out[:], image)
+    assert peaks[4096] < 1.5 * peaks[256]
+    assert peaks[4096] < 0.5 * 4096 * 512 * 4  # less than half of one full-size float32 copy
