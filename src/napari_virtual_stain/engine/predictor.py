@@ -173,11 +173,11 @@ class Predictor:
         jobs = self._tiles(image, prefixes, spatial, tile, overlap, spec, stats, cancel)
         done = 0
         current = None
-        for (which, tile), values in self._run_batches(jobs, cancel):
+        for (which, where), values in self._run_batches(jobs, cancel):
             if current is not None and which != current:
                 blenders[current].close()  # finish a plane before starting the next
             current = which
-            blenders[which].add(tile, values)
+            blenders[which].add(where, values)
             done += 1
             if progress is not None:
                 progress(done, total)
