@@ -161,3 +161,12 @@ def test_disagreement_regions_drop_small_specks():
     assert len(boxes) == 1
     b = boxes[0]
     assert 118 <= b.y0 <= 121 and 133 <= b.y1 <= 136 and 218 <= b.x0 <= 221 and b.kind == "stronger"
+
+
+def test_failed_markers_are_left_out_of_the_brightness_reference():
+    from napari_virtual_stain.tasks.maxim_qc import relative_to_others
+
+    ratios = {"A": 1.0, "B": 2.0, "C": 0.1, "D": 2.3}  # C failed (dark); D is a bright field
+    assert relative_to_others(ratios)["D"] == pytest.approx(2.3)
+    assert relative_to_others(ratios, exclude=["C"])["D"] == pytest.approx(2.3 / 1.5)
+    assert relative_to_others(ratios, exclude=["C"])["C"] == pytest.approx(0.1 / 2.0)

@@ -15,7 +15,8 @@ own 1st/99.8th percentiles -> [0, 1]). A marker is flagged when
    ``min_expected_pcc``) cannot be judged this way and say so instead of being flagged;
 3. **brightness**: its raw intensity range, relative to the range in the imputers'
    training stack (``card.extra["marker_stats"]``), differs by more than
-   ``brightness_factor`` from that of the median marker. Per-marker normalisation would
+   ``brightness_factor`` from that of the median marker (markers already found failed
+   are left out of that median). Per-marker normalisation would
    otherwise hide a uniformly dimmed stain; comparing with the other markers keeps a
    stack that is brighter or darker as a whole from being flagged;
 4. **regions**: the local absolute difference (gaussian-smoothed, ``smooth_sigma``) of the
@@ -151,8 +152,8 @@ def _scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {"ssim": metrics.ssim(pred, target), "pcc": metrics.pcc(pred, target), "mae": metrics.mae(pred, target)}
 
 
-def relative_brightness(stack, names: Sequence[str], reference: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Each marker's raw range now / in training, divided by the median of the other markers' ratios."""
+def brightness_ratios(stack, names: Sequence[str], reference: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Each marker's raw range (1st to 99.8th percentile) now, divided by its range in training."""
     ratios = {}
     for i, name in enumerate(names):
         ref = reference.get(name)
@@ -163,13 +164,25 @@ def relative_brightness(stack, names: Sequence[str], reference: Mapping[str, Map
             continue
         low, high = raw_range(stack[i])
         ratios[name] = max(high - low, 0.0) / span_ref
+    return ratios
+
+
+def relative_to_others(ratios: Mapping[str, float], exclude: Sequence[str] = ()) -> dict[str, float]:
+    """Each ratio divided by the median ratio of the other markers, leaving ``exclude`` out of
+    the medians (markers already found failed must not move the reference of the others)."""
     out = {}
     for name, ratio in ratios.items():
-        others = [r for n, r in ratios.items() if n != name]
+        others = [r for n, r in ratios.items() if n != name and n not in exclude]
         median = float(np.median(others)) if others else 0.0
         if median > 0:
             out[name] = ratio / median
     return out
+
+
+def relative_brightness(stack, names: Sequence[str], reference: Mapping[str, Mapping[str, float]],
+                        exclude: Sequence[str] = ()) -> dict[str, float]:
+    """Each marker's raw range now / in training, divided by the median of the other markers' ratios."""
+    return relative_to_others(brightness_ratios(stack, names, reference), exclude)
 
 
 def align_to(acquired: np.ndarray, imputed: np.ndarray, keep: float = 0.6, iterations: int = 4) -> np.ndarray:
@@ -295,40 +308,45 @@ def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple], *, region
     reference = dict(reference_stats) if reference_stats is not None else stats_from_cards(cards)
     if not reference:
         warnings.append("the imputers carry no training brightness reference: uniformly dimmed stains cannot be detected")
-    brightness = relative_brightness(crop, names, reference)
+    ratios = brightness_ratios(crop, names, reference)
     trained_dtype = next((c.extra.get("dtype") for c in cards.values() if c.extra.get("dtype")), None)
     if trained_dtype and trained_dtype != str(crop.dtype):
         warnings.append(f"the imputers were trained on {trained_dtype} images but this stack is {crop.dtype}")
 
     acquired = {m: normalise_marker(crop[channel_index(names, m)]) for m in checked}
     predictors = {m: Predictor(model, card, device=device) for m, (model, card) in checked.items()}
+    imputations: dict[tuple, np.ndarray] = {}  # (marker, missing inputs) -> imputed
     suspects: list[str] = []
     verdicts: dict[str, MarkerQC] = {}
     done, total = 0, len(checked)
     rounds = 0
     for rounds in range(1, len(checked) + 2):  # at most one new suspect per round
+        brightness = relative_to_others(ratios, exclude=suspects)
         for marker, (model, card) in checked.items():
             if marker in suspects:
                 continue
             check_cancel(cancel)
             missing = [s for s in suspects if s in card.input_channels]
             previous = verdicts.get(marker)
-            if previous is not None and previous.treated_missing == missing:
+            if (previous is not None and previous.treated_missing == missing
+                    and previous.brightness == brightness.get(marker)):
                 continue  # nothing it depends on changed since its last verdict
-            imputed = impute_marker(model, card, crop, names, missing=missing, predictor=predictors[marker],
-                                    cancel=cancel).data
+            key = (marker, tuple(missing))
+            if key not in imputations:
+                imputations[key] = impute_marker(model, card, crop, names, missing=missing,
+                                                 predictor=predictors[marker], cancel=cancel).data
+                done += 1
+                if progress is not None:
+                    progress(done, max(total, done))
             verdicts[marker] = judge_marker(
-                marker, crop[channel_index(names, marker)], acquired[marker], imputed,
+                marker, crop[channel_index(names, marker)], acquired[marker], imputations[key],
                 bl_mean(crop, names, card, missing=missing), _expected(card, settings),
                 brightness.get(marker), settings, region.start, missing)
-            done += 1
-            if progress is not None:
-                progress(done, max(total, done))
         new = [m for m, q in verdicts.items() if q.flagged and m not in suspects]
         if not new:
             break
         suspects.append(max(new, key=lambda m: verdicts[m].severity))
-        # Markers that depend on the new suspect will be judged again.
+        # Markers that depend on the new suspect will be imputed again.
         total += sum(1 for m, (_, c) in checked.items() if m not in suspects and suspects[-1] in c.input_channels)
     ordered = {m: verdicts[m] for m in names if m in verdicts}
     return QCReport(ordered, unchecked, region, settings, rounds, warnings)
