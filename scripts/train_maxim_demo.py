@@ -142,8 +142,13 @@ def main(argv=None) -> int:
     p.add_argument("--base", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--synthetic-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is several times faster on a shared, oversubscribed machine)")
     p.add_argument("--synthetic-markers", nargs="+", default=["DAPI", "Histone H3", "Ki67", "CD45"])
     args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
     config = ImputerConfig(steps=args.steps, max_minutes=args.minutes, patch=args.patch, base=args.base,
                            max_width=8 * args.base, batch_size=args.batch_size, val_every=max(25, args.steps // 6),
