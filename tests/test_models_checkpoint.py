@@ -124,3 +124,13 @@ def test_registry_prefers_user_models_and_lists_problems(user_models):
     assert card.output_channels == ["nuclei", "membrane"]
     with pytest.raises(CheckpointError, match="no model called 'nope'"):
         resolve_model("nope")
+
+
+def test_saved_models_are_readable_by_others_like_any_file(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        path, _ = save_tiny_model(tmp_path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600

@@ -21,16 +21,24 @@ FORMAT = "napari-virtual-stain/1"
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, card: ModelCard) -> Path:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return atomic_torch_save({"format": FORMAT, "card": card.to_dict(), "state_dict": state}, path)
+
+
+def atomic_torch_save(payload, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: all or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "card": card.to_dict(), "state_dict": state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
