@@ -173,3 +173,29 @@ def test_train_opt_values_are_literals_never_code(tmp_path):
     path.write_text("  name: __import__('os').getcwd()   [default: x]\n  lr: 0.0002\n  seg_gen: True\n")
     options = parse_train_options(path)
     assert options == {"name": "__import__('os').getcwd()", "lr": 0.0002, "seg_gen": True}
+
+
+def test_bundled_small_model_is_small_scored_and_works_on_held_out_tissue():
+    from napari_virtual_stain.models.registry import BUNDLED_DIR, load_model
+    from napari_virtual_stain.io.deepliif_panels import read_panels
+    from napari_virtual_stain.metrics import pcc
+    from napari_virtual_stain.tasks.deepliif import run_deepliif
+
+    path = BUNDLED_DIR / "deepliif-small.pt"
+    if not path.exists():
+        pytest.skip("bundled DeepLIIF model not built")
+    assert path.stat().st_size < 8 * 2**20
+    model, card = load_model("deepliif-small")
+    assert card.task == "deepliif" and card.arch_args["trans_ngf"] == 8
+    held_out = card.scores["held_out"]
+    assert set(held_out) == {"Lung1", "Bladder1"}
+    assert all(0 <= s["segmentation"]["dice"] <= 1 for s in held_out.values())
+    sample = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepliif-sample" / "train" / "Lung1.png"
+    if not sample.exists():
+        pytest.skip("DeepLIIF sample data not available")
+    panels = read_panels(sample)
+    rows, cols = slice(384, 512), slice(0, 128)  # inside the rows held out from training
+    result = run_deepliif(Predictor(model, card, device="cpu", precision="fp32"), panels.ihc[rows, cols])
+    predicted = result.images["DAPI"].mean(axis=-1)
+    assert pcc(predicted, panels.dapi[rows, cols].mean(axis=-1)) > 0.5
+    assert result.cells.n_cells > 0
