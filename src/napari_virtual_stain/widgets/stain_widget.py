@@ -6,7 +6,8 @@ Thin by design: it reads choices, computes the visible box, and hands a core fun
 
 from __future__ import annotations
 
-import numpy as np
+import time
+
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, RadioButtons
 from napari.layers import Image
 from qtpy.QtCore import QTimer
@@ -163,6 +164,7 @@ class VirtualStainWidget(QWidget):
                        action="Virtual staining", relay=self.relay)
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value = 0
+        self._started = time.perf_counter()
         self.job.start()
 
     def cancel(self, *_):
@@ -184,7 +186,9 @@ class VirtualStainWidget(QWidget):
         publish(self.viewer, tuples)
         if result.nan_fraction > 0:
             show_warning(f"{result.nan_fraction:.1%} of the input pixels were NaN or infinite; they were treated as 0.")
-        self.info.value = f"{result.card.name}: {len(result.channels)} channels, region {result.region.shape}"
+        size = "x".join(str(n) for n in result.region.shape)
+        self.info.value = (f"{result.card.name}: {len(result.channels)} channels, {size} px "
+                           f"in {time.perf_counter() - self._started:.2f} s")
 
     @staticmethod
     def _spatial(values, result):
