@@ -17,8 +17,9 @@ percentiles (``training.datasets.TARGET_NORMALISATION``). The scores go into the
 
 On a CPU shared with other jobs one thread is often faster than two (OpenMP threads wait
 for each other when a core is taken); ``--threads auto`` times both and picks one.
-Training uses bf16 autocast where the CPU computes bf16 natively (measured 2.3x faster
-per step than fp32 here); evaluation runs in fp32.
+The 2D model trains with bf16 autocast where the CPU computes bf16 natively (2.3x faster
+per step than fp32 here); the 3D model in fp32 (see ``training.trainer.training_precision``:
+bf16 3D training gave garbage gradients on this CPU). Evaluation runs in fp32.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_virtual_stain.engine.device import resolve_precision
 from napari_virtual_stain.engine.normalise import compute_stats, normalise
 from napari_virtual_stain.engine.predictor import Predictor
 from napari_virtual_stain.io.synthetic import Microscope, make_cells_2d, make_cells_3d
@@ -40,7 +40,7 @@ from napari_virtual_stain.metrics import channel_scores
 from napari_virtual_stain.models.checkpoint import load_checkpoint
 from napari_virtual_stain.training.datasets import TARGET_NORMALISATION
 from napari_virtual_stain.training.starting import model_for_training
-from napari_virtual_stain.training.trainer import TrainConfig, Trainer
+from napari_virtual_stain.training.trainer import TrainConfig, Trainer, training_precision
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "napari_virtual_stain" / "models" / "bundled"
 CHANNELS = ["nuclei", "membrane"]
@@ -146,7 +146,7 @@ def train(which: str, minutes: float, out_dir: Path, threads: int) -> dict:
     t0 = time.perf_counter()
     inputs, targets = make_pairs(setup, setup["train_seeds"], setup["train_shape"])
     log(f"{which}: {len(inputs)} training fields {setup['train_shape']} made in {time.perf_counter() - t0:.1f} s")
-    precision = resolve_precision(torch.device("cpu"), "auto")
+    precision = training_precision(torch.device("cpu"), "auto", dims)
     config = TrainConfig(patch=setup["patch"], batch_size=setup["batch_size"], steps=100000, max_minutes=minutes,
                          lr=setup["lr"], loss="l1", lr_schedule="constant_then_linear", decay_start=0.6,
                          val_every=50, max_val_tiles=24, val_fraction=0.15, seed=0, device="cpu",
@@ -204,12 +204,14 @@ def print_table(summaries: list[dict]) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--which", nargs="+", default=["2d", "3d"], choices=sorted(SETUPS))
-    p.add_argument("--minutes", type=float, default=12.0, help="training time per model")
+    p.add_argument("--minutes", type=float, default=12.0, help="training time of the 2D model")
+    p.add_argument("--minutes-3d", type=float, default=15.0, help="training time of the 3D model (fp32: slower steps)")
     p.add_argument("--out-dir", type=Path, default=BUNDLED)
     p.add_argument("--threads", default="auto", help="'auto', 1 or 2")
     args = p.parse_args(argv)
     threads = pick_threads(args.threads)
-    summaries = [train(which, args.minutes, args.out_dir, threads) for which in args.which]
+    summaries = [train(which, args.minutes_3d if which == "3d" else args.minutes, args.out_dir, threads)
+                 for which in args.which]
     print_table(summaries)
     print(json.dumps(summaries, indent=1))
     return 0

@@ -216,3 +216,38 @@ def test_channels_that_do_not_match_the_model_are_refused():
         Trainer(model, card, [x], [y], _config(patch=(128, 128)))
     with pytest.raises(InputError, match="Unknown loss"):
         Trainer(model, card, [x], [y], _config(loss="l7"))
+
+
+def test_non_finite_steps_are_skipped_and_repeated_ones_stop_the_run():
+    x, y = _cells()
+    model, card = _tiny(norm="group")
+    trainer = Trainer(model, card, [x], [y], _config(steps=4, val_fraction=0))
+    real_loss = trainer.loss_fn
+    calls = []
+
+    def nan_at_second_step(pred, target, mask):
+        calls.append(1)
+        loss = real_loss(pred, target, mask)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    trainer.loss_fn = nan_at_second_step
+    updates = []
+    before = {}
+
+    def watch(u):
+        updates.append(u)
+        if u.step == 1:
+            before.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        if u.step == 2:
+            assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+
+    result = trainer.run(on_update=watch)
+    assert [u.skipped for u in updates] == [False, True, False, False]
+    assert result.steps == 4 and result.card.training["skipped_steps"] == 1
+    assert [s for s, _ in result.history["train"]] == [1, 3, 4]
+
+    trainer.loss_fn = lambda pred, target, mask: real_loss(pred, target, mask) * float("nan")
+    trainer.config.steps = 20
+    trainer.total_steps = 20
+    with pytest.raises(InputError, match="Training diverged at step 9: the loss or its gradients were not finite 5 steps"):
+        trainer.run()
