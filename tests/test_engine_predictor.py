@@ -326,7 +326,7 @@ def test_memory_does_not_grow_with_image_height_when_writing_to_zarr(tmp_path):
     # Only a strip of tile rows is held at a time: an image 16x taller needs no more memory
     # (a full-size float64 accumulator for the tall image alone would be 17 MB).
     peaks = {}
-    predictor = Predictor(torch.nn.Identity(), make_card(tile=128, overlap=16), device="cpu")
+    predictor = Predictor(torch.nn.Identity(), make_card(tile=128, overlap=16), device="cpu", batch_size=2)
     for rows in (256, 4096):
         image = RNG.random((1, rows, 512), dtype=np.float32)
         out = zarr.open_array(str(tmp_path / f"{rows}.zarr"), mode="w", shape=image.shape, chunks=(1, 128, 128), dtype="f4")
@@ -337,3 +337,9 @@ def test_memory_does_not_grow_with_image_height_when_writing_to_zarr(tmp_path):
         np.testing.assert_array_equal(out[:], image)
     assert peaks[4096] < 1.5 * peaks[256]
     assert peaks[4096] < 0.5 * 4096 * 512 * 4  # less than half of one full-size float32 copy
+
+
+def test_default_batch_size_follows_tile_size_and_device():
+    assert Predictor(torch.nn.Identity(), make_card(tile=512, overlap=32), device="cpu").batch_size == 4
+    assert Predictor(torch.nn.Identity(), make_card(tile=1024, overlap=32), device="cpu").batch_size == 1
+    assert Predictor(torch.nn.Identity(), make_card(tile=64, overlap=8), device="cpu").batch_size == 8
