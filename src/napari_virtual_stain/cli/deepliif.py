@@ -46,7 +46,9 @@ def register(sub) -> None:
     p.add_argument("--tile", type=_ints, default=None, help="tile size (default: the model's)")
     p.add_argument("--overlap", type=_ints, default=None, help="tile overlap in pixels (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="default fp32: bf16 moves segmentation pixels across the threshold and changes cell "
+                        "counts by a few percent (bench/RESULTS.md)")
     p.add_argument("--seg-thresh", type=int, default=150, help="segmentation threshold, red + blue, 0-510 (default 150)")
     p.add_argument("--size-thresh", type=_auto_or_int, default=None, help="minimum cell area in pixels or 'auto'")
     p.add_argument("--size-thresh-upper", type=int, default=None, help="maximum cell area in pixels")
