@@ -122,3 +122,20 @@ def test_exports_have_one_row_and_one_polygon_per_kept_cell(predictor, ihc, tmp_
     assert ring[:, 0].min() >= 229 and ring[:, 0].max() <= 240 and ring[:, 1].min() >= 129  # x, y in pixels
     assert geo["features"][1]["properties"]["class"] == "negative"
     json.dumps(geo)
+
+
+def test_hand_corrections_survive_a_new_segmentation_threshold(predictor, ihc):
+    result = run_deepliif(predictor, ihc, analyse=False)
+    seg = np.zeros((64, 64, 3), np.uint8)
+    seg[5:15, 5:15] = (255, 0, 0)
+    seg[30:42, 30:40] = (0, 0, 255)
+    seg[50:60, 2:6] = (80, 0, 40)  # a faint cell that only a low threshold keeps
+    result.images["Segmentation"] = seg
+    cells = result.analyse(segmentation_threshold=150)
+    t = Thresholds(size=10, marker=255)
+    cells.toggle(cells.labels[35, 35], cells.classify(t))  # negative -> positive by hand
+    assert cells.classify(t).positive == 2
+    relabelled = result.analyse(segmentation_threshold=100)
+    assert relabelled.n_cells == 3
+    after = relabelled.classify(t)
+    assert after.classes[relabelled.labels[35, 35]] == 2 and after.positive == 3  # the faint one is red too

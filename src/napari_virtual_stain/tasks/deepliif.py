@@ -124,9 +124,24 @@ class DeepLIIFResult:
     def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
         """(Re)build the cell table from the stored maps: no network runs."""
         modalities = {key: self.images[name] for key, name in zip(CHANNEL_COLUMNS, MODALITIES)}
+        previous = self.cells
         self.cells = analyse_cells(self.images[SEGMENTATION], modalities["marker"], modalities,
                                    segmentation_threshold, resolution)
+        if previous is not None and previous.overrides:
+            self.cells.overrides = carry_overrides(previous, self.cells)
         return self.cells
+
+
+def carry_overrides(old: CellAnalysis, new: CellAnalysis) -> dict[int, int]:
+    """Hand corrections survive a relabel: each goes to the new cell under the old cell's centroid."""
+    carried = {}
+    height, width = new.labels.shape
+    for label, cls in old.overrides.items():
+        y = int(round(float(old.table["centroid_y"][label - 1])))
+        x = int(round(float(old.table["centroid_x"][label - 1])))
+        if 0 <= y < height and 0 <= x < width and new.labels[y, x] > 0:
+            carried[int(new.labels[y, x])] = cls
+    return carried
 
 
 def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", region: Region | None = None,
