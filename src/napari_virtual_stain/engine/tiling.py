@@ -1,13 +1,18 @@
 """The tile grid, the blend windows, and the strip-by-strip blending of tile outputs.
 
 Tiles step by ``tile - overlap``; the last tile on each axis is flush with the image end, so
-every tile lies inside the image (no padding except for images smaller than a tile). Tile
-outputs are blended with smooth windows (:func:`blend_profile`): near 0 at the tile edge,
-a raised-cosine ramp in the middle of the overlap, 1 inside, never exactly 0. Blending is a weighted average: because the windows are
-outer products of 1D profiles and the grid is a product of 1D grids, the sum of weights at
-a pixel is a product of 1D sums, so every tile's weights can be divided by that sum up front
-(:func:`normalised_axis_weights`). Accumulating in float64 then gives, for a model that
-returns its input, exactly the input after rounding to float32 (tested bit for bit).
+every tile lies inside the image (no padding except for images smaller than a tile).
+:func:`fit_tile` shrinks the tile to the image where that saves work.
+
+Tile outputs are blended with smooth windows (:func:`blend_profile`): near 0 at a tile edge
+inside the image (those pixels saw the least context), a raised-cosine ramp in the middle of
+the overlap, 1 inside and on the image border, never exactly 0. Blending is a weighted
+average: because the windows are outer products of 1D profiles and the grid is a product of
+1D grids, the sum of weights at a pixel is a product of 1D sums, so every tile's weights
+are divided by that sum up front (:func:`normalised_axis_weights`). Accumulating in float64
+then gives, for a model that returns its input, exactly the input after rounding to
+float32 (tested bit for bit), and for a model that sees ``r`` pixels around each pixel the
+untiled result once ``overlap >= 4 r`` (to ~1e-7).
 
 :class:`StripBlender` keeps memory bounded for huge images: tiles arrive in grid order and
 only one strip of tile rows (along the first spatial axis) is accumulated at a time;
