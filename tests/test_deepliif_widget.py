@@ -130,3 +130,17 @@ def test_current_view_runs_on_the_visible_box_only(make_napari_viewer, qtbot, ti
     layer = viewer.layers["ihc · DAPI"]
     assert layer.data.shape[:2] == region.shape
     assert tuple(layer.translate) == tuple(float(s) for s in region.start)
+
+
+def test_cancel_publishes_nothing(make_napari_viewer, qtbot, tiny_deepliif):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(2).integers(0, 256, (256, 256, 3)).astype(np.uint8), name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    widget.scope.value = WHOLE
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.job.running, timeout=60000)
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=5000)
+    assert widget.cell_layer is None and widget.result is None
+    assert [layer.name for layer in viewer.layers] == ["ihc"]
