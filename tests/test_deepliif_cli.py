@@ -84,3 +84,10 @@ def test_evaluate_refuses_masks_of_different_sizes(tmp_path, capsys):
     iio.imwrite(tmp_path / "t.png", np.zeros((10, 10, 3), np.uint8))
     assert main(["evaluate", str(tmp_path / "p.png"), str(tmp_path / "t.png")]) == 2
     assert "same size" in capsys.readouterr().err
+
+
+def test_deepliif_command_reads_a_channels_first_tiff(tmp_path, model_path):
+    ihc = np.random.default_rng(1).integers(0, 256, (3, 32, 40)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "roi.tif", ihc, photometric="minisblack", metadata={"axes": "CYX"})
+    assert main(["deepliif", str(tmp_path / "roi.tif"), "-o", str(tmp_path / "out"), "--model", str(model_path)]) == 0
+    assert iio.imread(tmp_path / "out" / "roi_SegRefined.png").shape == (32, 40, 3)

@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).stem
     data = image.data
+    if image.axes == "CYX" and data.shape[0] in (3, 4):  # a TIFF storing colour as channels
+        data = np.moveaxis(np.asarray(data), 0, -1)
     store = out_dir / f"{stem}.zarr" if getattr(data, "ndim", 0) >= 2 and needs_store(data.shape[:2]) else None
     print(f"{args.input}: {tuple(data.shape)} {data.dtype} -> {predictor.card.name}", file=sys.stderr)
     t0 = time.perf_counter()

@@ -174,6 +174,7 @@ class DeepLIIFWidget(QWidget):
 
     def _on_result(self, result):
         self.result = result
+        self.help.tooltip = result.card.description  # e.g. the bundled model says it is a demonstration
         scale, translate = self._placement()
         tuples = [(result.images[m], {"name": output_layer_name(self._source.name, m), "rgb": True,
                                                   "scale": scale, "translate": translate, "blending": "additive",
