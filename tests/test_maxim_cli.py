@@ -78,5 +78,9 @@ def test_train_imputers_writes_one_model_per_chosen_marker(tmp_path):
     stack = _write(tmp_path / "s.tif", good_stack()[:3], MARKERS[:3])
     out = tmp_path / "trained"
     assert main(["train-imputers", stack, "-o", str(out), "--markers", "CD3", "--steps", "1", "--patch", "32",
-                 "--batch-size", "2", "--device", "cpu"]) == 0
+                 "--batch-size", "2", "--device", "cpu", "--base", "4", "--depth", "2"]) == 0
     assert sorted(p.name for p in out.glob("*.pt")) == ["imputer-CD3.pt"]
+    from napari_virtual_stain.models.checkpoint import read_checkpoint
+
+    card, _ = read_checkpoint(out / "imputer-CD3.pt")
+    assert card.arch_args["base"] == 4 and card.arch_args["max_width"] == 16 and card.input_channels == ["DAPI", "Lap2"]

@@ -40,6 +40,8 @@ def register(sub) -> None:
     p.add_argument("--patch", type=int, default=128, help="training patch size (default 128)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--adversarial", action="store_true", help="MAXIM-Adv: add pix2pix's PatchGAN loss")
+    p.add_argument("--base", type=int, default=32, help="U-Net features at the first level (default 32, as paper 003)")
+    p.add_argument("--depth", type=int, default=3, help="U-Net poolings (default 3: 4 levels, 32 to 256 features)")
     _add_stack_arguments(p)
     p.set_defaults(func=run_train)
 
@@ -95,7 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
     minutes = args.minutes / len(targets) if args.minutes else None
     steps = args.steps if args.steps is not None else (None if minutes else 2000)
     config = ImputerConfig(steps=steps, max_minutes=minutes, patch=args.patch, batch_size=args.batch_size,
-                           adversarial=args.adversarial, device=args.device)
+                           adversarial=args.adversarial, base=args.base, depth=args.depth,
+                           max_width=args.base * 2 ** args.depth, device=args.device)
     print(f"{args.stack}: {len(names)} markers ({', '.join(names)}), {stack.shape[1]}x{stack.shape[2]}; "
           f"training {', '.join(targets)}", file=sys.stderr)
 
