@@ -31,6 +31,7 @@ import numpy as np
 from napari_virtual_stain.tasks.maxim import load_imputers
 from napari_virtual_stain.tasks.maxim_qc import run_qc
 from napari_virtual_stain.tasks.region import Region
+from napari_virtual_stain.training.datasets import split_regions
 from napari_virtual_stain.training.imputers import ImputerConfig, heldout_scores, train_imputers
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -78,7 +79,7 @@ def fmt(v):
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
 
-def run_dataset(name, train, other, names, targets, config, out_dir, qc_marker):
+def run_dataset(name, train, other, names, targets, config, out_dir, qc_marker, reuse=False):
     print(f"\n## {name}: train {train.shape}, markers {', '.join(names)}; training {', '.join(targets)}", flush=True)
     start = time.perf_counter()
 
@@ -89,15 +90,28 @@ def run_dataset(name, train, other, names, targets, config, out_dir, qc_marker):
             printed.add(done)
             print(f"  {done / 1000:.0f}/{total / 1000:.0f} markers done ({time.perf_counter() - start:.0f}s)", flush=True)
 
-    run = train_imputers(train, names, out_dir / name, markers=targets, config=config, progress=progress)
-    imputers = load_imputers(out_dir / name)
+    if reuse and list((out_dir / name).glob("*.pt")):
+        # Models from an earlier run: score them again with this version of the code
+        # (the cards' held-out scores are refreshed in memory, e.g. the leave-one-out ones).
+        imputers = load_imputers(out_dir / name)
+        _, val = split_regions(train.shape[1:], (config.patch, config.patch), config.val_fraction)
+        val_region = Region(tuple(v.start for v in val), tuple(v.stop for v in val))
+        heldout = {}
+        for marker, (model, card) in imputers.items():
+            heldout[marker] = heldout_scores(model, card, train, names, val_region, device=config.device)
+            card.scores.update(heldout[marker])
+        runs = {m: (heldout[m], c.training.get("steps"), c.training.get("seconds")) for m, (_, c) in imputers.items()}
+    else:
+        run = train_imputers(train, names, out_dir / name, markers=targets, config=config, progress=progress)
+        imputers = load_imputers(out_dir / name)
+        runs = {m: (r.scores, r.steps, round(r.seconds, 1)) for m, r in run.results.items()}
     rows = {}
     whole_other = Region.whole(other.shape[1:])
-    for marker, result in run.results.items():
+    for marker, (scores, steps, seconds) in runs.items():
         model, card = imputers[marker]
-        rows[marker] = {"heldout_region": result.scores,
+        rows[marker] = {"heldout_region": scores,
                         "other_field": heldout_scores(model, card, other, names, whole_other, device=config.device),
-                        "steps": result.steps, "seconds": round(result.seconds, 1)}
+                        "steps": steps, "seconds": seconds}
     print("\n| marker | held-out on | MAXIM SSIM | BL-Mean SSIM | BL-Zero SSIM | MAXIM MAE | BL-Mean MAE | BL-Zero MAE | MAXIM PCC | BL-Mean PCC |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for marker, r in rows.items():
@@ -142,6 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--base", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--synthetic-size", type=int, default=256)
+    p.add_argument("--reuse", action="store_true", help="score the models already in --out instead of training")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 is several times faster on a shared, oversubscribed machine)")
     p.add_argument("--synthetic-markers", nargs="+", default=["DAPI", "Histone H3", "Ki67", "CD45"])
@@ -157,11 +172,12 @@ def main(argv=None) -> int:
     if "synthetic" in args.datasets:
         train, other, names = synthetic_fields(args.synthetic_size)
         results["synthetic"] = run_dataset("synthetic", train, other, names, args.synthetic_markers, config, out,
-                                           qc_marker="Histone H3")
+                                           qc_marker="Histone H3", reuse=args.reuse)
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     if "deepliif" in args.datasets:
         train, other, names = deepliif_fields()
-        results["deepliif"] = run_dataset("deepliif", train, other, names, names, config, out, qc_marker="Lap2")
+        results["deepliif"] = run_dataset("deepliif", train, other, names, names, config, out, qc_marker="Lap2",
+                                          reuse=args.reuse)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"\nwrote {out / 'results.json'}", file=sys.stderr)
     return 0

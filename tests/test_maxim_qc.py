@@ -170,3 +170,17 @@ def test_failed_markers_are_left_out_of_the_brightness_reference():
     assert relative_to_others(ratios)["D"] == pytest.approx(2.3)
     assert relative_to_others(ratios, exclude=["C"])["D"] == pytest.approx(2.3 / 1.5)
     assert relative_to_others(ratios, exclude=["C"])["C"] == pytest.approx(0.1 / 2.0)
+
+
+def test_expectations_with_failed_inputs_come_from_the_leave_one_out_scores():
+    from napari_virtual_stain.tasks.maxim_qc import _expected
+    from test_maxim_core import oracle_card
+
+    card = oracle_card("Ki67")
+    card.scores["val_without"] = {"DAPI": {"pcc": 0.2, "mae": 0.09}, "Lap2": {"pcc": 0.9, "mae": 0.04}}
+    settings = QCSettings()
+    assert _expected(card, settings) == {"pcc": 0.95, "mae": 0.03}
+    assert _expected(card, settings, ["Lap2"]) == {"pcc": 0.9, "mae": 0.04}
+    # several failed inputs: the worst case; a DAPI-less Ki67 imputer is too poor to judge Ki67
+    assert _expected(card, settings, ["Lap2", "DAPI"]) == {"pcc": 0.2, "mae": 0.09}
+    assert _expected(card, settings, ["Lap2", "DAPI"])["pcc"] < settings.min_expected_pcc

@@ -10,7 +10,9 @@ own 1st/99.8th percentiles -> [0, 1]). A marker is flagged when
 
 1. **blank**: its acquired channel has no dynamic range (constant, e.g. all zeros);
 2. **structure**: the correlation of acquired and imputed is below ``pcc_ratio`` times the
-   correlation its imputer reached on held-out good data (``card.scores["val"]["pcc"]``).
+   correlation its imputer reached on held-out good data (``card.scores["val"]["pcc"]``;
+   with inputs treated as missing, the score it reached without them, so a marker whose
+   main predictor failed becomes "not assessable" instead of being blamed).
    Markers whose imputer is poor even on good data (expected PCC below
    ``min_expected_pcc``) cannot be judged this way and say so instead of being flagged;
 3. **brightness**: its raw intensity range, relative to the range in the imputers'
@@ -60,7 +62,9 @@ class QCSettings:
     smooth_sigma: float = 3.0
     region_floor: float = 0.2
     region_mae_factor: float = 4.0
-    min_region_area: int = 64
+    # A failed area spans more than a few cells: one cell the imputer could not predict
+    # (a Ki67-positive nucleus, say) is biology, not a failed stain.
+    min_region_area: int = 256
     # Used when a card carries no held-out scores (a model trained elsewhere).
     default_expected_pcc: float = 0.8
     default_expected_mae: float = 0.05
@@ -140,10 +144,22 @@ def _json_floats(value):
     return value
 
 
-def _expected(card: ModelCard, settings: QCSettings) -> dict[str, float]:
+def _expected(card: ModelCard, settings: QCSettings, missing: Sequence[str] = ()) -> dict[str, float]:
+    """What the imputer scores on good held-out data, with ``missing`` inputs zeroed if any.
+
+    Training stores leave-one-input-out scores (``scores["val_without"][marker]``); with
+    several inputs missing the worst of their scores is used. Without them (older cards)
+    the all-inputs scores are used.
+    """
     held_out = card.scores.get("val", {}) if isinstance(card.scores, dict) else {}
-    pcc = held_out.get("pcc")
-    mae = held_out.get("mae")
+    without = card.scores.get("val_without", {}) if isinstance(card.scores, dict) else {}
+    pcc, mae = held_out.get("pcc"), held_out.get("mae")
+    known = [without[m] for m in missing if isinstance(without.get(m), dict)]
+    if known:
+        pccs = [k.get("pcc") for k in known if k.get("pcc") is not None and math.isfinite(k["pcc"])]
+        maes = [k.get("mae") for k in known if k.get("mae") is not None and math.isfinite(k["mae"])]
+        pcc = min(pccs) if pccs else pcc
+        mae = max(maes) if maes else mae
     return {"pcc": float(pcc) if pcc is not None and math.isfinite(pcc) else settings.default_expected_pcc,
             "mae": float(mae) if mae is not None and math.isfinite(mae) else settings.default_expected_mae}
 
@@ -340,7 +356,7 @@ def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple], *, region
                     progress(done, max(total, done))
             verdicts[marker] = judge_marker(
                 marker, crop[channel_index(names, marker)], acquired[marker], imputations[key],
-                bl_mean(crop, names, card, missing=missing), _expected(card, settings),
+                bl_mean(crop, names, card, missing=missing), _expected(card, settings, missing),
                 brightness.get(marker), settings, region.start, missing)
         new = [m for m, q in verdicts.items() if q.flagged and m not in suspects]
         if not new:

@@ -16,7 +16,8 @@ What this adds to the generic trainer:
 - **held-out scores as in the paper**: after training, the imputer, BL-Zero and BL-Mean
   are scored on the held-out region (the last ``val_fraction`` of the image height) with
   the same functions the QC uses; the card keeps them (``scores["val"]``,
-  ``scores["bl_zero"]``, ``scores["bl_mean"]``) so the QC knows what a good stain scores;
+  ``scores["bl_zero"]``, ``scores["bl_mean"]``, and ``scores["val_without"][input]`` with
+  each input marker zeroed in turn) so the QC knows what a good stain scores;
 - **the brightness reference**: raw 1st/99.8th percentiles of every marker of the training
   stack (``extra["marker_stats"]``) and its dtype, for the QC's brightness check.
 """
@@ -144,7 +145,10 @@ def heldout_scores(model, card: ModelCard, stack, names: Sequence[str], region: 
 
     zero = score(np.zeros_like(acquired))
     zero.pop("pcc")
-    return {"val": score(imputed), "bl_zero": zero, "bl_mean": score(mean)}
+    # What the QC should expect when one input marker has failed and is fed as zeros.
+    without = {m: score(impute_marker(model, card, crop, names, missing=[m], device=device, cancel=cancel).data)
+               for m in card.input_channels}
+    return {"val": score(imputed), "bl_zero": zero, "bl_mean": score(mean), "val_without": without}
 
 
 def _file_name(marker: str) -> str:
