@@ -114,7 +114,11 @@ def main() -> None:
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     parser.add_argument("--tile", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); 1 gives steadier ratios on a busy machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shape = (32, 256, 256) if args.quick else (64, 512, 512)
     if args.worker:
         worker(args.worker, args.weights, shape, args.output, tuple(int(t) for t in args.tile.split(",")))
@@ -136,6 +140,8 @@ def main() -> None:
                    "--tile", ",".join(map(str, tile))]
             if args.quick:
                 cmd.append("--quick")
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             results[config] = json.loads(line)
             outputs[config] = np.load(output)
@@ -158,7 +164,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     shape_text = "x".join(map(str, shape))
     body = f"""Machine: {machine()}.
-Command: `python bench/bench_3d_stack.py{' --quick' if args.quick else ''}` ({elapsed:.0f} s in all).
+Command: `python bench/bench_3d_stack.py{' --quick' if args.quick else ''}{f' --threads {args.threads}' if args.threads else ''}` ({elapsed:.0f} s in all).
 Stack: {shape_text} (Z, Y, X), real brightfield focal series reflected along Z. Model: 3D U-Net
 depth 3, base 16, batch norm, sigmoid (batch-norm statistics from real crops). Overlap
 {'x'.join(map(str, OVERLAP))} for every Predictor row; the Predictor fits its tiles to the stack. Each row ran

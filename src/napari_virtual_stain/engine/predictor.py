@@ -38,11 +38,12 @@ Progress = Callable[[int, int], None]
 # Pixels (voxels) per batch on a GPU: 16 tiles of 512 x 512. Enough to keep a GPU busy; the
 # batch halves itself if it runs out of memory.
 GPU_PIXELS_PER_BATCH = 1 << 22
-# On the CPU, batching also pays: 8 tiles of 448x448 through the 2D U-Net (bf16,
-# channels_last, 2-core EPYC) took 8.1 CPU s one by one, 5.7 in pairs, 5.2 in fours and 4.9
-# in eights (fixed costs per forward pass: autocast weight casts, oneDNN set-up). About a
-# megapixel per batch keeps most of that gain while progress and cancel still answer
-# within a second or two.
+# On the CPU, batching pays when other programs compete for the cores: 8 tiles of 448x448
+# through the 2D U-Net (bf16, channels_last, 2 threads on a busy 2-core EPYC) took 8.1 CPU s
+# one by one, 5.2 in fours and 4.9 in eights, because every layer of every forward pass
+# waits for all threads. With one thread (no waiting) batches gain nothing and lose ~10%.
+# About a megapixel per batch keeps the gain while progress and cancel still answer within
+# a second or two.
 CPU_PIXELS_PER_BATCH = 1 << 20
 
 
