@@ -184,3 +184,19 @@ def test_expectations_with_failed_inputs_come_from_the_leave_one_out_scores():
     # several failed inputs: the worst case; a DAPI-less Ki67 imputer is too poor to judge Ki67
     assert _expected(card, settings, ["Lap2", "DAPI"]) == {"pcc": 0.2, "mae": 0.09}
     assert _expected(card, settings, ["Lap2", "DAPI"])["pcc"] < settings.min_expected_pcc
+
+
+def test_the_region_threshold_rises_with_the_local_error_of_good_data():
+    from napari_virtual_stain.tasks.maxim_qc import local_error_level
+
+    rng = np.random.default_rng(6)
+    stack = _regional(good_stack(seed=0), rng, "dim")
+    imputers = oracle_imputers(good_stack(seed=1))
+    for _, card in imputers.values():
+        card.scores["val"]["local_error_p999"] = 0.6  # an imputer that is locally far off even on good data
+    report = run_qc(stack, MARKERS, imputers, device="cpu")
+    assert report.markers["CD3"].regions == []  # 0.8 x dimming no longer stands out against 0.75
+    a = np.zeros((32, 32), np.float32)
+    b = a.copy()
+    b[8:24, 8:24] = 0.5
+    assert 0.3 < local_error_level(a, b) <= 0.5 and local_error_level(a, a) == 0.0

@@ -34,7 +34,7 @@ def test_one_checkpoint_and_card_per_marker(tmp_path):
     model, card = load_checkpoint(tmp_path / "imputer-Ki67.pt")
     assert card.task == "impute" and card.output_channels == ["Ki67"] and card.input_channels == ["DAPI", "Lap2"]
     assert card.arch_args["activation"] == "sigmoid" and card.arch_args["max_width"] == 8
-    assert set(card.scores["val"]) == {"ssim", "pcc", "mae"} and "mae" in card.scores["bl_mean"]
+    assert set(card.scores["val"]) == {"ssim", "pcc", "mae", "local_error_p999"} and "mae" in card.scores["bl_mean"]
     assert set(card.scores["val_without"]) == {"DAPI", "Lap2"}  # leave-one-input-out, for the QC
     assert card.scores["heldout_region"] == {"start": [32, 0], "stop": [64, 64]}
     assert set(card.extra["marker_stats"]) == set(NAMES) and card.extra["dtype"] == "uint16"

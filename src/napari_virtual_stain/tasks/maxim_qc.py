@@ -24,8 +24,9 @@ own 1st/99.8th percentiles -> [0, 1]). A marker is flagged when
 4. **regions**: the local absolute difference (gaussian-smoothed, ``smooth_sigma``) of the
    imputation and the acquired channel (first scaled onto the imputation by a trimmed
    least-squares fit, :func:`align_to`, so a failed area cannot shift the whole channel)
-   exceeds both ``region_floor`` and ``region_mae_factor`` times the imputer's held-out
-   MAE over a connected area of at least ``min_region_area`` pixels. Each such area is
+   exceeds ``region_floor``, ``region_mae_factor`` times the imputer's held-out MAE and
+   ``region_local_factor`` times the 99.9th percentile of that map on good held-out data
+   (what good data never shows) over a connected area of at least ``min_region_area`` pixels. Each such area is
    reported as a box, labelled "weaker" (acquired below imputed: missing or dim stain)
    or "stronger" (acquired above imputed: noise, debris, bleed-through).
 
@@ -62,6 +63,9 @@ class QCSettings:
     smooth_sigma: float = 3.0
     region_floor: float = 0.2
     region_mae_factor: float = 4.0
+    # ... and this factor times the 99.9th percentile of the same smoothed map on good
+    # held-out data (card.scores["val"]["local_error_p999"], stored by training).
+    region_local_factor: float = 1.25
     # A failed area spans more than a few cells: one cell the imputer could not predict
     # (a Ki67-positive nucleus, say) is biology, not a failed stain.
     min_region_area: int = 256
@@ -153,15 +157,20 @@ def _expected(card: ModelCard, settings: QCSettings, missing: Sequence[str] = ()
     """
     held_out = card.scores.get("val", {}) if isinstance(card.scores, dict) else {}
     without = card.scores.get("val_without", {}) if isinstance(card.scores, dict) else {}
-    pcc, mae = held_out.get("pcc"), held_out.get("mae")
+    pcc, mae, local = held_out.get("pcc"), held_out.get("mae"), held_out.get("local_error_p999")
     known = [without[m] for m in missing if isinstance(without.get(m), dict)]
     if known:
+        locals_ = [k["local_error_p999"] for k in known if k.get("local_error_p999") is not None]
+        local = max(locals_) if locals_ else local
         pccs = [k.get("pcc") for k in known if k.get("pcc") is not None and math.isfinite(k["pcc"])]
         maes = [k.get("mae") for k in known if k.get("mae") is not None and math.isfinite(k["mae"])]
         pcc = min(pccs) if pccs else pcc
         mae = max(maes) if maes else mae
-    return {"pcc": float(pcc) if pcc is not None and math.isfinite(pcc) else settings.default_expected_pcc,
-            "mae": float(mae) if mae is not None and math.isfinite(mae) else settings.default_expected_mae}
+    out = {"pcc": float(pcc) if pcc is not None and math.isfinite(pcc) else settings.default_expected_pcc,
+           "mae": float(mae) if mae is not None and math.isfinite(mae) else settings.default_expected_mae}
+    if local is not None and math.isfinite(local):
+        out["local_error_p999"] = float(local)
+    return out
 
 
 def _scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -228,6 +237,15 @@ def align_to(acquired: np.ndarray, imputed: np.ndarray, keep: float = 0.6, itera
     return (a * acquired + b).astype(np.float32)
 
 
+def local_error_level(acquired: np.ndarray, imputed: np.ndarray, sigma: float | None = None,
+                      percentile: float = 99.9) -> float:
+    """The ``percentile`` of the smoothed |acquired - imputed| map (as the QC computes it) on good data."""
+    sigma = QCSettings().smooth_sigma if sigma is None else sigma
+    aligned = align_to(acquired, imputed)
+    smoothed = ndimage.gaussian_filter(np.abs(aligned.astype(np.float32) - imputed.astype(np.float32)), sigma)
+    return float(np.percentile(smoothed, percentile))
+
+
 def disagreement_regions(acquired: np.ndarray, imputed: np.ndarray, threshold: float, sigma: float,
                          min_area: int, offset: Sequence[int] = (0, 0)) -> tuple[np.ndarray, list[Box]]:
     """Smoothed |acquired - imputed| and the boxes of its connected areas above ``threshold``."""
@@ -280,7 +298,8 @@ def judge_marker(marker: str, acquired_raw: np.ndarray, acquired: np.ndarray, im
             reasons.append(f"brightness: {marker} is {max(brightness, 1 / brightness):.1f}x {word} than the other "
                            "markers, compared with the training stack")
             severity = max(severity, 1.0 + abs(math.log(brightness)) / math.log(factor) - 1.0)
-    threshold = max(settings.region_floor, settings.region_mae_factor * expected["mae"])
+    threshold = max(settings.region_floor, settings.region_mae_factor * expected["mae"],
+                    settings.region_local_factor * expected.get("local_error_p999", 0.0))
     disagreement, boxes = disagreement_regions(align_to(acquired, imputed), imputed, threshold, settings.smooth_sigma,
                                                settings.min_region_area, offset)
     blank = math.isinf(severity)

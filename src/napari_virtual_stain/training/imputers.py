@@ -41,6 +41,7 @@ from ..models.checkpoint import save_checkpoint
 from ..models.factory import build_model
 from ..tasks.maxim import (bl_mean, channel_index, check_marker_stack, impute_marker, normalise_marker, raw_range,
                            select_markers, stack_marker_stats)
+from ..tasks.maxim_qc import local_error_level
 from ..tasks.region import Region
 from .datasets import DEFAULT_INPUT_NORMALISATION, split_regions
 from .trainer import TrainConfig, Trainer
@@ -139,16 +140,19 @@ def heldout_scores(model, card: ModelCard, stack, names: Sequence[str], region: 
     imputed = impute_marker(model, card, crop, names, device=device, cancel=cancel).data
     mean = bl_mean(crop, names, card)
 
-    def score(pred):
-        return {"ssim": metrics.ssim(pred, acquired), "pcc": metrics.pcc(pred, acquired),
-                "mae": metrics.mae(pred, acquired)}
+    def score(pred, local=True):
+        out = {"ssim": metrics.ssim(pred, acquired), "pcc": metrics.pcc(pred, acquired),
+               "mae": metrics.mae(pred, acquired)}
+        if local:  # how far good data disagrees locally: the QC's region threshold builds on it
+            out["local_error_p999"] = local_error_level(acquired, pred)
+        return out
 
-    zero = score(np.zeros_like(acquired))
+    zero = score(np.zeros_like(acquired), local=False)
     zero.pop("pcc")
     # What the QC should expect when one input marker has failed and is fed as zeros.
     without = {m: score(impute_marker(model, card, crop, names, missing=[m], device=device, cancel=cancel).data)
                for m in card.input_channels}
-    return {"val": score(imputed), "bl_zero": zero, "bl_mean": score(mean), "val_without": without}
+    return {"val": score(imputed), "bl_zero": zero, "bl_mean": score(mean, local=False), "val_without": without}
 
 
 def _file_name(marker: str) -> str:
