@@ -200,3 +200,35 @@ def test_the_region_threshold_rises_with_the_local_error_of_good_data():
     b = a.copy()
     b[8:24, 8:24] = 0.5
     assert 0.3 < local_error_level(a, b) <= 0.5 and local_error_level(a, a) == 0.0
+
+
+def test_a_marker_only_poisoned_by_a_failed_input_is_cleared():
+    import torch
+
+    from napari_virtual_stain.models.factory import register
+    from test_maxim_core import oracle_card
+
+    @register("test_pick_first")
+    class PickFirst(torch.nn.Module):
+        """Imputes its first input marker: Ki67 here depends on CD3 alone."""
+
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return x[:, :1].clamp(0, 1)
+
+    stack = _whole(good_stack(seed=0), np.random.default_rng(3), "noise")
+    imputers = oracle_imputers(good_stack(seed=1))
+    _, ki67 = imputers["Ki67"]
+    ki67.architecture = "test_pick_first"
+    ki67.input_channels = ["CD3", "DAPI", "Lap2", "CK"]
+    ki67.scores["val_without"] = {"CD3": {"pcc": 0.05, "mae": 0.3}}  # without CD3 it knows nothing
+    imputers["Ki67"] = (PickFirst(), ki67)
+    # A CD3 imputer with a lower expected PCC: CD3's failure then counts as less severe
+    # than Ki67's, so the first round wrongly suspects Ki67 first.
+    imputers["CD3"][1].scores["val"]["pcc"] = 0.6
+    report = run_qc(stack, MARKERS, imputers, device="cpu")
+    assert report.flagged == ["CD3"], {m: q.reasons for m, q in report.markers.items()}
+    assert report.markers["Ki67"].treated_missing == ["CD3"] and not report.markers["Ki67"].assessable

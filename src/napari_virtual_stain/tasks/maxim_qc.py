@@ -33,8 +33,11 @@ own 1st/99.8th percentiles -> [0, 1]). A marker is flagged when
 A failed marker is also an input of the other markers' imputers and drags their
 imputations down with it. So the QC runs in rounds: after each round the most severe
 newly flagged marker is treated as missing (fed as zeros, as in training) and the
-remaining markers are judged again, until no new marker is flagged. Healthy markers
-therefore end up judged without the influence of the failed ones.
+remaining markers are judged again, until no new marker is flagged. Finally each flagged
+marker is judged once more with all *other* flagged markers treated as missing and is
+cleared if it then passes (it had only been poisoned: the most severe marker of a round is
+not always the culprit). Healthy markers therefore end up judged without the influence
+of the failed ones.
 """
 
 from __future__ import annotations
@@ -383,5 +386,29 @@ def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple], *, region
         suspects.append(max(new, key=lambda m: verdicts[m].severity))
         # Markers that depend on the new suspect will be imputed again.
         total += sum(1 for m, (_, c) in checked.items() if m not in suspects and suspects[-1] in c.input_channels)
+    # A marker flagged only because a failed marker poisoned its imputation is cleared:
+    # judged again with every *other* flagged marker treated as missing, it must still fail.
+    changed = True
+    while changed and len(suspects) > 1:
+        changed = False
+        for marker in list(suspects):
+            others = [s for s in suspects if s != marker]
+            model, card = checked[marker]
+            missing = [s for s in others if s in card.input_channels]
+            if verdicts[marker].treated_missing == missing:
+                continue
+            check_cancel(cancel)
+            key = (marker, tuple(missing))
+            if key not in imputations:
+                imputations[key] = impute_marker(model, card, crop, names, missing=missing,
+                                                 predictor=predictors[marker], cancel=cancel).data
+            verdict = judge_marker(
+                marker, crop[channel_index(names, marker)], acquired[marker], imputations[key],
+                bl_mean(crop, names, card, missing=missing), _expected(card, settings, missing),
+                relative_to_others(ratios, exclude=others).get(marker), settings, region.start, missing)
+            if not verdict.flagged:
+                verdicts[marker] = verdict
+                suspects.remove(marker)
+                changed = True
     ordered = {m: verdicts[m] for m in names if m in verdicts}
     return QCReport(ordered, unchecked, region, settings, rounds, warnings)
