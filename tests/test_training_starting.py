@@ -75,3 +75,19 @@ def test_renamed_outputs_of_the_same_count_keep_the_head(user_models):
                                      output_names=["dapi", "wga"])
     assert torch.equal(model.head.weight, original.head.weight)
     assert card.output_channels == ["dapi", "wga"] and "retrained as dapi, wga" in card.training["started_from"]
+
+
+def test_output_head_replacement_works_for_a_transposed_convolution_head():
+    import torch
+
+    from napari_virtual_stain.models.factory import build_model
+    from napari_virtual_stain.training.starting import replace_output_head
+
+    model = build_model("pix2pix_unet", dict(in_channels=1, out_channels=3, num_downs=3, ngf=4)).eval()
+    x = torch.rand(1, 1, 16, 16)
+    before = model(x)
+    replace_output_head(model, [2, None, 0, 1])
+    after = model(x)
+    assert after.shape == (1, 4, 16, 16)
+    torch.testing.assert_close(after[:, 0], before[:, 2])  # kept rows predict what they did
+    torch.testing.assert_close(after[:, 2], before[:, 0])

@@ -23,7 +23,7 @@ def docks(make_napari_viewer, user_models, monkeypatch):
     viewer.window.add_dock_widget(tune)
     viewer.window.add_dock_widget(stain)
     tune.input.value, tune.targets.value = "bf", ["nuclei"]
-    tune.start.value, tune.patch.value, tune.name.value = "new: U-Net", 32, "tuned"
+    tune.start.value, tune.patch.value, tune.name.value = "new: U-Net (2D)", 32, "tuned"
     tune.messages = messages
     return viewer, tune, stain
 
@@ -81,3 +81,24 @@ def test_no_target_is_refused(docks):
     tune.targets.value = []
     tune.train()
     assert any("at least one target" in str(m) for m in tune.messages)
+
+
+@pytest.mark.parametrize("start,stack", [("new: U-Net (3D, for z-stacks)", True), ("demo-2d-nuclei-membrane", True),
+                                         ("new: TransUNet", False)])
+def test_other_starting_points_train(make_napari_viewer, user_models, qtbot, start, stack):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    shape = (12, 96, 96) if stack else (96, 96)
+    x = ndi.gaussian_filter(rng.random(shape), 2).astype(np.float32)
+    viewer.add_image(x, name="bf")
+    viewer.add_image(np.clip(x - x.mean(), 0, None) * 4, name="nuclei")
+    tune = FineTuneWidget(viewer)
+    tune.input.value, tune.targets.value, tune.start.value = "bf", ["nuclei"], start
+    tune.patch.value, tune.steps.value = 32, 3
+    tune.train()
+    assert tune.job is not None, "training did not start"
+    wait_idle(tune, qtbot)
+    assert tune.trainer.step == 3
+    expected_dims = 3 if "3D" in start else 2
+    assert tune.trainer.card.spatial_dims == expected_dims
+    assert tune.trainer.card.output_channels == ["nuclei"]

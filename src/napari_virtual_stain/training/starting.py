@@ -140,19 +140,24 @@ def replace_output_head(model: nn.Module, keep: Sequence[int | None]) -> None:
     """
     # named_modules() lists modules in registration (pre-)order: the last convolution
     # listed is the one closest to the output in the architectures we build.
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    # Transposed convolutions count too: the pix2pix U-Net ends in one.
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
     if not convs:
         raise CheckpointError("The model has no convolution to use as its output head.")
     full_name, old = convs[-1]
     parent_name, _, attr = full_name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    transposed = isinstance(old, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    extra = {"output_padding": old.output_padding} if transposed else {"padding_mode": old.padding_mode}
     new = type(old)(old.in_channels, len(keep), old.kernel_size, stride=old.stride, padding=old.padding,
-                    dilation=old.dilation, groups=old.groups, bias=old.bias is not None, padding_mode=old.padding_mode)
+                    dilation=old.dilation, groups=old.groups, bias=old.bias is not None, **extra)
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    out_axis = 1 if transposed else 0  # transposed weights are (in, out, ...)
     with torch.no_grad():
         for i, k in enumerate(keep):
             if k is not None:
-                new.weight[i].copy_(old.weight[k])
+                new.weight.select(out_axis, i).copy_(old.weight.select(out_axis, k))
                 if old.bias is not None:
                     new.bias[i].copy_(old.bias[k])
     setattr(parent, attr, new)

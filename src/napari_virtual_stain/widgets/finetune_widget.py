@@ -25,8 +25,15 @@ from ._output_layers import publish
 from ._plot import LinePlot
 from ._worker import Job, ProgressRelay, report_error, show_info
 
-NEW_PREFIX = "new: "
-ARCHITECTURES = {"new: U-Net": "unet", "new: ResNet generator": "resnet_generator"}
+# Fresh networks: label -> (architecture, spatial dims).
+ARCHITECTURES = {
+    "new: U-Net (2D)": ("unet", 2),
+    "new: U-Net (3D, for z-stacks)": ("unet", 3),
+    "new: pix2pix U-Net-256": ("pix2pix_unet", 2),
+    "new: pix2pixHD (coarse-to-fine)": ("pix2pixhd", 2),
+    "new: TransUNet": ("transunet", 2),
+    "new: ResNet generator": ("resnet_generator", 2),
+}
 LOSSES = ["l1", "smooth_l1", "ssim_l1", "l1_l2"]
 GANS = ["none", "vanilla", "lsgan", "wgan-gp"]
 
@@ -105,9 +112,11 @@ class FineTuneWidget(QWidget):
         targets = [t for t in self.targets.value if t != self.input.value]
         source = self.viewer.layers[self.input.value]
         start = self.start.value
-        from_model = None if start in ARCHITECTURES else start
-        arch = ARCHITECTURES.get(start)
-        dims = 3 if (arch is None and next(e.card.spatial_dims for e in list_models() if e.name == start) == 3) else 2
+        if start in ARCHITECTURES:
+            from_model, (arch, dims) = None, ARCHITECTURES[start]
+        else:
+            from_model, arch = start, None
+            dims = next(e.card.spatial_dims for e in list_models() if e.name == start)
         inputs, target_arrays = pairs_from_layers(source.data, [self.viewer.layers[t].data for t in targets], dims,
                                                   input_name=source.name, target_names=targets)
         model, card = model_for_training(from_model=from_model, arch=arch, n_in=1, n_out=len(targets),
