@@ -34,8 +34,8 @@ class ModelCard:
     )
     # The last layer's range: "tanh" outputs are mapped from [-1, 1] to [0, 1] for display.
     output_activation: str = "sigmoid"
-    tile: list[int] = field(default_factory=lambda: [256, 256])
-    overlap: list[int] = field(default_factory=lambda: [32, 32])
+    tile: list[int] = field(default_factory=lambda: [512, 512])
+    overlap: list[int] = field(default_factory=lambda: [64, 64])
     pixel_size_um: float | None = None
     # False for networks that normalise with each tile's own batch statistics
     # (DeepLIIF's released models): the Predictor then runs one tile per forward pass.
