@@ -6,14 +6,14 @@
 - MPS: fp32 (autocast support and accuracy vary with the macOS version; stay exact).
 - CPU: bf16 autocast only when the processor has native bf16 instructions (avx512_bf16 or
   AMX), else fp32, where bf16 is emulated and slower. Measured with bench/bench_tiling.py
-  (2-core AMD EPYC with avx512_bf16, torch 2.13; numbers in bench/RESULTS.md): the 2D U-Net
-  depth 4 base 32, briefly trained on real brightfield -> DAPI, on a real 512x512 tile takes
-  1.93x less CPU time with bf16 + channels_last than fp32 (1.39x less than fp32 +
-  channels_last). The sigmoid output differs from fp32 by at most 1.1e-2 and on average
-  1.4e-3 of its [0, 1] range: under 3 grey levels at worst and 0.4 on average on an 8-bit
-  display, far below a virtual stain's own error. The 3D U-Net (depth 3, base 16) gains 2.6x
-  over fp32 with a similar error. So bf16 is the CPU default there; choose "fp32" for
-  bit-faithful output (quantitative work, comparing against published numbers).
+  (2-core AMD EPYC with avx512_bf16, torch 2.13, one thread; numbers in bench/RESULTS.md):
+  the 2D U-Net depth 4 base 32, briefly trained on real brightfield -> DAPI, on a real
+  512x512 tile: fp32 1.58 s, fp32 + channels_last 1.20 s, bf16 + channels_last 0.54 s
+  (2.9x faster than fp32, 2.2x faster than fp32 + channels_last). The sigmoid output
+  differs from fp32 by 1.5e-3 on average (0.4 grey levels on an 8-bit display) and by
+  1e-2 to 2.6e-2 at the single worst pixel across runs: far below a virtual stain's own
+  error, so bf16 is the default there. The 3D U-Net (depth 3, base 16) behaves alike
+  (bench_3d_stack.py). Choose "fp32" for bit-faithful output.
 
 channels_last memory layout lets oneDNN (CPU) and cuDNN (tensor cores) use their fastest
 convolution kernels; :func:`preferred_memory_format` says when the Predictor uses it.
@@ -131,10 +131,10 @@ def autocast_context(device: torch.device, precision: str = "auto") -> Iterator[
 def preferred_memory_format(device: torch.device, spatial_dims: int) -> torch.memory_format:
     """The memory layout the Predictor gives models and tiles: channels_last except on MPS.
 
-    Measured on the CPU (2-core AVX512-BF16 EPYC, CPU seconds, see bench/RESULTS.md):
-    2D U-Net depth 4 base 32 on 512x512: channels_last 1.45x faster in fp32 (max difference
-    5e-7) and 1.4x on top of bf16; 3D U-Net depth 3 base 16 on 32x128x128: channels_last_3d
-    1.1x in fp32 and 1.6x on top of bf16. cuDNN prefers it for tensor cores. MPS support for
+    Measured on the CPU (2-core AVX512-BF16 EPYC, see bench/RESULTS.md): 2D U-Net depth 4
+    base 32 on 512x512: channels_last 1.3x faster in fp32 (max difference 5e-7) and 1.5x on
+    top of bf16; 3D U-Net depth 3 base 16 on 32x128x128: channels_last_3d 1.1x in fp32 and
+    1.6x on top of bf16. cuDNN prefers it for tensor cores. MPS support for
     it is patchy, so tensors stay contiguous there.
     """
     if device.type == "mps":
