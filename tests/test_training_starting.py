@@ -15,7 +15,7 @@ def test_fresh_unet_defaults_in_2d_and_3d():
     model, card = model_for_training(arch="unet", n_in=2, n_out=3, spatial_dims=3,
                                      input_names=["bf", "phase"], output_names=["a", "b", "c"])
     assert isinstance(model, UNet) and model.depth == 3
-    assert card.arch_args["base"] == 16 and card.spatial_dims == 3 and card.tile == [32, 128, 128]
+    assert card.arch_args["base"] == 16 and card.spatial_dims == 3 and card.tile == [40, 320, 320]
     assert card.input_channels == ["bf", "phase"] and card.output_channels == ["a", "b", "c"]
     out = model(torch.rand(1, 2, 8, 16, 16))
     assert out.shape == (1, 3, 8, 16, 16)

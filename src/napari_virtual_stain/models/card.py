@@ -34,7 +34,7 @@ class ModelCard:
     )
     # The last layer's range: "tanh" outputs are mapped from [-1, 1] to [0, 1] for display.
     output_activation: str = "sigmoid"
-    tile: list[int] = field(default_factory=lambda: [512, 512])
+    tile: list[int] = field(default_factory=lambda: [1024, 1024])
     overlap: list[int] = field(default_factory=lambda: [64, 64])
     pixel_size_um: float | None = None
     # False for networks that normalise with each tile's own batch statistics

@@ -33,6 +33,7 @@ class ResnetGenerator(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 9,
                  norm: str = "instance", activation: str = "tanh", dropout: float = 0.0):
         super().__init__()
+        self.size_multiple = 4  # two stride-2 convolutions; the Predictor fits tiles to it
         bias = norm == "none"
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), norm_layer(norm, ngf, 2), nn.ReLU(True),

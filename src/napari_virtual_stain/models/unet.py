@@ -39,6 +39,8 @@ class UNet(nn.Module):
             raise ValueError("depth must be at least 1")
         self.spatial_dims = spatial_dims
         self.depth = depth
+        # Inputs are padded to this internally; the Predictor fits its tiles to it.
+        self.size_multiple = 2 ** depth
         widths = [min(base * 2**i, max_width) for i in range(depth + 1)]
         pool = {2: nn.MaxPool2d, 3: nn.MaxPool3d}[spatial_dims]
         up = conv_transpose_cls(spatial_dims)
