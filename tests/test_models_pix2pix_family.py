@@ -252,3 +252,32 @@ def test_the_full_pix2pixhd_objective_trains_through_the_trainer():
     assert all(p.requires_grad for p in critic.parameters())  # and was unfrozen again
     train = [loss for _, loss in result.history["train"]]
     assert np.mean(train[-5:]) < 0.5 * np.mean(train[:5])
+
+
+def test_trainer_uses_the_multiscale_critic_with_feature_matching_when_asked():
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from napari_virtual_stain.errors import InputError
+    from napari_virtual_stain.models.card import ModelCard
+    from napari_virtual_stain.models.factory import build_model
+    from napari_virtual_stain.models.pix2pixhd import MultiscaleDiscriminator
+    from napari_virtual_stain.training.trainer import Trainer, TrainConfig
+
+    rng = np.random.default_rng(0)
+    x = ndi.gaussian_filter(rng.random((96, 96)), 2).astype(np.float32)[None]
+    y = np.clip(x - x.mean(), 0, None) * 4
+    args = dict(in_channels=1, out_channels=1, ngf=4, n_downsample_global=2, n_blocks_global=1,
+                n_local_enhancers=1, n_blocks_local=1)
+    card = ModelCard(name="hd", task="stain", architecture="pix2pixhd", arch_args=args, spatial_dims=2,
+                     input_channels=["bf"], output_channels=["nuclei"], output_activation="tanh")
+    config = TrainConfig(patch=(32, 32), batch_size=2, steps=4, gan="lsgan", critic="multiscale", critic_width=4,
+                         val_every=2, device="cpu")
+    trainer = Trainer(build_model("pix2pixhd", args), card, [x], [y], config)
+    assert isinstance(trainer.critic, MultiscaleDiscriminator)
+    seen = []
+    result = trainer.run(on_update=lambda u: seen.append(u))
+    assert result.steps == 4 and all(np.isfinite(u.train_loss) for u in seen)
+    assert all(u.critic_loss is not None and np.isfinite(u.critic_loss) for u in seen)
+    with pytest.raises(InputError, match="multi-scale critic"):
+        TrainConfig(patch=(32, 32), gan="wgan-gp", critic="multiscale").check(2)

@@ -49,6 +49,8 @@ def register(sub) -> None:
     p.add_argument("--loss", default="l1", choices=["l1", "smooth_l1", "ssim_l1", "l1_l2"])
     p.add_argument("--alpha", type=float, default=0.5, help="weight of SSIM in ssim_l1, of L1 in l1_l2")
     p.add_argument("--gan", default="none", choices=["none", "vanilla", "lsgan", "wgan-gp"])
+    p.add_argument("--critic", default="patchgan", choices=["patchgan", "multiscale"],
+                   help="multiscale = pix2pixHD's critics at 3 scales + feature matching (vanilla/lsgan)")
     p.add_argument("--gan-weight", type=float, default=None)
     p.add_argument("--n-critic", type=int, default=None)
     p.add_argument("--patience", type=int, default=None, help="stop after this many validations without improvement")
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     patch = _per_axis(args.patch, dims, "patch") or ([128, 128] if dims == 2 else [16, 64, 64])
     config = TrainConfig(
         patch=patch, batch_size=args.batch_size, steps=args.steps, epochs=args.epochs, max_minutes=args.minutes,
-        lr=args.lr, loss=args.loss, alpha=args.alpha, gan=None if args.gan == "none" else args.gan,
+        lr=args.lr, loss=args.loss, alpha=args.alpha, gan=None if args.gan == "none" else args.gan, critic=args.critic,
         gan_weight=args.gan_weight, n_critic=args.n_critic, lr_schedule=args.lr_schedule, patience=args.patience,
         val_fraction=args.val_fraction, val_every=args.val_every, seed=args.seed, device=args.device,
         precision=args.precision, best_path=str(output))

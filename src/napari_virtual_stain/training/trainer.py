@@ -24,7 +24,6 @@ import dataclasses
 import datetime
 import math
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,10 +38,12 @@ from ..engine.device import autocast_context, resolve_device, resolve_precision
 from ..errors import CheckpointError, InputError
 from ..metrics import mean_scores, tiled_channel_scores
 from ..models.card import ModelCard
-from ..models.checkpoint import save_checkpoint
+from ..models.checkpoint import atomic_torch_save, save_checkpoint
+from ..models.pix2pixhd import MultiscaleDiscriminator
 from . import adversarial
 from .datasets import TARGET_NORMALISATION, PairedPatches
 from .losses import LOSS_NAMES, make_loss
+from .pix2pixhd_loss import make_multiscale_critic, multiscale_gan_step
 from .schedules import LR_SCHEDULES, EarlyStopping, lr_factor
 
 STATE_FORMAT = "napari-virtual-stain-train-state/1"
@@ -80,6 +81,9 @@ class TrainConfig:
     n_critic: int | None = None
     lambda_gp: float = 10.0
     critic_width: int = 32
+    # "patchgan" (pix2pix) or "multiscale" (pix2pixHD: PatchGANs at several scales plus a
+    # feature-matching loss; vanilla or lsgan only).
+    critic: str = "patchgan"
     lr_schedule: str = "constant"
     decay_start: float = 0.5
     patience: int | None = None
@@ -105,6 +109,10 @@ class TrainConfig:
             raise InputError(f"Unknown adversarial training {self.gan!r}; choose one of {', '.join(adversarial.GAN_KINDS)}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
+        if self.critic not in ("patchgan", "multiscale"):
+            raise InputError(f"Unknown critic {self.critic!r}; choose 'patchgan' or 'multiscale'.")
+        if self.critic == "multiscale" and self.gan == "wgan-gp":
+            raise InputError("The multi-scale critic (pix2pixHD) trains with 'vanilla' or 'lsgan', not 'wgan-gp'.")
         if not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"The loss weight alpha must be between 0 and 1, not {self.alpha}.")
         for name in ("batch_size", "steps", "epochs", "val_every", "preview_every", "n_critic", "patience", "checkpoint_every"):
@@ -154,20 +162,6 @@ class TrainResult:
     scores: dict = field(default_factory=dict)  # validation scores of the best model
     history: dict = field(default_factory=dict)  # {"train": [[step, loss]], "val": [[step, loss]]}
     card: ModelCard | None = None
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def training_precision(device: torch.device, requested: str, spatial_dims: int) -> str:
@@ -234,6 +228,8 @@ class Trainer:
         self.loss_fn = make_loss(config.loss, config.alpha)
         self.gan = config.gan
         if self.gan:
+            if critic is None and config.critic == "multiscale":
+                critic = make_multiscale_critic(card.n_in, card.n_out, tuple(config.patch), ndf=config.critic_width)
             self.critic = (critic if critic is not None else adversarial.make_critic(
                 card.n_in, card.n_out, dims, tuple(config.patch), self.gan, ndf=config.critic_width)).to(self.device)
             self.gan_weight = config.gan_weight if config.gan_weight is not None else adversarial.DEFAULT_GAN_WEIGHT[self.gan]
@@ -320,6 +316,8 @@ class Trainer:
         return finite
 
     def _gan_step(self) -> dict[str, float]:
+        if isinstance(self.critic, MultiscaleDiscriminator):  # pix2pixHD: all scales + feature matching
+            return multiscale_gan_step(self)
         kind = self.gan
         self.critic.train()
         self.critic.requires_grad_(True)
@@ -586,7 +584,7 @@ class Trainer:
             "data_state": self.train_data.get_state(),
             "validated": self._validated_once,
         }
-        _atomic_torch_save(payload, path.with_suffix(".state.pt"))
+        atomic_torch_save(payload, path.with_suffix(".state.pt"))
         return path
 
     def resume(self, path: str | os.PathLike) -> None:
