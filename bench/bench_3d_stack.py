@@ -182,7 +182,7 @@ loop; differences are against the untiled fp32 output (sigmoid, [0, 1]): the nai
 seams show there.
 {md}
 """
-    update_results(f"3D stack (bench_3d_stack.py)", body)
+    update_results("3D stack (bench_3d_stack.py)", body)
     print(f"written to bench/RESULTS.md in {elapsed:.0f} s")
 
 

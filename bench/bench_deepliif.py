@@ -151,7 +151,7 @@ def main() -> None:
         "### Whole pipeline, measured (tile 512, overlap 64, blended; networks = Predictor, cells = labels + table + classes)\n"
         + table(["image", "networks", "precision", "tiles", "networks s", "networks CPU s", "cells s", "total s",
                  "cells found"], rows)
-        + f"\n\nbf16 vs fp32 on ROI_1, max difference in 8-bit levels: "
+        + "\n\nbf16 vs fp32 on ROI_1, max difference in 8-bit levels: "
         + ", ".join(f"{k} {v}" for k, v in diffs.items())
         + f"; cells {counts['ROI_1'].total} vs {ref_classes.total}, positive "
           f"{counts['ROI_1'].percent_positive:.1f}% vs {ref_classes.percent_positive:.1f}%.\n\n"

@@ -21,7 +21,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 from _common import REPO, machine, table, update_results
 

@@ -43,6 +43,16 @@ def save_tiny_model(folder, **kw):
     return save_checkpoint(folder / f"{card.name}.pt", model, card), card
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests run tiny networks: waking torch's worker threads costs more than the maths
+    (10-1000x on a busy 2-core machine), and results do not depend on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import tifffile
-import torch
 from scipy import ndimage
 
 from napari_virtual_stain.cli import main
@@ -11,13 +10,6 @@ from napari_virtual_stain.models.checkpoint import load_checkpoint
 
 TINY = ["--arch-args", '{"depth": 2, "base": 4}', "--patch", "32", "--batch-size", "2", "--val-every", "2"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks on a shared CPU
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -14,13 +14,6 @@ from napari_virtual_stain.widgets.deepliif_widget import WHOLE, DeepLIIFWidget
 TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=4, seg_max_mult=2, norm="batch")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def tiny_deepliif(user_models):

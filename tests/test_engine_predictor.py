@@ -17,15 +17,6 @@ from napari_virtual_stain.models.card import ModelCard
 NO_NORM = {"kind": "none"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # On tiny tensors, waking torch's worker threads costs far more than the maths (100x on
-    # a busy 2-core machine); the results do not depend on the thread count.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_card(n_in=1, n_out=None, dims=2, tile=16, overlap=4, norm=NO_NORM, activation="none", **kw):
     n_out = n_in if n_out is None else n_out

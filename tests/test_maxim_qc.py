@@ -206,7 +206,6 @@ def test_a_marker_only_poisoned_by_a_failed_input_is_cleared():
     import torch
 
     from napari_virtual_stain.models.factory import register
-    from test_maxim_core import oracle_card
 
     @register("test_pick_first")
     class PickFirst(torch.nn.Module):

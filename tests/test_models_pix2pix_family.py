@@ -21,13 +21,6 @@ TINY_HD = dict(in_channels=1, out_channels=2, ngf=4, n_downsample_global=2, n_bl
                n_local_enhancers=1, n_blocks_local=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("arch,args", [
     ("pix2pix_unet", TINY_UNET),

@@ -14,13 +14,6 @@ from napari_virtual_stain.models.transunet import TransUNet
 TINY = dict(in_channels=1, out_channels=2, base=4, hidden=16, layers=1, heads=2, img_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("args", [TINY, dict(TINY, norm="instance", activation="tanh"), dict(TINY, norm="group")])
 @pytest.mark.parametrize("spatial", [(13, 37), (33, 16), (5, 9)])

@@ -229,7 +229,7 @@ def test_ihc_colours_brown_positive_blue_negative(ihc):
 
 
 def test_ihc_modalities_follow_the_nuclei(ihc):
-    labels, positive = ihc["labels"], ihc["positive"]
+    labels = ihc["labels"]
     nuclei = labels > 0
     assert ihc["dapi"][nuclei].mean() > 5 * ihc["dapi"][~nuclei].mean()
     marker_pos = ihc["marker"][ihc["classes"] == 2].mean()

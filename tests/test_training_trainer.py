@@ -13,14 +13,6 @@ from napari_virtual_stain.training.starting import model_for_training
 from napari_virtual_stain.training.trainer import TrainConfig, Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks on a CPU shared with other jobs run far faster on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _cells(seed=0, spatial=(64, 64)):
     """Input: blurred, noisy spots; targets: the sharp spots and their edges."""

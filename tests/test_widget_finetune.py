@@ -102,3 +102,25 @@ def test_other_starting_points_train(make_napari_viewer, user_models, qtbot, sta
     expected_dims = 3 if "3D" in start else 2
     assert tune.trainer.card.spatial_dims == expected_dims
     assert tune.trainer.card.output_channels == ["nuclei"]
+
+
+def test_an_rgb_image_with_rgb_panels_as_targets_trains_a_colour_model(make_napari_viewer, user_models, qtbot):
+    """DeepLIIF 6-panel imports are RGB: IHC in, grey stains rendered in colour as targets."""
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(2)
+    ihc = (ndi.gaussian_filter(rng.random((96, 96, 3)), (2, 2, 0)) * 255).astype(np.uint8)
+    dapi = np.repeat(255 - ihc[..., 2:3], 3, axis=-1)  # a grey stain rendered as RGB
+    viewer.add_image(ihc, name="IHC", rgb=True)
+    viewer.add_image(dapi, name="DAPI", rgb=True)
+    tune, stain = FineTuneWidget(viewer), VirtualStainWidget(viewer)
+    tune.input.value, tune.targets.value, tune.start.value = "IHC", ["DAPI"], "new: U-Net (2D)"
+    tune.patch.value, tune.steps.value, tune.name.value = 32, 3, "ihc-to-dapi"
+    tune.train()
+    wait_idle(tune, qtbot)
+    assert tune.trainer.card.input_channels == ["R", "G", "B"] and tune.trainer.card.n_in == 3
+    tune.save()
+    stain.input.value, stain.model.value, stain.scope.value = "IHC", "ihc-to-dapi", WHOLE
+    stain.run()
+    qtbot.waitUntil(lambda: "IHC · DAPI" in viewer.layers, timeout=60000)
+    assert viewer.layers["IHC · DAPI"].data.shape == (96, 96)
+    np.testing.assert_array_equal(viewer.layers["IHC"].data, ihc)  # the input is untouched

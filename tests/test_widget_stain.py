@@ -122,3 +122,24 @@ def test_rgb_layer_for_a_grey_model_is_a_clear_message_not_a_crash(dock, qtbot):
     assert any("RGB image" in str(m) for m in widget.messages)
     assert [l.name for l in viewer.layers] == ["photo"]
     np.testing.assert_array_equal(viewer.layers["photo"].data, rgb)
+
+
+def test_3d_model_runs_in_3d_on_the_whole_stack_and_on_a_slab_for_the_view(dock, qtbot, user_models):
+    viewer, widget = dock
+    save_tiny_model(user_models, name="tiny-3d", spatial_dims=3)
+    widget.reset_choices()
+    stack = np.random.default_rng(6).random((12, 40, 50)).astype(np.float32)
+    viewer.add_image(stack, name="zs")
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "zs", "tiny-3d", WHOLE
+    run_and_wait(widget, qtbot)
+    whole = viewer.layers["zs · nuclei"].data
+    assert whole.shape == (12, 40, 50)
+    model, card = load_model("tiny-3d")
+    np.testing.assert_allclose(whole, run_stain(Predictor(model, card, device="cpu"), stack).data[0], atol=1e-5)
+    viewer.dims.set_current_step(0, 6)
+    viewer.reset_view()
+    widget.scope.value = CURRENT_VIEW
+    run_and_wait(widget, qtbot)
+    slab = viewer.layers["zs · nuclei"]
+    assert slab.data.shape[0] == card.tile[0] and slab.translate[0] <= 6 < slab.translate[0] + slab.data.shape[0]

@@ -18,11 +18,32 @@ def _shape(shape) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
+def _grey(data, rgb: bool) -> np.ndarray:
+    """An RGB rendering of a grey stain (DeepLIIF's panels) becomes its mean over colours."""
+    data = np.asarray(data, dtype=np.float32)
+    return data.mean(axis=-1) if rgb else data
+
+
 def pairs_from_layers(input_data, target_datas: Sequence, spatial_dims: int,
-                      input_name: str = "input", target_names: Sequence[str] = ()) -> tuple[list, list]:
-    """(inputs, targets) lists for the Trainer: inputs (1, ...) and targets (T, ...) per pair."""
+                      input_name: str = "input", target_names: Sequence[str] = (),
+                      input_rgb: bool = False, targets_rgb: Sequence[bool] = ()) -> tuple[list, list]:
+    """(inputs, targets) lists for the Trainer: inputs (C, ...) and targets (T, ...) per pair.
+
+    A grey input gives C = 1; an RGB input (a tissue photograph, an IHC image) C = 3.
+    RGB targets are used as grey (the mean of their colours).
+    """
     if not target_datas:
         raise InputError("Choose at least one target layer (the real stain the model should learn).")
+    if input_rgb:
+        rgb = np.asarray(input_data, dtype=np.float32)
+        if rgb.ndim != 3 or rgb.shape[-1] != 3:
+            raise InputError(f"The RGB input '{input_name}' must be a colour image (Y, X, 3), not {_shape(rgb.shape)}.")
+        if spatial_dims == 3:
+            raise InputError(f"A 3D model needs a z-stack, but '{input_name}' is a single colour image.")
+        target_datas = [_grey(t, bool(r)) for t, r in zip(target_datas, list(targets_rgb) + [False] * len(target_datas))]
+        _, target_arrays = pairs_from_layers(rgb[..., 0], target_datas, 2, input_name, target_names)  # checks shapes
+        return [np.moveaxis(rgb, -1, 0)], target_arrays
+    target_datas = [_grey(t, bool(r)) for t, r in zip(target_datas, list(targets_rgb) + [False] * len(target_datas))]
     x = np.asarray(input_data, dtype=np.float32)
     if x.size == 0:
         raise InputError(f"The input layer '{input_name}' is empty.")

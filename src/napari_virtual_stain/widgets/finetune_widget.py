@@ -94,8 +94,9 @@ class FineTuneWidget(QWidget):
 
     # -- choices ---------------------------------------------------------------------------
     def _image_layers(self, *_):
+        # RGB layers too: an IHC image or tissue photograph as input, DeepLIIF's RGB panels as targets.
         return [layer.name for layer in self.viewer.layers
-                if isinstance(layer, Image) and not layer.rgb and "source_layer" not in layer.metadata]
+                if isinstance(layer, Image) and "source_layer" not in layer.metadata]
 
     def _starting_points(self, *_):
         return list(ARCHITECTURES) + [e.name for e in list_models(task="stain")]
@@ -117,10 +118,13 @@ class FineTuneWidget(QWidget):
         else:
             from_model, arch = start, None
             dims = next(e.card.spatial_dims for e in list_models() if e.name == start)
-        inputs, target_arrays = pairs_from_layers(source.data, [self.viewer.layers[t].data for t in targets], dims,
-                                                  input_name=source.name, target_names=targets)
-        model, card = model_for_training(from_model=from_model, arch=arch, n_in=1, n_out=len(targets),
-                                         spatial_dims=dims, input_names=[source.name], output_names=targets,
+        target_layers = [self.viewer.layers[t] for t in targets]
+        inputs, target_arrays = pairs_from_layers(source.data, [t.data for t in target_layers], dims,
+                                                  input_name=source.name, target_names=targets,
+                                                  input_rgb=source.rgb, targets_rgb=[t.rgb for t in target_layers])
+        input_names = ["R", "G", "B"] if source.rgb else [source.name]
+        model, card = model_for_training(from_model=from_model, arch=arch, n_in=len(input_names), n_out=len(targets),
+                                         spatial_dims=dims, input_names=input_names, output_names=targets,
                                          name=self.name.value)
         patch = (self.patch.value,) * dims
         if dims == 3:
