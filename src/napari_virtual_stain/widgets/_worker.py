@@ -67,4 +67,22 @@ class Job:
         return self.worker.is_running
 
 
-__all__ = ["Job", "ProgressRelay", "report_error", "show_warning", "show_info"]
+class JobDockMixin:
+    """What every dock with one background Job at a time shares: Cancel and the progress bar.
+
+    The dock provides ``self.job`` (a :class:`Job` or None) and ``self.progress`` (a magicgui
+    ProgressBar) and connects its ProgressRelay to ``_on_progress``.
+    """
+
+    job: Job | None
+
+    def cancel(self, *_):
+        if self.job is not None:
+            self.job.cancel()
+
+    def _on_progress(self, done: int, total: int):
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+
+
+__all__ = ["Job", "JobDockMixin", "ProgressRelay", "report_error", "show_warning", "show_info"]

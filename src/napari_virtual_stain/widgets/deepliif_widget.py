@@ -29,7 +29,7 @@ from ..tasks.layers import output_layer_name
 from ..tasks.region import view_region
 from ._output_layers import publish
 from ._viewer_geometry import visible_data_corners
-from ._worker import Job, ProgressRelay, report_error, show_warning
+from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 CURRENT_VIEW = "current view"
 WHOLE = "whole image"
@@ -52,7 +52,7 @@ def _run(model_key, device, data, name, region, seg_threshold, progress=None, ca
                         store=store, progress=progress, cancel=cancel)
 
 
-class DeepLIIFWidget(QWidget):
+class DeepLIIFWidget(JobDockMixin, QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -153,14 +153,6 @@ class DeepLIIFWidget(QWidget):
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value = 0
         self.job.start()
-
-    def cancel(self, *_):
-        if self.job is not None:
-            self.job.cancel()
-
-    def _on_progress(self, done: int, total: int):
-        self.progress.max = max(total, 1)
-        self.progress.value = done
 
     def _on_done(self):
         self.run_button.enabled, self.cancel_button.enabled = True, False

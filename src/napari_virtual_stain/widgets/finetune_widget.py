@@ -23,7 +23,7 @@ from ..training.starting import model_for_training
 from ..training.trainer import Trainer, TrainConfig
 from ._output_layers import publish
 from ._plot import LinePlot
-from ._worker import Job, ProgressRelay, report_error, show_info
+from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_info
 
 # Fresh networks: label -> (architecture, spatial dims).
 ARCHITECTURES = {
@@ -50,7 +50,7 @@ def _train(trainer: Trainer, on_update=None, progress=None, cancel=None):
     return trainer.run(progress=progress, cancel=cancel, on_update=on_update)
 
 
-class FineTuneWidget(QWidget):
+class FineTuneWidget(JobDockMixin, QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -157,9 +157,7 @@ class FineTuneWidget(QWidget):
         self._set_running(True)
         self.job.start()
 
-    def stop(self, *_):
-        if self.job is not None:
-            self.job.cancel()
+    stop = JobDockMixin.cancel  # Stop ends training normally, keeping the best model
 
     def save(self, *_):
         if self.trainer is None:
@@ -185,10 +183,6 @@ class FineTuneWidget(QWidget):
         self.stop_button.enabled = running
         self.resume_button.enabled = not running and self.trainer is not None
         self.save_button.enabled = not running and self.trainer is not None
-
-    def _on_progress(self, done, total):
-        self.progress.max = max(1, total)
-        self.progress.value = done
 
     def _on_update(self, update):
         history = self.trainer.history if self.trainer is not None else {}

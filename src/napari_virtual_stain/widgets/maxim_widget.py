@@ -25,7 +25,7 @@ from ..tasks.maxim import (bl_mean, channel_index, check_marker_stack, find_impu
 from ..tasks.region import view_region
 from ._output_layers import publish
 from ._viewer_geometry import visible_data_corners
-from ._worker import Job, ProgressRelay, show_info, show_warning
+from ._worker import JobDockMixin, Job, ProgressRelay, show_info, show_warning
 
 SEPARATE = "one layer per marker"
 CURRENT_VIEW = "current view"
@@ -88,7 +88,7 @@ def _train(folder, stack_parts, minutes, steps, device, progress=None, cancel=No
     return train_imputers(stack, names, folder, config=config, progress=progress, cancel=cancel)
 
 
-class MaximWidget(QWidget):
+class MaximWidget(JobDockMixin, QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -272,15 +272,7 @@ class MaximWidget(QWidget):
             self._start(_train, folder, parts, self.minutes.value, self.steps.value, self.device.value,
                         on_result=self._show_trained, action="Training imputers")
 
-    def cancel(self, *_):
-        if self.job is not None:
-            self.job.cancel()
-
     # -- results ---------------------------------------------------------------------------
-    def _on_progress(self, done, total):
-        self.progress.max = max(total, 1)
-        self.progress.value = done
-
     def _on_done(self):
         for button in self.buttons.values():
             button.enabled = True

@@ -24,7 +24,7 @@ from ..preprocess import cast_like, correct_flatfield, correct_tile_shadow, sele
 from ..preprocess._common import channels_first, channels_last
 from ..tasks.layers import output_layer_name
 from ._output_layers import publish
-from ._worker import Job, ProgressRelay, report_error, show_warning
+from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 AUTO_TILES = "emptiest tiles (automatic)"
 
@@ -114,7 +114,7 @@ class ScorePlot(QWidget):
 # -- the dock -----------------------------------------------------------------------------------
 
 
-class PreprocessWidget(QWidget):
+class PreprocessWidget(JobDockMixin, QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -227,10 +227,6 @@ class PreprocessWidget(QWidget):
         if layer is not None:
             self._start(layer, "Normalisation", _normalise, self.low.value, self.high.value)
 
-    def cancel(self, *_):
-        if self.job is not None:
-            self.job.cancel()
-
     # -- plumbing ------------------------------------------------------------------------------
     def _input_layer(self):
         if self.job is not None and self.job.running:
@@ -268,10 +264,6 @@ class PreprocessWidget(QWidget):
         self.progress.value = 0
         self.info.value = f"{action} of '{layer.name}'…"
         self.job.start()
-
-    def _on_progress(self, done: int, total: int):
-        self.progress.max = max(total, 1)
-        self.progress.value = done
 
     def _on_result(self, result):
         layer, action = self._context

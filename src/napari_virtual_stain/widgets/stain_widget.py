@@ -22,7 +22,7 @@ from ..tasks.region import view_region
 from ..tasks.stain import run_stain
 from ._output_layers import publish
 from ._viewer_geometry import visible_data_corners
-from ._worker import Job, ProgressRelay, report_error, show_warning
+from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 CURRENT_VIEW = "current view"
 WHOLE = "whole image / stack"
@@ -55,7 +55,7 @@ def _predict(cache: PredictorCache, model_name: str, device: str, data, rgb: boo
                      progress=progress, cancel=cancel)
 
 
-class VirtualStainWidget(QWidget):
+class VirtualStainWidget(JobDockMixin, QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
@@ -166,14 +166,6 @@ class VirtualStainWidget(QWidget):
         self.progress.value = 0
         self._started = time.perf_counter()
         self.job.start()
-
-    def cancel(self, *_):
-        if self.job is not None:
-            self.job.cancel()
-
-    def _on_progress(self, done: int, total: int):
-        self.progress.max = max(total, 1)
-        self.progress.value = done
 
     def _on_result(self, result):
         layer, _, stats_key = self._run_context
