@@ -124,3 +124,22 @@ def test_an_rgb_image_with_rgb_panels_as_targets_trains_a_colour_model(make_napa
     qtbot.waitUntil(lambda: "IHC · DAPI" in viewer.layers, timeout=60000)
     assert viewer.layers["IHC · DAPI"].data.shape == (96, 96)
     np.testing.assert_array_equal(viewer.layers["IHC"].data, ihc)  # the input is untouched
+
+
+def test_a_run_saved_earlier_resumes_in_a_new_dock(docks, qtbot, user_models):
+    viewer, tune, _ = docks
+    tune.steps.value = 4
+    tune.train()
+    wait_idle(tune, qtbot)
+    tune.save()
+    assert (user_models / "tuned.state.pt").is_file()
+    later = FineTuneWidget(viewer)  # a new session: nothing in memory
+    later.input.value, later.targets.value, later.patch.value = "bf", ["nuclei"], 32
+    later.start.value = "new: U-Net (2D)"
+    assert not later.resume_button.enabled
+    later.start.value, later.steps.value = "tuned", 3
+    assert later.resume_button.enabled
+    later.resume()
+    wait_idle(later, qtbot)
+    assert later.trainer.step == 4 + 3  # continued from the saved step
+    assert len(later.trainer.history["train"]) == 7  # with the saved loss history

@@ -16,7 +16,8 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
-from ..models.registry import list_models, notify_models_changed, user_model_dir
+from ..errors import InputError, VirtualStainError
+from ..models.registry import list_models, notify_models_changed, resolve_model, user_model_dir
 from ..tasks.layers import overlay_tuples
 from ..training.layer_pairs import pairs_from_layers
 from ..training.starting import model_for_training
@@ -83,6 +84,7 @@ class FineTuneWidget(JobDockMixin, QWidget):
         layout.addWidget(self.plot)
         layout.addStretch()
 
+        self.start.changed.connect(lambda *_: self._set_running(False))  # a saved run can be resumed
         self.train_button.changed.connect(self.train)
         self.stop_button.changed.connect(self.stop)
         self.resume_button.changed.connect(self.resume)
@@ -108,7 +110,6 @@ class FineTuneWidget(JobDockMixin, QWidget):
     # -- actions ---------------------------------------------------------------------------
     def _build_trainer(self) -> Trainer:
         if self.input.value is None:
-            from ..errors import InputError
             raise InputError("Choose an input layer (the label-free image).")
         targets = [t for t in self.targets.value if t != self.input.value]
         source = self.viewer.layers[self.input.value]
@@ -146,9 +147,33 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.plot.clear()
         self._start_job()
 
+    def _saved_run(self):
+        """The chosen model's file if a saved run (its ``.state.pt``) lies beside it, else None."""
+        if self.start.value is None or self.start.value in ARCHITECTURES:
+            return None
+        try:
+            path = resolve_model(self.start.value)
+        except VirtualStainError:
+            return None
+        return path if path.with_suffix(".state.pt").is_file() else None
+
     def resume(self, *_):
+        """Continue this session's run, or a run saved earlier (the chosen model's saved state)."""
         if self.trainer is None:
-            return
+            saved = self._saved_run()
+            if saved is None:
+                return
+            try:
+                self.trainer = self._build_trainer()
+                self.trainer.resume(saved)
+            except Exception as err:
+                self.trainer = None
+                report_error(err, "Resuming")
+                return
+            self.plot.set_series("train", self.trainer.history.get("train", []))
+            self.plot.set_series("validation", self.trainer.history.get("val", []))
+        if self.trainer.total_steps is not None and self.trainer.step >= self.trainer.total_steps:
+            self.trainer.total_steps = self.trainer.step + self.steps.value  # finished: go on for more steps
         self._start_job()
 
     def _start_job(self):
@@ -181,7 +206,7 @@ class FineTuneWidget(JobDockMixin, QWidget):
     def _set_running(self, running: bool):
         self.train_button.enabled = not running
         self.stop_button.enabled = running
-        self.resume_button.enabled = not running and self.trainer is not None
+        self.resume_button.enabled = not running and (self.trainer is not None or self._saved_run() is not None)
         self.save_button.enabled = not running and self.trainer is not None
 
     def _on_update(self, update):
