@@ -143,3 +143,19 @@ def test_3d_model_runs_in_3d_on_the_whole_stack_and_on_a_slab_for_the_view(dock,
     run_and_wait(widget, qtbot)
     slab = viewer.layers["zs · nuclei"]
     assert slab.data.shape[0] == card.tile[0] and slab.translate[0] <= 6 < slab.translate[0] + slab.data.shape[0]
+
+
+def test_precision_choice_fp32_is_bit_faithful_and_fp16_on_cpu_is_refused(dock, qtbot):
+    viewer, widget = dock
+    data = np.random.default_rng(7).random((48, 64)).astype(np.float32)
+    viewer.add_image(data, name="bf")
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "bf", "tiny-2d", WHOLE
+    widget.device.value, widget.precision.value = "cpu", "fp32"
+    run_and_wait(widget, qtbot)
+    model, card = load_model("tiny-2d")
+    exact = run_stain(Predictor(model, card, device="cpu", precision="fp32"), data).data
+    np.testing.assert_array_equal(viewer.layers["bf · nuclei"].data, exact[0])
+    widget.precision.value = "fp16"
+    run_and_wait(widget, qtbot)
+    assert any("fp16 is not useful on the CPU" in str(m) for m in widget.messages)
