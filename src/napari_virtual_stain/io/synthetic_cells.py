@@ -145,8 +145,14 @@ def make_cells_2d(shape: tuple[int, int] = (256, 256), n_cells: int | None = Non
     nuclear_stain = dna[nuclei_labels] * (0.5 + 0.5 * np.sqrt(np.clip(1 - nuclei_rho**2, 0, 1))) * chromatin
     nuclei_clean = np.clip(0.4 * ndimage.gaussian_filter(nuclear_stain * (nuclei_labels > 0), sigma), 0, 1)
     membrane_clean = _membrane(rng, cell_labels, len(cells), sigma)
-    fluorescence_light = 1.0 + 0.5 * (light - 1.0)
+    return {**_paired_outputs(rng, brightfield, nuclei_clean, membrane_clean, mic, light, cell_labels, nuclei_labels),
+            "phase": phase, "pixel_size_um": mic.pixel_size_um}
 
+
+def _paired_outputs(rng, brightfield, nuclei_clean, membrane_clean, mic: Microscope, light,
+                    cell_labels, nuclei_labels) -> dict:
+    """What 2D and 3D samples share: the label-free image, noisy stains, clean stains, labels."""
+    fluorescence_light = 1.0 + 0.5 * (light - 1.0)  # fluorescence excitation is less uneven
     cell_labels, nuclei_labels = _sequential(cell_labels, nuclei_labels)
     return {
         "brightfield": brightfield,
@@ -154,10 +160,8 @@ def make_cells_2d(shape: tuple[int, int] = (256, 256), n_cells: int | None = Non
         "membrane": _fluorescence(rng, membrane_clean, mic, fluorescence_light),
         "nuclei_clean": nuclei_clean.astype(np.float32),
         "membrane_clean": membrane_clean.astype(np.float32),
-        "phase": phase,
         "labels": cell_labels,
         "nuclei_labels": nuclei_labels,
-        "pixel_size_um": mic.pixel_size_um,
     }
 
 
@@ -231,17 +235,8 @@ def make_cells_3d(shape: tuple[int, int, int] = (32, 256, 256), n_cells: int | N
     stain[slab] = dna[nuclei_slab] * (1.0 + 0.25 * texture) * (nuclei_slab > 0)
     nuclei_clean = np.clip(0.8 * ndimage.gaussian_filter(stain, (sigma_z, sigma_xy, sigma_xy)), 0, 1)
     membrane_clean = _membrane(rng, cell_labels, len(cells), (sigma_z, sigma_xy, sigma_xy))
-    fluorescence_light = 1.0 + 0.5 * (light - 1.0)
-
-    cell_labels, nuclei_labels = _sequential(cell_labels, nuclei_labels)
     return {
-        "brightfield": brightfield,
-        "nuclei": _fluorescence(rng, nuclei_clean, mic, fluorescence_light),
-        "membrane": _fluorescence(rng, membrane_clean, mic, fluorescence_light),
-        "nuclei_clean": nuclei_clean.astype(np.float32),
-        "membrane_clean": membrane_clean.astype(np.float32),
-        "labels": cell_labels,
-        "nuclei_labels": nuclei_labels,
+        **_paired_outputs(rng, brightfield, nuclei_clean, membrane_clean, mic, light, cell_labels, nuclei_labels),
         "focal_plane": float(middle - mic.focus_offset_um / mic.z_step_um),
         "pixel_size_um": (mic.z_step_um, mic.pixel_size_um, mic.pixel_size_um),
     }
