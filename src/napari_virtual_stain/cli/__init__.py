@@ -2,15 +2,18 @@
 
 Each subcommand lives in its own module with ``register(subparsers)``, which adds its
 parser and sets ``func`` (a callable taking the parsed args and returning an exit code).
-User errors (VirtualStainError) are printed on one line and exit with status 2;
-Ctrl-C exits with 130.
+User errors (VirtualStainError) are printed on one line and exit with status 2, and so is
+running out of memory (with what to change); Ctrl-C exits with 130. Anything else is a bug:
+one line saying so (exit 1), the traceback only with ``VIRTUAL_STAIN_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 from ..errors import Cancelled, VirtualStainError
 
@@ -61,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"virtual-stain {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"virtual-stain {args.command}: error: there is not enough memory for this input; "
+              "use a smaller image or region, smaller tiles (--tile) or a machine with more memory.", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug: say so on one line, keep the traceback for whoever debugs it
+        if os.environ.get("VIRTUAL_STAIN_DEBUG"):
+            traceback.print_exc()
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(f"virtual-stain {args.command}: internal error ({type(err).__name__}: {first}); this is a bug, "
+              "please report it with VIRTUAL_STAIN_DEBUG=1 set for the full traceback.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from ..errors import InputError
+from ..io.outputs import check_output_file
 from ..io.tiff_reader import load_image, save_tiff
 from .progress import TextProgress
 from .common import add_engine_arguments, make_predictor
@@ -17,7 +18,7 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="virtually stain an image or stack with a model",
                        description="Predict the model's output channels for a whole image or z-stack.")
     p.add_argument("input", help="input image (TIFF/OME-TIFF; PNG/JPEG for colour models)")
-    p.add_argument("-o", "--output", required=True, help="output TIFF, one channel per model output")
+    p.add_argument("-o", "--output", required=True, help="output TIFF (.tif), one channel per model output")
     p.add_argument("--model", default="demo-2d-nuclei-membrane",
                    help="model name (see `virtual-stain models`) or path to a .pt file")
     p.add_argument("--channel", default=None,
@@ -46,6 +47,7 @@ def select_channel(data, axes: str, names: list[str], wanted: str | None):
 def run(args: argparse.Namespace) -> int:
     from ..tasks.stain import run_stain
 
+    output = check_output_file(args.output, inputs=[args.input, args.model])
     predictor = make_predictor(args)
     card = predictor.card
     image = load_image(args.input)
@@ -62,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if result.nan_fraction > 0:
         print(f"warning: {result.nan_fraction:.1%} of the input pixels were NaN or infinite and were treated as 0",
               file=sys.stderr)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     spatial_axes = "ZYX" if result.data.ndim == 4 else "YX"
     size = image.pixel_size_um
-    save_tiff(args.output, result.data.astype(np.float32), "C" + spatial_axes, result.channels, size)
+    save_tiff(output, result.data.astype(np.float32), "C" + spatial_axes, result.channels, size)
     print(f"wrote {args.output}: {', '.join(result.channels)} {result.data.shape[1:]}", file=sys.stderr)
     return 0

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import _ints, _per_axis
+from ..io.outputs import check_output_file
+from .common import (_per_axis, fraction, non_negative_float, positive_float, positive_int, sizes,
+                     unit_interval)
 
 
 def register(sub) -> None:
@@ -33,35 +35,48 @@ def register(sub) -> None:
     start.add_argument("--from", dest="from_model", metavar="MODEL",
                        help="model to fine-tune (name from `virtual-stain models`, or a .pt file)")
     start.add_argument("--arch", metavar="NAME", help="architecture to train from scratch (unet, resnet_generator, ...)")
-    p.add_argument("--arch-args", type=json.loads, default=None, metavar="JSON",
+    p.add_argument("--arch-args", type=_json_object, default=None, metavar="JSON",
                    help='with --arch: constructor arguments, e.g. \'{"depth": 3, "base": 16}\'')
     p.add_argument("-o", "--output", required=True, help="where to write the model (.pt)")
     p.add_argument("--name", default=None, help="model name in its card (default: the output file's name)")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --output (its .state.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model at --output (it is kept until this run has trained weights to save)")
     length = p.add_argument_group("how long (whichever ends first; default 500 steps)")
-    length.add_argument("--steps", type=int, default=None)
-    length.add_argument("--epochs", type=int, default=None)
-    length.add_argument("--minutes", type=float, default=None)
-    p.add_argument("--patch", type=_ints, default=None, help="training patch, e.g. 128 or 16,128,128 (default 128 / 16,64,64)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-4 Adam; 5e-5 RMSprop for wgan-gp)")
+    length.add_argument("--steps", type=positive_int, default=None)
+    length.add_argument("--epochs", type=positive_int, default=None)
+    length.add_argument("--minutes", type=positive_float, default=None)
+    p.add_argument("--patch", type=sizes, default=None, help="training patch, e.g. 128 or 16,128,128 (default 128 / 16,64,64)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 2e-4 Adam; 5e-5 RMSprop for wgan-gp)")
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "constant_then_linear"])
     p.add_argument("--loss", default="l1", choices=["l1", "smooth_l1", "ssim_l1", "l1_l2"])
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of SSIM in ssim_l1, of L1 in l1_l2")
+    p.add_argument("--alpha", type=unit_interval, default=0.5, help="weight of SSIM in ssim_l1, of L1 in l1_l2")
     p.add_argument("--gan", default="none", choices=["none", "vanilla", "lsgan", "wgan-gp"])
     p.add_argument("--critic", default="patchgan", choices=["patchgan", "multiscale"],
                    help="multiscale = pix2pixHD's critics at 3 scales + feature matching (vanilla/lsgan)")
-    p.add_argument("--gan-weight", type=float, default=None)
-    p.add_argument("--n-critic", type=int, default=None)
-    p.add_argument("--patience", type=int, default=None, help="stop after this many validations without improvement")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="part of the Y axis kept for validation")
-    p.add_argument("--val-every", type=int, default=50, help="validate every N steps")
+    p.add_argument("--gan-weight", type=non_negative_float, default=None)
+    p.add_argument("--n-critic", type=positive_int, default=None)
+    p.add_argument("--patience", type=positive_int, default=None, help="stop after this many validations without improvement")
+    p.add_argument("--val-fraction", type=fraction, default=0.15, help="part of the Y axis kept for validation")
+    p.add_argument("--val-every", type=positive_int, default=50, help="validate every N steps")
     p.add_argument("--z-as-channels", action="store_true",
                    help="feed the planes of an input stack to a 2D model as channels (e.g. a brightfield focal series)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
+
+
+def _json_object(text: str) -> dict:
+    """``--arch-args``: a JSON object of constructor arguments."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object like '{{\"depth\": 3}}'")
+    return value
 
 
 def channels_first(path: str, z_as_channels: bool = False) -> tuple[np.ndarray, list[str], int]:
@@ -137,11 +152,20 @@ def run(args: argparse.Namespace) -> int:
     from ..training.starting import model_for_training
     from ..training.trainer import TrainConfig, Trainer
 
-    output = Path(args.output)
-    if output.suffix != ".pt":
-        raise InputError(f"The output must be a .pt file, not {output.name}.")
     if not args.resume and args.from_model is None and args.arch is None:
         raise InputError("Say where to start: --from MODEL to fine-tune, or --arch NAME to train from scratch.")
+    if args.resume and (args.from_model is not None or args.arch is not None):
+        raise InputError("--resume continues the run saved at --output; it takes neither --from nor --arch.")
+    output = check_output_file(args.output, inputs=[args.input, *args.targets], suffixes=(".pt",), label="model file")
+    state_file = output.with_suffix(".state.pt")
+    check_output_file(state_file, inputs=[args.input, *args.targets], suffixes=(".pt",), label="training state")
+    if args.from_model is not None and Path(args.from_model).expanduser().is_file() \
+            and Path(args.from_model).expanduser().resolve() == output.resolve():
+        raise InputError(f"The model to fine-tune and the output are the same file ({output.name}): give the "
+                         "fine-tuned model its own name, or continue a run with --resume.")
+    if not args.resume and output.exists() and not args.overwrite:
+        raise InputError(f"{output} already exists: give another name, continue its run with --resume, "
+                         "or replace it with --overwrite.")
 
     x, input_names, dims = channels_first(args.input, args.z_as_channels)
     targets, target_names = [], []
@@ -157,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     y = np.concatenate(targets)
 
     if args.resume:
+        if not output.is_file():
+            raise InputError(f"There is no model at {output} to resume; start a run with --from or --arch.")
         model, card = load_checkpoint(output)
     elif args.from_model is not None:
         model_dims = read_checkpoint(resolve_model(args.from_model))[0].spatial_dims
@@ -181,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(model, card, [x], [y], config)
     if args.resume:
         trainer.resume(output)
+    trainer_start = trainer.step
     print(f"training {card.summary()} on {Path(args.input).name} ({'x'.join(map(str, x.shape[1:]))}), "
           f"patch {'x'.join(map(str, patch))}, from step {trainer.step}", file=sys.stderr)
 
@@ -199,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if result.steps == 0 or (result.steps == trainer_start and not args.resume):
+        print(f"{result.reason} before the first training step: nothing was written"
+              f"{' and ' + output.name + ' is unchanged' if output.exists() else ''}.", file=sys.stderr)
+        return 130 if result.stopped else 0
     trainer.save(output)
     print(f"{result.reason}: {result.steps} steps in {_duration(result.seconds)}, best at step {result.best_step}",
           file=sys.stderr)

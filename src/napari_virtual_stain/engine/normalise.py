@@ -59,7 +59,8 @@ def strided_sample(image, max_samples: int | None = None) -> np.ndarray:
     while n > 0 and math.prod(-(-s // stride) for s in spatial) > max_samples:
         stride += 1
     index = (slice(None),) + (slice(None, None, stride),) * len(spatial)
-    return np.asarray(image[index] if stride > 1 else image[...])
+    sample = np.asarray(image[index] if stride > 1 else image[...])
+    return sample.astype(np.uint8) if sample.dtype == bool else sample  # masks: percentiles of 0/1
 
 
 def compute_stats(image, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,6 +91,23 @@ def compute_stats(image, spec: Mapping[str, Any]) -> dict[str, Any]:
         lows.append(lo)
         highs.append(hi)
     return {"kind": "percentile", "low": lows, "high": highs}
+
+
+def flat_channels(stats: Mapping[str, Any]) -> list[int]:
+    """Channels whose statistics have no spread (constant, all-NaN or empty): they normalise to zeros."""
+    if stats.get("kind") == "none":
+        return []
+    return [c for c, (lo, hi) in enumerate(zip(stats["low"], stats["high"])) if not float(hi) > float(lo)]
+
+
+def flat_channels_warning(stats: Mapping[str, Any], names: list[str] | None = None) -> str | None:
+    """One sentence for :func:`flat_channels`, or None when every channel has a spread."""
+    flat = flat_channels(stats)
+    if not flat:
+        return None
+    which = ", ".join(names[c] if names and c < len(names) else f"channel {c}" for c in flat)
+    return (f"{which} {'is' if len(flat) == 1 else 'are'} constant or has no finite value "
+            "(low and high percentiles are equal), so it normalises to zeros.")
 
 
 def normalise(block: np.ndarray, spec: Mapping[str, Any], stats: Mapping[str, Any]) -> np.ndarray:

@@ -275,7 +275,9 @@ def _page_names(pages: Sequence[Any]) -> list[str] | None:
 
 
 def _check_not_truncated(path: Path, series: tifffile.TiffPageSeries) -> None:
-    """Compare the last page's data offsets with the file size (cheap, catches truncation)."""
+    """Compare the last page's data offsets with the file size (cheap, catches truncation), and
+    an uncompressed page's declared pixels with the bytes it stores (catches a forged header
+    that declares a 100000 x 100000 image over a few kilobytes)."""
     size = path.stat().st_size
     page = series.pages[-1] if len(series.pages) else None
     if page is None or not hasattr(page, "dataoffsets"):
@@ -283,6 +285,23 @@ def _check_not_truncated(path: Path, series: tifffile.TiffPageSeries) -> None:
     ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
     if ends and max(ends) > size:
         raise ReaderError(f"{path.name} is truncated: the file ends before its image data does.")
+    uncompressed = getattr(page, "compression", None) == tifffile.COMPRESSION.NONE
+    declared = int(np.prod(page.shape, dtype=np.int64)) * page.dtype.itemsize if page.dtype is not None else 0
+    if uncompressed and page.dtype is not None and page.dtype != bool and sum(page.databytecounts) < declared:
+        raise ReaderError(f"{path.name} is damaged: its header declares {_shape_text(page.shape)} pixels "
+                          f"({_bytes_text(declared)}) but the file holds only {_bytes_text(sum(page.databytecounts))} "
+                          "of pixel data.")
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return " x ".join(str(int(s)) for s in shape if int(s) > 1) or "1"
+
+
+def _bytes_text(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _channel_series(tf: tifffile.TiffFile) -> list[int]:
@@ -410,6 +429,7 @@ def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _Tifff
         tf.close()  # the lazy readers hold their own file handles
 
     data, axes = _to_canonical_order(data, axes)
+    data = _bool_as_uint8(data)
     n_channels = data.shape[axes.index("C")] if "C" in axes else 0
     if names is None or len(names) != n_channels:
         names = [f"C{i}" for i in range(n_channels)]
@@ -427,6 +447,11 @@ def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _Tifff
     )
 
 
+def _bool_as_uint8(data: Any) -> Any:
+    """Binary images (masks) as 0/1 uint8: every later step does arithmetic on pixels."""
+    return data.astype(np.uint8) if data.dtype == bool else data
+
+
 def _read_other_image(path: Path) -> LoadedImage:
     from skimage import io as skio  # imageio underneath; scikit-image is a declared dependency
 
@@ -436,6 +461,7 @@ def _read_other_image(path: Path) -> LoadedImage:
         raise ReaderError(f"{path.name} is damaged or not a {path.suffix[1:].upper()} image: it could not be read.") from err
     if data.size == 0:
         raise ReaderError(f"{path.name} contains an empty image: there are no pixels to show.")
+    data = _bool_as_uint8(data)
     if data.ndim == 3 and data.shape[-1] == 4 and np.all(data[..., 3] == np.iinfo(data.dtype).max
                                                          if data.dtype.kind == "u" else data[..., 3] == 1):
         data = data[..., :3]  # an opaque alpha channel carries nothing
@@ -601,6 +627,7 @@ def save_tiff(
     if data.size == 0:
         raise InputError("There is nothing to save: the image is empty.")
     data, axes = _to_canonical_order(data, axes)
+    data = _bool_as_uint8(data)
     n_channels = data.shape[axes.index("C")] if "C" in axes else 0
     names = [str(n) for n in channel_names] if channel_names else [f"C{i}" for i in range(n_channels)]
     if n_channels and len(names) != n_channels:

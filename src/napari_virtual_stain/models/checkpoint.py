@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CheckpointError
 from .card import ModelCard
-from .factory import build_model
+from .factory import build_model, plan_model
 
 FORMAT = "napari-virtual-stain/1"
 
@@ -71,9 +71,27 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict]:
     return card, state
 
 
+def _check_state_fits(name: str, planned: torch.nn.Module, state: dict) -> None:
+    """Compare the card's network (built on the meta device) with the stored weights, name by
+    name and shape by shape, before any memory is spent on the real network."""
+    expected = {k: tuple(v.shape) for k, v in planned.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise CheckpointError(f"The weights in {name} do not fit the architecture its card names "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {detail}).")
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            raise CheckpointError(f"The weights in {name} do not fit the architecture its card names: {key} "
+                                  f"is {stored[key]} in the file but {shape} in the network.")
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
     """Build the network named by the card and load its weights (eval mode, on the CPU)."""
     card, state = read_checkpoint(path)
+    _check_state_fits(Path(path).name, plan_model(card.architecture, card.arch_args), state)
     model = build_model(card.architecture, card.arch_args)
     try:
         model.load_state_dict(state, strict=True)

@@ -7,12 +7,12 @@ be in a whole-image run), runs the Predictor, and crops the margin off again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from ..engine.normalise import compute_stats
+from ..engine.normalise import compute_stats, flat_channels_warning
 from ..engine.predictor import Predictor
 from ..models.card import ModelCard
 from .arrays import Layout, layout_for, nan_fraction, to_channels_first
@@ -28,6 +28,7 @@ class StainResult:
     card: ModelCard
     nan_fraction: float  # share of non-finite input pixels (treated as 0 by the engine)
     stats: dict  # the input normalisation statistics used (of the whole image): reuse them
+    warnings: list[str] = field(default_factory=list)  # sentences to show the user (flat channels, seams)
 
 
 def context_margin(card: ModelCard, spatial_ndim: int) -> tuple[int, ...]:
@@ -63,4 +64,5 @@ def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str 
     out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats)
     inner = np.ascontiguousarray(np.asarray(out)[(slice(None),) + region.relative_to(outer)])
     frac = nan_fraction(block) if isinstance(block, np.ndarray) else 0.0
-    return StainResult(inner, list(card.output_channels), region, layout, card, frac, stats)
+    warnings = [w for w in [flat_channels_warning(stats, list(card.input_channels))] if w] + list(predictor.warnings)
+    return StainResult(inner, list(card.output_channels), region, layout, card, frac, stats, warnings)

@@ -80,7 +80,7 @@ def _from_architecture(arch, n_in, n_out, spatial_dims, input_names, output_name
     args = default_arch_args(arch, n_in, n_out, spatial_dims)
     args.update(arch_args or {})
     args["in_channels"], args["out_channels"] = n_in, n_out
-    model = build_model(arch, args)
+    model = build_model(arch, args, error=InputError)
     activation = args.get("activation", params["activation"].default if "activation" in params else "none")
     card = ModelCard(
         name=name or f"{arch}-{spatial_dims}d", task="stain", architecture=arch, arch_args=args,

@@ -25,6 +25,7 @@ import datetime
 import math
 import os
 import threading
+import uuid
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise InputError(f"{name.replace('_', ' ').capitalize()} must be at least 1, not {value}.")
-        if self.max_minutes is not None and self.max_minutes <= 0:
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise InputError(f"The time limit must be positive, not {self.max_minutes} minutes.")
+        if self.lr is not None and not (math.isfinite(self.lr) and 0 <= self.lr < 1):  # 0: frozen weights
+            raise InputError(f"The learning rate must be 0 or more and below 1 (typically 1e-4 to 1e-3), not {self.lr}.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"The validation fraction must be at least 0 and below 1, not {self.val_fraction}.")
+        for name in ("gan_weight", "lambda_gp"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{name.replace('_', ' ').capitalize()} must be 0 or more, not {value}.")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -260,6 +269,9 @@ class Trainer:
         self.best_scores: dict = {}
         self.reason = "not started"
         self._validated_once = False
+        # Ties a resume state to the model file of the same run (both carry it), so --resume
+        # never continues another run's optimiser and history on this model.
+        self.run_id = uuid.uuid4().hex
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -404,7 +416,9 @@ class Trainer:
         if improved:
             self.best_state = _cpu_state(self.model)
             self.best_scores = scores
-            if self.config.best_path:
+            # Not before the first trained step: the file at best_path (a model the user had, with
+            # --overwrite) is kept until this run has trained weights to put in its place.
+            if self.config.best_path and self.step > 0:
                 self._save_model(Path(self.config.best_path), self.best_state)
         return stop
 
@@ -530,6 +544,7 @@ class Trainer:
         card = copy.deepcopy(self.card)
         training = {k: v for k, v in card.training.items() if k in ("started_from", "previous")}
         training.update({
+            "run_id": self.run_id,
             "data": self.train_data.describe(),
             "config": self.config.to_dict(),
             "steps": self.step,
@@ -572,6 +587,7 @@ class Trainer:
         last = self.last_state if self.last_state is not None else _cpu_state(self.model)
         payload = {
             "format": STATE_FORMAT,
+            "run_id": self.run_id,
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "seconds": self.seconds_before,
@@ -602,6 +618,11 @@ class Trainer:
             raise CheckpointError(f"{state_path.name} could not be read as a training state: {str(err)[:200]}") from err
         if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{state_path.name} is not a napari-virtual-stain training state.")
+        card, best = read_checkpoint(path)
+        model_run, state_run = card.training.get("run_id"), payload.get("run_id")
+        if model_run != state_run:
+            raise CheckpointError(f"{state_path.name} belongs to another training run than {path.name} (the model was "
+                                  "replaced or the state copied from elsewhere): fine-tune from the model instead.")
         try:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -617,6 +638,6 @@ class Trainer:
         self.history = {k: [tuple(p) for p in v] for k, v in payload["history"].items()}
         self.train_data.set_state(payload["data_state"])
         self._validated_once = bool(payload.get("validated", False))
-        card, best = read_checkpoint(path)
+        self.run_id = state_run or self.run_id
         self.best_state = best
         self.best_scores = dict(card.scores.get("validation", {}))

@@ -1,0 +1,184 @@
+"""Where results go: output paths checked before any work starts, then written all or nothing.
+
+Every command that writes files checks each output with :func:`check_output_file` or
+:func:`check_output_folder` *before* it reads a model or runs a network, so a typo in an
+output path costs nothing and never leaves a half-finished run behind. The checks refuse:
+
+- an output that is one of the inputs (inputs are never overwritten);
+- a file name whose suffix does not say what will be written (``-o out.png`` for a TIFF);
+- a folder where a file is wanted, or a file where a folder is wanted;
+- a place that cannot be written (read-only, not a folder, no permission): found by really
+  creating and removing a file there, since permission bits say nothing for root or on a
+  read-only mount;
+- two outputs of one command that are the same file.
+
+:class:`OutputTransaction` stages every file of a command under a hidden temporary name next
+to its target and renames them into place only when all were written: a failure in the
+last output leaves neither the first nor a temporary file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import InputError
+
+TIFF_OUTPUT_SUFFIXES = (".tif", ".tiff")
+JSON_OUTPUT_SUFFIXES = (".json",)
+
+PathLike = str | os.PathLike
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The deepest ancestor of ``path`` that exists (what a later mkdir would start from)."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def _check_writable_place(path: Path, label: str) -> None:
+    """Refuse ``path`` when its folder (or the nearest existing ancestor) cannot take a new file."""
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise InputError(f"Cannot write the {label} {path}: {base} is a file, not a folder.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".virtual-stain-probe-", dir=base)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise InputError(f"Cannot write the {label} {path}: {base} is not writable ({reason.lower()}).") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_not_an_input(path: Path, inputs: Iterable[PathLike], label: str) -> None:
+    for given in inputs:
+        if given is None:
+            continue
+        given = Path(given)
+        if _same_file(path, given):
+            raise InputError(f"The {label} {path} is also an input: choose another name, "
+                             "inputs are never overwritten.")
+        if given.is_dir() and path.resolve().is_relative_to(given.resolve()) and given.suffix.lower() == ".zarr":
+            raise InputError(f"The {label} {path} lies inside the input {given}: choose a place outside it.")
+
+
+def check_output_file(path: PathLike, *, inputs: Iterable[PathLike] = (),
+                      suffixes: Sequence[str] | None = TIFF_OUTPUT_SUFFIXES, label: str = "output") -> Path:
+    """Check that a command may write the file ``path``; returns it as a Path.
+
+    ``suffixes``: the endings the file may have (None: any), e.g. ``(".tif", ".tiff")``.
+    """
+    if path is None or str(path).strip() == "":
+        raise InputError(f"The {label} file name is empty.")
+    path = Path(path).expanduser()
+    if suffixes is not None and not path.name.lower().endswith(tuple(suffixes)):
+        wanted = " or ".join(suffixes)
+        raise InputError(f"The {label} {path.name} must end in {wanted}: that is the format written.")
+    if path.is_dir():
+        raise InputError(f"The {label} {path} is a folder; give a file name.")
+    if path.exists() and not path.is_file():
+        raise InputError(f"The {label} {path} exists and is not a regular file.")
+    _check_not_an_input(path, inputs, label)
+    _check_writable_place(path, label)
+    return path
+
+
+def check_output_folder(path: PathLike, *, inputs: Iterable[PathLike] = (), label: str = "output folder") -> Path:
+    """Check that a command may create or fill the folder ``path``; returns it as a Path."""
+    if path is None or str(path).strip() == "":
+        raise InputError(f"The {label} name is empty.")
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"The {label} {path} exists and is a file; give a folder.")
+    for given in inputs:
+        if given is not None and _same_file(path, Path(given)):
+            raise InputError(f"The {label} {path} is also an input: choose another folder.")
+    _check_writable_place(path / "x", label)
+    return path
+
+
+def check_distinct(paths: dict[str, PathLike | None]) -> None:
+    """Refuse two outputs of one command that name the same file (``{label: path}``)."""
+    seen: dict[Path, str] = {}
+    for label, path in paths.items():
+        if path is None:
+            continue
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            raise InputError(f"The {seen[key]} and the {label} are the same file ({path}): give each its own name.")
+        seen[key] = label
+
+
+class OutputTransaction:
+    """Stage several output files and move them into place together.
+
+    ``stage(path)`` returns a hidden temporary path beside ``path`` with the same ending (so
+    writers that look at the suffix, e.g. ``.ome.tif``, behave the same). On a clean exit of
+    the ``with`` block every staged file is renamed over its target; on an exception every
+    staged file is removed and no target is touched.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+        self._made_dirs: list[Path] = []
+
+    def stage(self, path: PathLike) -> Path:
+        path = Path(path).expanduser()
+        missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._made_dirs.extend(reversed(missing))  # deepest first is reversed order of parents
+        ending = "".join(path.suffixes[-2:]) if path.name.lower().endswith((".ome.tif", ".ome.tiff")) else path.suffix
+        stem = path.name[: len(path.name) - len(ending)] if ending else path.name
+        tmp = path.with_name(f".{stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{ending}")
+        self._staged.append((tmp, path))
+        return tmp
+
+    def write_text(self, path: PathLike, text: str) -> None:
+        self.stage(path).write_text(text, encoding="utf-8")
+
+    def commit(self) -> None:
+        for tmp, final in self._staged:
+            os.replace(tmp, final)
+        self._staged.clear()
+
+    def abort(self) -> None:
+        for tmp, _ in self._staged:
+            Path(tmp).unlink(missing_ok=True)
+        self._staged.clear()
+        for folder in sorted(self._made_dirs, key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()  # only folders this transaction created, and only if empty
+            except OSError:
+                pass
+        self._made_dirs.clear()
+
+    def __enter__(self) -> "OutputTransaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def write_json_atomic(path: PathLike, payload, **dump_kwargs) -> Path:
+    """Write ``payload`` as JSON to ``path`` through a temporary file: all or nothing."""
+    with OutputTransaction() as tx:
+        tx.write_text(path, json.dumps(payload, **dump_kwargs))
+    return Path(path)
