@@ -6,6 +6,19 @@ microscopist understands. Widgets show it as a napari notification; the CLI prin
 on one line and exits non-zero. Anything else that escapes is a bug.
 """
 
+import re
+
+# Terminal colour codes and other control characters that libraries (torch's unpickler, for
+# one) put in their messages: a sentence for a microscopist has none of them.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain_text(message: object, limit: int = 300) -> str:
+    """The first line of ``message`` without terminal codes, at most ``limit`` characters."""
+    lines = [line.strip() for line in _CONTROL.sub("", str(message)).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class VirtualStainError(Exception):
     """An error the user can fix; ``str(err)`` is the sentence to show them."""

@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 
-from ..errors import Cancelled, VirtualStainError
+from ..errors import Cancelled, VirtualStainError, plain_text
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VirtualStainError as err:
-        print(f"virtual-stain {args.command}: error: {err}", file=sys.stderr)
+        print(f"virtual-stain {args.command}: error: {plain_text(err, 1000)}", file=sys.stderr)
         return 2
     except Cancelled:
         print(f"virtual-stain {args.command}: cancelled", file=sys.stderr)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug: say so on one line, keep the traceback for whoever debugs it
         if os.environ.get("VIRTUAL_STAIN_DEBUG"):
             traceback.print_exc()
-        first = (str(err).strip().splitlines() or [""])[0][:300]
+        first = plain_text(err)
         print(f"virtual-stain {args.command}: internal error ({type(err).__name__}: {first}); this is a bug, "
               "please report it with VIRTUAL_STAIN_DEBUG=1 set for the full traceback.", file=sys.stderr)
         return 1

@@ -84,6 +84,12 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def add_axes_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--axes", default=None, metavar="AXES",
+                   help="read the input's axes as these letters instead of what the file says, one per axis "
+                        "(e.g. CYX for a plain multi-page TIFF whose pages are channels, not z-planes)")
+
+
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--tile", type=sizes, default=None, help="tile size, e.g. 512 or 32,256,256 (default: the model's)")

@@ -11,13 +11,13 @@ their mean; ``--json`` also writes them to a file.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..io.outputs import JSON_OUTPUT_SUFFIXES, check_output_file, write_json_atomic
 
 COLUMNS = ("pixel_accuracy", "dice", "iou", "aji", "percent_positive_diff")
 SUFFIXES = (".png", ".tif", ".tiff")
@@ -64,6 +64,9 @@ def pairs(prediction: Path, truth: Path) -> list[tuple[str, Path, Path]]:
 def run(args: argparse.Namespace) -> int:
     from ..seg_metrics import classified_mask_scores
 
+    if args.json:
+        check_output_file(args.json, inputs=[args.prediction, args.truth], suffixes=JSON_OUTPUT_SUFFIXES,
+                          label="scores file")
     results = {}
     for name, pred_path, true_path in pairs(Path(args.prediction), Path(args.truth)):
         pred, true = read_mask(pred_path), read_mask(true_path)
@@ -77,6 +80,6 @@ def run(args: argparse.Namespace) -> int:
     for name, r in list(results.items()) + [("mean", mean)]:
         print(f"{name:<{width}}  " + "  ".join(f"{r[c]:>21.4f}" for c in COLUMNS))
     if args.json:
-        Path(args.json).write_text(json.dumps({"images": results, "mean": mean}, indent=1))
+        write_json_atomic(args.json, {"images": results, "mean": mean}, indent=1)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

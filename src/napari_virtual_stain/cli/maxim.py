@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io.outputs import JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file, check_output_folder
+from .common import add_axes_argument, positive_float, positive_int
 from .progress import TextProgress
 
 
@@ -26,6 +28,7 @@ def _add_stack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--names", type=_names, default=None,
                    help="marker names, comma-separated, one per channel (default: the names in the file)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
+    add_axes_argument(p)
 
 
 def register(sub) -> None:
@@ -35,13 +38,14 @@ def register(sub) -> None:
     p.add_argument("stack", help="multiplex stack (TIFF/OME-TIFF with a channel axis)")
     p.add_argument("-o", "--output", required=True, help="folder for the imputer-<marker>.pt files")
     p.add_argument("--markers", nargs="+", default=None, help="target markers to train (default: all)")
-    p.add_argument("--minutes", type=float, default=None, help="time budget for all markers together")
-    p.add_argument("--steps", type=int, default=None, help="training steps per marker (default 2000, or by --minutes)")
-    p.add_argument("--patch", type=int, default=128, help="training patch size (default 128)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--minutes", type=positive_float, default=None, help="time budget for all markers together")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps per marker (default 2000, or by --minutes)")
+    p.add_argument("--patch", type=positive_int, default=128, help="training patch size (default 128)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--adversarial", action="store_true", help="MAXIM-Adv: add pix2pix's PatchGAN loss")
-    p.add_argument("--base", type=int, default=32, help="U-Net features at the first level (default 32, as paper 003)")
-    p.add_argument("--depth", type=int, default=3, help="U-Net poolings (default 3: 4 levels, 32 to 256 features)")
+    p.add_argument("--base", type=positive_int, default=32, help="U-Net features at the first level (default 32, as paper 003)")
+    p.add_argument("--depth", type=positive_int, default=3, help="U-Net poolings (default 3: 4 levels, 32 to 256 features)")
+    p.add_argument("--overwrite", action="store_true", help="replace imputers already in MODELDIR for these markers")
     _add_stack_arguments(p)
     p.set_defaults(func=run_train)
 
@@ -68,11 +72,11 @@ def register(sub) -> None:
     p.set_defaults(func=run_qc_command)
 
 
-def read_stack(path: str, names: list[str] | None) -> tuple[np.ndarray, list[str], tuple | None]:
+def read_stack(path: str, names: list[str] | None, axes: str | None = None) -> tuple[np.ndarray, list[str], tuple | None]:
     """A (C, Y, X) stack, its marker names and pixel size from a file."""
     from ..io.tiff_reader import load_image
 
-    image = load_image(path)
+    image = load_image(path, axes=axes)
     axes = image.axes
     if "T" in axes or "Z" in axes:
         raise InputError(f"{path} has axes {axes}: marker imputation needs one 2D multiplex image (channels, Y, X); "
@@ -88,12 +92,17 @@ def read_stack(path: str, names: list[str] | None) -> tuple[np.ndarray, list[str
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..training.imputers import ImputerConfig, train_imputers
+    from ..training.imputers import ImputerConfig, imputer_file_name, train_imputers
     from ..tasks.maxim import check_marker_stack, select_markers
 
-    stack, names, _ = read_stack(args.stack, args.names)
+    check_output_folder(args.output, inputs=[args.stack], label="imputer folder")
+    stack, names, _ = read_stack(args.stack, args.names, args.axes)
     names = check_marker_stack(stack, names)
     targets = select_markers(args.markers, names, "markers to train")
+    existing = [imputer_file_name(m) for m in targets if (Path(args.output) / imputer_file_name(m)).exists()]
+    if existing and not args.overwrite:
+        raise InputError(f"{args.output} already holds {', '.join(existing)}: choose another folder, or replace "
+                         "them with --overwrite.")
     minutes = args.minutes / len(targets) if args.minutes else None
     steps = args.steps if args.steps is not None else (None if minutes else 2000)
     config = ImputerConfig(steps=steps, max_minutes=minutes, patch=args.patch, batch_size=args.batch_size,
@@ -117,8 +126,12 @@ def run_impute(args: argparse.Namespace) -> int:
     from ..io.tiff_reader import save_tiff
     from ..tasks.maxim import find_imputers, impute_marker
 
-    stack, names, pixel_size = read_stack(args.stack, args.names)
-    found = find_imputers(args.models)
+    output = check_output_file(args.output, inputs=[args.stack])
+    stack, names, pixel_size = read_stack(args.stack, args.names, args.axes)
+    problems: list[str] = []
+    found = find_imputers(args.models, problems)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
     lowered = {m.lower(): m for m in found}
     if args.marker.lower() not in lowered:
         raise InputError(f"{args.models} has no imputer for {args.marker} (it has: {', '.join(found)}).")
@@ -129,7 +142,7 @@ def run_impute(args: argparse.Namespace) -> int:
                            progress=TextProgress("impute"))
     channel = f"{card.output_channels[0]} (imputed)"
     # One plane: written as Y, X (a one-entry channel axis does not survive a round trip).
-    save_tiff(args.output, result.data.astype(np.float32), "YX", None, pixel_size)
+    save_tiff(output, result.data.astype(np.float32), "YX", None, pixel_size)
     print(f"wrote {args.output}: {channel} {result.data.shape}", file=sys.stderr)
     return 0
 
@@ -149,11 +162,19 @@ def run_qc_command(args: argparse.Namespace) -> int:
 
     if args.maps and len(args.stacks) > 1:
         raise InputError("--maps writes the maps of one stack; give a single stack with it.")
-    imputers = load_imputers(args.models)
+    check_output_file(args.output, inputs=args.stacks, suffixes=JSON_OUTPUT_SUFFIXES, label="report")
+    if args.maps:
+        check_output_file(args.maps, inputs=args.stacks, label="maps file")
+    check_distinct({"report": args.output, "maps file": args.maps})
+    problems: list[str] = []
+    imputers = load_imputers(args.models, problems)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    maps_to_write = None
     reports = {}
     any_flag = False
     for path in args.stacks:
-        stack, names, pixel_size = read_stack(path, args.names)
+        stack, names, pixel_size = read_stack(path, args.names, args.axes)
         report = run_qc(stack, names, imputers, device=args.device, progress=TextProgress(f"qc {Path(path).name}"))
         reports[path] = report.to_dict()
         any_flag = any_flag or bool(report.flagged)
@@ -161,16 +182,17 @@ def run_qc_command(args: argparse.Namespace) -> int:
         for warning in report.warnings:
             print(f"warning: {path}: {warning}", file=sys.stderr)
         if args.maps:
-            from ..io.tiff_reader import save_tiff
-
             markers = list(report.markers)
             maps = np.stack([report.markers[m].disagreement for m in markers]).astype(np.float32)
-            save_tiff(args.maps, maps, "CYX", [f"{m} disagreement" for m in markers], pixel_size)
+            maps_to_write = (maps, [f"{m} disagreement" for m in markers], pixel_size)
     payload = next(iter(reports.values())) if len(reports) == 1 else {"stacks": reports}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False))
-    tmp.replace(out)  # a half-written report never replaces a good one
+    if problems:
+        payload = dict(payload, skipped_models=problems)
+    with OutputTransaction() as tx:  # a half-written report never replaces a good one
+        if maps_to_write is not None:
+            from ..io.tiff_reader import save_tiff
+
+            save_tiff(tx.stage(args.maps), maps_to_write[0], "CYX", maps_to_write[1], maps_to_write[2])
+        tx.write_text(args.output, json.dumps(payload, indent=2, allow_nan=False))
     print(f"wrote {args.output}", file=sys.stderr)
     return 1 if (args.fail_on_flag and any_flag) else 0

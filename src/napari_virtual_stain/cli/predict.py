@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 import numpy as np
 
+from ..engine.memory import require_memory
 from ..errors import InputError
 from ..io.outputs import check_output_file
 from ..io.tiff_reader import load_image, save_tiff
 from .progress import TextProgress
-from .common import add_engine_arguments, make_predictor
+from .common import add_axes_argument, add_engine_arguments, make_predictor
 
 
 def register(sub) -> None:
@@ -23,6 +26,7 @@ def register(sub) -> None:
                    help="model name (see `virtual-stain models`) or path to a .pt file")
     p.add_argument("--channel", default=None,
                    help="for a multi-channel file and a one-channel model: the channel to use (name or index)")
+    add_axes_argument(p)
     add_engine_arguments(p)
     p.set_defaults(func=run)
 
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     output = check_output_file(args.output, inputs=[args.input, args.model])
     predictor = make_predictor(args)
     card = predictor.card
-    image = load_image(args.input)
+    image = load_image(args.input, axes=args.axes)
     data, axes = image.data, image.axes
     rgb = axes.endswith("S")
     if card.n_in == 1 and not rgb:
@@ -59,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         data = np.moveaxis(np.asarray(data), axes.index("C"), 0)
         axes = "C" + axes.replace("C", "")
     print(f"{args.input}: {axes} {tuple(data.shape)} {data.dtype} -> {card.summary()}", file=sys.stderr)
+    spatial_size = math.prod(int(n) for n, a in zip(data.shape, axes) if a in "ZYX")
+    require_memory(4 * spatial_size * card.n_out, f"The result for {Path(args.input).name} ({card.n_out} channel(s) "
+                   f"of {spatial_size / 1e6:.0f} megapixels in float32)", "predict a cropped region or a smaller stack")
     result = run_stain(predictor, data, rgb=rgb, name=str(args.input),
                        progress=TextProgress("predict"))
     if result.nan_fraction > 0:

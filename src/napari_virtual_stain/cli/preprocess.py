@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
+from ..engine.memory import require_memory
 from ..errors import InputError
+from ..io.outputs import JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file
+from .common import add_axes_argument, positive_float, positive_int
 from .progress import TextProgress
 
 
@@ -35,10 +39,11 @@ def _register_tile_shadow(sub) -> None:
         description="Average the emptiest camera tiles into an 'average artifact' and subtract it "
                     "on the tile grid (paper 000). Each channel gets its own artifact.")
     p.add_argument("input", help="input TIFF (2D, multi-channel, RGB or z-stack)")
+    add_axes_argument(p)
     p.add_argument("-o", "--output", required=True, help="corrected TIFF")
     p.add_argument("--tile", required=True, type=_tile_size, help="camera tile size in pixels: 304 or 304,304")
-    p.add_argument("--n-empty", type=int, default=None, help="number of emptiest tiles to average")
-    p.add_argument("--fraction", type=float, default=0.1,
+    p.add_argument("--n-empty", type=positive_int, default=None, help="number of emptiest tiles to average")
+    p.add_argument("--fraction", type=positive_float, default=0.1,
                    help="fraction of the complete tiles to average when --n-empty is not given (default 0.1)")
     p.add_argument("--criterion", choices=["flat", "dark", "bright"], default="flat",
                    help="what 'empty' means: flat = lowest variation (default), dark = lowest mean, "
@@ -62,8 +67,9 @@ def _register_flatfield(sub) -> None:
         description="Estimate a smooth background per plane and divide it out or subtract it, "
                     "keeping each plane's mean intensity.")
     p.add_argument("input", help="input TIFF")
+    add_axes_argument(p)
     p.add_argument("-o", "--output", required=True, help="corrected TIFF")
-    p.add_argument("--sigma", type=float, default=50.0,
+    p.add_argument("--sigma", type=positive_float, default=50.0,
                    help="background smoothing in pixels, larger than the objects (default 50)")
     p.add_argument("--mode", choices=["divide", "subtract"], default="divide",
                    help="divide (illumination shading, default) or subtract (additive haze)")
@@ -80,9 +86,10 @@ def _register_focus(sub) -> None:
         description="Print the power-spectrum log-log slope (PLLS, paper 002) of every z-plane; "
                     "with -o, write the planes kept.")
     p.add_argument("input", help="input z-stack TIFF")
+    add_axes_argument(p)
     p.add_argument("-o", "--output", default=None, help="TIFF with the kept planes (default: only print the scores)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--keep", type=int, default=None, help="keep the N sharpest planes (default 1)")
+    group.add_argument("--keep", type=positive_int, default=None, help="keep the N sharpest planes (default 1)")
     group.add_argument("--min-score", type=float, default=None, help="keep the planes at least as sharp as this PLLS")
     p.add_argument("--sharper", choices=["higher", "lower"], default="higher",
                    help="which PLLS is sharper: higher (blur steepens the slope; default) or lower "
@@ -100,6 +107,7 @@ def _register_normalise(sub) -> None:
         description="Map each channel's low and high percentiles to 0 and 1, the way the models' "
                     "inputs are normalised. Writes float32.")
     p.add_argument("input", help="input TIFF")
+    add_axes_argument(p)
     p.add_argument("-o", "--output", required=True, help="normalised TIFF (float32)")
     p.add_argument("--low", type=float, default=1.0, help="low percentile (default 1)")
     p.add_argument("--high", type=float, default=99.8, help="high percentile (default 99.8)")
@@ -114,7 +122,8 @@ def _register_normalise(sub) -> None:
 def run_tile_shadow(args: argparse.Namespace) -> int:
     from ..preprocess import cast_like, correct_tile_shadow
 
-    image, data, axes = _load(args.input)
+    _check_outputs(args, output="output", artifact_out="artifact")
+    image, data, axes = _load(args.input, args.axes)
     core, restore = _channels_first(data, axes)
     result = correct_tile_shadow(
         core, args.tile, tiles=args.tiles, n_empty=args.n_empty, fraction=args.fraction,
@@ -123,23 +132,26 @@ def run_tile_shadow(args: argparse.Namespace) -> int:
     tiles = ", ".join(f"({r},{c})" for r, c in result.tiles)
     print(f"averaged {len(result.tiles)} tile(s): {tiles}", file=sys.stderr)
     out = restore(result.corrected)
-    _save(args.output, out if args.float32 else cast_like(out, data.dtype), axes, image)
-    if args.artifact_out:
-        _save(args.artifact_out, restore(result.artifact), axes, image)
+    with OutputTransaction() as tx:
+        _save(tx, args.output, out if args.float32 else cast_like(out, data.dtype), axes, image)
+        if args.artifact_out:
+            _save(tx, args.artifact_out, restore(result.artifact), axes, image)
     return 0
 
 
 def run_flatfield(args: argparse.Namespace) -> int:
     from ..preprocess import cast_like, correct_flatfield
 
-    image, data, axes = _load(args.input)
+    _check_outputs(args, output="output", background_out="background")
+    image, data, axes = _load(args.input, args.axes)
     core, restore = _channels_first(data, axes)
     result = correct_flatfield(core, sigma=args.sigma, mode=args.mode, method=args.method,
                                progress=TextProgress("flatfield"))
     out = restore(result.corrected)
-    _save(args.output, out if args.float32 else cast_like(out, data.dtype), axes, image)
-    if args.background_out:
-        _save(args.background_out, restore(result.background), axes, image)
+    with OutputTransaction() as tx:
+        _save(tx, args.output, out if args.float32 else cast_like(out, data.dtype), axes, image)
+        if args.background_out:
+            _save(tx, args.background_out, restore(result.background), axes, image)
     return 0
 
 
@@ -147,7 +159,8 @@ def run_focus(args: argparse.Namespace) -> int:
     from ..preprocess import select_in_focus
     from ..preprocess.focus import DEFAULT_BAND
 
-    image, data, axes = _load(args.input)
+    _check_outputs(args, output="output")
+    image, data, axes = _load(args.input, args.axes)
     if "Z" not in axes:
         raise InputError(f"{args.input} has no z axis (axes {axes}): focus selection needs a z-stack.")
     core, restore = _channels_first(data, axes)
@@ -159,14 +172,18 @@ def run_focus(args: argparse.Namespace) -> int:
                              band=band, channel=channel, progress=TextProgress("focus"))
     _print_scores(result, image.extra.get("z_positions_um"))
     if args.output:
-        _save(args.output, restore(result.planes), axes, image)
+        with OutputTransaction() as tx:
+            _save(tx, args.output, restore(result.planes), axes, image)
     return 0
 
 
 def run_normalise(args: argparse.Namespace) -> int:
-    from ..engine.normalise import compute_stats, normalise
+    from ..engine.normalise import compute_stats, flat_channels_warning, normalise
 
-    image, data, axes = _load(args.input)
+    if not 0 <= args.low < args.high <= 100:
+        raise InputError(f"The percentiles must satisfy 0 <= low < high <= 100, not {args.low} and {args.high}.")
+    _check_outputs(args, output="output", stats_out="statistics")
+    image, data, axes = _load(args.input, args.axes)
     core, restore = _channels_first(data, axes)
     grey = "C" not in axes and "S" not in axes  # one channel: give it a channel axis for the stats
     core = core[None] if grey else core
@@ -177,22 +194,28 @@ def run_normalise(args: argparse.Namespace) -> int:
     print(f"{'channel':<16} {'p' + format(args.low, 'g'):>12} {'p' + format(args.high, 'g'):>12}")
     for name, low, high in zip(names, stats["low"], stats["high"]):
         print(f"{name:<16} {low:>12.4g} {high:>12.4g}")
-    _save(args.output, normalised[0] if grey else restore(normalised), axes, image)
-    if args.stats_out:
-        record = {"spec": spec, "stats": stats, "channels": names, "source": str(args.input)}
-        with open(args.stats_out, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2)
+    warning = flat_channels_warning(stats, names)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    with OutputTransaction() as tx:
+        _save(tx, args.output, normalised[0] if grey else restore(normalised), axes, image)
+        if args.stats_out:
+            record = {"spec": spec, "stats": stats, "channels": names, "source": str(args.input)}
+            tx.write_text(args.stats_out, json.dumps(record, indent=2))
     return 0
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _load(path):
+def _load(path, axes: str | None = None):
     """Read a file; returns (LoadedImage, numpy data, axes) with a length-1 T axis dropped."""
     from ..io.tiff_reader import load_image
 
-    image = load_image(path)
+    image = load_image(path, axes=axes)
+    # The corrections hold the input, a float32 copy and a result: about three float copies.
+    require_memory(3 * 4 * int(np.prod(image.data.shape, dtype=np.int64)), f"Correcting {Path(path).name}",
+                   "crop it or process it in parts")
     data, axes = np.asarray(image.data), image.axes
     if "T" in axes:
         t = axes.index("T")
@@ -210,11 +233,23 @@ def _channels_first(data: np.ndarray, axes: str):
     return data, np.asarray
 
 
-def _save(path, data, axes: str, image) -> None:
+def _check_outputs(args: argparse.Namespace, **labels: str) -> None:
+    """Check every output a command was given (``{argument: label}``) before any work."""
+    paths = {label: getattr(args, arg) for arg, label in labels.items()}
+    for label, path in paths.items():
+        if path is not None:
+            suffixes = JSON_OUTPUT_SUFFIXES if label == "statistics" else None
+            kwargs = {"suffixes": suffixes} if suffixes else {}
+            check_output_file(path, inputs=[args.input], label=f"{label} file", **kwargs)
+    check_distinct({f"{label} file": path for label, path in paths.items()})
+
+
+def _save(tx: OutputTransaction, path, data, axes: str, image) -> None:
+    """Write one TIFF of a command through ``tx`` (moved into place once all are written)."""
     from ..io.tiff_reader import save_tiff
 
     names = image.channel_names if "C" in axes else None
-    save_tiff(path, np.asarray(data), axes, names, image.pixel_size_um)
+    save_tiff(tx.stage(path), np.asarray(data), axes, names, image.pixel_size_um)
     print(f"wrote {path}: {axes} {tuple(np.shape(data))} {np.asarray(data).dtype}", file=sys.stderr)
 
 

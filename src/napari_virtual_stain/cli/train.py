@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.outputs import check_output_file
-from .common import (_per_axis, fraction, non_negative_float, positive_float, positive_int, sizes,
+from .common import (_per_axis, add_axes_argument, fraction, non_negative_float, positive_float, positive_int, sizes,
                      unit_interval)
 
 
@@ -60,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--patience", type=positive_int, default=None, help="stop after this many validations without improvement")
     p.add_argument("--val-fraction", type=fraction, default=0.15, help="part of the Y axis kept for validation")
     p.add_argument("--val-every", type=positive_int, default=50, help="validate every N steps")
+    add_axes_argument(p)
     p.add_argument("--z-as-channels", action="store_true",
                    help="feed the planes of an input stack to a 2D model as channels (e.g. a brightfield focal series)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
@@ -79,11 +80,11 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def channels_first(path: str, z_as_channels: bool = False) -> tuple[np.ndarray, list[str], int]:
+def channels_first(path: str, z_as_channels: bool = False, axes: str | None = None) -> tuple[np.ndarray, list[str], int]:
     """Read a file as (C, [Z], Y, X) float32; returns data, channel names and spatial dims."""
     from ..io.tiff_reader import load_image
 
-    image = load_image(path)
+    image = load_image(path, axes=axes)
     data, axes = np.asarray(image.data), image.axes
     if "T" in axes:
         raise InputError(f"{Path(path).name} is a time series; training takes one time point: save it on its own first.")
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{output} already exists: give another name, continue its run with --resume, "
                          "or replace it with --overwrite.")
 
-    x, input_names, dims = channels_first(args.input, args.z_as_channels)
+    x, input_names, dims = channels_first(args.input, args.z_as_channels, args.axes)
     targets, target_names = [], []
     for path in args.targets:
         t, names, t_dims = channels_first(path)

@@ -484,13 +484,45 @@ def _suffix(path: str | os.PathLike) -> str:
     return ""
 
 
-def load_image(path: str | os.PathLike, lazy_threshold_bytes: int = LAZY_THRESHOLD_BYTES) -> LoadedImage:
+def with_axes(image: LoadedImage, axes: str) -> LoadedImage:
+    """``image`` with its axes read as ``axes`` instead (e.g. "CYX" for a plain 9-page TIFF that
+    the reader took for a z-stack): same pixels, one letter per axis, any order."""
+    axes = axes.upper()
+    ndim = len(image.data.shape)
+    if len(axes) != ndim or len(set(axes)) != len(axes) or set(axes) - set(CANONICAL_ORDER) \
+            or not {"Y", "X"} <= set(axes):
+        raise InputError(f"The axes {axes!r} do not describe {Path(image.source_path).name or 'the image'}, which has "
+                         f"{ndim} axes of sizes {tuple(int(v) for v in image.data.shape)} (read as {image.axes}); give one "
+                         "letter per axis from T, C, Z, Y, X, S (colour samples), with Y and X.")
+    if axes == image.axes:
+        return image
+    data, canonical = _to_canonical_order(image.data, axes)
+    n_channels = int(data.shape[canonical.index("C")]) if "C" in canonical else 0
+    names = image.channel_names if "C" in image.axes and "C" in canonical and len(image.channel_names) == n_channels \
+        else [f"C{i}" for i in range(n_channels)]
+    spatial = "".join(a for a in canonical if a in SPATIAL_AXES)
+    sizes = None
+    if image.pixel_size_um:  # keep the sizes of the axes that stay spatial, by letter
+        old = dict(zip(image.spatial_axes, image.pixel_size_um))
+        sizes = tuple(old.get(a) for a in spatial)
+        sizes = sizes if any(sizes) else None
+    return LoadedImage(data, canonical, names, sizes, image.source_path, dict(image.extra, axes_given=axes))
+
+
+def load_image(path: str | os.PathLike, lazy_threshold_bytes: int = LAZY_THRESHOLD_BYTES,
+               axes: str | None = None) -> LoadedImage:
     """Read an image file into a :class:`LoadedImage` (canonical axes, names, pixel size).
 
     TIFF, OME-TIFF and ImageJ hyperstacks with their metadata; PNG and JPEG as plain
     pictures (no pixel size). TIFFs whose pixels take more than ``lazy_threshold_bytes``
-    are opened lazily. Raises :class:`ReaderError` for missing, foreign, damaged or empty files.
+    are opened lazily. ``axes`` overrides what the file says (see :func:`with_axes`).
+    Raises :class:`ReaderError` for missing, foreign, damaged or empty files.
     """
+    image = _load_image(path, lazy_threshold_bytes)
+    return with_axes(image, axes) if axes else image
+
+
+def _load_image(path: str | os.PathLike, lazy_threshold_bytes: int) -> LoadedImage:
     path = Path(path)
     if not path.exists():
         raise ReaderError(f"There is no file {str(path)!r}.")

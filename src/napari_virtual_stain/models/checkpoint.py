@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, plain_text
 from .card import ModelCard
 from .factory import build_model, plan_model
 
@@ -54,10 +54,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for junk (UnpicklingError, struct.error, ...)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = plain_text(err, 200) or type(err).__name__
         raise CheckpointError(
             f"{path.name} is not a readable napari-virtual-stain model (corrupt, truncated, "
-            f"or it would need to run code to load): {first[:200]}"
+            f"or it would need to run code to load): {first}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
@@ -98,7 +98,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard
     except RuntimeError as err:
         raise CheckpointError(
             f"The weights in {Path(path).name} do not fit the architecture its card names: "
-            f"{str(err).splitlines()[0][:200]}"
+            f"{plain_text(err, 200)}"
         ) from err
     model.eval()
     return model, card

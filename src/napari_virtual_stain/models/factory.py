@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, plain_text
 
 # name -> constructor(**arch_args). Modules add themselves with @register.
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
@@ -57,7 +57,7 @@ def _construct(architecture: str, arch_args, error=CheckpointError) -> torch.nn.
     try:
         return _constructor(architecture)(**arch_args)
     except _BAD_ARGUMENT_ERRORS as err:
-        message = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        message = plain_text(err, 200) or type(err).__name__
         raise error(f"The arguments {arch_args} do not fit the architecture {architecture!r}: {message}.") from None
 
 

@@ -151,8 +151,13 @@ def check_model_fits(card: ModelCard, names: Sequence[str]) -> None:
         raise CheckpointError(f"The model '{card.name}' is a 3D model; marker imputers are 2D.")
 
 
-def find_imputers(model_dir: str | os.PathLike) -> dict[str, Path]:
-    """``{target marker: checkpoint path}`` for every imputer ``.pt`` file in ``model_dir``."""
+def find_imputers(model_dir: str | os.PathLike, problems: list[str] | None = None) -> dict[str, Path]:
+    """``{target marker: checkpoint path}`` for every imputer ``.pt`` file in ``model_dir``.
+
+    Files that cannot be read are skipped (a stray file must not hide the good models beside
+    it), and each is reported in ``problems`` (one sentence per file) when a list is given:
+    the caller tells the user which imputer is missing from the run and why.
+    """
     from ..models.checkpoint import read_checkpoint
 
     model_dir = Path(model_dir)
@@ -166,7 +171,7 @@ def find_imputers(model_dir: str | os.PathLike) -> dict[str, Path]:
         try:
             card, _ = read_checkpoint(path)
         except CheckpointError as err:
-            unreadable.append(str(err))  # a stray file must not hide the good models beside it
+            unreadable.append(str(err))
             continue
         if card.task != "impute":
             continue
@@ -178,14 +183,16 @@ def find_imputers(model_dir: str | os.PathLike) -> dict[str, Path]:
     if not found:
         detail = f" ({len(unreadable)} unreadable file(s), e.g. {unreadable[0]})" if unreadable else ""
         raise CheckpointError(f"{model_dir} holds no marker imputers{detail}; train them first (train-imputers).")
+    if problems is not None:
+        problems.extend(f"skipped {message}" for message in unreadable)
     return found
 
 
-def load_imputers(model_dir: str | os.PathLike) -> dict[str, tuple]:
-    """``{target marker: (model, card)}`` for every imputer in ``model_dir``."""
+def load_imputers(model_dir: str | os.PathLike, problems: list[str] | None = None) -> dict[str, tuple]:
+    """``{target marker: (model, card)}`` for every imputer in ``model_dir`` (see find_imputers)."""
     from ..models.checkpoint import load_checkpoint
 
-    return {target: load_checkpoint(path) for target, path in find_imputers(model_dir).items()}
+    return {target: load_checkpoint(path) for target, path in find_imputers(model_dir, problems).items()}
 
 
 # ---- imputation ---------------------------------------------------------------------
@@ -229,6 +236,8 @@ def impute_marker(model, card: ModelCard, stack, names: Sequence[str], *, region
     """
     names = check_marker_stack(stack, names)
     check_model_fits(card, names)
+    for marker in missing:
+        channel_index(names, marker)  # a typo in a failed marker's name must not pass unnoticed
     target = imputer_target(card)
     spatial = tuple(int(s) for s in stack.shape[1:])
     region = region or Region.whole(spatial)

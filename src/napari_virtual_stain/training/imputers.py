@@ -155,7 +155,7 @@ def heldout_scores(model, card: ModelCard, stack, names: Sequence[str], region: 
     return {"val": score(imputed), "bl_zero": zero, "bl_mean": score(mean, local=False), "val_without": without}
 
 
-def _file_name(marker: str) -> str:
+def imputer_file_name(marker: str) -> str:
     return "imputer-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", marker).strip("_") or "marker") + ".pt"
 
 
@@ -217,7 +217,7 @@ def train_imputers(stack, names: Sequence[str], out_dir: str | os.PathLike | Non
         scores = heldout_scores(model, trained, stack, names, val_region, device=config.device, cancel=cancel)
         trained.scores = dict(trained.scores, **scores, heldout_region={"start": list(val_region.start),
                                                                           "stop": list(val_region.stop)})
-        path = save_checkpoint(out_path / _file_name(target), model, trained) if out_path is not None else None
+        path = save_checkpoint(out_path / imputer_file_name(target), model, trained) if out_path is not None else None
         item = ImputerResult(target, path, trained, scores, result.steps, result.seconds)
         run.results[target] = item
         if on_marker is not None:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..engine.device import autocast_context, resolve_device, resolve_precision
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, plain_text
 from ..metrics import mean_scores, tiled_channel_scores
 from ..models.card import ModelCard
 from ..models.checkpoint import atomic_torch_save, save_checkpoint
@@ -615,7 +615,7 @@ class Trainer:
         try:
             payload = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt or foreign file: say so in one sentence
-            raise CheckpointError(f"{state_path.name} could not be read as a training state: {str(err)[:200]}") from err
+            raise CheckpointError(f"{state_path.name} could not be read as a training state: {plain_text(err, 200)}") from err
         if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{state_path.name} is not a napari-virtual-stain training state.")
         card, best = read_checkpoint(path)
@@ -630,7 +630,7 @@ class Trainer:
                 self.critic.load_state_dict(payload["critic"])
                 self.critic_optimizer.load_state_dict(payload["critic_optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"The saved training state does not fit this model: {str(err).splitlines()[0][:200]}") from err
+            raise CheckpointError(f"The saved training state does not fit this model: {plain_text(err, 200)}") from err
         self.step = int(payload["step"])
         self.skipped_steps = int(payload.get("skipped_steps", 0))
         self.seconds_before = float(payload["seconds"])
