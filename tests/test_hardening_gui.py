@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from qtpy.QtCore import Qt
 
 from napari_virtual_stain.models.registry import load_model
 from napari_virtual_stain.widgets import _worker, finetune_widget, stain_widget
@@ -154,6 +155,21 @@ def test_closing_the_viewer_during_a_run_cancels_it_and_raises_nothing(stain, qt
     qtbot.wait(100)  # an exception in a late handler would fail the test here (pytest-qt)
     assert len(net.calls) < N_LAYERS // 2
     assert messages == [] and len(viewer.layers) == 0
+
+
+def test_closing_the_main_window_during_a_run_cancels_it_and_keeps_the_layers(stain, qtbot, messages):
+    viewer, widget, net, data = stain
+    start_and_wait_for_layers(widget, net, qtbot)
+    job = widget.job
+    window = viewer.window._qt_window
+    window.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, False)  # napari's own teardown needs it later
+    window.close()  # the window alone: the layers stay in the viewer model
+    assert job.cancel_event.is_set()
+    qtbot.waitUntil(lambda: not job.running, timeout=30000)
+    qtbot.wait(100)
+    assert len(net.calls) < N_LAYERS // 2
+    assert messages == [] and [layer.name for layer in viewer.layers] == ["bf"]
+    np.testing.assert_array_equal(viewer.layers["bf"].data, data)
 
 
 def test_deleting_the_input_layer_during_a_run_stops_it_and_recreates_nothing(stain, qtbot, messages):
