@@ -26,7 +26,8 @@ def dock(make_napari_viewer, monkeypatch):
 
 def click_and_wait(widget, button, qtbot):
     button.native.click()
-    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running and widget.tile_run.enabled,
+    # a refused click starts no job at all
+    qtbot.waitUntil(lambda: (widget.job is None or not widget.job.running) and widget.tile_run.enabled,
                     timeout=30000)
 
 

@@ -13,12 +13,16 @@ Data path for ``Predictor.predict(image)`` (channels first, numpy, dask or zarr)
    10000 x 10000 input written into a zarr array.
 
 Progress is ``(tiles_done, tiles_total)`` over the whole run; the cancel event is checked
-before every forward pass. A cancelled run raises :class:`Cancelled` and leaves ``out``
-partly written: callers discard it (widgets only publish finished results).
+before every batch and, during a forward pass, before every submodule's forward (forward
+pre-hooks that live only as long as the run: one big tile through a deep network then
+stops within a layer or two, not at the end of the pass). A cancelled run raises
+:class:`Cancelled` and leaves ``out`` partly written: callers discard it (widgets only
+publish finished results); the model is left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
@@ -233,17 +237,50 @@ class Predictor:
         jobs = self._tiles(image, prefixes, spatial, tile, overlap, spec, stats, cancel)
         done = 0
         current = None
-        for (which, where), values in self._run_batches(jobs, cancel):
-            if current is not None and which != current:
-                blenders[current].close()  # finish a plane before starting the next
-            current = which
-            blenders[which].add(where, values)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        with self._cancel_inside_forward(cancel):
+            for (which, where), values in self._run_batches(jobs, cancel):
+                if current is not None and which != current:
+                    blenders[current].close()  # finish a plane before starting the next
+                current = which
+                blenders[which].add(where, values)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
         if current is not None:
             blenders[current].close()
         return out
+
+    @contextlib.contextmanager
+    def _cancel_inside_forward(self, cancel: threading.Event | None):
+        """Check ``cancel`` before every submodule's forward while the block runs.
+
+        The hooks act only in the thread that runs this prediction (another thread may use
+        the same model at the same time) and are removed afterwards, also when the run
+        fails or is cancelled, so the model is left exactly as it was. TorchScript modules
+        take no hooks: for them cancel is checked between batches only.
+        """
+        if cancel is None:
+            yield
+            return
+        thread = threading.get_ident()
+
+        def hook(module, args):
+            if cancel.is_set() and threading.get_ident() == thread:
+                check_cancel(cancel)
+
+        handles = []
+        try:
+            for module in self.model.modules():
+                if isinstance(module, torch.jit.ScriptModule):
+                    continue
+                try:
+                    handles.append(module.register_forward_pre_hook(hook))
+                except (RuntimeError, AttributeError, TypeError):
+                    continue
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _blender(self, out, prefix: tuple, spatial, tile, overlap) -> StripBlender:
         def write(rows: slice, values: np.ndarray) -> None:

@@ -149,10 +149,10 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self._source = layer
         self.job = Job(_run, model_key, self.device.value, layer.data, layer.name, region,
                        int(self.seg_slider.value), on_result=self._on_result, on_done=self._on_done,
-                       action="DeepLIIF", relay=self.relay)
+                       action="DeepLIIF", relay=self.relay, inputs=(layer,))
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value = 0
-        self.job.start()
+        self.launch(self.job)
 
     def _on_done(self):
         self.run_button.enabled, self.cancel_button.enabled = True, False

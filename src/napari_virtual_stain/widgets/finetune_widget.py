@@ -9,11 +9,13 @@ finds it at once.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
 from napari.layers import Image
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QMessageBox, QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
 from ..errors import InputError, VirtualStainError
@@ -37,6 +39,25 @@ ARCHITECTURES = {
 }
 LOSSES = ["l1", "smooth_l1", "ssim_l1", "l1_l2"]
 GANS = ["none", "vanilla", "lsgan", "wgan-gp"]
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a saved model (one sentence), or None."""
+    if not name:
+        return "Type a name for the model in 'save as' first."
+    if not NAME.fullmatch(name) or name.endswith(".state"):  # x.state.pt is a training state file
+        return (f"'{name}' cannot be a model name: use up to 100 letters, digits, '-', '_' and '.', starting "
+                "with a letter or digit and without slashes (for example 'my-model').")
+    return None
+
+
+def confirm_replace(parent, text: str) -> bool:
+    """Ask before a save replaces a model (tests patch this)."""
+    answer = QMessageBox.question(parent, "Replace model?", text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+    return answer == QMessageBox.Yes
 
 
 class UpdateRelay(QObject):
@@ -180,20 +201,31 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.job = Job(_train, self.trainer, self.updates, on_result=self._on_result, on_done=self._on_done,
                        action="Training", relay=self.relay)
         self._set_running(True)
-        self.job.start()
+        self.launch(self.job)
 
     stop = JobDockMixin.cancel  # Stop ends training normally, keeping the best model
 
     def save(self, *_):
         if self.trainer is None:
             return
-        name = self.name.value.strip() or "my-model"
-        if any(c in name for c in "/\\:"):
-            report_error(ValueError("use a plain name without slashes"), "Saving")
+        name = self.name.value.strip()
+        problem = name_problem(name)
+        if problem:
+            report_error(InputError(problem), "Saving")
+            self.status.value = f"not saved: {problem}"
+            return
+        existing = next((e for e in list_models() if e.name == name), None)
+        if existing is not None and not confirm_replace(self, (
+                f"A model called '{name}' is already in your model folder. Replace it?" if existing.source == "user"
+                else f"'{name}' is a bundled model; a model saved under that name is used instead of it. Save anyway?")):
+            self.status.value = f"not saved: '{name}' is kept as it was."
             return
         try:
             self.trainer.card.name = name
             path = self.trainer.save(user_model_dir() / f"{name}.pt")
+        except OSError as err:
+            report_error(InputError(f"Could not write the model to {user_model_dir()}: {err.strerror or err}."), "Saving")
+            return
         except Exception as err:
             report_error(err, "Saving")
             return
@@ -210,6 +242,8 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.save_button.enabled = not running and self.trainer is not None
 
     def _on_update(self, update):
+        if not self.dock_alive():
+            return
         history = self.trainer.history if self.trainer is not None else {}
         self.plot.set_series("train", history.get("train", []))
         self.plot.set_series("validation", history.get("val", []))
@@ -222,6 +256,8 @@ class FineTuneWidget(JobDockMixin, QWidget):
     def _show_preview(self, preview: np.ndarray):
         trainer = self.trainer
         source = trainer.source_layer
+        if not self.dock_alive() or source not in self.viewer.layers:  # no previews for a removed layer
+            return
         data = trainer.val_data if trainer.val_data is not None and len(trainer.val_data) else trainer.train_data
         pair, start = data.fixed_patch_origin()
         if source.ndim == 3 and trainer.card.spatial_dims == 2:  # pairs are the planes of the stack

@@ -95,6 +95,7 @@ class MaximWidget(JobDockMixin, QWidget):
         self.job: Job | None = None
         self.relay = ProgressRelay()
         self._default_selection: list[str] = []
+        self._inputs: list = []  # the layers the next run reads
 
         self.source = ComboBox(label="markers from", choices=self._sources)
         self.markers = Select(label="marker layers", choices=self._grey_layers)
@@ -188,9 +189,10 @@ class MaximWidget(JobDockMixin, QWidget):
             names = list(self.markers.value)
             if not names:
                 raise InputError("Choose the marker layers (at least two) first.")
-            layers = [self.viewer.layers[n] for n in names]
+            layers = self._inputs = [self.viewer.layers[n] for n in names]
             return (lambda: stack_from_channels([layer.data for layer in layers], names)), layers[0], "MAXIM"
         layer = self.viewer.layers[self.source.value]
+        self._inputs = [layer]
         names = list(layer.metadata.get("channel_names") or [f"C{i}" for i in range(layer.data.shape[0])])
         return (lambda: (np.asarray(layer.data), check_marker_stack(layer.data, names))), layer, layer.name
 
@@ -205,12 +207,13 @@ class MaximWidget(JobDockMixin, QWidget):
         if self.job is not None and self.job.running:
             show_info("Another MAXIM action is running; cancel it or wait.")
             return False
-        self.job = Job(func, *args, on_result=on_result, on_done=self._on_done, action=action, relay=self.relay)
+        self.job = Job(func, *args, on_result=on_result, on_done=self._on_done, action=action, relay=self.relay,
+                       inputs=self._inputs)
         for button in self.buttons.values():
             button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
-        self.job.start()
+        self.launch(self.job)
         return True
 
     def _prepare(self, need_target=True):

@@ -19,7 +19,7 @@ from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QGroupBox, QVBoxLayout, QWidget
 
 from ..engine.normalise import compute_stats, normalise
-from ..errors import InputError
+from ..errors import Cancelled, InputError, VirtualStainError
 from ..preprocess import cast_like, correct_flatfield, correct_tile_shadow, select_in_focus
 from ..preprocess._common import channels_first, channels_last
 from ..tasks.layers import output_layer_name
@@ -66,6 +66,22 @@ def _normalise(data, rgb, low, high, progress=None, cancel=None):
     out = normalise(values, spec, stats)
     out = np.clip(out, 0.0, 1.0) if rgb else out[0]  # RGB floats are shown in [0, 1]
     return {"normalised": channels_last(out, rgb) if rgb else out}, {"normalisation": {"spec": spec, "stats": stats}}
+
+
+def _focus_problem(layer) -> str | None:
+    """Why focus selection cannot use ``layer`` (one sentence), or None."""
+    shape = tuple(layer.data.shape)
+    spatial = shape[:-1] if layer.rgb else shape  # napari's axes: an RGB layer's colour axis is not one
+    kind = "RGB " if layer.rgb else ""
+    if len(spatial) < 3:
+        return (f"Focus selection needs a z-stack, but '{layer.name}' is a single {kind}plane "
+                f"({'x'.join(map(str, spatial))}): choose a (Z, Y, X) stack.")
+    if len(spatial) > (3 if layer.rgb else 4):
+        return (f"Focus selection needs a (Z, Y, X) {'RGB ' if layer.rgb else 'or (C, Z, Y, X) '}stack, "
+                f"but '{layer.name}' has {len(spatial)} axes ({'x'.join(map(str, spatial))}).")
+    if spatial[-3] < 2:
+        return f"Focus selection needs at least 2 planes, but '{layer.name}' has {spatial[-3]}."
+    return None
 
 
 # -- the score plot ---------------------------------------------------------------------------
@@ -217,7 +233,7 @@ class PreprocessWidget(JobDockMixin, QWidget):
 
     def run_focus(self, *_):
         layer = self._input_layer()
-        if layer is not None:
+        if layer is not None and not self._refused("Focus selection", _focus_problem(layer)):
             keep = self.keep.value or None
             min_score = None if keep else self.min_score.value
             self._start(layer, "Focus selection", _focus, keep, min_score, self.sharper.value)
@@ -236,7 +252,19 @@ class PreprocessWidget(JobDockMixin, QWidget):
         if name is None or name not in self.viewer.layers:
             show_warning("Choose an input image layer first.")
             return None
-        return self.viewer.layers[name]
+        layer = self.viewer.layers[name]
+        if layer.multiscale:
+            self._refused("Preprocessing", f"'{name}' is a multiscale (pyramid) layer: preprocessing needs one "
+                                           "resolution level, opened as its own layer.")
+            return None
+        return layer
+
+    def _refused(self, action, sentence) -> bool:
+        """Show why ``action`` cannot start (if ``sentence``) in a notification and the status line."""
+        if sentence:
+            report_error(InputError(sentence), action)
+            self.info.value = f"{action} not started: {sentence}"
+        return bool(sentence)
 
     def _tiles_under_points(self, layer):
         """Grid (row, column) of the tiles under the chosen Points layer's points, or None (automatic)."""
@@ -257,13 +285,13 @@ class PreprocessWidget(JobDockMixin, QWidget):
     def _start(self, layer, action, func, *params):
         self._context = (layer, action)
         self.job = Job(func, layer.data, layer.rgb, *params, on_result=self._on_result, on_done=self._on_done,
-                       action=action, relay=self.relay)
+                       action=action, relay=self.relay, on_error=self._on_error, inputs=(layer,))
         for button in (self.tile_run, self.flat_run, self.focus_run, self.norm_run):
             button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
         self.info.value = f"{action} of '{layer.name}'…"
-        self.job.start()
+        self.launch(self.job)
 
     def _on_result(self, result):
         layer, action = self._context
@@ -285,7 +313,16 @@ class PreprocessWidget(JobDockMixin, QWidget):
             f": kept planes {', '.join(map(str, info['kept_planes']))}" if "kept_planes" in info else
             f": averaged {len(info['tiles'])} tile(s)" if "tiles" in info else ".")
 
+    def _on_error(self, err):
+        layer, action = self._context
+        why = ("cancelled." if isinstance(err, Cancelled) else f"failed: {err}" if isinstance(err, VirtualStainError)
+               else "failed unexpectedly.")
+        self.info.value = f"{action} of '{layer.name}' {why}"
+
     def _on_done(self):
+        if self.info.value.endswith("…"):  # neither a result nor an error came back: the run was dropped
+            layer, action = self._context
+            self.info.value = f"{action} of '{layer.name}' stopped; nothing was added."
         for button in (self.tile_run, self.flat_run, self.focus_run, self.norm_run):
             button.enabled = True
         self.cancel_button.enabled = False

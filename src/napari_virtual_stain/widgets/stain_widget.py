@@ -166,11 +166,11 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self._run_context = (layer, card, stats_key)
         self.job = Job(_predict, self.cache, model_name, self.device.value, self.precision.value, layer.data, layer.rgb,
                        layer.name, region, stats, on_result=self._on_result, on_done=self._on_done,
-                       action="Virtual staining", relay=self.relay)
+                       action="Virtual staining", relay=self.relay, inputs=(layer,))
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value = 0
         self._started = time.perf_counter()
-        self.job.start()
+        self.launch(self.job)
 
     def _on_result(self, result):
         layer, _, stats_key = self._run_context
