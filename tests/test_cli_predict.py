@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_virtual_stain.cli import main
 from napari_virtual_stain.engine.predictor import Predictor
@@ -24,13 +25,14 @@ def test_predict_writes_named_channels_with_the_pixel_size(tmp_path, tiny, capsy
     src = tmp_path / "in.tif"
     save_tiff(src, image, "ZYX", [], (1.0, 0.2, 0.2))
     out = tmp_path / "out.tif"
-    assert main(["predict", str(src), "-o", str(out), "--model", tiny, "--tile", "32", "--overlap", "8"]) == 0
+    assert main(["predict", str(src), "-o", str(out), "--model", tiny, "--tile", "32", "--overlap", "8",
+                 "--device", "cpu", "--precision", "fp32"]) == 0
     result = load_image(out)
     assert result.axes == "CZYX" and result.channel_names == ["nuclei", "membrane"]
     assert result.data.shape == (2, 3, 50, 70)
     assert result.pixel_size_um[-1] == pytest.approx(0.2)
     model, card = load_model(tiny)
-    expected = run_stain(Predictor(model, card, tile=(32, 32), overlap=(8, 8)), image).data
+    expected = run_stain(Predictor(model, card, device="cpu", precision="fp32", tile=(32, 32), overlap=(8, 8)), image).data
     np.testing.assert_allclose(result.data, expected, atol=1e-5)
     assert "wrote" in capsys.readouterr().err
 
@@ -46,7 +48,10 @@ def test_models_lists_cards(tiny, capsys):
     (lambda p: tifffile.imwrite(p, np.zeros((20, 20, 3), np.uint8), photometric="rgb"), [], "RGB"),
     (lambda p: tifffile.imwrite(p, np.zeros((20, 20), np.uint8)), ["--model", "nope"], "no model called 'nope'"),
     (lambda p: tifffile.imwrite(p, np.zeros((20, 20), np.uint8)), ["--tile", "32", "--overlap", "40"], "overlap"),
-    (lambda p: tifffile.imwrite(p, np.zeros((20, 20), np.uint8)), ["--device", "cuda"], "CUDA"),
+    # a GPU this machine does not have: CUDA on a CPU-only machine, Apple's MPS on a CUDA one
+    (lambda p: tifffile.imwrite(p, np.zeros((20, 20), np.uint8)),
+     ["--device", "mps" if torch.cuda.is_available() else "cuda"], "MPS" if torch.cuda.is_available() else "CUDA"),
+    (lambda p: tifffile.imwrite(p, np.zeros((20, 20), np.uint8)), ["--device", "tpu"], "not supported"),
 ])
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, tiny, capsys, make, args, message):
     src = tmp_path / "in.tif"

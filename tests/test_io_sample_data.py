@@ -102,6 +102,16 @@ def _sample_script():
     return module, path.parents[1] / "sample_data"
 
 
+def _assert_same_up_to_rounding(committed: np.ndarray, regenerated: np.ndarray, what: str) -> None:
+    """The generator is floating point (FFT optics, Beer-Lambert exponentials): another CPU, BLAS or
+    numpy may round a value that sits on a .5 boundary the other way. Tolerated: one grey level on
+    at most 0.1% of the pixels. A changed generator moves far more pixels by far more."""
+    assert committed.shape == regenerated.shape and committed.dtype == regenerated.dtype, what
+    diff = np.abs(committed.astype(np.int64) - regenerated.astype(np.int64))
+    assert diff.max() <= 1, f"{what}: a pixel differs by {diff.max()} grey levels"
+    assert np.count_nonzero(diff) <= 1e-3 * diff.size, f"{what}: {np.count_nonzero(diff)} pixels differ"
+
+
 def test_committed_sample_files_match_the_generator():
     """If this fails, the generator changed: run `python scripts/make_sample_data.py`."""
     from napari_virtual_stain.io.synthetic import make_cells_2d, make_ihc
@@ -112,7 +122,17 @@ def test_committed_sample_files_match_the_generator():
     assert committed.channel_names == ["brightfield", "nuclei", "membrane"]
     assert committed.pixel_size_um == pytest.approx((0.65, 0.65))
     cells = make_cells_2d((256, 256), seed=script.SEED)
-    np.testing.assert_array_equal(committed.data[0], script.to_uint(cells["brightfield"], np.uint16))
-    np.testing.assert_array_equal(load_image(folder / "ihc.tif").data, make_ihc((512, 512), seed=script.SEED)["rgb"])
+    _assert_same_up_to_rounding(committed.data[0], script.to_uint(cells["brightfield"], np.uint16), "brightfield")
+    _assert_same_up_to_rounding(load_image(folder / "ihc.tif").data, make_ihc((512, 512), seed=script.SEED)["rgb"], "IHC")
+
+
+def test_the_rounding_tolerance_still_catches_a_changed_generator():
+    from napari_virtual_stain.io.synthetic import make_ihc
+
+    script, _ = _sample_script()
+    same = make_ihc((128, 128), seed=script.SEED)["rgb"]
+    other = make_ihc((128, 128), seed=script.SEED + 1)["rgb"]
+    with pytest.raises(AssertionError):
+        _assert_same_up_to_rounding(same, other, "IHC of another seed")
     total = sum(p.stat().st_size for p in folder.iterdir())
     assert total < script.MAX_TOTAL_BYTES

@@ -22,6 +22,9 @@ def dock(make_napari_viewer, user_models, monkeypatch, qtbot):
     viewer = make_napari_viewer()
     widget = VirtualStainWidget(viewer)
     viewer.window.add_dock_widget(widget)
+    # Compared with CPU fp32 references below: the defaults (auto, auto) would pick a GPU and
+    # bf16 on a machine that has them, and differ from the CPU by more than rounding.
+    widget.device.value, widget.precision.value = "cpu", "fp32"
     widget.messages = messages
     return viewer, widget
 
@@ -34,7 +37,7 @@ def run_and_wait(widget, qtbot, timeout=60000):
 
 def expected(data, region=None):
     model, card = load_model("tiny-2d")
-    return run_stain(Predictor(model, card, device="cpu"), data, region=region).data
+    return run_stain(Predictor(model, card, device="cpu", precision="fp32"), data, region=region).data
 
 
 def test_whole_image_gives_one_overlay_per_channel_updated_in_place(dock, qtbot):
@@ -136,7 +139,8 @@ def test_3d_model_runs_in_3d_on_the_whole_stack_and_on_a_slab_for_the_view(dock,
     whole = viewer.layers["zs · nuclei"].data
     assert whole.shape == (12, 40, 50)
     model, card = load_model("tiny-3d")
-    np.testing.assert_allclose(whole, run_stain(Predictor(model, card, device="cpu"), stack).data[0], atol=1e-5)
+    np.testing.assert_allclose(whole, run_stain(Predictor(model, card, device="cpu", precision="fp32"), stack).data[0],
+                               atol=1e-5)
     viewer.dims.set_current_step(0, 6)
     viewer.reset_view()
     widget.scope.value = CURRENT_VIEW
