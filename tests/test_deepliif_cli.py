@@ -40,8 +40,11 @@ def test_deepliif_command_writes_deepliifs_files(tmp_path, model_path):
     assert colours <= {(0, 0, 0), (255, 0, 0), (0, 0, 255), (0, 255, 0)}
     labels = tifffile.imread(out / "roi_labels.tif")
     info = json.loads((out / "roi.json").read_text())
-    assert info["thresholds"] == {"segmentation": 150, "size": 0, "size_upper": None, "marker": 200}
-    assert info["num_total"] == info["num_pos"] + info["num_neg"] == labels.max()  # size 0 keeps every cell
+    assert {k: info[k] for k in ("seg_thresh", "size_thresh", "size_thresh_upper", "marker_thresh")} == \
+        {"seg_thresh": 120, "size_thresh": 0, "size_thresh_upper": None, "marker_thresh": 200}
+    areas = np.bincount(labels.ravel())[1:]
+    # size 0 keeps every region but deepliif's noise (4 pixels or fewer)
+    assert info["num_total"] == info["num_pos"] + info["num_neg"] == np.count_nonzero(areas > 4)
     rows = (out / "roi_cells.csv").read_text().splitlines()
     assert len(rows) == 1 + labels.max()
     geo = json.loads((out / "roi_cells.geojson").read_text())

@@ -93,6 +93,7 @@ def make_release(folder, weights=(0.2, 0.3, 0.1, 0.3, 0.1), net_gs="unet_64"):
         "                    model: DeepLIIF                      \t[default: DeepLIIF]\n"
         f"                   net_gs: {net_gs}                      \n"
         "                      ngf: 4                             \t[default: 64]\n"
+        "         modalities_names: ['IHC', 'Hema', 'DAPI', 'Lap2', 'Marker']\n"
         f"              seg_weights: {list(weights)}              \n"
         "----------------- End -------------------\n")
     return folder
@@ -150,8 +151,8 @@ def test_release_folder_missing_a_network_says_which(release, tmp_path):
 
 @pytest.mark.parametrize("text", [
     "\x00\x01garbage without any option lines\n",
-    "seg_weights: [0.5, 0.5]\n",
-    "seg_weights: not-a-list\n",
+    "modalities_names: ['IHC', 'Hema', 'DAPI', 'Lap2', 'Marker']\nseg_weights: [0.5, 0.5]\n",
+    "modalities_names: ['IHC', 'Hema', 'DAPI', 'Lap2', 'Marker']\nseg_weights: not-a-list\n",
 ])
 def test_unparsable_train_opt_is_a_checkpoint_error(release, tmp_path, text):
     folder = copy_of(release, tmp_path)

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "preprocess",
     "train",
     "deepliif",
+    "deepliif_cells",
     "evaluate",
     "maxim",
 ]
