@@ -156,7 +156,7 @@ def carry_overrides(old: CellAnalysis, new: CellAnalysis) -> dict[int, int]:
 
 def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", region: Region | None = None,
                  store: str | os.PathLike | None = None, analyse: bool = True,
-                 segmentation_threshold: int = SEG_THRESHOLD_DEFAULT,
+                 segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
                  progress: Callable[[int, int], None] | None = None, cancel=None) -> DeepLIIFResult:
     """Run DeepLIIF on ``region`` (default: all) of an RGB layer's data (Y, X, 3) uint8.
 
@@ -188,7 +188,7 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
         images = {k: np.ascontiguousarray(v[inner]) for k, v in images.items()}
     result = DeepLIIFResult(images, region, card)
     if analyse:
-        result.analyse(segmentation_threshold)
+        result.analyse(segmentation_threshold, resolution)
     return result
 
 
