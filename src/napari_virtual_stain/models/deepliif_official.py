@@ -57,7 +57,15 @@ class OfficialDeepLIIF(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Each sample alone: these networks normalise with the statistics of their batch.
-        return torch.cat([self._one(x[i:i + 1]) for i in range(x.shape[0])], dim=0)
+        try:
+            return torch.cat([self._one(x[i:i + 1]) for i in range(x.shape[0])], dim=0)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as err:  # a G*.pt from another model: wrong channels or sizes between networks
+            first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            raise CheckpointError(f"The networks of this DeepLIIF release do not fit together on a "
+                                  f"{x.shape[-1]} x {x.shape[-2]} tile ({first[:160]}): a G*.pt file is from "
+                                  "another model.") from err
 
 
 def _load_script(path: Path) -> nn.Module:

@@ -120,6 +120,10 @@ def _weights(value: Any, n: int) -> list[float]:
 def _ids_from_files(folder: Path) -> tuple[str, int]:
     """deepliif's ``get_mod_id_seg``/``get_input_id`` on serialised folders: from the ``G*.pt`` names."""
     names = [p.name[1:-3] for p in folder.glob("G*.pt")]
+    if not names and any(folder.glob("*_net_G*.pth")):
+        raise CheckpointError(f"The folder {folder.name} holds deepliif training checkpoints (*_net_G*.pth), not "
+                              f"serialised networks: run 'deepliif serialize --model-dir {folder} --output-dir "
+                              "NEW_FOLDER' and load NEW_FOLDER.")
     if not names:
         raise CheckpointError(f"The folder {folder.name} is not a DeepLIIF release: it has no G*.pt networks.")
     longest = max(names, key=len)
