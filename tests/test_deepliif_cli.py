@@ -170,6 +170,8 @@ def release_like(folder, opt_text="model: DeepLIIF\n", nets=(1, 2, 3, 4, 51, 52,
     (lambda f: release_like(f), "G1.pt in m is not a readable TorchScript model"),
     (lambda f: release_like(f, "model: DeepLIIFExt\nmodalities_no: 4\n"), "only DeepLIIF and DeepLIIFKD"),
     (lambda f: release_like(f, "model: DeepLIIF\nmodalities_no: 3\n"), "translates to 3 modalities"),
+    (lambda f: release_like(f, "model: DeepLIIFKD\nmodalities_names: ['IHC', 'Hema', 'DAPI', 'Lap2', 'Marker']\n"),
+     "has no seg_weights"),
     (lambda f: release_like(f, "model: DeepLIIF\nnet_gs: ['unet_512', 'resnet_9blocks']\n"), "unet_<size>"),
     (lambda f: release_like(f, nets=()) and (f / "latest_net_G1.pth").write_bytes(b""), "deepliif serialize"),
 ])

@@ -173,6 +173,10 @@ def release_options(folder: str | os.PathLike) -> ReleaseOptions:
         names, weights = list(FORCED_NAMES), list(FORCED_SEG_WEIGHTS)
     else:
         names = [str(v) for v in names]
+        if "seg_weights" not in opt and model != "DeepLIIF":  # deepliif's default then has 4 values for 5 nets
+            raise CheckpointError(f"{OPTIONS_FILE} of the {model} model in {folder.name} has no seg_weights and "
+                                  "deepliif has no default for it: add a line such as 'seg_weights: [0.25, 0.15, "
+                                  "0.25, 0.1, 0.25]'.")
         weights = _weights(opt.get("seg_weights", DEEPLIIF_SEG_WEIGHTS), n + 1)
     return ReleaseOptions(
         model=model, modalities_names=names, seg_weights=weights, seg_size=segmentation_size(opt),
