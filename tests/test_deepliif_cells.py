@@ -117,7 +117,9 @@ def test_classified_mask_uses_deepliifs_colours(scene):
     rgb = render_classified_mask(cells, cells.classify(Thresholds(size=20, marker=250)))
     assert rgb.shape == seg.shape and rgb.dtype == np.uint8
     assert tuple(rgb[12, 10]) == (255, 0, 0) and tuple(rgb[40, 15]) == (0, 0, 255)
-    assert tuple(rgb[12, 16]) == (0, 255, 0)  # the rim of a cell
+    assert tuple(rgb[12, 16]) == (255, 0, 0)  # the cell's last pixel: deepliif draws its border outside
+    assert [tuple(rgb[12, x]) for x in (17, 18, 19, 20)] == [(0, 255, 0)] * 3 + [(0, 0, 0)]  # 3 px of border
+    assert tuple(rgb[6, 10]) == (0, 255, 0)  # the first pixel of the cell, where deepliif starts, is green too
     assert tuple(rgb[0, 0]) == (0, 0, 0) and tuple(rgb[50, 80]) == (0, 0, 0)  # background, excluded speck
     # round trip: our own mask scores perfectly against itself and keeps the classes
     scores = classified_mask_scores(rgb, rgb)

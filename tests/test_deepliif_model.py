@@ -93,6 +93,7 @@ def make_release(folder, weights=(0.2, 0.3, 0.1, 0.3, 0.1), net_gs="unet_64"):
         "                    model: DeepLIIF                      \t[default: DeepLIIF]\n"
         f"                   net_gs: {net_gs}                      \n"
         "                      ngf: 4                             \t[default: 64]\n"
+        "         modalities_names: ['IHC', 'Hema', 'DAPI', 'Lap2', 'Marker']\n"
         f"              seg_weights: {list(weights)}              \n"
         "----------------- End -------------------\n")
     return folder
@@ -150,8 +151,8 @@ def test_release_folder_missing_a_network_says_which(release, tmp_path):
 
 @pytest.mark.parametrize("text", [
     "\x00\x01garbage without any option lines\n",
-    "seg_weights: [0.5, 0.5]\n",
-    "seg_weights: not-a-list\n",
+    "modalities_names: ['IHC', 'Hema', 'DAPI', 'Lap2', 'Marker']\nseg_weights: [0.5, 0.5]\n",
+    "modalities_names: ['IHC', 'Hema', 'DAPI', 'Lap2', 'Marker']\nseg_weights: not-a-list\n",
 ])
 def test_unparsable_train_opt_is_a_checkpoint_error(release, tmp_path, text):
     folder = copy_of(release, tmp_path)
@@ -191,3 +192,25 @@ def test_bundled_small_model_is_small_scored_and_works_on_held_out_tissue():
     predicted = result.images["DAPI"].mean(axis=-1)
     assert pcc(predicted, panels.dapi[rows, cols].mean(axis=-1)) > 0.5
     assert result.cells.n_cells > 0
+
+
+def test_segmenter_files_are_found_as_deepliif_finds_them(tmp_path):
+    from napari_virtual_stain.models.deepliif_options import release_options
+
+    for name in ("G1", "G2", "G3", "G4", "GS0", "GS1", "GS2", "GS3", "GS4"):
+        (tmp_path / f"{name}.pt").write_bytes(b"")
+    (tmp_path / "train_opt.txt").write_text(
+        "model: DeepLIIFKD\nmodalities_names: ['IHC', 'Hema', 'DAPI', 'Lap2', 'Ki67Marker']\n"
+        "seg_weights: 0.2 0.2 0.2 0.2 0.2   [default: None]\nnet_gs: unet_256\n")
+    opts = release_options(tmp_path)
+    assert opts.model == "DeepLIIFKD" and opts.segmenters == ["GS0", "GS1", "GS2", "GS3", "GS4"]
+    assert opts.seg_weights == [0.2] * 5 and opts.seg_size == 256 and not opts.names_forced
+
+
+def test_a_network_from_another_model_is_a_sentence_when_it_runs(release, tmp_path):
+    folder = copy_of(release, tmp_path)
+    stranger = _batch_stat(UnetGenerator(4, 3, ngf=4, downs=6, max_mult=2))  # expects 4 channels, gets 3
+    torch.jit.trace(stranger, torch.rand(1, 4, 64, 64), check_trace=False).save(str(folder / "G52.pt"))
+    model, _ = load_release_folder(folder)
+    with pytest.raises(CheckpointError, match="do not fit together"):
+        model(torch.rand(1, 3, 64, 64))

@@ -1,5 +1,6 @@
 """The DeepLIIF dock: run in a worker, then thresholds and clicks recount without the networks."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 from napari_virtual_stain.models.checkpoint import save_checkpoint
 from napari_virtual_stain.models.deepliif_net import DeepLIIFNet, deepliif_arch_args, deepliif_card
 from napari_virtual_stain.tasks.deepliif_cells import NEGATIVE, POSITIVE
-from napari_virtual_stain.widgets.deepliif_widget import WHOLE, DeepLIIFWidget
+from napari_virtual_stain.widgets import _worker
+from napari_virtual_stain.widgets.deepliif_widget import MARKER_MANUAL, MARKER_OFF, WHOLE, DeepLIIFWidget
 
 TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=4, seg_max_mult=2, norm="batch")
 
@@ -56,7 +58,7 @@ def test_run_then_thresholds_and_clicks_recount(make_napari_viewer, qtbot, tiny_
     widget.result.images["Segmentation"] = known_segmentation()
     widget.size_auto.value = False
     widget.size_slider.value = 0
-    widget.marker_auto.value = False
+    widget.marker_mode.value = MARKER_MANUAL
     widget.marker_slider.value = 255
     widget.seg_slider.value = 149
     qtbot.waitUntil(lambda: widget.classification is not None and widget.classification.total == 4, timeout=5000)
@@ -136,4 +138,96 @@ def test_cancel_publishes_nothing(make_napari_viewer, qtbot, tiny_deepliif):
     qtbot.waitUntil(lambda: not widget.job.running, timeout=60000)
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=5000)
     assert widget.cell_layer is None and widget.result is None
+    assert [layer.name for layer in viewer.layers] == ["ihc"]
+
+
+# ---- maps someone already has, and folders that are not releases ---------------------------------
+
+MAPS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "deepliif-official" / "postprocess"
+needs_maps = pytest.mark.skipif(not MAPS.exists(), reason="deepliif-official fixtures (../shared) not available")
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    shown = []
+    monkeypatch.setattr(_worker, "show_error", shown.append)
+    monkeypatch.setattr(_worker, "show_info", shown.append)
+    return shown
+
+
+def test_defaults_are_deepliifs(make_napari_viewer):
+    widget = DeepLIIFWidget(make_napari_viewer())
+    t = widget.thresholds()
+    assert (t.segmentation, t.size, t.size_upper, t.marker) == (120, "auto", None, None)
+    assert widget.marker_mode.value == MARKER_OFF
+
+
+@needs_maps
+def test_existing_maps_are_counted_like_deepliif_without_a_network(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    from napari_virtual_stain.widgets import deepliif_widget
+
+    monkeypatch.setattr(deepliif_widget, "load_deepliif_model", None)  # no network may run
+    read = lambda name: iio.imread(MAPS / "maps" / name)[..., :3]
+    viewer = make_napari_viewer()
+    viewer.add_image(read("22_2_real_A.png"), name="22_2", rgb=True)
+    viewer.add_image(read("22_2_fake_B_5.png"), name="22_2_Seg", rgb=True)  # as deepliif test names them
+    viewer.add_image(read("22_2_fake_B_4.png"), name="22_2_mod4-Marker", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    widget.input.value = "22_2"
+    assert (widget.seg_layer.value, widget.marker_layer.value) == ("22_2_Seg", "22_2_mod4-Marker")
+    widget.count_maps()
+    qtbot.waitUntil(lambda: widget.classification is not None and not widget.job.running, timeout=30000)
+    c = widget.classification
+    assert (c.total, c.positive, c.thresholds.size) == (114, 8, 61)  # deepliif 1.2.7's answer on these maps
+    assert "114 cells: 8 positive" in widget.counts.value
+    # deepliif's marker60_upper400 setting, live
+    widget.upper_slider.value = 400
+    widget.marker_mode.value = MARKER_MANUAL
+    widget.marker_slider.value = 60
+    assert (widget.classification.total, widget.classification.positive) == (18, 0)
+    # a click flips a cell, and the export has it
+    label = int(np.argmax(widget.classification.classes == NEGATIVE))
+    y, x = np.argwhere(widget.cell_layer.data == label)[0]
+    widget.cell_layer.mode = "pan_zoom"
+    widget._on_click(widget.cell_layer, SimpleNamespace(position=(float(y), float(x)), modifiers=()))
+    assert widget.classification.positive == 1
+    lines = widget.export(tmp_path / "cells.csv", "csv").read_text().splitlines()
+    assert sum(line.split(",")[1] == "positive" for line in lines[1:]) == 1
+
+
+def test_an_upper_size_below_the_lower_is_a_notification(make_napari_viewer, messages):
+    widget = DeepLIIFWidget(make_napari_viewer())
+    widget.size_auto.value = False
+    widget.size_slider.value = 50
+    widget.upper_slider.value = 20
+    widget.viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="ihc", rgb=True)
+    widget.reset_choices()
+    widget.folder.value = str(Path(__file__).parent)
+    widget.run()
+    assert widget.job is None and any("upper size threshold" in m for m in messages)
+
+
+@pytest.mark.parametrize("make, sentence", [
+    (lambda f: (f / "notes.txt").write_text("hello"), "is not a DeepLIIF release"),
+    (lambda f: (f / "train_opt.txt").write_text("model: DeepLIIFExt\nmodalities_no: 4\n"), "DeepLIIFExt"),
+    (lambda f: [(f / "train_opt.txt").write_text("model: DeepLIIF\n")] +
+     [(f / f"G{n}.pt").write_bytes(b"junk") for n in (1, 2, 3, 4, 51, 52, 53, 54, 55)], "not a readable TorchScript"),
+])
+def test_bad_release_folders_are_notifications(make_napari_viewer, qtbot, tmp_path, messages, make, sentence):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    make(folder)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    widget.scope.value = WHOLE
+    widget.folder.value = str(folder)
+    widget.run()
+    if widget.job is not None:
+        qtbot.waitUntil(lambda: not widget.job.running and widget.run_button.enabled, timeout=30000)
+    assert any(sentence in m for m in messages), messages
     assert [layer.name for layer in viewer.layers] == ["ihc"]

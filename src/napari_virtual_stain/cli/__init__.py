@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "preprocess",
     "train",
     "deepliif",
+    "deepliif_cells",
     "evaluate",
     "maxim",
 ]

@@ -47,6 +47,10 @@ def load_deepliif_model(name_or_path: str | os.PathLike = DEFAULT_MODEL):
 
     if is_release_folder(name_or_path):
         return load_release_folder(name_or_path)
+    if os.path.isdir(str(name_or_path)):
+        raise CheckpointError(f"The folder {Path(name_or_path).name} is not a DeepLIIF release: it has neither "
+                              "train_opt.txt nor G*.pt networks (a release holds G1.pt..G4.pt, G51.pt..G55.pt "
+                              "and train_opt.txt).")
     model, card = load_model(name_or_path)
     if card.task != "deepliif":
         raise CheckpointError(f"The model {card.name!r} is a {card.task} model, not a DeepLIIF model.")
@@ -80,16 +84,19 @@ class _RGBSink:
     at once, so no full-size float array ever exists.
     """
 
-    def __init__(self, targets: list, shape: tuple[int, int]):
+    def __init__(self, targets: list, shape: tuple[int, int], truncate: bool = False):
         self.targets = targets
         self.shape = (3 * len(targets),) + tuple(shape)
+        self.truncate = truncate  # deepliif's own rendering: uint8((y + 1) / 2 * 255), no rounding
 
     def __setitem__(self, index, values) -> None:
         rows = index[1] if isinstance(index, tuple) and len(index) > 1 else slice(None)
         values = np.asarray(values)
         for k, target in enumerate(self.targets):
             block = values[3 * k:3 * k + 3]
-            target[rows] = np.clip(np.rint(block * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            scaled = block * np.float32(255.0)
+            scaled = np.floor(scaled) if self.truncate else np.rint(scaled)
+            target[rows] = np.clip(scaled, 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
 def _allocate(shape: tuple[int, int], store: str | os.PathLike | None) -> dict[str, Any]:
@@ -118,12 +125,15 @@ def split_outputs(out: np.ndarray) -> dict[str, np.ndarray]:
 class DeepLIIFResult:
     images: dict[str, Any]  # "Hematoxylin", "DAPI", "Lap2", "Marker", "Segmentation" -> (Y, X, 3) uint8
     region: Region
-    card: ModelCard
+    card: ModelCard | None  # None for maps a user brought (no network ran)
     cells: CellAnalysis | None = None
 
     def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
-        """(Re)build the cell table from the stored maps: no network runs."""
-        modalities = {key: self.images[name] for key, name in zip(CHANNEL_COLUMNS, MODALITIES)}
+        """(Re)build the cell table from the stored maps: no network runs.
+
+        ``images`` may hold only the Segmentation and Marker (maps a user brought).
+        """
+        modalities = {key: self.images.get(name) for key, name in zip(CHANNEL_COLUMNS, MODALITIES)}
         previous = self.cells
         self.cells = analyse_cells(self.images[SEGMENTATION], modalities["marker"], modalities,
                                    segmentation_threshold, resolution)
@@ -146,7 +156,7 @@ def carry_overrides(old: CellAnalysis, new: CellAnalysis) -> dict[int, int]:
 
 def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", region: Region | None = None,
                  store: str | os.PathLike | None = None, analyse: bool = True,
-                 segmentation_threshold: int = SEG_THRESHOLD_DEFAULT,
+                 segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
                  progress: Callable[[int, int], None] | None = None, cancel=None) -> DeepLIIFResult:
     """Run DeepLIIF on ``region`` (default: all) of an RGB layer's data (Y, X, 3) uint8.
 
@@ -169,14 +179,16 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
     image = block.transpose(2, 0, 1)  # channels first, a view for numpy, dask and zarr
     whole = outer == region
     images = _allocate(outer.shape, store if whole else None)
-    predictor.predict(image, out=_RGBSink([images[n] for n in IMAGES], outer.shape), progress=progress, cancel=cancel)
+    truncate = card.extra.get("to_uint8") == "truncate"
+    sink = _RGBSink([images[n] for n in IMAGES], outer.shape, truncate=truncate)
+    predictor.predict(image, out=sink, progress=progress, cancel=cancel)
     check_cancel(cancel)
     if not whole:
         inner = region.relative_to(outer)
         images = {k: np.ascontiguousarray(v[inner]) for k, v in images.items()}
     result = DeepLIIFResult(images, region, card)
     if analyse:
-        result.analyse(segmentation_threshold)
+        result.analyse(segmentation_threshold, resolution)
     return result
 
 
@@ -246,8 +258,8 @@ def write_geojson(path: str | os.PathLike, collection: dict[str, Any]) -> Path:
     return path
 
 
-def summary(classification: Classification, card: ModelCard, region: Region) -> dict[str, Any]:
-    """Counts, percent positive (the marker index) and the thresholds used, as DeepLIIF reports them."""
+def summary(classification: Classification, card: ModelCard | str | None, region: Region) -> dict[str, Any]:
+    """Counts, percent positive (the marker index) and the thresholds used, as deepliif reports them."""
     data = classification.summary()
-    data.update({"model": card.name, "region": {"start": list(region.start), "stop": list(region.stop)}})
+    data.update({"model": getattr(card, "name", card), "region": {"start": list(region.start), "stop": list(region.stop)}})
     return data

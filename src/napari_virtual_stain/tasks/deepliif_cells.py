@@ -1,16 +1,22 @@
 """DeepLIIF cells: the fused segmentation -> instance labels, classes, counts, per-cell table.
 
-The rules are those of DeepLIIF's own tools (``deepliif.postprocessing``), vectorised:
+The rules and every default are those of deepliif 1.2.7 (``deepliif.postprocessing``,
+``compute_final_results``), vectorised:
 
-- a pixel is *cell* where red + blue > the segmentation threshold (0-510, default 150) and
+- a pixel is *cell* where red + blue > the segmentation threshold (0-510, default 120) and
   green <= 80; a cell pixel is *positive* where red >= blue, else *negative*;
 - non-cell pixels connected (4-neighbours) to the image border are background; enclosed
   non-cell pixels (the green boundaries between touching cells) belong to the cells;
-- a cell is an 8-connected region of what is left; it is kept when its area is above the
-  size threshold (pixels; "auto" = DeepLIIF's KDE rule) and below an optional upper bound;
-- a kept cell is positive when at least half its classified pixels are positive, or when
-  its brightest marker pixel is above the marker threshold (0-255; "auto" = 90 % of the
-  marker's 0.1-99.9 percentile range), else negative.
+- a cell is an 8-connected region of what is left; regions of 4 pixels or fewer are noise
+  (never cells, never counted); a cell is kept when its area is above the size threshold
+  (pixels; "auto" = deepliif's 'default', a KDE rule that depends on the magnification) and
+  below an optional upper bound;
+- a kept cell is positive when it has at least as many positive as negative pixels, or
+  when its brightest marker pixel (the maximum of R, G, B) is above the marker threshold
+  (0-255; deepliif's default is none, "auto" = 90 % of the marker's 0.1-99.9 percentile range).
+
+deepliif picks the magnification from the tile size (40x above 384, 20x above 192, else 10x):
+:func:`resolution_for_tile`.
 
 Everything a threshold needs is computed once into a per-cell table (:class:`CellAnalysis`),
 so moving the size or marker threshold reclassifies in microseconds and never runs the
@@ -22,7 +28,7 @@ Manual corrections (flip a cell's class, exclude it) are kept by cell id.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 from scipy import ndimage
@@ -31,27 +37,74 @@ from ..errors import InputError
 
 EXCLUDED, NEGATIVE, POSITIVE = 0, 1, 2
 CLASS_NAMES = {EXCLUDED: "excluded", NEGATIVE: "negative", POSITIVE: "positive"}
-SEG_THRESHOLD_DEFAULT = 150
+AUTO = "auto"
+SEG_THRESHOLD_DEFAULT = 120  # deepliif 1.2.7's DEFAULT_SEG_THRESH
+NOISE_SIZE = 4  # deepliif's DEFAULT_NOISE_THRESH: regions of at most this many pixels are not cells
 GREEN_MAX = 80  # DeepLIIF: a pixel with green above this is boundary, not cell
-# DeepLIIF's bounds on the automatic size threshold, as sqrt(pixels), at 40x: (min, fallback, max).
+# deepliif's bounds on the automatic size threshold, as sqrt(pixels): (min, used when above max, max).
 AUTO_SIZE_SQRT = {"40x": (4, 7, 10), "20x": (3, 4, 6), "10x": (2, 2, 3)}
-MAX_KDE_CELLS = 20000  # the automatic size threshold from at most this many cells (a random subset)
+RESOLUTIONS = tuple(AUTO_SIZE_SQRT)
+KDE_BINS = 500
+MAX_KDE_CELLS = 200_000  # more cells than this (whole slides): the KDE sees a random subset
 CHANNEL_COLUMNS = ("hematoxylin", "dapi", "lap2", "marker")
+Auto = Union[int, str, None]
+
+
+def resolution_for_tile(tile: int) -> str:
+    """deepliif's magnification from its tile size: 40x above 384 px, 20x above 192, else 10x."""
+    return "40x" if tile > 384 else ("20x" if tile > 192 else "10x")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Cell thresholds in DeepLIIF's units. ``None`` means automatic (computed from the image)."""
+    """Cell thresholds in deepliif's units; the defaults are deepliif 1.2.7's.
+
+    ``size``: minimum cell area in pixels (a cell must be larger), or "auto" (deepliif's
+    'default' rule; ``None`` means the same). ``marker``: ``None`` = no marker rule
+    (deepliif's default), "auto" = deepliif's automatic value, or 0-255.
+    """
 
     segmentation: int = SEG_THRESHOLD_DEFAULT  # red + blue, 0-510
-    size: int | None = None  # minimum cell area in pixels (a cell must be larger)
-    size_upper: int | None = None  # maximum cell area in pixels, None = no limit
-    marker: int | None = None  # 0-255; a cell whose brightest marker pixel is above it is positive
+    size: Auto = AUTO
+    size_upper: int | None = None  # maximum cell area in pixels (a cell must be smaller), None = no limit
+    marker: Auto = None
+
+
+def check_thresholds(t: Thresholds) -> Thresholds:
+    """``t`` if every value is usable, else an InputError sentence (checked before any network runs)."""
+    def number(value, what):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InputError(f"The {what} must be a whole number, not {value!r}.")
+        return int(value)
+
+    seg = number(t.segmentation, "segmentation threshold")
+    if not 0 <= seg <= 510:
+        raise InputError(f"The segmentation threshold must lie between 0 and 510 (red + blue), not {seg}.")
+    size = None if t.size in (None, AUTO) else number(t.size, "size threshold")
+    if size is not None and size < 0:
+        raise InputError(f"The size threshold must be 0 or more pixels, not {size}.")
+    if t.size_upper is not None:
+        upper = number(t.size_upper, "upper size threshold")
+        lowest = max(size if size is not None else 0, NOISE_SIZE)
+        if upper <= lowest + 1:
+            raise InputError(f"The upper size threshold ({upper} px) leaves no cell to count: cells must be larger "
+                             f"than {lowest} px (the size threshold, or deepliif's noise size) and smaller than it.")
+    if t.marker not in (None, AUTO):
+        marker = number(t.marker, "marker threshold")
+        if not 0 <= marker <= 255:
+            raise InputError(f"The marker threshold must lie between 0 and 255, not {marker}.")
+    return t
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
-    """(Y, X, 3) uint8 rendering -> (Y, X) float32 intensity 0-255 (mean of R, G, B)."""
+    """(Y, X, 3) uint8 rendering -> (Y, X) float32 intensity 0-255 (mean of R, G, B), for the table's means."""
     return np.asarray(rgb, dtype=np.float32).mean(axis=-1)
+
+
+def marker_grey(rgb: np.ndarray) -> np.ndarray:
+    """deepliif's grey marker value: the largest of R, G, B (``to_array(marker, grayscale=True)``)."""
+    rgb = np.asarray(rgb)
+    return rgb.max(axis=-1) if rgb.ndim == 3 else rgb
 
 
 def cell_pixels(segmentation: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,22 +126,25 @@ def cell_regions(cell: np.ndarray) -> np.ndarray:
 
 
 def auto_size_threshold(areas: np.ndarray, resolution: str = "40x", seed: int = 0) -> int:
-    """DeepLIIF's automatic size threshold: first minimum of a KDE of sqrt(area), clipped.
+    """deepliif's 'default' size threshold: the first local minimum of a KDE of sqrt(area), bounded.
 
-    Returns a number of pixels; 0 when there are no cells.
+    ``areas``: the sizes of the cells deepliif considers (more than :data:`NOISE_SIZE` pixels).
+    The KDE is deepliif's: 500 bins from 0 to max + 1, unit Gaussian bandwidth, values kept in
+    float32 as deepliif keeps them (so plateaus far from every cell compare equal, as there).
+    Returns a number of pixels; 0 for fewer than two cells.
     """
     areas = np.asarray(areas, dtype=np.float64)
-    if areas.size == 0:
+    if areas.size <= 1:
         return 0
     if areas.size > MAX_KDE_CELLS:
         areas = np.random.default_rng(seed).choice(areas, MAX_KDE_CELLS, replace=False)
     values = np.sqrt(areas)
-    count = 500
-    step = (values.max() + 1) / count
-    grid = np.arange(count) * step
-    kde = np.zeros(count)
+    step = (values.max() + 1) / KDE_BINS
+    grid = np.arange(KDE_BINS) * step
+    total = np.zeros(KDE_BINS)
     for chunk in np.array_split(values, max(1, values.size // 2000)):  # bounded memory
-        kde += np.exp(-0.5 * (grid[:, None] - chunk[None, :]) ** 2).sum(axis=1)
+        total += np.exp(-0.5 * (grid[:, None] - chunk[None, :]) ** 2).sum(axis=1)
+    kde = (total / np.sqrt(2 * np.pi) / values.size).astype(np.float32)
     index = 1
     minima = np.nonzero((kde[1:-1] < kde[:-2]) & (kde[1:-1] < kde[2:]))[0]
     if minima.size:
@@ -102,12 +158,11 @@ def auto_size_threshold(areas: np.ndarray, resolution: str = "40x", seed: int = 
     return int(round(thresh_sqrt * thresh_sqrt))
 
 
-def auto_marker_threshold(marker_grey: np.ndarray, max_samples: int = 1 << 22) -> int:
-    """DeepLIIF's automatic marker threshold: 90 % of the way through the 0.1-99.9 percentile range."""
-    flat = np.asarray(marker_grey).ravel()
-    if flat.size > max_samples:
-        flat = flat[:: flat.size // max_samples + 1]
-    nonzero = flat[flat > 0]
+def auto_marker_threshold(marker: np.ndarray) -> int:
+    """deepliif's automatic marker threshold: 90 % of the way through the 0.1-99.9 percentile range
+    of the non-zero grey marker values (``marker``: grey values, or an RGB rendering)."""
+    flat = np.asarray(marker_grey(np.asarray(marker))).ravel()
+    nonzero = flat[flat != 0]
     if nonzero.size == 0:
         return 0
     low, high = (round(float(v)) for v in np.percentile(nonzero, [0.1, 99.9]))
@@ -120,6 +175,7 @@ class Classification:
 
     classes: np.ndarray  # uint8, EXCLUDED / NEGATIVE / POSITIVE per label id
     thresholds: Thresholds  # with the automatic values filled in
+    resolution: str = "40x"
 
     @property
     def positive(self) -> int:
@@ -138,21 +194,24 @@ class Classification:
         return 100.0 * self.positive / self.total if self.total else 0.0
 
     def summary(self) -> dict[str, Any]:
+        """deepliif's scoring dict (same keys, same rounding) and the magnification used."""
+        t = self.thresholds
         return {"num_total": self.total, "num_pos": self.positive, "num_neg": self.negative,
-                "percent_pos": round(self.percent_positive, 2),
-                "thresholds": {"segmentation": self.thresholds.segmentation, "size": self.thresholds.size,
-                               "size_upper": self.thresholds.size_upper, "marker": self.thresholds.marker}}
+                "percent_pos": round(self.percent_positive, 1) if self.positive else 0,
+                "seg_thresh": t.segmentation, "size_thresh": t.size, "size_thresh_upper": t.size_upper,
+                "marker_thresh": t.marker, "resolution": self.resolution}
 
 
 @dataclass
 class CellAnalysis:
     """Instance labels and the per-cell table of one segmentation, ready for instant recounts."""
 
-    labels: np.ndarray  # (Y, X) int32, 0 = background
+    labels: np.ndarray  # (Y, X) int32, 0 = background; ids in raster order of each region's first pixel
     table: dict[str, np.ndarray]  # one array per column, row i = label id i + 1
     segmentation_threshold: int
     auto_size: int
-    auto_marker: int
+    auto_marker: int | None  # None when there is no marker image
+    resolution: str = "40x"
     overrides: dict[int, int] = field(default_factory=dict)  # label id -> class chosen by hand
 
     @property
@@ -161,24 +220,31 @@ class CellAnalysis:
 
     def resolve(self, thresholds: Thresholds) -> Thresholds:
         """``thresholds`` with "auto" values replaced by the ones computed for this image."""
+        marker = thresholds.marker
+        if self.auto_marker is None:
+            marker = None  # no marker image: deepliif reports no marker threshold either
+        elif marker == AUTO:
+            marker = self.auto_marker
         return replace(thresholds, segmentation=self.segmentation_threshold,
-                       size=self.auto_size if thresholds.size is None else int(thresholds.size),
-                       marker=self.auto_marker if thresholds.marker is None else int(thresholds.marker))
+                       size=self.auto_size if thresholds.size in (None, AUTO) else int(thresholds.size),
+                       marker=None if marker is None else int(marker))
 
     def classify(self, thresholds: Thresholds = Thresholds()) -> Classification:
         """Classes for every cell from the table alone (no pixels touched): microseconds."""
         t = self.resolve(thresholds)
         area = self.table["area"]
-        kept = area > t.size
+        kept = (area > NOISE_SIZE) & (area > t.size)
         if t.size_upper is not None:
             kept &= area < t.size_upper
-        positive = (self.table["positive_fraction"] >= 0.5) | (self.table["marker_max"] > t.marker)
+        positive = self.table["positive_px"] >= self.table["negative_px"]
+        if t.marker is not None:
+            positive = positive | (self.table["marker_max"] > t.marker)
         classes = np.zeros(self.n_cells + 1, dtype=np.uint8)
         classes[1:] = np.where(kept, np.where(positive, POSITIVE, NEGATIVE), EXCLUDED)
         for label, cls in self.overrides.items():
             if 0 < label <= self.n_cells:
                 classes[label] = cls
-        return Classification(classes, t)
+        return Classification(classes, t, self.resolution)
 
     def toggle(self, label: int, classification: Classification, exclude: bool = False) -> None:
         """A click on a cell: flip positive <-> negative, or exclude it (an excluded cell comes back)."""
@@ -205,7 +271,7 @@ def _strips(height: int, rows: int | None = None):
         yield slice(start, min(height, start + rows))
 
 
-def _table(labels: np.ndarray, n: int, positive: np.ndarray, classified: np.ndarray,
+def _table(labels: np.ndarray, n: int, positive: np.ndarray, negative: np.ndarray,
            channels: dict[str, Any]) -> dict[str, np.ndarray]:
     """Per-cell columns from bincounts over the label image, strip by strip.
 
@@ -213,7 +279,7 @@ def _table(labels: np.ndarray, n: int, positive: np.ndarray, classified: np.ndar
     strip is read once and turned into a grey intensity there, so no full-size float copy
     of any channel ever exists.
     """
-    sums = {key: np.zeros(n + 1) for key in ("area", "pos", "cls", "y", "x", *channels)}
+    sums = {key: np.zeros(n + 1) for key in ("area", "pos", "neg", "y", "x", *channels)}
     marker_max = np.zeros(n + 1)
     width = labels.shape[1]
     xs = np.arange(width, dtype=np.float64)
@@ -222,24 +288,25 @@ def _table(labels: np.ndarray, n: int, positive: np.ndarray, classified: np.ndar
         ys = np.repeat(np.arange(rows.start, rows.stop, dtype=np.float64), width)
         sums["area"] += np.bincount(flat, minlength=n + 1)
         sums["pos"] += np.bincount(flat, weights=positive[rows].ravel(), minlength=n + 1)
-        sums["cls"] += np.bincount(flat, weights=classified[rows].ravel(), minlength=n + 1)
+        sums["neg"] += np.bincount(flat, weights=negative[rows].ravel(), minlength=n + 1)
         sums["y"] += np.bincount(flat, weights=ys, minlength=n + 1)
         sums["x"] += np.bincount(flat, weights=np.tile(xs, rows.stop - rows.start), minlength=n + 1)
         for name, rgb in channels.items():
-            grey = _grey(np.asarray(rgb[rows]))
-            sums[name] += np.bincount(flat, weights=grey.ravel(), minlength=n + 1)
+            block = np.asarray(rgb[rows])
+            sums[name] += np.bincount(flat, weights=_grey(block).ravel(), minlength=n + 1)
             if name == "marker":
                 present = np.unique(flat)
                 present = present[present > 0]
                 if present.size:
-                    strip_max = np.asarray(ndimage.maximum(grey, labels[rows], present), dtype=np.float64)
+                    strip_max = np.asarray(ndimage.maximum(marker_grey(block), labels[rows], present), dtype=np.float64)
                     marker_max[present] = np.maximum(marker_max[present], strip_max)
     area = sums["area"][1:].astype(np.int64)
     safe = np.maximum(area, 1)
-    n_cls = sums["cls"][1:]
+    pos, neg = sums["pos"][1:].astype(np.int64), sums["neg"][1:].astype(np.int64)
     table = {"id": np.arange(1, n + 1, dtype=np.int64), "area": area,
              "centroid_y": sums["y"][1:] / safe, "centroid_x": sums["x"][1:] / safe,
-             "positive_fraction": np.where(n_cls > 0, sums["pos"][1:] / np.maximum(n_cls, 1), 0.0),
+             "positive_px": pos, "negative_px": neg,
+             "positive_fraction": np.where(pos + neg > 0, pos / np.maximum(pos + neg, 1), 0.0),
              "marker_max": marker_max[1:]}
     for name in CHANNEL_COLUMNS:
         table[f"mean_{name}"] = sums[name][1:] / safe if name in channels else np.full(n, np.nan)
@@ -257,8 +324,9 @@ def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None =
     """
     if len(segmentation.shape) != 3 or segmentation.shape[-1] != 3:
         raise InputError(f"The segmentation must be an RGB image (Y, X, 3), not shape {tuple(segmentation.shape)}.")
-    if not 0 <= int(segmentation_threshold) <= 510:
-        raise InputError(f"The segmentation threshold must lie between 0 and 510 (red + blue), not {segmentation_threshold}.")
+    check_thresholds(Thresholds(segmentation=segmentation_threshold))
+    if resolution not in AUTO_SIZE_SQRT:
+        raise InputError(f"The magnification must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}.")
     channels = {k: v for k, v in (modalities or {}).items() if k in CHANNEL_COLUMNS and v is not None}
     if marker is not None:
         channels["marker"] = marker
@@ -271,22 +339,24 @@ def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None =
     for rows in _strips(shape[0]):
         cell[rows], positive[rows] = cell_pixels(np.asarray(segmentation[rows]), segmentation_threshold)
     regions = cell_regions(cell)
+    # scipy numbers regions in raster order of their first pixel: deepliif's order of cells
     labels, n = ndimage.label(regions, structure=np.ones((3, 3), dtype=bool))
     del regions
     labels = labels.astype(np.int32, copy=False)
-    table = _table(labels, n, positive, cell, channels)
-    auto_marker = 255
-    if "marker" in channels:
-        step = max(1, int(np.sqrt(shape[0] * shape[1] / (1 << 22))))  # ~4 million pixels are plenty
-        auto_marker = auto_marker_threshold(_grey(np.asarray(channels["marker"][::step, ::step])))
-    return CellAnalysis(labels, table, int(segmentation_threshold), auto_size_threshold(table["area"], resolution),
-                        auto_marker)
+    table = _table(labels, n, positive, cell & ~positive, channels)
+    auto_marker = None
+    if "marker" in channels:  # beyond 16 megapixels a regular subsample gives the same percentiles
+        step = max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / (1 << 24)))))
+        auto_marker = auto_marker_threshold(np.asarray(channels["marker"][::step, ::step]))
+    auto_size = auto_size_threshold(table["area"][table["area"] > NOISE_SIZE], resolution)
+    return CellAnalysis(labels, table, int(segmentation_threshold), auto_size, auto_marker, resolution)
 
 
 def classify_cells(segmentation: np.ndarray, marker: np.ndarray | None = None,
-                   thresholds: Thresholds = Thresholds()) -> tuple[CellAnalysis, Classification]:
+                   thresholds: Thresholds = Thresholds(), resolution: str = "40x") -> tuple[CellAnalysis, Classification]:
     """Convenience: analyse and classify in one call."""
-    analysis = analyse_cells(segmentation, marker, segmentation_threshold=thresholds.segmentation)
+    analysis = analyse_cells(segmentation, marker, segmentation_threshold=thresholds.segmentation,
+                             resolution=resolution)
     return analysis, analysis.classify(thresholds)
 
 
@@ -295,29 +365,14 @@ def class_image(analysis: CellAnalysis, classification: Classification) -> np.nd
     return classification.classes[analysis.labels]
 
 
-def boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels of a labelled object with a 4-neighbour outside it (another label or background)."""
-    edge = np.zeros(labels.shape, dtype=bool)
-    inside = labels > 0
-    edge[1:] |= labels[1:] != labels[:-1]
-    edge[:-1] |= labels[:-1] != labels[1:]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    return edge & inside
-
-
-def render_classified_mask(analysis: CellAnalysis, classification: Classification) -> np.ndarray:
-    """DeepLIIF's classified mask: red positive, blue negative, green borders, black background."""
-    classes = class_image(analysis, classification)
-    kept_labels = np.where(classes > 0, analysis.labels, 0)
-    rgb = np.zeros(analysis.labels.shape + (3,), dtype=np.uint8)
-    rgb[classes == POSITIVE] = (255, 0, 0)
-    rgb[classes == NEGATIVE] = (0, 0, 255)
-    rgb[boundaries(kept_labels)] = (0, 255, 0)
-    return rgb
-
-
 def class_names(classification: Classification) -> np.ndarray:
     """Class name per cell (row i = label id i + 1)."""
     lookup = np.array([CLASS_NAMES[EXCLUDED], CLASS_NAMES[NEGATIVE], CLASS_NAMES[POSITIVE]], dtype=object)
     return lookup[classification.classes[1:]]
+
+
+def render_classified_mask(analysis: CellAnalysis, classification: Classification) -> np.ndarray:
+    """deepliif's SegRefined image (see :mod:`.deepliif_render`)."""
+    from .deepliif_render import render_refined
+
+    return render_refined(analysis, classification)

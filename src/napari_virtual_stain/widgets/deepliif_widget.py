@@ -5,6 +5,10 @@ post-processing on the stored maps: moving the size or marker slider reclassifie
 the per-cell table (microseconds), moving the segmentation slider relabels the stored
 segmentation (no network), and clicking a cell flips it (Shift-click excludes it). The
 counts are shown in the dock and kept in the cell layer's metadata.
+
+"Count existing maps" does the same from Seg and Marker layers someone already has
+(deepliif's ``*_Seg.png`` and ``*_mod4-Marker.png``/``*_Marker.png``, picked automatically
+for the chosen IHC layer): no network runs. Every default is deepliif 1.2.7's.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..engine.device import available_devices
 from ..engine.predictor import Predictor
 from ..models.registry import list_models
-from ..tasks.deepliif import (MODALITIES, cell_polygons, cell_rows, load_deepliif_model, needs_store, run_deepliif,
-                              summary, write_csv, write_geojson)
-from ..tasks.deepliif_cells import NEGATIVE, POSITIVE, Thresholds
+from ..models.deepliif_options import release_options
+from ..tasks.deepliif import (MODALITIES, SEGMENTATION, DeepLIIFResult, cell_polygons, cell_rows,
+                              load_deepliif_model, needs_store, run_deepliif, summary, write_csv, write_geojson)
+from ..tasks.deepliif_cells import (AUTO, NEGATIVE, POSITIVE, RESOLUTIONS, SEG_THRESHOLD_DEFAULT, Thresholds,
+                                    check_thresholds, resolution_for_tile)
+from ..tasks.deepliif_files import check_maps, find_maps
 from ..tasks.layers import output_layer_name
-from ..tasks.region import view_region
+from ..tasks.region import Region, view_region
 from ._output_layers import publish
 from ._viewer_geometry import visible_data_corners
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
@@ -35,9 +42,12 @@ CURRENT_VIEW = "current view"
 WHOLE = "whole image"
 CLASS_COLOURS = {POSITIVE: (1.0, 0.1, 0.1, 0.7), NEGATIVE: (0.2, 0.4, 1.0, 0.7)}  # excluded: transparent
 CELLS = "cells"
+NO_LAYER = "(none)"
+MARKER_OFF, MARKER_AUTO, MARKER_MANUAL = "none (deepliif's default)", "automatic", "manual"
+RESOLUTION_AUTO = "from tile size"
 
 
-def _run(model_key, device, data, name, region, seg_threshold, progress=None, cancel=None):
+def _run(model_key, device, data, name, region, seg_threshold, resolution, progress=None, cancel=None):
     """Worker body: load the model and run DeepLIIF. Touches no Qt.
 
     A very large region (say 10000 x 10000) keeps its modalities in a temporary zarr store
@@ -49,7 +59,21 @@ def _run(model_key, device, data, name, region, seg_threshold, progress=None, ca
     shape = region.shape if region is not None else tuple(data.shape[:2])
     store = tempfile.mkdtemp(prefix="deepliif-", suffix=".zarr") if needs_store(shape) else None
     return run_deepliif(predictor, data, name=name, region=region, segmentation_threshold=seg_threshold,
-                        store=store, progress=progress, cancel=cancel)
+                        resolution=_resolution(resolution, card.tile[0]), store=store, progress=progress,
+                        cancel=cancel)
+
+
+def _resolution(choice: str, tile: int) -> str:
+    return resolution_for_tile(int(tile)) if choice == RESOLUTION_AUTO else choice
+
+
+def _count_maps(ihc, seg, marker, names, seg_threshold, resolution, cancel=None):
+    """Worker body for maps a user brought: check them and find the cells. No network, no Qt."""
+    ihc, seg, marker = check_maps(ihc, seg, marker, names)
+    images = {SEGMENTATION: seg, "Marker": marker}
+    result = DeepLIIFResult(images, Region.whole(tuple(seg.shape[:2])), None)
+    result.analyse(seg_threshold, _resolution(resolution, 512))  # deepliif's 512 tile: 40x
+    return result
 
 
 class DeepLIIFWidget(JobDockMixin, QWidget):
@@ -72,11 +96,23 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=150, tooltip="red + blue above this is cell")
+        self.seg_layer = ComboBox(label="or Seg layer", choices=self._map_layers,
+                                  tooltip="an existing DeepLIIF segmentation map, e.g. ROI_1_Seg.png")
+        self.marker_layer = ComboBox(label="Marker layer", choices=self._map_layers,
+                                     tooltip="an existing DeepLIIF marker map, e.g. ROI_1_mod4-Marker.png")
+        self.count_button = PushButton(text="Count existing maps (no network)")
+        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=SEG_THRESHOLD_DEFAULT,
+                                 tooltip="red + blue above this is cell (deepliif: 120)")
         self.size_slider = Slider(label="min cell size (px)", min=0, max=2000, value=0, enabled=False)
-        self.size_auto = CheckBox(text="automatic size", value=True)
+        self.size_auto = CheckBox(text="automatic size (deepliif's rule)", value=True)
+        self.upper_slider = Slider(label="max cell size (px, 0 = none)", min=0, max=20000, value=0)
+        self.marker_mode = ComboBox(label="marker rule", choices=[MARKER_OFF, MARKER_AUTO, MARKER_MANUAL],
+                                    value=MARKER_OFF, tooltip="a cell whose brightest marker pixel is above the "
+                                    "marker threshold is positive; deepliif uses no marker rule by default")
         self.marker_slider = Slider(label="marker", min=0, max=255, value=255, enabled=False)
-        self.marker_auto = CheckBox(text="automatic marker", value=True)
+        self.resolution = ComboBox(label="magnification", choices=[RESOLUTION_AUTO, *RESOLUTIONS],
+                                   value=RESOLUTION_AUTO, tooltip="for the automatic size rule; deepliif takes it "
+                                   "from the tile size (512 -> 40x)")
         self.counts = Label(value="No cells yet: run DeepLIIF.")
         self.export_csv = PushButton(text="Export table (CSV)")
         self.export_geojson = PushButton(text="Export polygons (GeoJSON)")
@@ -84,21 +120,25 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.container = Container(widgets=[
             self.input, self.model, self.folder, self.device, self.scope,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-            self.progress, self.seg_slider, self.size_auto, self.size_slider, self.marker_auto, self.marker_slider,
-            self.counts, Container(widgets=[self.export_csv, self.export_geojson], layout="horizontal", labels=False),
+            self.seg_layer, self.marker_layer, self.count_button,
+            self.progress, self.seg_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
+            self.marker_slider, self.resolution, self.counts, Container(widgets=[self.export_csv, self.export_geojson], layout="horizontal", labels=False),
             self.help])
         layout = QVBoxLayout(self)
         layout.addWidget(self.container.native)
         layout.addStretch()
 
         self.run_button.changed.connect(self.run)
+        self.count_button.changed.connect(self.count_maps)
         self.cancel_button.changed.connect(self.cancel)
         self.relay.progressed.connect(self._on_progress)
-        for w in (self.size_slider, self.marker_slider, self.size_auto, self.marker_auto):
+        self.input.changed.connect(self._pick_maps)
+        for w in (self.size_slider, self.marker_slider, self.size_auto, self.marker_mode, self.upper_slider):
             w.changed.connect(self.recount)
         # Relabelling is fast but not free on big images: wait until the slider rests.
         self._relabel_timer = QTimer(self, singleShot=True, interval=150, timeout=self.relabel)
         self.seg_slider.changed.connect(lambda *_: self._relabel_timer.start())
+        self.resolution.changed.connect(lambda *_: self._relabel_timer.start())
         self.export_csv.changed.connect(lambda *_: self._export("csv"))
         self.export_geojson.changed.connect(lambda *_: self._export("geojson"))
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -109,12 +149,26 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         return [layer.name for layer in self.viewer.layers
                 if isinstance(layer, Image) and layer.rgb and "source_layer" not in layer.metadata]
 
+    def _map_layers(self, *_):
+        return [NO_LAYER] + [layer.name for layer in self.viewer.layers if isinstance(layer, Image) and layer.rgb]
+
     def _model_names(self, *_):
         return [e.name for e in list_models(task="deepliif")]
 
     def reset_choices(self, *_):
-        self.input.reset_choices()
-        self.model.reset_choices()
+        for combo in (self.input, self.model, self.seg_layer, self.marker_layer):
+            combo.reset_choices()
+        self._pick_maps()
+
+    def _pick_maps(self, *_):
+        """Choose the IHC layer's own deepliif maps (ROI_1 -> ROI_1_Seg, ROI_1_mod4-Marker) where they are loaded."""
+        if self.input.value is None:
+            return
+        seg, marker = find_maps(self.input.value, [layer.name for layer in self.viewer.layers])
+        if seg is not None:
+            self.seg_layer.value = seg
+        if marker is not None:
+            self.marker_layer.value = marker
 
     def _model_key(self):
         folder = str(self.folder.value or "").strip()
@@ -142,20 +196,51 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
             return
         layer = self.viewer.layers[name]
         try:
+            check_thresholds(self.thresholds())
+            if Path(str(model_key)).is_dir():
+                release_options(model_key)  # a wrong folder is refused at once, before the worker starts
             region = self._region_for(layer)
         except Exception as err:
             report_error(err, "DeepLIIF")
             return
         self._source = layer
-        self.job = Job(_run, model_key, self.device.value, layer.data, layer.name, region,
-                       int(self.seg_slider.value), on_result=self._on_result, on_done=self._on_done,
-                       action="DeepLIIF", relay=self.relay, inputs=(layer,))
-        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self._start(Job(_run, model_key, self.device.value, layer.data, layer.name, region,
+                        int(self.seg_slider.value), self.resolution.value, on_result=self._on_result,
+                        on_done=self._on_done, action="DeepLIIF", relay=self.relay, inputs=(layer,)))
+
+    def count_maps(self, *_):
+        """Cells from the chosen Seg and Marker layers: the same post-processing, no network."""
+        if self.job is not None and self.job.running:
+            return
+        names = (self.input.value, self.seg_layer.value, self.marker_layer.value)
+        if names[0] is None or NO_LAYER in names[1:]:
+            show_warning("Choose the IHC image and its Seg and Marker layers (deepliif's *_Seg and *_Marker files).")
+            return
+        layers = [self.viewer.layers[n] for n in names]
+        try:
+            check_thresholds(self.thresholds())
+        except Exception as err:
+            report_error(err, "DeepLIIF")
+            return
+        self._source = layers[0]
+        self._start(Job(_count_maps, *(layer.data for layer in layers), names, int(self.seg_slider.value),
+                        self.resolution.value, on_result=self._on_maps, on_done=self._on_done,
+                        action="DeepLIIF cell count", inputs=tuple(layers)))
+
+    def _start(self, job):
+        self.job = job
+        self.run_button.enabled = self.count_button.enabled = False
+        self.cancel_button.enabled = True
         self.progress.value = 0
         self.launch(self.job)
 
     def _on_done(self):
-        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.run_button.enabled = self.count_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def _on_maps(self, result):
+        self.result = result
+        self._show_cells()
 
     def _placement(self):
         layer = self._source
@@ -177,9 +262,10 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
 
     # -- cells -----------------------------------------------------------------------------
     def thresholds(self) -> Thresholds:
+        marker = {MARKER_OFF: None, MARKER_AUTO: AUTO}.get(self.marker_mode.value, int(self.marker_slider.value))
         return Thresholds(segmentation=int(self.seg_slider.value),
-                          size=None if self.size_auto.value else int(self.size_slider.value),
-                          marker=None if self.marker_auto.value else int(self.marker_slider.value))
+                          size=AUTO if self.size_auto.value else int(self.size_slider.value),
+                          size_upper=int(self.upper_slider.value) or None, marker=marker)
 
     def _show_cells(self):
         cells = self.result.cells
@@ -200,7 +286,8 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         """The segmentation threshold changed: rebuild cells from the stored maps (no network)."""
         if self.result is None:
             return
-        self.result.analyse(int(self.seg_slider.value))
+        tile = self.result.card.tile[0] if self.result.card is not None else 512
+        self.result.analyse(int(self.seg_slider.value), _resolution(self.resolution.value, tile))
         self._show_cells()
 
     def recount(self, *_):
@@ -208,17 +295,21 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         if self._updating:
             return
         self.size_slider.enabled = not self.size_auto.value
-        self.marker_slider.enabled = not self.marker_auto.value
+        self.marker_slider.enabled = self.marker_mode.value == MARKER_MANUAL
         if self.result is None or self.result.cells is None or self.cell_layer is None:
             return
         cells = self.result.cells
-        self.classification = cells.classify(self.thresholds())
+        try:
+            self.classification = cells.classify(check_thresholds(self.thresholds()))
+        except Exception as err:  # e.g. an upper size below the lower: say so, keep the last counts
+            report_error(err, "DeepLIIF")
+            return
         t = self.classification.thresholds
         self._updating = True
         try:  # show the automatic values on the disabled sliders
             if self.size_auto.value:
                 self.size_slider.value = min(t.size, self.size_slider.max)
-            if self.marker_auto.value:
+            if self.marker_mode.value == MARKER_AUTO and t.marker is not None:
                 self.marker_slider.value = min(max(t.marker, 0), 255)
         finally:
             self._updating = False
@@ -233,8 +324,11 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         info = summary(self.classification, self.result.card, self.result.region)
         self.cell_layer.metadata["deepliif"] = info
         c = self.classification
+        marker = "no marker rule" if t.marker is None else f"marker > {t.marker}"
+        upper = "" if t.size_upper is None else f" and < {t.size_upper}"
         self.counts.value = (f"{c.total} cells: {c.positive} positive, {c.negative} negative — "
-                             f"{c.percent_positive:.1f}% positive (size > {t.size} px, marker > {t.marker})")
+                             f"{c.percent_positive:.1f}% positive (size > {t.size}{upper} px, {marker}, "
+                             f"{c.resolution})")
 
     def _on_click(self, layer, event):
         if self.result is None or layer.mode != "pan_zoom" or self.classification is None:

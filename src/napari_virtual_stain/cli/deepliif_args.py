@@ -1,0 +1,66 @@
+"""The cell-threshold arguments of ``virtual-stain deepliif`` and ``deepliif-cells``: deepliif's names and defaults.
+
+deepliif 1.2.7 counts with ``seg_thresh=120``, ``size_thresh='default'`` (its automatic rule),
+no upper size and no marker rule, at the magnification its tile size implies (40x for 512).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+from ..tasks.deepliif_cells import (AUTO, RESOLUTIONS, SEG_THRESHOLD_DEFAULT, Thresholds, check_thresholds,
+                                    resolution_for_tile)
+
+DEEPLIIF_TILE = 512  # deepliif's tile for 40x scans (its get_wsi_resolution: magnification / 40 * 512)
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _size(text: str):
+    if text.lower() in ("auto", "default"):
+        return AUTO
+    return _whole(text)
+
+
+def _marker(text: str):
+    lowered = text.lower()
+    if lowered in ("auto", "default"):
+        return AUTO
+    if lowered in ("none", "off"):
+        return None
+    return _whole(text)
+
+
+def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seg-thresh", type=_whole, default=SEG_THRESHOLD_DEFAULT,
+                   help=f"segmentation threshold, red + blue, 0-510 (default {SEG_THRESHOLD_DEFAULT}, deepliif's)")
+    p.add_argument("--size-thresh", type=_size, default=AUTO,
+                   help="minimum cell area in pixels, or 'default' (deepliif's automatic rule; the default)")
+    p.add_argument("--size-thresh-upper", type=_whole, default=None,
+                   help="maximum cell area in pixels (default: none)")
+    p.add_argument("--marker-thresh", type=_marker, default=None,
+                   help="a cell whose brightest marker pixel is above this (0-255) is positive; 'default' = "
+                        "deepliif's automatic value; default: none (deepliif's default)")
+    p.add_argument("--resolution", default="auto", choices=("auto",) + RESOLUTIONS,
+                   help="scan magnification for the automatic size rule; auto (default) = deepliif's rule from "
+                        f"the tile size (40x above 384 px, 20x above 192, else 10x; {DEEPLIIF_TILE} -> 40x)")
+
+
+def thresholds_from(args: argparse.Namespace) -> Thresholds:
+    """The thresholds the arguments ask for, checked (an InputError sentence if one cannot be used)."""
+    return check_thresholds(Thresholds(args.seg_thresh, args.size_thresh, args.size_thresh_upper, args.marker_thresh))
+
+
+def resolution_from(args: argparse.Namespace, tile: int | None) -> str:
+    if args.resolution != "auto":
+        return args.resolution
+    tile = int(tile or DEEPLIIF_TILE)
+    if tile <= 0:
+        raise InputError(f"The tile size must be positive, not {tile}.")
+    return resolution_for_tile(tile)
