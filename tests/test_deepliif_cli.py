@@ -12,7 +12,7 @@ from napari_virtual_stain.cli import main
 from napari_virtual_stain.models.checkpoint import save_checkpoint
 from napari_virtual_stain.models.deepliif_net import DeepLIIFNet, deepliif_arch_args, deepliif_card
 
-TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=4, seg_max_mult=2, norm="batch")
+TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=3, seg_max_mult=2, norm="batch")
 
 
 

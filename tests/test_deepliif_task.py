@@ -15,7 +15,7 @@ from napari_virtual_stain.tasks.deepliif import (IMAGES, cell_polygons, cell_row
 from napari_virtual_stain.tasks.deepliif_cells import Thresholds
 from napari_virtual_stain.tasks.region import Region
 
-TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=4, seg_max_mult=2, norm="batch")
+TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=3, seg_max_mult=2, norm="batch")
 
 
 

@@ -13,7 +13,7 @@ from napari_virtual_stain.tasks.deepliif_cells import NEGATIVE, POSITIVE
 from napari_virtual_stain.widgets import _worker
 from napari_virtual_stain.widgets.deepliif_widget import MARKER_MANUAL, MARKER_OFF, WHOLE, DeepLIIFWidget
 
-TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=4, seg_max_mult=2, norm="batch")
+TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=3, seg_max_mult=2, norm="batch")
 
 
 

@@ -80,13 +80,13 @@ def read_input(path: str, name: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.staged_outputs import StagedOutputs, check_output_folder
+    from ..io.outputs import StagedOutputs, check_output_folder
     from ..tasks.deepliif import needs_store, run_deepliif
     from ..tasks.deepliif_files import write_cell_files, write_png
 
     # Everything the user gave is checked before any network runs or any file is written.
     thresholds = thresholds_from(args)
-    out_dir = check_output_folder(args.output)
+    out_dir = check_output_folder(args.output, inputs=[args.input])
     stem = Path(args.input).stem
     data, image = read_input(args.input, stem)
     predictor = make_deepliif_predictor(args)

@@ -33,13 +33,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.staged_outputs import StagedOutputs, check_output_folder
+    from ..io.outputs import StagedOutputs, check_output_folder
     from ..tasks.deepliif_cells import analyse_cells
     from ..tasks.deepliif_files import check_maps, write_cell_files
 
     thresholds = thresholds_from(args)
     resolution = resolution_from(args, args.tile_size)
-    out_dir = check_output_folder(args.output)
+    out_dir = check_output_folder(args.output, inputs=[args.input, args.seg, args.marker])
     stem = Path(args.input).stem
     ihc, image = read_input(args.input, Path(args.input).name)
     seg, _ = read_input(args.seg, Path(args.seg).name)

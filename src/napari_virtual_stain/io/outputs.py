@@ -12,15 +12,18 @@ output path costs nothing and never leaves a half-finished run behind. The check
   read-only mount;
 - two outputs of one command that are the same file.
 
-:class:`OutputTransaction` stages every file of a command under a hidden temporary name next
-to its target and renames them into place only when all were written: a failure in the
-last output leaves neither the first nor a temporary file behind.
+Two ways to write all or nothing: :class:`OutputTransaction` stages each file of a command
+under a hidden temporary name next to its target and renames them into place only when all
+were written; :class:`StagedOutputs` does the same for a whole output folder (DeepLIIF's
+set of PNGs, tables and stores), built in a hidden folder beside it. A failure in the last
+output leaves neither the first nor a temporary file behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -104,7 +107,7 @@ def check_output_folder(path: PathLike, *, inputs: Iterable[PathLike] = (), labe
         raise InputError(f"The {label} name is empty.")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise InputError(f"The {label} {path} exists and is a file; give a folder.")
+        raise InputError(f"The {label} {path} is a file, not a folder: give a folder for the results.")
     for given in inputs:
         if given is not None and _same_file(path, Path(given)):
             raise InputError(f"The {label} {path} is also an input: choose another folder.")
@@ -182,3 +185,60 @@ def write_json_atomic(path: PathLike, payload, **dump_kwargs) -> Path:
     with OutputTransaction() as tx:
         tx.write_text(path, json.dumps(payload, **dump_kwargs))
     return Path(path)
+
+
+class StagedOutputs:
+    """``with StagedOutputs(folder) as out: write(out.path("a.png"))``: all files of a folder, or none.
+
+    Files are written into a hidden staging folder beside the destination (same file system,
+    so the final moves are renames). A new output folder appears by one rename; into an
+    existing folder each file is moved by ``os.replace`` after all were written. On any
+    error the staging folder is removed and the destination is as it was.
+    """
+
+    def __init__(self, folder: PathLike, inputs: Iterable[PathLike] = ()):
+        self.folder = check_output_folder(folder, inputs=inputs)
+        self.stage: Path | None = None
+
+    def __enter__(self) -> "StagedOutputs":
+        where = self.folder if self.folder.is_dir() else _nearest_existing(self.folder.parent)
+        try:
+            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.partial-", dir=where))
+        except OSError as err:
+            raise InputError(f"The output folder {self.folder} cannot be written: {err.strerror or err}.") from err
+        return self
+
+    def path(self, name: str) -> Path:
+        """Where to write the output file ``name`` for now."""
+        if self.stage is None:
+            raise RuntimeError("use StagedOutputs as a context manager")
+        return self.stage / name
+
+    def _commit(self) -> None:
+        if not self.folder.exists():
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.stage, self.folder)
+            return
+        for item in sorted(self.stage.iterdir()):
+            target = self.folder / item.name
+            if item.is_dir() and target.is_dir():  # e.g. a zarr store from an earlier run
+                shutil.rmtree(target)
+            os.replace(item, target)
+        self.stage.rmdir()
+
+    def __exit__(self, kind, error, trace) -> bool:
+        if kind is None:
+            try:
+                self._commit()
+                self.stage = None
+                return False
+            except OSError as err:
+                self._discard()
+                raise InputError(f"The results could not be moved into {self.folder}: {err.strerror or err}.") from err
+        self._discard()
+        return False
+
+    def _discard(self) -> None:
+        if self.stage is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            self.stage = None

@@ -115,17 +115,17 @@ def correct_flatfield(
         raise InputError(f"The background smoothing (sigma) must be a positive number of pixels, not {sigma:g}.")
     source = np.asarray(image)
     values = checked_float_image(source)
+    if mode == "divide" and values.min() < 0:
+        raise InputError(
+            "The image has negative values, so it cannot be divided by its background: "
+            "use the 'subtract' mode."
+        )
     side = max(values.shape[-2:])
     if sigma > side:
         # Beyond the image's size the blur is the plane's mean: nothing would be corrected, and
         # the kernel alone (8 sigma wide) can take more memory than the machine has.
         raise InputError(f"A sigma of {sigma:g} pixels is larger than the image ({values.shape[-2]} x "
                          f"{values.shape[-1]}): the background would be flat; choose a sigma below {side}.")
-    if mode == "divide" and values.min() < 0:
-        raise InputError(
-            "The image has negative values, so it cannot be divided by its background: "
-            "use the 'subtract' mode."
-        )
     planes = as_planes(values)  # views: corrected in place
     background = np.empty_like(values)
     background_planes = as_planes(background)
