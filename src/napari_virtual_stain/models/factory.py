@@ -69,7 +69,11 @@ def plan_model(architecture: str, arch_args: dict, error=CheckpointError) -> tor
     """
     with torch.device("meta"):
         model = _construct(architecture, arch_args, error)
-    n = sum(p.numel() for p in model.parameters())
+    sizes = [p.numel() for p in model.parameters()]
+    if 0 in sizes:
+        raise error(f"The arguments {arch_args} make {architecture!r} a network with layers without weights "
+                    "(a width or channel count of 0?): every width must be at least 1.")
+    n = sum(sizes)
     if n > MAX_PARAMETERS:
         raise error(f"The arguments {arch_args} make {architecture!r} a network of {n / 1e6:,.0f} million parameters "
                     f"(over {MAX_PARAMETERS // 1_000_000} million, {n * 4 / 2**30:.1f} GB): use smaller widths or depth.")
