@@ -51,7 +51,7 @@ def test_models_lists_cards(tiny, capsys):
     # a GPU this machine does not have: CUDA on a CPU-only machine, Apple's MPS on a CUDA one
     (lambda p: tifffile.imwrite(p, np.zeros((20, 20), np.uint8)),
      ["--device", "mps" if torch.cuda.is_available() else "cuda"], "MPS" if torch.cuda.is_available() else "CUDA"),
-    (lambda p: tifffile.imwrite(p, np.zeros((20, 20), np.uint8)), ["--device", "tpu"], "not supported"),
+    (lambda p: tifffile.imwrite(p, np.zeros((20, 20), np.uint8)), ["--device", "tpu"], "not a device name"),
 ])
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, tiny, capsys, make, args, message):
     src = tmp_path / "in.tif"

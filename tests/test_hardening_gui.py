@@ -324,3 +324,27 @@ def test_a_2x2_layer_on_screen_is_in_view(make_napari_viewer, user_models, qtbot
     qtbot.waitUntil(lambda: "t · nuclei" in viewer.layers, timeout=30000)
     assert not any("not in view" in m for m in messages)
     np.testing.assert_array_equal(viewer.layers["t"].data, data)
+
+
+def test_closing_fine_tune_during_training_keeps_the_model_trained_so_far(make_napari_viewer, user_models, qtbot,
+                                                                          messages):
+    viewer = make_napari_viewer()
+    x = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    viewer.add_image(x, name="bf")
+    viewer.add_image(x * 0.5, name="nuclei")
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.input.value, tune.targets.value = "bf", ["nuclei"]
+    tune.start.value, tune.patch.value, tune.steps.value = "new: U-Net (2D)", 32, 100000
+    tune.name.value = "closed-early"
+    tune.train()
+    qtbot.waitUntil(lambda: tune.trainer is not None and tune.trainer.step >= 2, timeout=120000)
+    job = tune.job
+    viewer.window.remove_dock_widget(tune)  # the user closes the dock mid-run
+    qtbot.waitUntil(lambda: job.settled, timeout=120000)
+    kept = [p for p in (user_models / "unsaved").glob("closed-early-*.pt") if not p.name.endswith(".state.pt")]
+    assert len(kept) == 1 and kept[0].with_suffix(".state.pt").exists()
+    _, card = load_model(kept[0])
+    assert card.training["steps"] >= 2 and card.output_channels == ["nuclei"]
+    assert any(str(kept[0]) in m and "was kept as" in m for m in messages)
+    assert "closed-early" not in [p.stem for p in user_models.glob("*.pt")]  # not listed among the models

@@ -57,7 +57,7 @@ class Job:
 
     def __init__(self, func: Callable, *args, on_result: Callable, on_done: Callable,
                  action: str, relay: ProgressRelay | None = None, on_error: Callable | None = None,
-                 inputs: Sequence = (), **kwargs):
+                 inputs: Sequence = (), on_abandoned: Callable | None = None, **kwargs):
         self.cancel_event = threading.Event()
         self.action = action
         self.inputs = tuple(inputs)
@@ -66,6 +66,9 @@ class Job:
         self.settled = False  # its result or error has reached the UI thread
         self.dock_alive: Callable[[], bool] = lambda: True  # set by JobDockMixin.launch
         self._on_result, self._on_done, self._on_error = on_result, on_done, on_error
+        # Called with the result of a run nobody will see (dock gone or run dropped), so work
+        # worth keeping (a model trained for minutes) is kept. Plain Python: touch no widget.
+        self._on_abandoned = on_abandoned
         kwargs = dict(kwargs, cancel=self.cancel_event)
         if relay is not None:
             kwargs["progress"] = relay
@@ -101,6 +104,8 @@ class Job:
 
     def _returned(self, result) -> None:
         self.settled = True
+        if not self.dock_alive() or self.dropped:
+            self._abandon(result)
         if not self.dock_alive():
             log.info("%s finished after its dock was closed; result dropped", self.action)
         elif self.dropped:
@@ -110,6 +115,14 @@ class Job:
                 self._on_result(result)
             except Exception as err:  # a bug or a user error while showing the result
                 self._report(err)
+
+    def _abandon(self, result) -> None:
+        if self._on_abandoned is None:
+            return
+        try:
+            self._on_abandoned(result)
+        except Exception:  # keeping work must never crash the event loop
+            log.exception("%s: keeping the abandoned result failed", self.action)
 
     def _errored(self, err: BaseException) -> None:
         self.settled = True

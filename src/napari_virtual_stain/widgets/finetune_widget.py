@@ -10,6 +10,7 @@ finds it at once.
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
@@ -65,6 +66,20 @@ class UpdateRelay(QObject):
 
     def __call__(self, update) -> None:  # from the worker thread
         self.updated.emit(update)
+
+
+def keep_unsaved(trainer: Trainer):
+    """What to do with a run whose dock closed while it trained: keep its best model (and its
+    resume state) in the user folder's ``unsaved/`` (not listed with the models), and say where."""
+    def keep(result) -> None:
+        if trainer.step == 0:
+            return
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", trainer.card.name or "fine-tuned").strip("._") or "fine-tuned"
+        path = user_model_dir() / "unsaved" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        trainer.save(path)
+        show_info(f"The Fine-tune dock closed during training: the model trained so far ({trainer.step} steps) "
+                  f"was kept as {path}.")
+    return keep
 
 
 def _train(trainer: Trainer, on_update=None, progress=None, cancel=None):
@@ -199,7 +214,7 @@ class FineTuneWidget(JobDockMixin, QWidget):
 
     def _start_job(self):
         self.job = Job(_train, self.trainer, self.updates, on_result=self._on_result, on_done=self._on_done,
-                       action="Training", relay=self.relay)
+                       action="Training", relay=self.relay, on_abandoned=keep_unsaved(self.trainer))
         self._set_running(True)
         self.launch(self.job)
 
