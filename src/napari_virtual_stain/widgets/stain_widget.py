@@ -183,6 +183,8 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         publish(self.viewer, tuples)
         if result.nan_fraction > 0:
             show_warning(f"{result.nan_fraction:.1%} of the input pixels were NaN or infinite; they were treated as 0.")
+        for warning in result.warnings:  # flat channels, thin overlaps: said, never silent
+            show_warning(warning)
         size = "x".join(str(n) for n in result.region.shape)
         self.info.value = (f"{result.card.name}: {len(result.channels)} channels, {size} px "
                            f"in {time.perf_counter() - self._started:.2f} s")
