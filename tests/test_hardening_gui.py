@@ -256,8 +256,9 @@ def test_deleting_the_preprocess_input_during_a_run_adds_nothing(preprocess, qtb
 
 # -- item 7: Fine-tune Save names -----------------------------------------------------------------
 
-def test_fine_tune_save_refuses_bad_names_and_asks_before_replacing(make_napari_viewer, user_models, qtbot,
-                                                                     messages, monkeypatch):
+@pytest.fixture
+def fine_tune(make_napari_viewer, user_models):
+    """A Fine-tune dock set to train a new 2D U-Net on a 64x64 pair."""
     viewer = make_napari_viewer()
     x = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     viewer.add_image(x, name="bf")
@@ -265,7 +266,14 @@ def test_fine_tune_save_refuses_bad_names_and_asks_before_replacing(make_napari_
     tune = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(tune)
     tune.input.value, tune.targets.value = "bf", ["nuclei"]
-    tune.start.value, tune.patch.value, tune.steps.value = "new: U-Net (2D)", 32, 2
+    tune.start.value, tune.patch.value = "new: U-Net (2D)", 32
+    return viewer, tune
+
+
+def test_fine_tune_save_refuses_bad_names_and_asks_before_replacing(fine_tune, user_models, qtbot,
+                                                                     messages, monkeypatch):
+    viewer, tune = fine_tune
+    tune.steps.value = 2
     tune.train()
     qtbot.waitUntil(lambda: not tune.job.running and tune.save_button.enabled, timeout=120000)
     messages.clear()
@@ -326,17 +334,9 @@ def test_a_2x2_layer_on_screen_is_in_view(make_napari_viewer, user_models, qtbot
     np.testing.assert_array_equal(viewer.layers["t"].data, data)
 
 
-def test_closing_fine_tune_during_training_keeps_the_model_trained_so_far(make_napari_viewer, user_models, qtbot,
-                                                                          messages):
-    viewer = make_napari_viewer()
-    x = np.random.default_rng(0).random((64, 64)).astype(np.float32)
-    viewer.add_image(x, name="bf")
-    viewer.add_image(x * 0.5, name="nuclei")
-    tune = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(tune)
-    tune.input.value, tune.targets.value = "bf", ["nuclei"]
-    tune.start.value, tune.patch.value, tune.steps.value = "new: U-Net (2D)", 32, 100000
-    tune.name.value = "closed-early"
+def test_closing_fine_tune_during_training_keeps_the_model_trained_so_far(fine_tune, user_models, qtbot, messages):
+    viewer, tune = fine_tune
+    tune.steps.value, tune.name.value = 100000, "closed-early"
     tune.train()
     qtbot.waitUntil(lambda: tune.trainer is not None and tune.trainer.step >= 2, timeout=120000)
     job = tune.job
