@@ -275,3 +275,27 @@ def test_unreadable_imputers_are_reported(tmp_path):
     problems: list[str] = []
     assert list(find_imputers(tmp_path, problems)) == ["CD3"]
     assert len(problems) == 1 and problems[0].startswith("skipped imputer-CD8.pt is not a readable")
+
+
+def test_a_subscription_does_not_keep_a_closed_dock_alive():
+    import gc
+    import weakref
+
+    from napari_virtual_stain.models import registry
+
+    class Dock:
+        calls = 0
+
+        def changed(self):
+            Dock.calls += 1
+
+    dock = Dock()
+    registry.subscribe(dock.changed)
+    registry.notify_models_changed()
+    assert Dock.calls == 1
+    gone = weakref.ref(dock)
+    del dock
+    gc.collect()
+    assert gone() is None  # the registry held it weakly
+    registry.notify_models_changed()  # and forgets it without error
+    assert Dock.calls == 1

@@ -8,7 +8,9 @@ the same name is the one used. The user folder is ``$NAPARI_VIRTUAL_STAIN_MODELS
 
 from __future__ import annotations
 
+import inspect
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,23 +88,33 @@ def load_model(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, ModelC
     return load_checkpoint(resolve_model(name_or_path))
 
 
-# Widgets subscribe to hear when a model is saved (a plain callback list: no Qt here).
+# Widgets subscribe to hear when a model is saved (a plain callback list: no Qt here). Bound
+# methods are held weakly, so a closed dock is not kept alive by its subscription.
 _LISTENERS: list = []
+
+
+def _ref(callback):
+    return weakref.WeakMethod(callback) if inspect.ismethod(callback) else (lambda: callback)
 
 
 def subscribe(callback) -> None:
     """Call ``callback()`` whenever a model is added or replaced through :func:`notify_models_changed`."""
-    _LISTENERS.append(callback)
+    _LISTENERS.append(_ref(callback))
 
 
 def unsubscribe(callback) -> None:
-    if callback in _LISTENERS:
-        _LISTENERS.remove(callback)
+    for ref in list(_LISTENERS):
+        if ref() == callback:
+            _LISTENERS.remove(ref)
 
 
 def notify_models_changed() -> None:
-    for callback in list(_LISTENERS):
+    for ref in list(_LISTENERS):
+        callback = ref()
+        if callback is None:  # its widget was garbage-collected
+            _LISTENERS.remove(ref)
+            continue
         try:
             callback()
         except RuntimeError:  # a widget whose Qt object is gone
-            unsubscribe(callback)
+            _LISTENERS.remove(ref)
