@@ -10,7 +10,7 @@ import torch
 from napari_virtual_stain.engine.predictor import Predictor
 from napari_virtual_stain.errors import CheckpointError
 from napari_virtual_stain.models.checkpoint import load_checkpoint, save_checkpoint
-from napari_virtual_stain.models.deepliif_net import (DEFAULT_SEG_WEIGHTS, DeepLIIFNet, UnetGenerator,
+from napari_virtual_stain.models.deepliif_net import (DEFAULT_SEG_WEIGHTS, DeepLIIFNet, segmenter,
                                                       deepliif_arch_args, deepliif_card, output_channel_names)
 from napari_virtual_stain.models.deepliif_official import load_release_folder, parse_train_options
 from napari_virtual_stain.models.resnet import ResnetBlock, ResnetGenerator
@@ -46,9 +46,9 @@ def test_full_configuration_has_the_papers_sizes():
     args = deepliif_arch_args("full")
     assert (args["trans_ngf"], args["trans_blocks"], args["seg_ngf"], args["seg_downs"]) == (64, 9, 64, 9)
     assert args["seg_weights"] == list(DEFAULT_SEG_WEIGHTS) == [0.25, 0.15, 0.25, 0.1, 0.25]
-    unet = UnetGenerator(3, 3, ngf=64, downs=9)
+    unet = segmenter(3, ngf=64, downs=9)
     assert unet.size_multiple == 512
-    assert len(unet.down) == 9 and unet.down[0][0].out_channels == 64 and unet.down[-1][-1].out_channels == 512
+    assert len(unet.downs) == 9 and unet.downs[0][0].out_channels == 64 and unet.downs[-1][-1].out_channels == 512
     resnet = ResnetGenerator(3, 3, ngf=64, n_blocks=9, norm="batch")
     assert sum(isinstance(m, ResnetBlock) for m in resnet.modules()) == 9
 
@@ -86,7 +86,7 @@ def make_release(folder, weights=(0.2, 0.3, 0.1, 0.3, 0.1), net_gs="unet_64"):
         net = _batch_stat(ResnetGenerator(3, 3, ngf=4, n_blocks=1, norm="batch"))
         torch.jit.trace(net, sample, check_trace=False).save(str(folder / f"{name}.pt"))
     for name in ("G51", "G52", "G53", "G54", "G55"):
-        net = _batch_stat(UnetGenerator(3, 3, ngf=4, downs=6, max_mult=2))
+        net = _batch_stat(segmenter(3, ngf=4, downs=6, max_mult=2))
         torch.jit.trace(net, sample, check_trace=False).save(str(folder / f"{name}.pt"))
     (folder / "train_opt.txt").write_text(
         "----------------- Options ---------------\n"
@@ -209,8 +209,24 @@ def test_segmenter_files_are_found_as_deepliif_finds_them(tmp_path):
 
 def test_a_network_from_another_model_is_a_sentence_when_it_runs(release, tmp_path):
     folder = copy_of(release, tmp_path)
-    stranger = _batch_stat(UnetGenerator(4, 3, ngf=4, downs=6, max_mult=2))  # expects 4 channels, gets 3
+    stranger = _batch_stat(segmenter(4, ngf=4, downs=6, max_mult=2))  # expects 4 channels, gets 3
     torch.jit.trace(stranger, torch.rand(1, 4, 64, 64), check_trace=False).save(str(folder / "G52.pt"))
     model, _ = load_release_folder(folder)
     with pytest.raises(CheckpointError, match="do not fit together"):
         model(torch.rand(1, 3, 64, 64))
+
+
+def test_checkpoints_from_before_the_u_nets_were_merged_still_load(tmp_path):
+    """Older files named the segmenters' levels down/up (a separate U-Net class then)."""
+    from napari_virtual_stain.models.checkpoint import FORMAT, load_checkpoint
+
+    net = tiny_net().eval()
+    args = deepliif_arch_args("small", **TINY)
+    old_names = {k.replace(".downs.", ".down.").replace(".ups.", ".up."): v for k, v in net.state_dict().items()}
+    assert any(".down." in k for k in old_names)
+    torch.save({"format": FORMAT, "card": deepliif_card("old", args, tile=64, overlap=16).to_dict(),
+                "state_dict": old_names}, tmp_path / "old.pt")
+    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))

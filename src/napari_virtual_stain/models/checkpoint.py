@@ -15,7 +15,7 @@ import torch
 
 from ..errors import CheckpointError, plain_text
 from .card import ModelCard
-from .factory import build_model, plan_model
+from .factory import build_model, plan_model, upgrade_state
 
 FORMAT = "napari-virtual-stain/1"
 
@@ -91,6 +91,7 @@ def _check_state_fits(name: str, planned: torch.nn.Module, state: dict) -> None:
 def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
     """Build the network named by the card and load its weights (eval mode, on the CPU)."""
     card, state = read_checkpoint(path)
+    state = upgrade_state(card.architecture, state)
     _check_state_fits(Path(path).name, plan_model(card.architecture, card.arch_args), state)
     model = build_model(card.architecture, card.arch_args)
     try:

@@ -16,13 +16,14 @@ Two sizes: ``full`` (the paper's: ResNet-9blocks ngf 64, U-Net-512 ngf 64) and `
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from .factory import register
-from .layers import norm_layer
+from .factory import register, register_state_upgrade
+from .pix2pix_unet import Pix2PixUNet
 from .resnet import ResnetGenerator
 
 MODALITIES = ("Hematoxylin", "DAPI", "Lap2", "Marker")
@@ -42,50 +43,21 @@ def output_channel_names() -> list[str]:
     return [f"{image} {c}" for image in (*MODALITIES, SEGMENTATION) for c in RGB]
 
 
-class UnetGenerator(nn.Module):
-    """The pix2pix U-Net (Isola et al.): 4x4 stride-2 convolutions, ``downs`` levels.
+# Checkpoints written before the two pix2pix U-Nets became one (``Pix2PixUNet``) named the
+# segmenters' levels ``down``/``up``; they load through this key map (factory.upgrade_state).
+_OLD_SEGMENTER_KEY = re.compile(r"^(segmenters\.\d+\.)(down|up)\.")
 
-    ``downs`` = 9 with 512 x 512 input is DeepLIIF's "unet_512"; input sizes must be a
-    multiple of ``2**downs``. Widths double from ``ngf`` up to ``max_mult * ngf`` (8 in pix2pix).
-    """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, downs: int = 9,
-                 norm: str = "batch", max_mult: int = 8):
-        super().__init__()
-        if downs < 2:
-            raise ValueError("a U-Net generator needs at least 2 downsamplings")
-        widths = [ngf * min(2 ** i, max_mult) for i in range(downs)]
-        bias = norm != "batch"
-        self.down = nn.ModuleList()
-        cin = in_channels
-        for i, w in enumerate(widths):
-            layers: list[nn.Module] = [] if i == 0 else [nn.LeakyReLU(0.2, True)]
-            layers.append(nn.Conv2d(cin, w, 4, stride=2, padding=1, bias=bias))
-            if 0 < i < downs - 1:  # no norm on the outermost and innermost (1x1 at 512) levels
-                layers.append(norm_layer(norm, w, 2))
-            self.down.append(nn.Sequential(*layers))
-            cin = w
-        self.up = nn.ModuleList()
-        for i in reversed(range(downs)):
-            cin = widths[i] if i == downs - 1 else 2 * widths[i]
-            if i == 0:
-                self.up.append(nn.Sequential(nn.ReLU(True), nn.ConvTranspose2d(cin, out_channels, 4, 2, 1), nn.Tanh()))
-            else:
-                self.up.append(nn.Sequential(nn.ReLU(True), nn.ConvTranspose2d(cin, widths[i - 1], 4, 2, 1, bias=bias),
-                                             norm_layer(norm, widths[i - 1], 2)))
-        self.size_multiple = 2 ** downs
+@register_state_upgrade("deepliif")
+def rename_old_segmenter_keys(state: dict) -> dict:
+    return {_OLD_SEGMENTER_KEY.sub(lambda m: f"{m.group(1)}{m.group(2)}s.", k): v for k, v in state.items()}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-        skips.pop()  # the innermost output is x itself
-        for block in self.up:
-            x = block(x)
-            if skips:
-                x = torch.cat([skips.pop(), x], dim=1)
-        return x
+
+def segmenter(in_channels: int = 3, ngf: int = 64, downs: int = 9, norm: str = "batch",
+              max_mult: int = 8) -> Pix2PixUNet:
+    """DeepLIIF's segmentation generator: pix2pix's U-Net without dropout ("unet_512" for downs 9)."""
+    return Pix2PixUNet(in_channels, 3, num_downs=downs, ngf=ngf, norm=norm, dropout=0.0, activation="tanh",
+                       max_mult=max_mult)
 
 
 def fuse(segmentations: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -110,7 +82,7 @@ class DeepLIIFNet(nn.Module):
             ResnetGenerator(in_channels, 3, ngf=trans_ngf, n_blocks=trans_blocks, norm=norm, activation="tanh")
             for _ in MODALITIES)
         self.segmenters = nn.ModuleList(
-            UnetGenerator(3 if i else in_channels, 3, ngf=seg_ngf, downs=seg_downs, norm=norm, max_mult=seg_max_mult)
+            segmenter(3 if i else in_channels, ngf=seg_ngf, downs=seg_downs, norm=norm, max_mult=seg_max_mult)
             for i in range(len(MODALITIES) + 1))
         self.seg_weights = [float(w) for w in seg_weights]
         self.size_multiple = 2 ** seg_downs  # read by the Predictor to pad small images

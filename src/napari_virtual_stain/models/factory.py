@@ -12,6 +12,25 @@ from ..errors import CheckpointError, plain_text
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
 
 
+# name -> function(state_dict) -> state_dict: maps the weight names of checkpoints written by
+# earlier versions of an architecture onto today's, so old model files keep loading.
+STATE_UPGRADES: dict[str, Callable[[dict], dict]] = {}
+
+
+def register_state_upgrade(name: str):
+    def wrap(function):
+        STATE_UPGRADES[name] = function
+        return function
+    return wrap
+
+
+def upgrade_state(architecture: str, state: dict) -> dict:
+    """``state`` with the weight names today's ``architecture`` uses."""
+    _load_builtin_architectures()
+    upgrade = STATE_UPGRADES.get(architecture)
+    return upgrade(state) if upgrade is not None else state
+
+
 def register(name: str):
     def wrap(cls):
         ARCHITECTURES[name] = cls

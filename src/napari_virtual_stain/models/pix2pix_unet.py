@@ -1,12 +1,13 @@
-"""The pix2pix U-Net generator (Isola et al., ``UnetGenerator``), 2D.
+"""The pix2pix U-Net generator (Isola et al., ``UnetGenerator``), 2D: the one in the project.
 
 ``num_downs`` stride-2 4x4 convolutions halve the image down to 1x1 (8 for 256 px
-inputs: the "U-Net-256" of pix2pix and paper 000), then as many transposed convolutions
-bring it back up, each concatenated with the encoder features of the same size. Widths
-double from ``ngf`` up to ``8 * ngf``; the inner ``8 * ngf`` decoder levels use dropout
-(0.5 in pix2pix, which uses it as the generator's noise). Unlike pix2pix, any input
-size is accepted: the image is padded to a multiple of ``2 ** num_downs`` and the output
-cropped back.
+inputs: the "U-Net-256" of pix2pix and paper 000; 9 for 512 px: DeepLIIF's "unet_512",
+paper 001), then as many transposed convolutions bring it back up, each concatenated with
+the encoder features of the same size. Widths double from ``ngf`` up to ``max_mult * ngf``
+(8 in pix2pix); the inner ``8 * ngf`` decoder levels use dropout (0.5 in pix2pix, which
+uses it as the generator's noise; DeepLIIF's segmenters use none). Unlike pix2pix, any
+input size is accepted: the image is padded to a multiple of ``2 ** num_downs`` and the
+output cropped back.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Pix2PixUNet(nn.Module):
     """pix2pix's ``UnetGenerator``; see the module docstring."""
 
     def __init__(self, in_channels: int, out_channels: int, num_downs: int = 8, ngf: int = 64,
-                 norm: str = "batch", dropout: float = 0.5, activation: str = "tanh"):
+                 norm: str = "batch", dropout: float = 0.5, activation: str = "tanh", max_mult: int = 8):
         super().__init__()
         if num_downs < 2:
             raise ValueError("num_downs must be at least 2")
@@ -53,7 +54,7 @@ class Pix2PixUNet(nn.Module):
         self.size_multiple = 2 ** num_downs  # read by the Predictor to fit tiles
         # pix2pix uses a bias only where no batch norm follows (its use_bias rule).
         bias = norm != "batch"
-        widths = [min(ngf * 2**i, ngf * 8) for i in range(num_downs)]
+        widths = [ngf * min(2**i, max_mult) for i in range(num_downs)]
         last = num_downs - 1
 
         self.downs = nn.ModuleList()
