@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_virtual_stain.io.synthetic import make_cells_2d, make_cells_3d, make_ihc, make_multiplex
-from napari_virtual_stain.io.tiff_reader import save_tiff
+from napari_virtual_stain.io.tiff_writer import save_tiff
 
 SEED = 0
 MAX_TOTAL_BYTES = 5_000_000

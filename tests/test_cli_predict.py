@@ -7,7 +7,8 @@ import torch
 
 from napari_virtual_stain.cli import main
 from napari_virtual_stain.engine.predictor import Predictor
-from napari_virtual_stain.io.tiff_reader import load_image, save_tiff
+from napari_virtual_stain.io.tiff_reader import load_image
+from napari_virtual_stain.io.tiff_writer import save_tiff
 from napari_virtual_stain.models.registry import load_model
 from napari_virtual_stain.tasks.stain import run_stain
 

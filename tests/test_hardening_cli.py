@@ -15,7 +15,8 @@ import pytest
 import tifffile
 
 from napari_virtual_stain.cli import main
-from napari_virtual_stain.io.tiff_reader import load_image, save_tiff
+from napari_virtual_stain.io.tiff_reader import load_image
+from napari_virtual_stain.io.tiff_writer import save_tiff
 from napari_virtual_stain.models.checkpoint import save_checkpoint
 
 from conftest import save_tiny_model

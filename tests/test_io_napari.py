@@ -7,7 +7,8 @@ import pytest
 
 from napari_virtual_stain.errors import ReaderError
 from napari_virtual_stain.io import sample_data
-from napari_virtual_stain.io.tiff_reader import read_tiff, save_tiff
+from napari_virtual_stain.io.napari_reader import read_tiff
+from napari_virtual_stain.io.tiff_writer import save_tiff
 
 pytestmark = pytest.mark.gui
 

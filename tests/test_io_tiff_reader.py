@@ -10,13 +10,9 @@ import pytest
 import tifffile
 
 from napari_virtual_stain.errors import ReaderError
-from napari_virtual_stain.io.tiff_reader import (
-    get_reader,
-    layer_data_from_image,
-    load_image,
-    read_tiff,
-    save_tiff,
-)
+from napari_virtual_stain.io.napari_reader import get_reader, layer_data_from_image, read_tiff
+from napari_virtual_stain.io.tiff_reader import load_image
+from napari_virtual_stain.io.tiff_writer import save_tiff
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GRANULOMA = DATA / "mibi-granuloma" / "Point14_CYX.tif"

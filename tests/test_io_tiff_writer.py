@@ -7,8 +7,9 @@ import pytest
 import tifffile
 
 from napari_virtual_stain.errors import InputError
-from napari_virtual_stain.io import tiff_reader
-from napari_virtual_stain.io.tiff_reader import load_image, save_tiff
+from napari_virtual_stain.io import tiff_writer
+from napari_virtual_stain.io.tiff_reader import load_image
+from napari_virtual_stain.io.tiff_writer import save_tiff
 
 CASES = {
     # name: (file name, shape, dtype, axes written, names, pixel size, axes read, format read)
@@ -77,7 +78,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, rng, monkey
             f.write(b"II*\x00half")  # a partial file, then the disk fills up
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(tiff_reader.tifffile, "imwrite", broken_write)
+    monkeypatch.setattr(tiff_writer.tifffile, "imwrite", broken_write)
     with pytest.raises(OSError):
         save_tiff(target, np.zeros((4, 4), np.float32), "YX")
     assert target.read_bytes() == before

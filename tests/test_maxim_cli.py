@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from napari_virtual_stain.cli import main
-from napari_virtual_stain.io.tiff_reader import load_image, save_tiff
+from napari_virtual_stain.io.tiff_reader import load_image
+from napari_virtual_stain.io.tiff_writer import save_tiff
 from napari_virtual_stain.models.checkpoint import save_checkpoint
 from test_maxim_core import MARKERS, OracleMean, good_stack, oracle_card
 from napari_virtual_stain.tasks.maxim import stack_marker_stats

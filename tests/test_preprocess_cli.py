@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_virtual_stain.cli import main
-from napari_virtual_stain.io.tiff_reader import load_image, save_tiff
+from napari_virtual_stain.io.tiff_reader import load_image
+from napari_virtual_stain.io.tiff_writer import save_tiff
 
 TILE = 16
 

@@ -123,7 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_impute(args: argparse.Namespace) -> int:
-    from ..io.tiff_reader import save_tiff
+    from ..io.tiff_writer import save_tiff
     from ..tasks.maxim import find_imputers, impute_marker
 
     output = check_output_file(args.output, inputs=[args.stack])
@@ -190,7 +190,7 @@ def run_qc_command(args: argparse.Namespace) -> int:
         payload = dict(payload, skipped_models=problems)
     with OutputTransaction() as tx:  # a half-written report never replaces a good one
         if maps_to_write is not None:
-            from ..io.tiff_reader import save_tiff
+            from ..io.tiff_writer import save_tiff
 
             save_tiff(tx.stage(args.maps), maps_to_write[0], "CYX", maps_to_write[1], maps_to_write[2])
         tx.write_text(args.output, json.dumps(payload, indent=2, allow_nan=False))

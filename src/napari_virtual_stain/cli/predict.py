@@ -12,7 +12,8 @@ import numpy as np
 from ..engine.memory import require_memory
 from ..errors import InputError
 from ..io.outputs import check_output_file
-from ..io.tiff_reader import load_image, save_tiff
+from ..io.tiff_reader import load_image
+from ..io.tiff_writer import save_tiff
 from .progress import TextProgress
 from .common import add_axes_argument, add_engine_arguments, make_predictor
 

@@ -246,7 +246,7 @@ def _check_outputs(args: argparse.Namespace, **labels: str) -> None:
 
 def _save(tx: OutputTransaction, path, data, axes: str, image) -> None:
     """Write one TIFF of a command through ``tx`` (moved into place once all are written)."""
-    from ..io.tiff_reader import save_tiff
+    from ..io.tiff_writer import save_tiff
 
     names = image.channel_names if "C" in axes else None
     save_tiff(tx.stage(path), np.asarray(data), axes, names, image.pixel_size_um)

@@ -1,6 +1,7 @@
-"""Reading and writing microscopy images: TIFF / OME-TIFF / ImageJ hyperstacks (+ PNG/JPEG).
+"""Reading microscopy images: TIFF / OME-TIFF / ImageJ hyperstacks (+ PNG/JPEG).
 
-Three entry points:
+The io package by job: this module reads, ``tiff_metadata`` interprets what a file says
+(axes, names, pixel sizes), ``tiff_writer`` writes, ``napari_reader`` turns files into layers.
 
 * :func:`load_image` — the core reader used by the CLI and the napari reader. It returns a
   :class:`LoadedImage` whose axes are always in the project's canonical order
@@ -8,11 +9,7 @@ Three entry points:
   the pixel size in micrometres per spatial axis. Files bigger than
   :data:`LAZY_THRESHOLD_BYTES` (uncompressed) are opened lazily (memory map or dask over
   tifffile's zarr store) instead of being read whole.
-* :func:`get_reader` / :func:`read_tiff` — the npe2 reader contribution (drag and drop in
-  napari): every channel becomes its own image layer named after the channel, RGB stays one
-  RGB layer, and the layer scale is the pixel size.
-* :func:`save_tiff` — writes results (float32) as an ImageJ hyperstack or an OME-TIFF that
-  keeps the channel names and pixel size, atomically (temporary file + rename).
+* :func:`with_axes` — the same image with its axes read differently (``--axes CYX``).
 
 Every problem with a file raises :class:`~napari_virtual_stain.errors.ReaderError` with one
 sentence a microscopist understands; napari shows it as a notification.
@@ -21,19 +18,17 @@ sentence a microscopist understands; napari shows it as a notification.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
-import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tifffile
 
 from ..errors import InputError, ReaderError
+from .tiff_metadata import (CANONICAL_ORDER, SPATIAL_AXES, bool_as_uint8, canonical_axes, imagej_channel_names,
+                            imagej_pixel_size, ome_metadata, page_names, plain_tiff_pixel_size, to_canonical_order)
 
 # Files whose pixels take more than this (uncompressed) are opened lazily.
 LAZY_THRESHOLD_BYTES = 1 << 30
@@ -42,10 +37,6 @@ TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 # Read by load_image (the CLI: DeepLIIF inputs are PNG) but left to napari's own reader.
 OTHER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-CANONICAL_ORDER = "TCZYXS"
-SPATIAL_AXES = "ZYX"
-
-LayerDataTuple = tuple  # (data, kwargs, layer_type), as napari expects
 
 
 @dataclass
@@ -84,191 +75,6 @@ class LoadedImage:
         """Pixel size per spatial axis with 1.0 where unknown (what napari's ``scale`` needs)."""
         sizes = self.pixel_size_um or (None,) * len(self.spatial_axes)
         return tuple(float(s) if s else 1.0 for s in sizes)
-
-
-# --------------------------------------------------------------------------- units
-
-
-_UNIT_TO_UM = {
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
-    "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3,
-    "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6,
-    "å": 1e-4, "angstrom": 1e-4,
-}
-
-
-def _unit_factor(unit: str | None) -> float | None:
-    """Micrometres per ``unit``; None for "pixel", "" or anything not a length."""
-    if not unit:
-        return None
-    return _UNIT_TO_UM.get(str(unit).strip().lower())
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
-
-
-# --------------------------------------------------------------------------- axes
-
-
-def _canonical_axes(axes: str, shape: Sequence[int], rgb_samples: bool) -> str:
-    """Rename tifffile's axis letters to ours (T, C, Z, Y, X, S).
-
-    ``E`` (wavelength) is a channel axis; ``S`` stays ``S`` only for true RGB(A) pages,
-    otherwise it is a channel axis; unnamed axes (``I`` image sequence, ``Q`` ...) become
-    Z, then T, from the innermost outwards.
-    """
-    letters = []
-    for letter, size in zip(axes, shape):
-        if letter in "TCZYX":
-            letters.append(letter)
-        elif letter == "S":
-            letters.append("S" if rgb_samples and size in (3, 4) else "C")
-        elif letter == "E":
-            letters.append("C")
-        else:
-            letters.append("?")
-    for replacement in "ZT":
-        if "?" in letters and replacement not in letters:
-            last = len(letters) - 1 - letters[::-1].index("?")
-            letters[last] = replacement
-    result = "".join(letters)
-    if "?" in result or len(set(result)) != len(result) or not {"Y", "X"} <= set(result):
-        raise ReaderError(
-            f"The image has axes {axes!r} of sizes {tuple(shape)}, which cannot be read as a "
-            "(time, channel, z, y, x) image."
-        )
-    return result
-
-
-def _to_canonical_order(data: Any, axes: str) -> tuple[Any, str]:
-    order = sorted(range(len(axes)), key=lambda i: CANONICAL_ORDER.index(axes[i]))
-    if order == list(range(len(axes))):
-        return data, axes
-    return data.transpose(order), "".join(axes[i] for i in order)
-
-
-# --------------------------------------------------------------------------- metadata
-
-
-def _imagej_pixel_size(tf: tifffile.TiffFile, axes: str, n_planes: int) -> tuple[dict, dict]:
-    """Pixel sizes {axis: um} and extras from ImageJ metadata (unit, resolution, spacing, z labels)."""
-    ij = tf.imagej_metadata or {}
-    sizes: dict[str, float | None] = {}
-    extra: dict = {}
-    factor = _unit_factor(ij.get("unit"))
-    if factor is not None:
-        page = tf.pages.first
-        for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
-            res = page.tags.get(tag)
-            if res is not None:
-                num, den = res.value
-                if num and den and (num, den) != (1, 1):
-                    sizes[axis] = factor * den / num
-        if "Z" in axes and _positive(ij.get("spacing")):
-            sizes["Z"] = factor * float(ij["spacing"])
-    labels = ij.get("Labels")
-    if isinstance(labels, (list, tuple)) and "C" not in axes and len(labels) == n_planes:
-        extra["plane_labels"] = [str(v) for v in labels]
-        z = _z_positions(labels)
-        if z is not None and "Z" in axes:
-            extra["z_positions_um"] = z
-            if "Z" not in sizes and len(z) > 1 and z[-1] != z[0]:
-                # Napari needs one spacing: use the mean step, so the stack spans the real range.
-                sizes["Z"] = abs(z[-1] - z[0]) / (len(z) - 1)
-    return sizes, extra
-
-
-_Z_LABEL = re.compile(r"^\s*z\s*[=:]\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*([^\s\d]*)\s*$")
-
-
-def _z_positions(labels: Sequence[Any]) -> list[float] | None:
-    """Parse slice labels like 'z=1327.6um' into z positions in um (None unless all parse)."""
-    values = []
-    for label in labels:
-        match = _Z_LABEL.match(str(label))
-        if not match:
-            return None
-        factor = _unit_factor(match.group(2) or "um")
-        if factor is None:
-            return None
-        values.append(float(match.group(1)) * factor)
-    return values
-
-
-def _imagej_channel_names(tf: tifffile.TiffFile, axes: str, shape: Sequence[int]) -> list[str] | None:
-    """ImageJ 'Labels' are per-plane labels with the channel index varying fastest."""
-    labels = (tf.imagej_metadata or {}).get("Labels")
-    if "C" not in axes or not isinstance(labels, (list, tuple)):
-        return None
-    n_channels = shape[axes.index("C")]
-    if len(labels) < n_channels:
-        return None
-    return [str(v) for v in labels[:n_channels]]
-
-
-def _ome_metadata(tf: tifffile.TiffFile) -> tuple[list[str] | None, dict]:
-    """Channel names and pixel sizes {axis: um} of the first OME Image."""
-    try:
-        root = ET.fromstring(tf.ome_metadata)
-    except (ET.ParseError, TypeError):
-        return None, {}
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
-    if pixels is None:
-        return None, {}
-    sizes: dict[str, float | None] = {}
-    for axis in "XYZ":
-        value = _positive(pixels.get(f"PhysicalSize{axis}"))
-        factor = _unit_factor(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-        if value is not None and factor is not None:
-            sizes[axis] = value * factor
-    channels = [el for el in pixels if el.tag.endswith("Channel")]
-    names = [el.get("Name") or el.get("ID") or f"C{i}" for i, el in enumerate(channels)]
-    return (names or None), sizes
-
-
-def _plain_tiff_pixel_size(tf: tifffile.TiffFile) -> dict:
-    """Pixel size from the resolution tags of a plain TIFF, when they look like a real one.
-
-    Only centimetre units and inch units with a value that is not a screen/print default
-    (72, 96, 300 dpi ...) are trusted: most software writes 72 dpi without meaning it.
-    """
-    page = tf.pages.first
-    unit = page.tags.get("ResolutionUnit")
-    unit = int(unit.value) if unit is not None else 2
-    um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit)
-    sizes: dict[str, float] = {}
-    if um_per_unit is None:
-        return sizes
-    for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
-        res = page.tags.get(tag)
-        if res is None:
-            continue
-        num, den = res.value
-        if not num or not den:
-            continue
-        per_unit = num / den
-        if unit == 2 and per_unit in (1, 72, 96, 150, 180, 200, 240, 300, 360, 600, 720, 1200, 2400):
-            continue
-        sizes[axis] = um_per_unit / per_unit
-    return sizes
-
-
-def _page_names(pages: Sequence[Any]) -> list[str] | None:
-    """Distinct PageName tags of the given pages (how some multiplex exporters name channels)."""
-    if len(pages) < 2 or len(pages) > 1000:
-        return None
-    names = []
-    for page in pages:
-        tag = getattr(page, "tags", {}).get("PageName")
-        if tag is None:
-            return None
-        names.append(str(tag.value))
-    return names if len(set(names)) == len(names) else None
 
 
 # --------------------------------------------------------------------------- reading
@@ -353,26 +159,26 @@ def _describe_tiff(path: Path, tf: tifffile.TiffFile, indices: list[int]):
     for i in indices:
         _check_not_truncated(path, tf.series[i])
     rgb = tf.pages.first.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
-    axes = _canonical_axes(series.axes, shape, rgb)
+    axes = canonical_axes(series.axes, shape, rgb)
     names: list[str] | None = None
     extra: dict = {"format": "tiff"}
     if len(indices) > 1:  # separate same-shape series: a channel stack
         shape, axes = (len(indices),) + shape, "C" + axes
-        names = _page_names([tf.series[i].pages[0] for i in indices])
+        names = page_names([tf.series[i].pages[0] for i in indices])
     if tf.is_ome:
-        names, sizes = _ome_metadata(tf)
+        names, sizes = ome_metadata(tf)
         extra["format"] = "ome-tiff"
     elif tf.is_imagej:
         n_planes = int(np.prod([s for s, a in zip(shape, axes) if a in "TCZ"], dtype=np.int64))
-        names = _imagej_channel_names(tf, axes, shape)
-        sizes, more = _imagej_pixel_size(tf, axes, n_planes)
+        names = imagej_channel_names(tf, axes, shape)
+        sizes, more = imagej_pixel_size(tf, axes, n_planes)
         extra.update(more, format="imagej")
     else:
-        sizes = _plain_tiff_pixel_size(tf)
+        sizes = plain_tiff_pixel_size(tf)
         if len(indices) == 1 and "C" not in axes and axes.startswith("Z") and series.axes[0] in "IQ":
-            page_names = _page_names(list(series.pages))
-            if page_names and len(page_names) == shape[0]:
-                axes, names = "C" + axes[1:], page_names  # named pages: channels, not a z-stack
+            named = page_names(list(series.pages))
+            if named and len(named) == shape[0]:
+                axes, names = "C" + axes[1:], named  # named pages: channels, not a z-stack
     return shape, axes, names, sizes, extra
 
 
@@ -428,8 +234,8 @@ def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _Tifff
     finally:
         tf.close()  # the lazy readers hold their own file handles
 
-    data, axes = _to_canonical_order(data, axes)
-    data = _bool_as_uint8(data)
+    data, axes = to_canonical_order(data, axes)
+    data = bool_as_uint8(data)
     n_channels = data.shape[axes.index("C")] if "C" in axes else 0
     if names is None or len(names) != n_channels:
         names = [f"C{i}" for i in range(n_channels)]
@@ -447,11 +253,6 @@ def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _Tifff
     )
 
 
-def _bool_as_uint8(data: Any) -> Any:
-    """Binary images (masks) as 0/1 uint8: every later step does arithmetic on pixels."""
-    return data.astype(np.uint8) if data.dtype == bool else data
-
-
 def _read_other_image(path: Path) -> LoadedImage:
     from skimage import io as skio  # imageio underneath; scikit-image is a declared dependency
 
@@ -461,7 +262,7 @@ def _read_other_image(path: Path) -> LoadedImage:
         raise ReaderError(f"{path.name} is damaged or not a {path.suffix[1:].upper()} image: it could not be read.") from err
     if data.size == 0:
         raise ReaderError(f"{path.name} contains an empty image: there are no pixels to show.")
-    data = _bool_as_uint8(data)
+    data = bool_as_uint8(data)
     if data.ndim == 3 and data.shape[-1] == 4 and np.all(data[..., 3] == np.iinfo(data.dtype).max
                                                          if data.dtype.kind == "u" else data[..., 3] == 1):
         data = data[..., :3]  # an opaque alpha channel carries nothing
@@ -476,7 +277,7 @@ def _read_other_image(path: Path) -> LoadedImage:
     return LoadedImage(data, axes, [], None, str(path), {"format": path.suffix[1:].lower(), "lazy": False})
 
 
-def _suffix(path: str | os.PathLike) -> str:
+def image_suffix(path: str | os.PathLike) -> str:
     name = str(path).lower()
     for suffix in TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES:
         if name.endswith(suffix):
@@ -496,7 +297,7 @@ def with_axes(image: LoadedImage, axes: str) -> LoadedImage:
                          "letter per axis from T, C, Z, Y, X, S (colour samples), with Y and X.")
     if axes == image.axes:
         return image
-    data, canonical = _to_canonical_order(image.data, axes)
+    data, canonical = to_canonical_order(image.data, axes)
     n_channels = int(data.shape[canonical.index("C")]) if "C" in canonical else 0
     names = image.channel_names if "C" in image.axes and "C" in canonical and len(image.channel_names) == n_channels \
         else [f"C{i}" for i in range(n_channels)]
@@ -528,197 +329,9 @@ def _load_image(path: str | os.PathLike, lazy_threshold_bytes: int) -> LoadedIma
         raise ReaderError(f"There is no file {str(path)!r}.")
     if path.is_dir():
         raise ReaderError(f"{str(path)!r} is a folder, not an image file.")
-    suffix = _suffix(path)
+    suffix = image_suffix(path)
     if suffix in TIFF_SUFFIXES:
         return _read_tiff_file(path, lazy_threshold_bytes)
     if suffix in OTHER_IMAGE_SUFFIXES:
         return _read_other_image(path)
     raise ReaderError(f"{path.name} is not a TIFF, PNG or JPEG image file.")
-
-
-# --------------------------------------------------------------------------- napari reader
-
-
-def _display_range(plane_stack: np.ndarray) -> tuple[float, float]:
-    """Contrast limits that survive a few very bright pixels (sparse multiplex counts) and NaNs."""
-    sample = np.asarray(plane_stack)
-    step = max(1, int(math.sqrt(sample.size / 1_000_000)))  # about a million values is plenty
-    sample = sample[..., ::step, ::step]
-    if sample.dtype.kind == "f":
-        sample = sample[np.isfinite(sample)]
-        if sample.size == 0:
-            return 0.0, 1.0
-    lo = float(np.min(sample))
-    hi = float(np.percentile(sample, 99.9))
-    if hi <= lo:
-        hi = float(np.max(sample))
-    if hi <= lo:
-        hi = lo + 1.0
-    return lo, hi
-
-
-def layer_data_from_image(image: LoadedImage, name: str | None = None) -> list[LayerDataTuple]:
-    """napari layer data tuples for ``image``: one layer per channel, or one RGB layer.
-
-    Layers get the pixel size as ``scale`` (and ``units`` in um when it is known) and
-    carry ``source_path``, ``axes``, ``channel_names`` and ``pixel_size_um`` in ``metadata``.
-    """
-    base = name or Path(image.source_path).name.split(".")[0] or "image"
-    spatial = image.spatial_axes
-    # Non-spatial, non-channel axes (T) are displayed with unit scale.
-    display_axes = [a for a in image.axes if a not in "CS"]
-    spatial_scale = dict(zip(spatial, image.scale()))
-    scale = tuple(spatial_scale.get(a, 1.0) for a in display_axes)
-    metadata = {
-        "source_path": image.source_path,
-        "axes": image.axes,
-        "channel_names": list(image.channel_names),
-        "pixel_size_um": image.pixel_size_um,
-    }
-    kwargs: dict[str, Any] = {"scale": scale, "axis_labels": tuple(a.lower() for a in display_axes)}
-    if image.pixel_size_um is not None and all(image.pixel_size_um) and "T" not in image.axes:
-        kwargs["units"] = ("um",) * len(display_axes)
-
-    if image.is_rgb:
-        return [(image.data, {**kwargs, "name": base, "rgb": True, "metadata": metadata}, "image")]
-    if "C" not in image.axes:
-        if not image.is_lazy:
-            kwargs["contrast_limits"] = _display_range(image.data)
-        return [(image.data, {**kwargs, "name": base, "metadata": metadata}, "image")]
-
-    c = image.axes.index("C")
-    names = list(image.channel_names)
-    kwargs.update(
-        channel_axis=c,
-        name=names,
-        metadata=[{**metadata, "channel_name": n, "channel_index": i} for i, n in enumerate(names)],
-    )
-    if not image.is_lazy:
-        kwargs["contrast_limits"] = [_display_range(np.take(image.data, i, axis=c)) for i in range(len(names))]
-    return [(image.data, kwargs, "image")]
-
-
-def read_tiff(path: str | os.PathLike | list) -> list[LayerDataTuple]:
-    """npe2 reader: the layers of one TIFF file (or of each file in a list)."""
-    paths = path if isinstance(path, (list, tuple)) else [path]
-    layers: list[LayerDataTuple] = []
-    for p in paths:
-        layers.extend(layer_data_from_image(load_image(p)))
-    return layers
-
-
-def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerDataTuple]] | None:
-    """npe2 reader contribution: :func:`read_tiff` for TIFF paths, None for anything else.
-
-    Checks only the name, never the content, so napari never crashes here; a bad file
-    raises :class:`ReaderError` from the returned reader, which napari shows to the user.
-    """
-    paths = path if isinstance(path, (list, tuple)) else [path]
-    if not paths or not all(_suffix(p) in TIFF_SUFFIXES for p in paths):
-        return None
-    return read_tiff
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _writable(data: np.ndarray, imagej: bool) -> np.ndarray:
-    if data.dtype == bool:
-        return data.astype(np.uint8)
-    if data.dtype.kind == "f" or data.dtype.kind == "c":
-        return data.astype(np.float32)
-    if imagej and data.dtype not in (np.uint8, np.uint16):
-        return data.astype(np.float32)  # ImageJ knows 8/16-bit and float only
-    return data
-
-
-def save_tiff(
-    path: str | os.PathLike,
-    data: Any,
-    axes: str,
-    channel_names: Sequence[str] | None = None,
-    pixel_size_um: Sequence[float | None] | None = None,
-    *,
-    format: str = "auto",
-    compression: str | None = "zlib",
-) -> Path:
-    """Write ``data`` with ``axes`` (letters of ``TCZYXS``, any order) as a TIFF, atomically.
-
-    ``format``: "imagej" (a hyperstack Fiji opens with channel names as slice labels),
-    "ome" (OME-TIFF), or "auto": OME for ``.ome.tif(f)`` names and for data ImageJ cannot
-    hold (RGB that is not 8-bit), ImageJ otherwise. Floats are written as float32.
-    ``pixel_size_um`` gives one size per spatial axis (aligned from the right with the Z, Y,
-    X axes present; None entries are unknown). Returns the written path.
-    :func:`load_image` reads the file back with the same data, axes, names and pixel size.
-    """
-    path = Path(path)
-    axes = axes.upper()
-    data = np.asarray(data)
-    if len(axes) != data.ndim or len(set(axes)) != len(axes) or set(axes) - set(CANONICAL_ORDER):
-        raise InputError(f"Axes {axes!r} do not describe an array of shape {data.shape}.")
-    if data.size == 0:
-        raise InputError("There is nothing to save: the image is empty.")
-    data, axes = _to_canonical_order(data, axes)
-    data = _bool_as_uint8(data)
-    n_channels = data.shape[axes.index("C")] if "C" in axes else 0
-    names = [str(n) for n in channel_names] if channel_names else [f"C{i}" for i in range(n_channels)]
-    if n_channels and len(names) != n_channels:
-        raise InputError(f"{len(names)} channel names were given for {n_channels} channels.")
-
-    spatial = "".join(a for a in axes if a in SPATIAL_AXES)
-    sizes = list(pixel_size_um or [])[-len(spatial):] if pixel_size_um else []
-    sizes = [None] * (len(spatial) - len(sizes)) + [_positive(s) for s in sizes]
-    size_of = dict(zip(spatial, sizes))
-
-    if format == "auto":
-        is_ome_name = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
-        rgb_not_8bit = "S" in axes and data.dtype != np.uint8
-        format = "ome" if is_ome_name or rgb_not_8bit else "imagej"
-    if format not in ("imagej", "ome"):
-        raise InputError(f"Unknown TIFF format {format!r}: use 'imagej', 'ome' or 'auto'.")
-
-    kwargs: dict[str, Any] = {"compression": compression}
-    if "S" in axes:
-        kwargs["photometric"] = "rgb"
-    else:
-        kwargs["photometric"] = "minisblack"
-    if format == "imagej":
-        data = _writable(data, imagej=True)
-        # ImageJ hyperstacks are ordered T, Z, C, Y, X, S.
-        order = sorted(range(len(axes)), key=lambda i: "TZCYXS".index(axes[i]))
-        data, ij_axes = data.transpose(order), "".join(axes[i] for i in order)
-        metadata: dict[str, Any] = {"axes": ij_axes}
-        if n_channels:
-            n_other = int(np.prod([data.shape[i] for i, a in enumerate(ij_axes) if a in "TZ"], dtype=np.int64))
-            metadata["Labels"] = names * n_other  # one label per plane, channel fastest
-        if any(size_of.get(a) for a in "XYZ"):
-            metadata["unit"] = "um"
-        if size_of.get("Z"):
-            metadata["spacing"] = size_of["Z"]
-        if size_of.get("X") and size_of.get("Y"):
-            kwargs["resolution"] = (1.0 / size_of["X"], 1.0 / size_of["Y"])
-        kwargs.update(imagej=True, metadata=metadata)
-    else:
-        data = _writable(data, imagej=False)
-        metadata = {"axes": axes}
-        if n_channels:
-            metadata["Channel"] = {"Name": names}
-        for axis in "XYZ":
-            if size_of.get(axis):
-                metadata[f"PhysicalSize{axis}"] = size_of[axis]
-                metadata[f"PhysicalSize{axis}Unit"] = "µm"
-        kwargs.update(ome=True, metadata=metadata)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling, created with the usual permissions, renamed over the target at the end.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tifffile.imwrite(tmp, data, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path

@@ -1,0 +1,121 @@
+"""Writing results as TIFF: ImageJ hyperstacks or OME-TIFF with channel names and pixel size, atomically.
+
+:func:`save_tiff` writes through a hidden temporary file renamed over the target, so a
+crash never leaves half a file; :func:`~napari_virtual_stain.io.tiff_reader.load_image`
+reads it back with the same data, axes, names and pixel size.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import tifffile
+
+from ..errors import InputError
+from .tiff_metadata import CANONICAL_ORDER, SPATIAL_AXES, bool_as_uint8, positive_number, to_canonical_order
+
+
+def _writable(data: np.ndarray, imagej: bool) -> np.ndarray:
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if data.dtype.kind == "f" or data.dtype.kind == "c":
+        return data.astype(np.float32)
+    if imagej and data.dtype not in (np.uint8, np.uint16):
+        return data.astype(np.float32)  # ImageJ knows 8/16-bit and float only
+    return data
+
+
+def save_tiff(
+    path: str | os.PathLike,
+    data: Any,
+    axes: str,
+    channel_names: Sequence[str] | None = None,
+    pixel_size_um: Sequence[float | None] | None = None,
+    *,
+    format: str = "auto",
+    compression: str | None = "zlib",
+) -> Path:
+    """Write ``data`` with ``axes`` (letters of ``TCZYXS``, any order) as a TIFF, atomically.
+
+    ``format``: "imagej" (a hyperstack Fiji opens with channel names as slice labels),
+    "ome" (OME-TIFF), or "auto": OME for ``.ome.tif(f)`` names and for data ImageJ cannot
+    hold (RGB that is not 8-bit), ImageJ otherwise. Floats are written as float32.
+    ``pixel_size_um`` gives one size per spatial axis (aligned from the right with the Z, Y,
+    X axes present; None entries are unknown). Returns the written path.
+    :func:`load_image` reads the file back with the same data, axes, names and pixel size.
+    """
+    path = Path(path)
+    axes = axes.upper()
+    data = np.asarray(data)
+    if len(axes) != data.ndim or len(set(axes)) != len(axes) or set(axes) - set(CANONICAL_ORDER):
+        raise InputError(f"Axes {axes!r} do not describe an array of shape {data.shape}.")
+    if data.size == 0:
+        raise InputError("There is nothing to save: the image is empty.")
+    data, axes = to_canonical_order(data, axes)
+    data = bool_as_uint8(data)
+    n_channels = data.shape[axes.index("C")] if "C" in axes else 0
+    names = [str(n) for n in channel_names] if channel_names else [f"C{i}" for i in range(n_channels)]
+    if n_channels and len(names) != n_channels:
+        raise InputError(f"{len(names)} channel names were given for {n_channels} channels.")
+
+    spatial = "".join(a for a in axes if a in SPATIAL_AXES)
+    sizes = list(pixel_size_um or [])[-len(spatial):] if pixel_size_um else []
+    sizes = [None] * (len(spatial) - len(sizes)) + [positive_number(s) for s in sizes]
+    size_of = dict(zip(spatial, sizes))
+
+    if format == "auto":
+        is_ome_name = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
+        rgb_not_8bit = "S" in axes and data.dtype != np.uint8
+        format = "ome" if is_ome_name or rgb_not_8bit else "imagej"
+    if format not in ("imagej", "ome"):
+        raise InputError(f"Unknown TIFF format {format!r}: use 'imagej', 'ome' or 'auto'.")
+
+    kwargs: dict[str, Any] = {"compression": compression}
+    if "S" in axes:
+        kwargs["photometric"] = "rgb"
+    else:
+        kwargs["photometric"] = "minisblack"
+    if format == "imagej":
+        data = _writable(data, imagej=True)
+        # ImageJ hyperstacks are ordered T, Z, C, Y, X, S.
+        order = sorted(range(len(axes)), key=lambda i: "TZCYXS".index(axes[i]))
+        data, ij_axes = data.transpose(order), "".join(axes[i] for i in order)
+        metadata: dict[str, Any] = {"axes": ij_axes}
+        if n_channels:
+            n_other = int(np.prod([data.shape[i] for i, a in enumerate(ij_axes) if a in "TZ"], dtype=np.int64))
+            metadata["Labels"] = names * n_other  # one label per plane, channel fastest
+        if any(size_of.get(a) for a in "XYZ"):
+            metadata["unit"] = "um"
+        if size_of.get("Z"):
+            metadata["spacing"] = size_of["Z"]
+        if size_of.get("X") and size_of.get("Y"):
+            kwargs["resolution"] = (1.0 / size_of["X"], 1.0 / size_of["Y"])
+        kwargs.update(imagej=True, metadata=metadata)
+    else:
+        data = _writable(data, imagej=False)
+        metadata = {"axes": axes}
+        if n_channels:
+            metadata["Channel"] = {"Name": names}
+        for axis in "XYZ":
+            if size_of.get(axis):
+                metadata[f"PhysicalSize{axis}"] = size_of[axis]
+                metadata[f"PhysicalSize{axis}Unit"] = "µm"
+        kwargs.update(ome=True, metadata=metadata)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A hidden sibling, created with the usual permissions, renamed over the target at the end.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tifffile.imwrite(tmp, data, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
