@@ -66,8 +66,7 @@ def test_region_margin_and_crop_back():
 
 def test_overlay_tuples_land_on_the_input_pixels():
     data = np.random.default_rng(0).random((2, 4, 5)).astype(np.float32)
-    tuples = overlay_tuples(data, ["nuclei", "membrane"], "bf", start=(10, 20), scale=(0.5, 0.25),
-                            translate=(100.0, 200.0))
+    tuples = overlay_tuples(data, ["nuclei", "membrane"], "bf", {"scale": (0.5, 0.25), "translate": (105.0, 205.0)})
     assert [t[1]["name"] for t in tuples] == [output_layer_name("bf", "nuclei"), output_layer_name("bf", "membrane")]
     kw = tuples[0][1]
     assert kw["translate"] == (105.0, 205.0) and kw["scale"] == (0.5, 0.25)

@@ -1,8 +1,8 @@
 """Core results -> napari LayerDataTuples (plain tuples: no napari import needed).
 
-Outputs are overlay layers aligned with the input: the region's offset becomes the
-layer's translate in world units, so a result computed for the current view lands
-exactly on the pixels it was computed from.
+Outputs are overlay layers aligned with the input: their placement (the region's offset
+carried through the input layer's transform, ``widgets.geometry.placement``) puts a result
+computed for the current view exactly on the pixels it was computed from.
 """
 
 from __future__ import annotations
@@ -32,17 +32,14 @@ def colormap_for(channel: str, index: int) -> str:
     return _PALETTE[index % len(_PALETTE)]
 
 
-def overlay_tuples(data: np.ndarray, channels: Sequence[str], input_name: str, start: Sequence[int],
-                   scale: Sequence[float], translate: Sequence[float],
+def overlay_tuples(data: np.ndarray, channels: Sequence[str], input_name: str, place: dict[str, Any],
                    metadata: dict[str, Any] | None = None,
                    contrast: Sequence[tuple[float, float]] | None = None) -> list[tuple]:
     """One image LayerDataTuple per output channel of ``data`` (C, *spatial).
 
-    ``start`` is the region's offset in data pixels; ``scale``/``translate`` are the
-    input layer's spatial ones (world units per pixel, world offset).
+    ``place``: the layer arguments that put ``data[i]`` on the input's pixels (``scale``,
+    ``translate`` and possibly ``affine``), from ``widgets.geometry.placement``.
     """
-    scale = tuple(float(s) for s in scale)
-    world_offset = tuple(float(t) + a * s for t, a, s in zip(translate, start, scale))
     tuples = []
     for i, channel in enumerate(channels):
         plane = data[i]
@@ -54,8 +51,7 @@ def overlay_tuples(data: np.ndarray, channels: Sequence[str], input_name: str, s
             limits = (lo, hi if hi > lo else lo + 1.0)
         kwargs = {
             "name": output_layer_name(input_name, channel),
-            "scale": scale,
-            "translate": world_offset,
+            **place,
             "colormap": colormap_for(channel, i),
             "blending": "additive",
             "contrast_limits": limits,

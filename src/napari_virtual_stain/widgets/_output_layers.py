@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from napari.layers import Image
 
 
@@ -19,6 +20,7 @@ def publish(viewer, tuples: list[tuple]) -> list:
             existing.data = data
             existing.scale = kwargs["scale"]
             existing.translate = kwargs["translate"]
+            existing.affine = kwargs.get("affine", np.eye(data.ndim + 1))
             existing.metadata.update(kwargs.get("metadata", {}))
             layers.append(existing)
             continue

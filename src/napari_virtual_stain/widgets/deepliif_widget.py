@@ -13,6 +13,8 @@ for the chosen IHC layer): no network runs. Every default is deepliif 1.2.7's.
 
 from __future__ import annotations
 
+import numpy as np
+
 import tempfile
 from pathlib import Path
 
@@ -33,9 +35,9 @@ from ..tasks.deepliif_cells import (AUTO, NEGATIVE, POSITIVE, RESOLUTIONS, SEG_T
                                     check_thresholds, resolution_for_tile)
 from ..tasks.deepliif_files import check_maps, find_maps
 from ..tasks.layers import output_layer_name
-from ..tasks.region import Region, view_region
+from ..tasks.region import Region
 from ._output_layers import publish
-from ._viewer_geometry import visible_data_corners
+from .geometry import placement, visible_region
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 CURRENT_VIEW = "current view"
@@ -180,9 +182,8 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
     def _region_for(self, layer):
         if self.scope.value == WHOLE:
             return None
-        box, point, displayed = visible_data_corners(self.viewer, layer)
         # an RGB layer's data has a trailing colour axis that napari does not count as a dimension
-        return view_region(box[:, :2], tuple(point[:2]), tuple(layer.data.shape[:2]), (0, 1))
+        return visible_region(self.viewer, layer, (0, 1), tuple(layer.data.shape[:2]))
 
     def run(self, *_):
         if self.job is not None and self.job.running:
@@ -242,18 +243,14 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.result = result
         self._show_cells()
 
-    def _placement(self):
-        layer = self._source
-        scale = tuple(layer.scale[-2:])
-        translate = tuple(float(t) + a * s for t, a, s in zip(layer.translate[-2:], self.result.region.start, scale))
-        return scale, translate
+    def _placement(self) -> dict:
+        return placement(self._source, (0, 1), self.result.region.start)
 
     def _on_result(self, result):
         self.result = result
         self.help.tooltip = result.card.description  # e.g. the bundled model says it is a demonstration
-        scale, translate = self._placement()
         tuples = [(result.images[m], {"name": output_layer_name(self._source.name, m), "rgb": True,
-                                                  "scale": scale, "translate": translate, "blending": "additive",
+                                                  **self._placement(), "blending": "additive",
                                                   "visible": False,
                                                   "metadata": {"source_layer": self._source.name, "channel": m}},
                    "image") for m in MODALITIES]
@@ -270,16 +267,17 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
     def _show_cells(self):
         cells = self.result.cells
         name = output_layer_name(self._source.name, CELLS)
-        scale, translate = self._placement()
+        place = self._placement()
         if self.cell_layer is None or self.cell_layer not in self.viewer.layers:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-            self.cell_layer = self.viewer.add_labels(cells.labels, name=name, scale=scale, translate=translate,
+            self.cell_layer = self.viewer.add_labels(cells.labels, name=name, **place,
                                                      metadata={"source_layer": self._source.name})
             self.cell_layer.mouse_drag_callbacks.append(self._on_click)
         else:
             self.cell_layer.data = cells.labels
-            self.cell_layer.scale, self.cell_layer.translate = scale, translate
+            self.cell_layer.scale, self.cell_layer.translate = place["scale"], place["translate"]
+            self.cell_layer.affine = place.get("affine", np.eye(3))
         self.recount()
 
     def relabel(self, *_):

@@ -27,6 +27,7 @@ from ..training.starting import model_for_training
 from ..training.trainer import Trainer, TrainConfig
 from ._output_layers import publish
 from ._plot import LinePlot
+from .geometry import placement, spatial_axes
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_info
 
 # Fresh networks: label -> (architecture, spatial dims).
@@ -278,8 +279,8 @@ class FineTuneWidget(JobDockMixin, QWidget):
         if source.ndim == 3 and trainer.card.spatial_dims == 2:  # pairs are the planes of the stack
             start, preview = (pair,) + start, preview[:, None]
         names = [f"preview {c}" for c in trainer.card.output_channels]
-        scale, translate = list(source.scale)[-len(start):], list(source.translate)[-len(start):]
-        publish(self.viewer, overlay_tuples(preview, names, source.name, start, scale, translate,
+        axes = spatial_axes(source, len(start))  # the preview covers the input's last spatial axes
+        publish(self.viewer, overlay_tuples(preview, names, source.name, placement(source, axes, start),
                                             contrast=[(0.0, 1.0)] * len(names)))
 
     def _on_result(self, result):

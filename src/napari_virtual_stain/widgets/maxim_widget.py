@@ -22,9 +22,8 @@ from ..errors import InputError
 from ..tasks.layers import overlay_tuples
 from ..tasks.maxim import (bl_mean, channel_index, check_marker_stack, find_imputers, impute_marker,
                            normalise_marker, stack_from_channels)
-from ..tasks.region import view_region
 from ._output_layers import publish
-from ._viewer_geometry import visible_data_corners
+from .geometry import placement, spatial_axes, visible_region
 from ._worker import JobDockMixin, Job, ProgressRelay, show_info, show_warning
 
 SEPARATE = "one layer per marker"
@@ -199,9 +198,7 @@ class MaximWidget(JobDockMixin, QWidget):
     def _region(self, layer):
         if self.scope.value == WHOLE:
             return None
-        box, point, displayed = visible_data_corners(self.viewer, layer)
-        spatial = tuple(layer.data.shape[-2:])
-        return view_region(box[:, -2:], point[-2:], spatial, (0, 1))
+        return visible_region(self.viewer, layer, spatial_axes(layer, 2), tuple(layer.data.shape[-2:]))
 
     def _start(self, func, *args, on_result, action):
         if self.job is not None and self.job.running:
@@ -283,7 +280,7 @@ class MaximWidget(JobDockMixin, QWidget):
 
     def _overlay(self, data, channels, start, contrast):
         layer, name = self._context
-        tuples = overlay_tuples(data, channels, name, start, list(layer.scale)[-2:], list(layer.translate)[-2:],
+        tuples = overlay_tuples(data, channels, name, placement(layer, spatial_axes(layer, 2), start),
                                 metadata={"maxim": True}, contrast=contrast)
         return publish(self.viewer, tuples)
 

@@ -18,10 +18,9 @@ from ..engine.predictor import Predictor
 from ..models.registry import list_models, load_model, subscribe
 from ..tasks.arrays import layout_for
 from ..tasks.layers import overlay_tuples
-from ..tasks.region import view_region
 from ..tasks.stain import run_stain
 from ._output_layers import publish
-from ._viewer_geometry import visible_data_corners
+from .geometry import placement, spatial_axes, visible_region
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 CURRENT_VIEW = "current view"
@@ -135,12 +134,10 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         if self.scope.value == WHOLE or self.viewer.dims.ndisplay == 3:
             return None  # in a 3D view everything is "visible"
         layout = layout_for(layer.data, card, layer.rgb, layer.name)
-        box, point, displayed = visible_data_corners(self.viewer, layer)
-        if layout.channel_axis == 0:  # a channels-first layer: its first axis is not spatial
-            box, point, displayed = box[:, 1:], point[1:], tuple(a - 1 for a in displayed)
         spatial_shape = layout.spatial_shape(tuple(layer.data.shape))
+        axes = spatial_axes(layer, len(spatial_shape), None if layout.rgb else layout.channel_axis)
         z_extent = card.tile[0] if card.spatial_dims == 3 else 1
-        return view_region(box, point, spatial_shape, displayed, z_extent=z_extent)
+        return visible_region(self.viewer, layer, axes, spatial_shape, z_extent=z_extent)
 
     def run(self, *_):
         if self.job is not None and self.job.running:
@@ -175,10 +172,10 @@ class VirtualStainWidget(JobDockMixin, QWidget):
     def _on_result(self, result):
         layer, _, stats_key = self._run_context
         self._stats = {stats_key: result.stats}
-        scale = self._spatial(layer.scale, result)
-        translate = self._spatial(layer.translate, result)
+        layout = result.layout
+        axes = spatial_axes(layer, len(result.region.start), None if layout.rgb else layout.channel_axis)
         limits = None if result.card.output_activation == "none" else [(0.0, 1.0)] * len(result.channels)
-        tuples = overlay_tuples(result.data, result.channels, layer.name, result.region.start, scale, translate,
+        tuples = overlay_tuples(result.data, result.channels, layer.name, placement(layer, axes, result.region.start),
                                 metadata={"model": result.card.name}, contrast=limits)
         publish(self.viewer, tuples)
         if result.nan_fraction > 0:
@@ -188,13 +185,6 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         size = "x".join(str(n) for n in result.region.shape)
         self.info.value = (f"{result.card.name}: {len(result.channels)} channels, {size} px "
                            f"in {time.perf_counter() - self._started:.2f} s")
-
-    @staticmethod
-    def _spatial(values, result):
-        """The layer's scale/translate for the spatial axes the result covers."""
-        values = list(values)
-        n = len(result.region.start)
-        return values[-n:]
 
     def _on_done(self):
         self.run_button.enabled, self.cancel_button.enabled = True, False

@@ -1,0 +1,112 @@
+"""One place that turns a napari layer and the camera into a region, and puts results back.
+
+Every dock asks the same two questions:
+
+- *What does the user see?* :func:`visible_region`: the visible box of the current plane
+  of a layer, in the core's spatial axes. Computed from the camera (centre, zoom) and the
+  canvas size rather than from ``layer.corner_pixels``, which is only refreshed when the
+  canvas draws (a run right after a programmatic pan must use the new view). The screen
+  box is carried into the layer's data coordinates with the layer's own transform
+  (scale, translate, rotate, shear, affine), and the displayed axes are read from
+  ``viewer.dims`` (any dims order: a layer shown as Z-X gets a Z-X box).
+- *Where does a result go?* :func:`placement`: the layer arguments that put an array
+  covering ``region`` of the layer's spatial axes exactly on those pixels, keeping the
+  layer's rotation, shear and affine as well as its scale and translate.
+
+Layer axes here are napari's (an RGB layer's colour axis is not one); "spatial axes" are
+the layer axes the core works on, in order (e.g. (1, 2) for a channels-first C, Y, X layer).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..tasks.region import Region, view_region
+
+
+def canvas_size(viewer) -> tuple[int, int]:
+    """(height, width) of the canvas in screen pixels."""
+    try:
+        return tuple(int(v) for v in viewer.window._qt_viewer.canvas.size)
+    except AttributeError:  # headless viewer model: assume a typical canvas
+        return (600, 800)
+
+
+def spatial_axes(layer, n_spatial: int, channel_axis: int | None = None) -> tuple[int, ...]:
+    """The last ``n_spatial`` layer axes, skipping ``channel_axis`` (e.g. 0 for C, Y, X)."""
+    axes = [a for a in range(layer.ndim) if a != channel_axis]
+    if len(axes) < n_spatial:
+        raise InputError(f"The layer '{layer.name}' has {layer.ndim} axes; {n_spatial} spatial axes are needed.")
+    return tuple(axes[-n_spatial:])
+
+
+def displayed_layer_axes(viewer, layer) -> tuple[int, ...]:
+    """The layer axes on screen (rows, columns), from the viewer's dims order."""
+    offset = viewer.dims.ndim - layer.ndim  # napari aligns a layer with the last world axes
+    return tuple(w - offset for w in viewer.dims.displayed[-2:] if w - offset >= 0)
+
+
+def visible_data_box(viewer, layer) -> tuple[np.ndarray, np.ndarray]:
+    """Corners (2, layer.ndim) of the visible box and the current point, in layer data coordinates."""
+    if getattr(getattr(viewer, "grid", None), "enabled", False):
+        raise InputError("The current view is not defined in grid mode (each layer sits in its own cell): "
+                         "turn grid mode off or run on the whole image.")
+    height, width = canvas_size(viewer)
+    zoom = float(viewer.camera.zoom)
+    centre = np.asarray(viewer.camera.center[-2:], dtype=float)
+    half = np.array([height, width], dtype=float) / (2 * zoom)
+    point = np.asarray(viewer.dims.point, dtype=float)
+    shown = list(viewer.dims.displayed[-2:])
+    offset = len(point) - layer.ndim
+    corners = []
+    for dy, dx in itertools.product((-1, 1), repeat=2):
+        world = point.copy()
+        world[shown] = centre + np.array([dy, dx]) * half
+        corners.append(layer.world_to_data(world[offset:]))
+    corners = np.asarray(corners, dtype=float)
+    current = np.asarray(layer.world_to_data(point[offset:]), dtype=float)
+    return np.stack([corners.min(axis=0), corners.max(axis=0)]), current
+
+
+def visible_region(viewer, layer, axes: Sequence[int], spatial_shape: Sequence[int], z_extent: int = 1) -> Region:
+    """The visible box of the current plane over the layer ``axes`` (the core's spatial axes)."""
+    box, current = visible_data_box(viewer, layer)
+    axes = list(axes)
+    shown = [axes.index(a) for a in displayed_layer_axes(viewer, layer) if a in axes]
+    return view_region(box[:, axes], tuple(current[axes]), tuple(int(s) for s in spatial_shape), tuple(shown),
+                       z_extent=z_extent)
+
+
+def _data_to_world_affine(layer, axes: Sequence[int]) -> np.ndarray:
+    """The (n+1)x(n+1) affine matrix of the layer's data -> world map over ``axes``.
+
+    Read off ``layer.data_to_world`` at the origin and the unit vectors (exact: the map is
+    affine), so every part of the layer's transform is included, whatever napari stores.
+    """
+    n = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(n)), dtype=float)[-n:]
+    columns = [np.asarray(layer.data_to_world(np.eye(n)[i]), dtype=float)[-n:] - origin for i in range(n)]
+    linear = np.stack(columns, axis=1)
+    axes = list(axes)
+    matrix = np.eye(len(axes) + 1)
+    matrix[:-1, :-1] = linear[np.ix_(axes, axes)]
+    matrix[:-1, -1] = origin[axes]
+    return matrix
+
+
+def placement(layer, axes: Sequence[int], start: Sequence[int]) -> dict:
+    """Layer arguments (``scale`` and ``translate``, plus ``affine`` when the layer is rotated,
+    sheared or has an affine) that place an array covering the layer ``axes`` from ``start``."""
+    matrix = _data_to_world_affine(layer, axes)
+    linear = matrix[:-1, :-1]
+    translate = matrix[:-1, -1] + linear @ np.asarray(start, dtype=float)
+    scale = np.diag(linear).copy()
+    if np.allclose(linear, np.diag(scale)):  # only scale and translate: keep them readable
+        return {"scale": tuple(float(s) for s in scale), "translate": tuple(float(t) for t in translate)}
+    affine = np.eye(len(axes) + 1)
+    affine[:-1, :-1], affine[:-1, -1] = linear, translate
+    return {"scale": (1.0,) * len(axes), "translate": (0.0,) * len(axes), "affine": affine}
