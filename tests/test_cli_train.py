@@ -78,3 +78,24 @@ def test_bad_input_prints_one_sentence_and_exits_2(pair, capsys):
                  "--patch", "128", "--steps", "1"])
     assert code == 2
     assert "smaller than the 128x128 training patch" in capsys.readouterr().err
+
+
+def test_the_command_line_and_the_fine_tune_dock_name_and_cut_alike(tmp_path):
+    """One naming of colour channels and one patch rule, whichever door trains the model."""
+    from napari_virtual_stain.cli.train import channels_first
+    from napari_virtual_stain.training.defaults import patch_for
+
+    tifffile.imwrite(tmp_path / "ihc.tif", np.zeros((40, 40, 3), np.uint8), photometric="rgb")
+    _, names, dims = channels_first(str(tmp_path / "ihc.tif"))
+    assert names == ["R", "G", "B"] and dims == 2  # as the dock names an RGB layer's channels
+    assert patch_for(2, 128) == (128, 128) and patch_for(3, 128) == (16, 64, 64) and patch_for(3, 32) == (8, 16, 16)
+
+
+def test_one_patch_side_for_a_stack_gives_thin_slabs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "zs.tif", rng.random((12, 40, 40), dtype=np.float32))
+    tifffile.imwrite(tmp_path / "t.tif", rng.random((12, 40, 40), dtype=np.float32))
+    assert main(["train", str(tmp_path / "zs.tif"), str(tmp_path / "t.tif"), "--arch", "unet", "--arch-args",
+                 '{"depth": 1, "base": 2}', "--patch", "32", "--steps", "1", "--device", "cpu",
+                 "-o", str(tmp_path / "m.pt")]) == 0
+    assert "patch 8x16x16" in capsys.readouterr().err

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.outputs import check_output_file
+from ..training.defaults import DEFAULT_PATCH_SIDE, patch_for, rgb_channel_names
 from .common import (_per_axis, add_axes_argument, fraction, non_negative_float, positive_float, positive_int, sizes,
                      unit_interval)
 
@@ -46,7 +47,9 @@ def register(sub) -> None:
     length.add_argument("--steps", type=positive_int, default=None)
     length.add_argument("--epochs", type=positive_int, default=None)
     length.add_argument("--minutes", type=positive_float, default=None)
-    p.add_argument("--patch", type=sizes, default=None, help="training patch, e.g. 128 or 16,128,128 (default 128 / 16,64,64)")
+    p.add_argument("--patch", type=sizes, default=None,
+                   help="training patch: one side P (P x P in 2D; min(16, P/4) x P/2 x P/2 in 3D; default 128) "
+                        "or every size, e.g. 16,128,128")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 2e-4 Adam; 5e-5 RMSprop for wgan-gp)")
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "constant_then_linear"])
@@ -91,7 +94,7 @@ def channels_first(path: str, z_as_channels: bool = False, axes: str | None = No
     if axes.endswith("S"):  # RGB samples become channels
         data = np.moveaxis(data, -1, 0)
         axes = "C" + axes[:-1]
-        names = ["red", "green", "blue", "alpha"][: data.shape[0]]
+        names = rgb_channel_names(data.shape[0])
     elif "C" in axes:
         names = list(image.channel_names) or [f"{Path(path).stem} {i + 1}" for i in range(data.shape[0])]
     else:
@@ -198,7 +201,10 @@ def run(args: argparse.Namespace) -> int:
                                          input_names=input_names, output_names=target_names,
                                          arch_args=args.arch_args, name=args.name or output.stem)
 
-    patch = _per_axis(args.patch, dims, "patch") or ([128, 128] if dims == 2 else [16, 64, 64])
+    if args.patch is None or len(args.patch) == 1:  # one side: the same shapes as the Fine-tune dock's
+        patch = list(patch_for(dims, args.patch[0] if args.patch else DEFAULT_PATCH_SIDE))
+    else:
+        patch = _per_axis(args.patch, dims, "patch")
     config = TrainConfig(
         patch=patch, batch_size=args.batch_size, steps=args.steps, epochs=args.epochs, max_minutes=args.minutes,
         lr=args.lr, loss=args.loss, alpha=args.alpha, gan=None if args.gan == "none" else args.gan, critic=args.critic,

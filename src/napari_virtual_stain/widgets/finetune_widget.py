@@ -24,6 +24,7 @@ from ..models.registry import list_models, notify_models_changed, resolve_model,
 from ..tasks.layers import overlay_tuples
 from ..training.layer_pairs import pairs_from_layers
 from ..training.starting import model_for_training
+from ..training.defaults import DEFAULT_PATCH_SIDE, patch_for, rgb_channel_names
 from ..training.trainer import Trainer, TrainConfig
 from ._output_layers import publish
 from ._plot import LinePlot
@@ -100,7 +101,8 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.targets = Select(label="targets", choices=self._image_layers)
         self.start = ComboBox(label="start from", choices=self._starting_points)
         self.name = LineEdit(label="save as", value="my-model")
-        self.patch = SpinBox(label="patch", value=128, min=16, max=1024, step=16)
+        self.patch = SpinBox(label="patch", value=DEFAULT_PATCH_SIDE, min=16, max=1024, step=16,
+                             tooltip="training patch side: P x P in 2D; min(16, P/4) x P/2 x P/2 for 3D models")
         self.steps = SpinBox(label="steps", value=500, min=1, max=1_000_000)
         self.minutes = FloatSpinBox(label="max minutes", value=5.0, min=0.1, max=10_000, step=0.5)
         self.loss = ComboBox(label="loss", choices=LOSSES, value="l1")
@@ -160,14 +162,11 @@ class FineTuneWidget(JobDockMixin, QWidget):
         inputs, target_arrays = pairs_from_layers(source.data, [t.data for t in target_layers], dims,
                                                   input_name=source.name, target_names=targets,
                                                   input_rgb=source.rgb, targets_rgb=[t.rgb for t in target_layers])
-        input_names = ["R", "G", "B"] if source.rgb else [source.name]
+        input_names = rgb_channel_names(int(source.data.shape[-1])) if source.rgb else [source.name]
         model, card = model_for_training(from_model=from_model, arch=arch, n_in=len(input_names), n_out=len(targets),
                                          spatial_dims=dims, input_names=input_names, output_names=targets,
                                          name=self.name.value)
-        patch = (self.patch.value,) * dims
-        if dims == 3:
-            patch = (min(self.patch.value // 4, 32),) + (self.patch.value,) * 2
-        config = TrainConfig(patch=patch, steps=self.steps.value, max_minutes=self.minutes.value,
+        config = TrainConfig(patch=patch_for(dims, self.patch.value), steps=self.steps.value, max_minutes=self.minutes.value,
                              loss=self.loss.value, gan=None if self.gan.value == "none" else self.gan.value,
                              device=self.device.value, val_every=max(5, min(50, self.steps.value // 10)),
                              preview_every=max(2, min(10, self.steps.value // 20)))

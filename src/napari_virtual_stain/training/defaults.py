@@ -1,0 +1,31 @@
+"""Training choices that must not depend on the door the user came through.
+
+The Fine-tune dock and ``virtual-stain train`` both take their channel names and patch
+shapes from here, so a model's card is the same whether it was trained in napari or in a
+shell script.
+"""
+
+from __future__ import annotations
+
+# The channels of a colour (RGB/RGBA) input, as DeepLIIF's cards name them too.
+RGB_CHANNELS = ("R", "G", "B", "A")
+
+DEFAULT_PATCH_SIDE = 128
+
+
+def rgb_channel_names(n: int) -> list[str]:
+    """Names of the ``n`` (3 or 4) samples of a colour image."""
+    return list(RGB_CHANNELS[:n])
+
+
+def patch_for(spatial_dims: int, side: int = DEFAULT_PATCH_SIDE) -> tuple[int, ...]:
+    """The training patch for one ``side`` (the dock's "patch", ``--patch N``).
+
+    2D: side x side. 3D: thin slabs, min(16, side // 4) planes of side/2 x side/2 pixels
+    (16 x 64 x 64 for the default): a 3D U-Net step on 16 x 128 x 128 costs 4x more on a
+    CPU and the bundled 3D model learnt well from 16-plane patches.
+    """
+    side = int(side)
+    if spatial_dims == 2:
+        return (side, side)
+    return (max(1, min(16, side // 4)), max(1, side // 2), max(1, side // 2))
