@@ -231,3 +231,24 @@ def test_bad_release_folders_are_notifications(make_napari_viewer, qtbot, tmp_pa
         qtbot.waitUntil(lambda: not widget.job.running and widget.run_button.enabled, timeout=30000)
     assert any(sentence in m for m in messages), messages
     assert [layer.name for layer in viewer.layers] == ["ihc"]
+
+
+def test_an_on_disk_result_is_removed_when_a_new_one_replaces_it(make_napari_viewer, qtbot, tiny_deepliif,
+                                                                  monkeypatch):
+    from napari_virtual_stain.widgets import deepliif_widget
+
+    monkeypatch.setattr(deepliif_widget, "needs_store", lambda shape: True)  # as for a 10000 x 10000 region
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8), name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    widget.scope.value, widget.precision.value = WHOLE, "fp32"
+    stores = []
+    for _ in range(2):
+        widget.run()
+        qtbot.waitUntil(lambda: widget.result is not None and widget.result.store not in stores[-1:]
+                        and not widget.job.running, timeout=60000)
+        stores.append(widget.result.store)
+        assert Path(stores[-1]).is_dir()
+    assert not Path(stores[0]).exists()  # the first run's store went with its result
+    assert viewer.layers["ihc · DAPI"].data.shape == (64, 64, 3)  # the layers show the second

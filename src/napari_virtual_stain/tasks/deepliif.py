@@ -127,6 +127,7 @@ class DeepLIIFResult:
     region: Region
     card: ModelCard | None  # None for maps a user brought (no network ran)
     cells: CellAnalysis | None = None
+    store: str | None = None  # the zarr folder holding ``images``, if they live on disk
 
     def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
         """(Re)build the cell table from the stored maps: no network runs.
@@ -186,7 +187,7 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
     if not whole:
         inner = region.relative_to(outer)
         images = {k: np.ascontiguousarray(v[inner]) for k, v in images.items()}
-    result = DeepLIIFResult(images, region, card)
+    result = DeepLIIFResult(images, region, card, store=str(store) if store is not None and whole else None)
     if analyse:
         result.analyse(segmentation_threshold, resolution)
     return result

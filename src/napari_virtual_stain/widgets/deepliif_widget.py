@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -49,20 +51,30 @@ MARKER_OFF, MARKER_AUTO, MARKER_MANUAL = "none (deepliif's default)", "automatic
 RESOLUTION_AUTO = "from tile size"
 
 
-def _run(model_key, device, data, name, region, seg_threshold, resolution, progress=None, cancel=None):
+def _run(model_key, device, precision, data, name, region, seg_threshold, resolution, progress=None, cancel=None):
     """Worker body: load the model and run DeepLIIF. Touches no Qt.
 
     A very large region (say 10000 x 10000) keeps its modalities in a temporary zarr store
-    on disk, shown lazily, so memory stays bounded.
+    on disk, shown lazily, so memory stays bounded; the dock removes it when a new result
+    replaces it, and whatever is left goes when napari exits.
     """
     model, card = load_deepliif_model(model_key)
-    # fp32: bf16 moves segmentation pixels across the threshold and changes counts by a few percent.
-    predictor = Predictor(model, card, device=device, precision="fp32")
+    predictor = Predictor(model, card, device=device, precision=precision)
     shape = region.shape if region is not None else tuple(data.shape[:2])
     store = tempfile.mkdtemp(prefix="deepliif-", suffix=".zarr") if needs_store(shape) else None
-    return run_deepliif(predictor, data, name=name, region=region, segmentation_threshold=seg_threshold,
-                        resolution=_resolution(resolution, card.tile[0]), store=store, progress=progress,
-                        cancel=cancel)
+    if store is not None:
+        atexit.register(shutil.rmtree, store, True)
+    try:
+        result = run_deepliif(predictor, data, name=name, region=region, segmentation_threshold=seg_threshold,
+                              resolution=_resolution(resolution, card.tile[0]), store=store, progress=progress,
+                              cancel=cancel)
+    except BaseException:
+        if store is not None:
+            shutil.rmtree(store, ignore_errors=True)  # a cancelled or failed run leaves nothing on disk
+        raise
+    if store is not None and result.store is None:  # a view inside the image: the result came back in memory
+        shutil.rmtree(store, ignore_errors=True)
+    return result
 
 
 def _resolution(choice: str, tile: int) -> str:
@@ -94,6 +106,10 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.model = ComboBox(label="model", choices=self._model_names)
         self.folder = FileEdit(label="or release folder", mode="d", value="")
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        # fp32 by default: bf16 moved segmentation pixels across the threshold and cell counts by a few percent.
+        self.precision = ComboBox(label="precision", choices=["fp32", "auto", "bf16"], value="fp32",
+                                  tooltip="fp32 (default) gives deepliif's answers; auto/bf16 are faster on GPUs "
+                                          "and CPUs with native bf16 but move cell counts by a few percent")
         self.scope = RadioButtons(label="run on", choices=[CURRENT_VIEW, WHOLE], value=CURRENT_VIEW)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -120,7 +136,7 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.export_geojson = PushButton(text="Export polygons (GeoJSON)")
         self.help = Label(value="Click a cell: flip positive/negative. Shift-click: exclude/restore.")
         self.container = Container(widgets=[
-            self.input, self.model, self.folder, self.device, self.scope,
+            self.input, self.model, self.folder, self.device, self.precision, self.scope,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.seg_layer, self.marker_layer, self.count_button,
             self.progress, self.seg_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
@@ -205,7 +221,7 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
             report_error(err, "DeepLIIF")
             return
         self._source = layer
-        self._start(Job(_run, model_key, self.device.value, layer.data, layer.name, region,
+        self._start(Job(_run, model_key, self.device.value, self.precision.value, layer.data, layer.name, region,
                         int(self.seg_slider.value), self.resolution.value, on_result=self._on_result,
                         on_done=self._on_done, action="DeepLIIF", relay=self.relay, inputs=(layer,)))
 
@@ -247,6 +263,7 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         return placement(self._source, (0, 1), self.result.region.start)
 
     def _on_result(self, result):
+        previous = self.result.store if self.result is not None else None
         self.result = result
         self.help.tooltip = result.card.description  # e.g. the bundled model says it is a demonstration
         tuples = [(result.images[m], {"name": output_layer_name(self._source.name, m), "rgb": True,
@@ -256,6 +273,8 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
                    "image") for m in MODALITIES]
         publish(self.viewer, tuples)
         self._show_cells()
+        if previous is not None and previous != result.store:  # its layers now show the new result
+            shutil.rmtree(previous, ignore_errors=True)
 
     # -- cells -----------------------------------------------------------------------------
     def thresholds(self) -> Thresholds:
