@@ -348,3 +348,14 @@ def test_closing_fine_tune_during_training_keeps_the_model_trained_so_far(fine_t
     assert card.training["steps"] >= 2 and card.output_channels == ["nuclei"]
     assert any(str(kept[0]) in m and "was kept as" in m for m in messages)
     assert "closed-early" not in [p.stem for p in user_models.glob("*.pt")]  # not listed among the models
+
+
+def test_closing_a_dock_gives_the_loaded_models_back(stain, qtbot, messages):
+    from napari_virtual_stain.engine.predictor_cache import SHARED
+
+    viewer, widget, net, data = stain
+    widget.run()
+    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running, timeout=60000)
+    assert len(SHARED) >= 1
+    viewer.window.remove_dock_widget(widget)
+    assert len(SHARED) == 0

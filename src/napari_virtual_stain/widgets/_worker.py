@@ -152,6 +152,7 @@ class _Lifetime:
         self.docked = False
         self.job: Job | None = None
         self.layers_watched = False
+        self.on_close: list[Callable[[], None]] = []  # plain-Python clean-ups when the dock goes
 
     def alive(self) -> bool:
         dock = self.dock()
@@ -167,6 +168,12 @@ class _Lifetime:
         """The dock was closed (``gone``) or hidden: cancel its run and drop what it delivers."""
         if gone:
             self.gone = True
+            while self.on_close:  # each once, however often the dock is seen to go
+                clean_up = self.on_close.pop(0)
+                try:
+                    clean_up()
+                except Exception:  # a clean-up must never break closing
+                    log.exception("clean-up after closing a dock failed")
         if self.job is not None and not self.job.settled:
             self.job.drop(reason)
 

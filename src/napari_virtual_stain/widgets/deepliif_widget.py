@@ -13,12 +13,12 @@ for the chosen IHC layer): no network runs. Every default is deepliif 1.2.7's.
 
 from __future__ import annotations
 
-import numpy as np
-
 import atexit
 import shutil
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons,
                               Slider)
@@ -28,8 +28,8 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
-from ..engine.predictor import Predictor
-from ..models.registry import list_models
+from ..engine.predictor_cache import SHARED, device_turn
+from ..models.registry import list_models, resolve_model
 from ..models.deepliif_options import release_options
 from ..tasks.deepliif import (MODALITIES, SEGMENTATION, DeepLIIFResult, cell_polygons, cell_rows,
                               load_deepliif_model, needs_store, run_deepliif, summary, write_csv, write_geojson)
@@ -58,16 +58,17 @@ def _run(model_key, device, precision, data, name, region, seg_threshold, resolu
     on disk, shown lazily, so memory stays bounded; the dock removes it when a new result
     replaces it, and whatever is left goes when napari exits.
     """
-    model, card = load_deepliif_model(model_key)
-    predictor = Predictor(model, card, device=device, precision=precision)
+    predictor = SHARED.get(model_key, device, precision, resolve=_model_path, load=load_deepliif_model)
+    card = predictor.card
     shape = region.shape if region is not None else tuple(data.shape[:2])
     store = tempfile.mkdtemp(prefix="deepliif-", suffix=".zarr") if needs_store(shape) else None
     if store is not None:
         atexit.register(shutil.rmtree, store, True)
     try:
-        result = run_deepliif(predictor, data, name=name, region=region, segmentation_threshold=seg_threshold,
-                              resolution=_resolution(resolution, card.tile[0]), store=store, progress=progress,
-                              cancel=cancel)
+        with device_turn(predictor):
+            result = run_deepliif(predictor, data, name=name, region=region, segmentation_threshold=seg_threshold,
+                                  resolution=_resolution(resolution, card.tile[0]), store=store, progress=progress,
+                                  cancel=cancel)
     except BaseException:
         if store is not None:
             shutil.rmtree(store, ignore_errors=True)  # a cancelled or failed run leaves nothing on disk
@@ -75,6 +76,11 @@ def _run(model_key, device, precision, data, name, region, seg_threshold, resolu
     if store is not None and result.store is None:  # a view inside the image: the result came back in memory
         shutil.rmtree(store, ignore_errors=True)
     return result
+
+
+def _model_path(model_key) -> Path:
+    """The folder of a release, or the file of one of our models (what the cache watches)."""
+    return Path(model_key) if Path(str(model_key)).is_dir() else resolve_model(model_key)
 
 
 def _resolution(choice: str, tile: int) -> str:
@@ -94,6 +100,7 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
+        self._life.on_close.append(SHARED.release)  # give the models' (GPU) memory back with the dock
         self.job: Job | None = None
         self.relay = ProgressRelay()
         self.result = None  # DeepLIIFResult of the last run

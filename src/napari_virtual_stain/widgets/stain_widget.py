@@ -14,7 +14,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import PRECISIONS, available_devices
-from ..engine.predictor import Predictor
+from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
 from ..models.registry import list_models, load_model, subscribe
 from ..tasks.arrays import layout_for
 from ..tasks.layers import overlay_tuples
@@ -27,38 +27,21 @@ CURRENT_VIEW = "current view"
 WHOLE = "whole image / stack"
 
 
-class PredictorCache:
-    """Keeps the last loaded model on its device: a second run starts at once."""
-
-    def __init__(self):
-        self._key = None
-        self._predictor: Predictor | None = None
-
-    def get(self, model_name: str, device: str, precision: str = "auto") -> Predictor:
-        key = (model_name, device, precision)
-        if key != self._key:
-            model, card = load_model(model_name)
-            self._predictor = Predictor(model, card, device=device, precision=precision)
-            self._key = key
-        return self._predictor
-
-    def clear(self) -> None:
-        self._key, self._predictor = None, None
-
-
 def _predict(cache: PredictorCache, model_name: str, device: str, precision: str, data, rgb: bool, name: str,
              region, stats=None, progress=None, cancel=None):
     """Worker body: load (cached) and predict. Runs in a thread; touches no Qt."""
-    predictor = cache.get(model_name, device, precision)
-    return run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
-                     progress=progress, cancel=cancel)
+    predictor = cache.get(model_name, device, precision, load=load_model)
+    with device_turn(predictor):
+        return run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
+                         progress=progress, cancel=cancel)
 
 
 class VirtualStainWidget(JobDockMixin, QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.cache = PredictorCache()
+        self._life.on_close.append(SHARED.release)  # give the models' (GPU) memory back with the dock
+        self.cache = SHARED  # one cache for every dock: re-saved models reload by themselves
         self._stats: dict = {}
         self.job: Job | None = None
         self.relay = ProgressRelay()
@@ -89,7 +72,6 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.relay.progressed.connect(self._on_progress)
         self.model.changed.connect(self._describe_model)
-        self.device.changed.connect(lambda *_: self.cache.clear())
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                       self.viewer.layers.events.moved):
             event.connect(self.reset_choices)
@@ -114,7 +96,6 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self.model.reset_choices()
 
     def _models_changed(self):
-        self.cache.clear()  # a model saved under the same name must be reloaded
         self.model.reset_choices()
 
     def _describe_model(self, *_):
