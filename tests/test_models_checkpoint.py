@@ -133,3 +133,18 @@ def test_saved_models_are_readable_by_others_like_any_file(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+def test_listing_models_keeps_no_weights_in_memory(user_models):
+    import gc
+
+    import torch
+
+    from conftest import save_tiny_model
+    from napari_virtual_stain.models import registry
+
+    save_tiny_model(user_models, name="listed")
+    assert any(e.name == "listed" for e in registry.list_models())
+    gc.collect()
+    held = [v for v in registry._CARDS.values() if isinstance(v, (tuple, dict, torch.Tensor))]
+    assert held == [] and all(isinstance(v, registry.ModelCard) for v in registry._CARDS.values())

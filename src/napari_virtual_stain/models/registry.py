@@ -49,7 +49,7 @@ def list_models(task: str | None = None) -> list[ModelEntry]:
             if path.name.endswith(".state.pt"):  # a trainer's resume state, not a model
                 continue
             try:
-                card, _ = _read_card(path)
+                card = _read_card(path)
                 entries[path.stem] = ModelEntry(path.stem, path, source, card)
             except CheckpointError as err:
                 entries[path.stem] = ModelEntry(path.stem, path, source, None, str(err))
@@ -73,14 +73,14 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     raise CheckpointError(f"There is no model called {name!r} (known models: {known}).")
 
 
-_CACHE: dict[tuple, tuple] = {}  # (kind, path, mtime) -> value
+_CARDS: dict[tuple, ModelCard] = {}  # (path, mtime) -> card: listing models keeps no weights in memory
 
 
-def _read_card(path: Path) -> tuple[ModelCard, dict]:
-    key = ("card", str(path), path.stat().st_mtime)
-    if key not in _CACHE:
-        _CACHE[key] = read_checkpoint(path)
-    return _CACHE[key]
+def _read_card(path: Path) -> ModelCard:
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _CARDS:
+        _CARDS[key] = read_checkpoint(path)[0]
+    return _CARDS[key]
 
 
 def load_model(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
