@@ -110,8 +110,8 @@ def test_focus_keeps_best_planes_and_plots_scores(dock, qtbot):
     out = viewer.layers["z · in-focus planes"]
     np.testing.assert_array_equal(out.data, stack[3:6])
     assert tuple(out.scale) == (2.0, 0.5, 0.5) and tuple(out.translate) == (106.0, 0.0, 0.0)
-    np.testing.assert_allclose(widget.plot.scores, plls_scores(stack))
-    assert widget.plot.kept == {3, 4, 5}
+    np.testing.assert_allclose([y for _, y in widget.plot.series["PLLS"]], plls_scores(stack))
+    assert widget.plot.highlighted["PLLS"] == {3, 4, 5}
 
 
 def test_normalise_records_the_statistics(dock, qtbot):

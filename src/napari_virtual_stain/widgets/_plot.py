@@ -1,95 +1,82 @@
-"""A small line/bar chart drawn with QPainter, so docks need no plotting library."""
+"""The one plot widget of the docks: pyqtgraph line plots with labelled axes.
+
+pyqtgraph (as careamics-napari and napari-n2v use) draws with Qt itself, so it lives happily
+inside napari's window, gives real axes with ticks, a log scale for losses that span
+decades, a legend and mouse zoom, and redraws thousands of points fast enough for a live
+loss curve.
+"""
 
 from __future__ import annotations
 
 import math
 
-from qtpy.QtCore import QPointF, Qt
-from qtpy.QtGui import QColor, QPainter, QPen
-from qtpy.QtWidgets import QSizePolicy, QWidget
+import pyqtgraph as pg
+from qtpy.QtWidgets import QSizePolicy
 
 COLOURS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8"]
+HIGHLIGHT = "#ffb000"
 
 
-class LinePlot(QWidget):
-    """Named series of (x, y) points; optional log y axis (losses span decades)."""
+class LinePlot(pg.PlotWidget):
+    """Named series of (x, y) points, with axis labels and an optional log y axis.
 
-    def __init__(self, title: str = "", log_y: bool = True, parent=None):
-        super().__init__(parent)
-        self.title, self.log_y = title, log_y
+    ``series`` holds what is drawn (finite points only; positive ones on a log axis);
+    ``set_highlight`` marks some points of a series (e.g. the kept focal planes).
+    """
+
+    def __init__(self, title: str = "", x_label: str = "", y_label: str = "", log_y: bool = False, parent=None):
+        super().__init__(parent=parent, background=None)
+        self.log_y = log_y
         self.series: dict[str, list[tuple[float, float]]] = {}
-        self.setMinimumHeight(140)
+        self.highlighted: dict[str, set[int]] = {}
+        self._items: dict[str, pg.PlotDataItem] = {}
+        self._marks: dict[str, pg.ScatterPlotItem] = {}
+        item = self.getPlotItem()
+        item.setTitle(title, size="9pt")
+        item.setLabel("bottom", x_label)
+        item.setLabel("left", y_label)
+        item.setLogMode(x=False, y=log_y)
+        for side in ("left", "bottom"):  # "loss (x0.001)" on a log axis reads badly: plain numbers
+            item.getAxis(side).enableAutoSIPrefix(False)
+        item.showGrid(x=True, y=True, alpha=0.2)
+        self._legend = item.addLegend(offset=(-10, 10))
+        self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
 
-    def set_series(self, name: str, points) -> None:
-        self.series[name] = [(float(x), float(y)) for x, y in points if math.isfinite(y) and (y > 0 or not self.log_y)]
-        self.update()
+    def set_series(self, name: str, points, symbol: str | None = None) -> None:
+        self.series[name] = [(float(x), float(y)) for x, y in points
+                             if math.isfinite(float(y)) and (float(y) > 0 or not self.log_y)]
+        xs = [x for x, _ in self.series[name]]
+        ys = [y for _, y in self.series[name]]
+        if name not in self._items:
+            colour = COLOURS[len(self._items) % len(COLOURS)]
+            self._items[name] = self.plot([], [], name=name, pen=pg.mkPen(colour, width=2),
+                                          symbol=symbol, symbolBrush=colour if symbol else None, symbolSize=7)
+        self._items[name].setData(xs, ys)
+        self._draw_marks(name)
+
+    def set_highlight(self, name: str, indices) -> None:
+        """Mark the points of ``name`` whose x values are ``indices`` (filled, highlighted)."""
+        self.highlighted[name] = {int(i) for i in indices}
+        self._draw_marks(name)
+
+    def _draw_marks(self, name: str) -> None:
+        chosen = self.highlighted.get(name)
+        if not chosen:
+            return
+        points = [(x, y) for x, y in self.series.get(name, []) if int(x) in chosen]
+        if name not in self._marks:
+            self._marks[name] = pg.ScatterPlotItem(size=11, brush=pg.mkBrush(HIGHLIGHT), pen=pg.mkPen("w"))
+            self.addItem(self._marks[name])
+        self._marks[name].setData([x for x, _ in points], [y for _, y in points])
 
     def clear(self) -> None:
+        for name in list(self._items):
+            self._items[name].setData([], [])
+        for mark in self._marks.values():
+            mark.setData([], [])
         self.series.clear()
-        self.update()
-
-    def _y(self, value: float) -> float:
-        return math.log10(value) if self.log_y else value
-
-    def paintEvent(self, event):  # noqa: N802 (Qt name)
-        p = QPainter(self)
-        p.setRenderHint(QPainter.Antialiasing)
-        w, h, m = self.width(), self.height(), 28
-        p.setPen(QColor("#888"))
-        p.drawRect(m, 8, w - m - 8, h - m - 8)
-        p.drawText(m + 4, 20, self.title)
-        points = [pt for s in self.series.values() for pt in s]
-        if not points:
-            p.end()
-            return
-        xs, ys = [x for x, _ in points], [self._y(y) for _, y in points]
-        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-        y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-        def to_px(x, y):
-            return QPointF(m + (x - x0) / (x1 - x0) * (w - m - 8), 8 + (1 - (self._y(y) - y0) / (y1 - y0)) * (h - m - 16))
-        for i, (name, pts) in enumerate(self.series.items()):
-            p.setPen(QPen(QColor(COLOURS[i % len(COLOURS)]), 2))
-            for a, b in zip(pts, pts[1:]):
-                p.drawLine(to_px(*a), to_px(*b))
-            p.drawText(w - 110, 22 + 14 * i, name)
-        p.setPen(QColor("#aaa"))
-        fmt = (lambda v: f"{10 ** v:.2g}") if self.log_y else (lambda v: f"{v:.3g}")
-        p.drawText(2, 18, fmt(y1))
-        p.drawText(2, h - m, fmt(y0))
-        p.drawText(m, h - 6, f"{x0:g}")
-        p.drawText(w - 60, h - 6, f"{x1:g}")
-        p.end()
+        self.highlighted.clear()
 
 
-class BarChart(QWidget):
-    """Horizontal bars with labels, e.g. attribution percentages or per-plane scores."""
-
-    def __init__(self, title: str = "", parent=None):
-        super().__init__(parent)
-        self.title = title
-        self.bars: list[tuple[str, float]] = []
-        self.setMinimumHeight(120)
-
-    def set_bars(self, bars) -> None:
-        self.bars = [(str(k), float(v)) for k, v in bars]
-        self.setMinimumHeight(30 + 18 * len(self.bars))
-        self.update()
-
-    def paintEvent(self, event):  # noqa: N802
-        p = QPainter(self)
-        p.setPen(QColor("#aaa"))
-        p.drawText(4, 14, self.title)
-        if self.bars:
-            top = max(abs(v) for _, v in self.bars) or 1.0
-            width = self.width() - 150
-            for i, (label, value) in enumerate(self.bars):
-                y = 22 + 18 * i
-                p.setPen(QColor("#ddd"))
-                p.drawText(4, y + 12, label[:14])
-                p.fillRect(100, y + 2, int(width * abs(value) / top), 12, QColor(COLOURS[0 if value >= 0 else 3]))
-                p.drawText(104 + int(width * abs(value) / top), y + 12, f"{value:.3g}")
-        p.end()
-
-
-__all__ = ["LinePlot", "BarChart", "Qt"]
+__all__ = ["LinePlot"]

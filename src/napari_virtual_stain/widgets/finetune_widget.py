@@ -112,7 +112,7 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.resume_button, self.save_button = PushButton(text="Resume", enabled=False), PushButton(text="Save", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
-        self.plot = LinePlot("loss (train, validation)")
+        self.plot = LinePlot("loss", x_label="step", y_label="loss", log_y=True)
         buttons = Container(widgets=[self.train_button, self.stop_button, self.resume_button, self.save_button],
                             layout="horizontal", labels=False)
         self.container = Container(widgets=[self.input, self.targets, self.start, self.name, self.patch, self.steps,

@@ -14,8 +14,6 @@ from magicgui.widgets import (
     CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox,
 )
 from napari.layers import Image, Points
-from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QGroupBox, QVBoxLayout, QWidget
 
 from ..engine.normalise import compute_stats, normalise
@@ -24,6 +22,7 @@ from ..preprocess import cast_like, correct_flatfield, correct_tile_shadow, sele
 from ..preprocess._common import channels_first, channels_last
 from ..tasks.layers import output_layer_name
 from ._output_layers import publish
+from ._plot import LinePlot
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 AUTO_TILES = "emptiest tiles (automatic)"
@@ -84,49 +83,6 @@ def _focus_problem(layer) -> str | None:
     return None
 
 
-# -- the score plot ---------------------------------------------------------------------------
-
-
-class ScorePlot(QWidget):
-    """Per-plane PLLS as a line with dots; kept planes drawn filled. (matplotlib is not a dependency.)"""
-
-    def __init__(self):
-        super().__init__()
-        self.scores: list[float] = []
-        self.kept: set[int] = set()
-        self.setMinimumHeight(110)
-
-    def set_scores(self, scores, kept) -> None:
-        self.scores, self.kept = [float(s) for s in scores], set(kept)
-        self.setToolTip("\n".join(f"plane {z}: PLLS {s:.3f}{' (kept)' if z in self.kept else ''}"
-                                  for z, s in enumerate(self.scores)))
-        self.update()
-
-    def paintEvent(self, event):  # noqa: N802 (Qt's name)
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
-        finite = [s for s in self.scores if np.isfinite(s)]
-        if len(finite) < 1:
-            painter.drawText(self.rect(), Qt.AlignCenter, "focus scores (PLLS) appear here")
-            return
-        lo, hi = min(finite), max(finite)
-        hi = hi if hi > lo else lo + 1.0
-        margin, w, h = 12, self.width() - 24, self.height() - 40  # room for the caption below
-        n = len(self.scores)
-        point = lambda z, s: (margin + (w * z / max(n - 1, 1)), margin + h * (hi - s) / (hi - lo))  # noqa: E731
-        painter.setPen(QPen(QColor("#888888"), 1))
-        painter.drawText(2, self.height() - 4, f"PLLS {lo:.2f} … {hi:.2f} over {n} planes (filled = kept)")
-        points = [point(z, s) for z, s in enumerate(self.scores) if np.isfinite(s)]
-        painter.setPen(QPen(QColor("#4fa3e0"), 2))
-        for (x0, y0), (x1, y1) in zip(points, points[1:]):
-            painter.drawLine(int(x0), int(y0), int(x1), int(y1))
-        for z, s in enumerate(self.scores):
-            if np.isfinite(s):
-                x, y = point(z, s)
-                painter.setBrush(QColor("#ffb000") if z in self.kept else Qt.NoBrush)
-                painter.drawEllipse(int(x) - 4, int(y) - 4, 8, 8)
-
-
 # -- the dock -----------------------------------------------------------------------------------
 
 
@@ -159,7 +115,7 @@ class PreprocessWidget(JobDockMixin, QWidget):
         self.sharper = ComboBox(label="sharper is", choices=["higher", "lower"], value="higher",
                                 tooltip="higher: blur steepens the slope (usual); lower: noisy stacks (paper 002)")
         self.focus_run = PushButton(text="Score planes and keep the best")
-        self.plot = ScorePlot()
+        self.plot = LinePlot("focus of each plane", x_label="plane", y_label="PLLS")
 
         self.low = FloatSpinBox(label="low percentile", value=1.0, min=0.0, max=100.0, step=0.1)
         self.high = FloatSpinBox(label="high percentile", value=99.8, min=0.0, max=100.0, step=0.1)
@@ -308,7 +264,10 @@ class PreprocessWidget(JobDockMixin, QWidget):
             tuples.append((data, kwargs, "image"))
         publish(self.viewer, tuples)
         if "plls" in info:
-            self.plot.set_scores(info["plls"], info["kept_planes"])
+            self.plot.set_series("PLLS", list(enumerate(info["plls"])), symbol="o")
+            self.plot.set_highlight("PLLS", info["kept_planes"])
+            self.plot.setToolTip("\n".join(f"plane {z}: PLLS {v:.3f}{' (kept)' if z in info['kept_planes'] else ''}"
+                                           for z, v in enumerate(info["plls"])))
         self.info.value = f"{action} of '{layer.name}' done" + (
             f": kept planes {', '.join(map(str, info['kept_planes']))}" if "kept_planes" in info else
             f": averaged {len(info['tiles'])} tile(s)" if "tiles" in info else ".")
