@@ -17,6 +17,7 @@ from ..engine.predictor import Predictor
 from ..models.card import ModelCard
 from .arrays import Layout, layout_for, nan_fraction, to_channels_first
 from .region import Region
+from .view_cache import ViewCache
 
 
 @dataclass
@@ -66,3 +67,29 @@ def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str 
     frac = nan_fraction(block) if isinstance(block, np.ndarray) else 0.0
     warnings = [w for w in [flat_channels_warning(stats, list(card.input_channels))] if w] + list(predictor.warnings)
     return StainResult(inner, list(card.output_channels), region, layout, card, frac, stats, warnings)
+
+
+def run_stain_reusing(predictor: Predictor, layer_data, cache: ViewCache, region: Region, *, rgb: bool = False,
+                      name: str = "image", stats: dict | None = None,
+                      progress: Callable[[int, int], None] | None = None, cancel=None) -> StainResult:
+    """:func:`run_stain` on ``region``, predicting only the pixels ``cache`` does not know yet.
+
+    Each missing box is predicted as its own region (real context, whole-image statistics),
+    so the assembled view equals a fresh prediction of the whole view.
+    """
+    card = predictor.card
+    layout = layout_for(layer_data, card, rgb, name)
+    parts = cache.missing(region)
+    frac, warnings = 0.0, []
+    for k, part in enumerate(parts):
+        def part_progress(done, total, k=k):
+            if progress is not None:
+                progress(k * 1000 + int(1000 * done / max(total, 1)), len(parts) * 1000)
+        result = run_stain(predictor, layer_data, rgb=rgb, name=name, region=part, stats=stats,
+                           progress=part_progress, cancel=cancel)
+        stats, warnings = result.stats, result.warnings
+        frac = max(frac, result.nan_fraction)
+        cache.store(part, result.data)
+    if stats is None:  # everything was known: the statistics are those the cache was filled with
+        raise ValueError("a cache that knows the region needs the statistics it was filled with")
+    return StainResult(cache.read(region), list(card.output_channels), region, layout, card, frac, stats, warnings)
