@@ -30,9 +30,9 @@ def dock(make_napari_viewer, user_models, monkeypatch, qtbot):
 
 
 def run_and_wait(widget, qtbot, timeout=60000):
-    widget.run()
-    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running
-                    and widget.run_button.enabled, timeout=timeout)
+    widget.run()  # a refused run (a sentence at once) starts no job
+    qtbot.waitUntil(lambda: (widget.job is None or not widget.job.running) and widget.run_button.enabled,
+                    timeout=timeout)
 
 
 def expected(data, region=None):
@@ -163,3 +163,35 @@ def test_precision_choice_fp32_is_bit_faithful_and_fp16_on_cpu_is_refused(dock, 
     widget.precision.value = "fp16"
     run_and_wait(widget, qtbot)
     assert any("fp16 is not useful on the CPU" in str(m) for m in widget.messages)
+
+
+def test_panning_predicts_only_the_newly_visible_pixels(dock, qtbot, monkeypatch):
+    from napari_virtual_stain.widgets import stain_widget
+
+    viewer, widget = dock
+    data = np.random.default_rng(3).random((300, 400)).astype(np.float32)
+    viewer.add_image(data, name="bf")
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "bf", "tiny-2d", CURRENT_VIEW
+    viewer.camera.zoom, viewer.camera.center = 4.0, (150.0, 150.0)
+    predicted = []
+    real = stain_widget.run_stain
+
+    def counting(predictor, layer_data, **kw):
+        predicted.append(int(np.prod(kw["region"].shape)))
+        return real(predictor, layer_data, **kw)
+
+    monkeypatch.setattr(stain_widget, "run_stain", counting)
+    monkeypatch.setattr(stain_widget.tasks_stain, "run_stain", counting)
+    run_and_wait(widget, qtbot)
+    first = viewer.layers["bf · nuclei"].data.shape
+    viewer.camera.center = (150.0, 170.0)  # 20 pixels to the right
+    run_and_wait(widget, qtbot)
+    out = viewer.layers["bf · nuclei"]
+    assert out.data.shape == first
+    assert predicted[-1] < 0.25 * first[0] * first[1]  # only the new strip went through the network
+    start = np.asarray(out.translate).round().astype(int)
+    region = Region(tuple(start), (start[0] + first[0], start[1] + first[1]))
+    # where the reused and the new part meet, values differ from one fresh view as two blended
+    # tiles do (this tiny model sees 8 pixels of context): a few thousandths
+    np.testing.assert_allclose(out.data, expected(data, region)[0], atol=5e-3)

@@ -18,7 +18,9 @@ from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
 from ..models.registry import list_models, load_model, subscribe
 from ..tasks.arrays import layout_for
 from ..tasks.layers import overlay_tuples
-from ..tasks.stain import run_stain
+from ..tasks import stain as tasks_stain
+from ..tasks.stain import run_stain, run_stain_reusing
+from ..tasks.view_cache import ViewCache
 from ._output_layers import publish
 from .geometry import placement, spatial_axes, visible_region
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
@@ -28,12 +30,22 @@ WHOLE = "whole image / stack"
 
 
 def _predict(cache: PredictorCache, model_name: str, device: str, precision: str, data, rgb: bool, name: str,
-             region, stats=None, progress=None, cancel=None):
-    """Worker body: load (cached) and predict. Runs in a thread; touches no Qt."""
+             region, stats=None, view_cache: ViewCache | None = None, progress=None, cancel=None):
+    """Worker body: load (cached) and predict. Runs in a thread; touches no Qt.
+
+    With a ``view_cache`` (one image, model and settings), a current view predicts only the
+    pixels earlier runs did not, and a whole-image run fills the cache for later views.
+    """
     predictor = cache.get(model_name, device, precision, load=load_model)
     with device_turn(predictor):
-        return run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
-                         progress=progress, cancel=cancel)
+        if region is not None and view_cache is not None:
+            return run_stain_reusing(predictor, data, view_cache, region, rgb=rgb, name=name, stats=stats,
+                                     progress=progress, cancel=cancel)
+        result = run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
+                           progress=progress, cancel=cancel)
+        if view_cache is not None:
+            view_cache.store(result.region, result.data)
+        return result
 
 
 class VirtualStainWidget(JobDockMixin, QWidget):
@@ -43,6 +55,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self._life.on_close.append(SHARED.release)  # give the models' (GPU) memory back with the dock
         self.cache = SHARED  # one cache for every dock: re-saved models reload by themselves
         self._stats: dict = {}
+        self._view_cache: tuple | None = None  # (key, ViewCache): pixels predicted so far, reused by later views
         self.job: Job | None = None
         self.relay = ProgressRelay()
 
@@ -97,6 +110,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
 
     def _models_changed(self):
         self.model.reset_choices()
+        self._view_cache = None  # a model saved again under its name predicts other pixels
 
     def _describe_model(self, *_):
         name = self.model.value
@@ -134,6 +148,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         try:
             card = next(e.card for e in list_models(task="stain") if e.name == model_name)
             region = self._region_for(layer, card)
+            view_cache = self._view_cache_for(layer, card, model_name)
         except Exception as err:  # user errors become notifications, not tracebacks
             report_error(err, "Virtual staining")
             return
@@ -143,12 +158,21 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         stats = self._stats.get(stats_key)
         self._run_context = (layer, card, stats_key)
         self.job = Job(_predict, self.cache, model_name, self.device.value, self.precision.value, layer.data, layer.rgb,
-                       layer.name, region, stats, on_result=self._on_result, on_done=self._on_done,
+                       layer.name, region, stats, view_cache,
+                       on_result=self._on_result, on_done=self._on_done,
                        action="Virtual staining", relay=self.relay, inputs=(layer,))
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value = 0
         self._started = time.perf_counter()
         self.launch(self.job)
+
+    def _view_cache_for(self, layer, card, model_name) -> ViewCache | None:
+        """The predicted pixels of this layer with this model and settings (a new cache when any changed)."""
+        key = (id(layer.data), model_name, self.device.value, self.precision.value)
+        if self._view_cache is None or self._view_cache[0] != key:
+            spatial = layout_for(layer.data, card, layer.rgb, layer.name).spatial_shape(tuple(layer.data.shape))
+            self._view_cache = (key, ViewCache(card.n_out, spatial) if ViewCache.fits(card.n_out, spatial) else None)
+        return self._view_cache[1]
 
     def _on_result(self, result):
         layer, _, stats_key = self._run_context
