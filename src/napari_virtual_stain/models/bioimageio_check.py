@@ -72,6 +72,7 @@ def reproduce(path: str | os.PathLike, weight_format: str | None = None, device:
 
     descr = load_description(path)
     model, card = load_model(path, weight_format)
+    # Our own exports load from their state dict by our factory unless other weights are asked for.
     used = card.extra.get("bioimageio", {}).get("weights", weight_format or "pytorch_state_dict")
     x, expected = test_tensors(descr)
     x = to_channels_first(x, descr.inputs[0])

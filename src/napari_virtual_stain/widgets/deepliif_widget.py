@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
 from ..engine.predictor import Predictor
-from ..models.registry import list_models
+from ..models.registry import DEEPLIIF_RELEASE, list_models, model_kind
 from ..models.deepliif_options import release_options
 from ..tasks.deepliif import (MODALITIES, SEGMENTATION, DeepLIIFResult, cell_polygons, cell_rows,
                               load_deepliif_model, needs_store, run_deepliif, summary, write_csv, write_geojson)
@@ -197,7 +197,7 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         layer = self.viewer.layers[name]
         try:
             check_thresholds(self.thresholds())
-            if Path(str(model_key)).is_dir():
+            if Path(str(model_key)).is_dir() and model_kind(model_key) == DEEPLIIF_RELEASE:
                 release_options(model_key)  # a wrong folder is refused at once, before the worker starts
             region = self._region_for(layer)
         except Exception as err:
