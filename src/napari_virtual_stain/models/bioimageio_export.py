@@ -235,12 +235,18 @@ def _package_name(name: str) -> str:
 def export_package(model_name_or_path: str | os.PathLike, output: str | os.PathLike, *,
                    license: str | None = None, authors: list[str] | None = None) -> Path:
     """Write ``output`` (.zip), a bioimage.io package of one of our models; returns its path."""
-    from bioimageio.spec import ValidationContext, build_description as spec_build, save_bioimageio_package
-    from bioimageio.spec.model import v0_5
-
     from .registry import load_model
 
     model, card = load_model(model_name_or_path)
+    return export_model(model, card, output, license=license, authors=authors)
+
+
+def export_model(model, card: ModelCard, output: str | os.PathLike, *, license: str | None = None,
+                 authors: list[str] | None = None) -> Path:
+    """Write a network and its card (e.g. one just fine-tuned) as a bioimage.io package."""
+    from bioimageio.spec import ValidationContext, build_description as spec_build, save_bioimageio_package
+    from bioimageio.spec.model import v0_5
+
     if card.architecture == "bioimageio":
         raise CheckpointError(f"{card.name} is already a bioimage.io package; share the package itself.")
     output = Path(output)

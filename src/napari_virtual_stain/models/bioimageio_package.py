@@ -77,17 +77,19 @@ def load_description(path: str | os.PathLike):
     if source is None:
         raise CheckpointError(f"{name} is not a bioimage.io package: it has no bioimageio.yaml or rdf.yaml.")
     try:
-        from bioimageio.spec import InvalidDescr, load_model_description
+        from bioimageio.spec import InvalidDescr, load_description as spec_load
         from bioimageio.spec.model import v0_5
     except ImportError as err:  # an optional dependency in principle; installed with the plugin
         raise CheckpointError(f"Reading bioimage.io packages needs bioimageio.core ({err.name} is missing).") from err
     try:
         # perform_io_checks=False: the library would otherwise download every URL the description names.
-        descr = load_model_description(str(source), perform_io_checks=False, format_version="latest")
-    except Exception as err:  # the loader raises for unreadable YAML, non-model resources, broken zips...
+        descr = spec_load(str(source), perform_io_checks=False, format_version="latest")
+    except Exception as err:  # the loader raises for unreadable YAML, broken zips...
         raise CheckpointError(f"The bioimage.io description in {name} could not be read: {plain_text(err, 200)}") from err
-    if isinstance(descr, InvalidDescr) or not isinstance(descr, v0_5.ModelDescr):
+    if isinstance(descr, InvalidDescr):
         raise CheckpointError(f"The bioimage.io description in {name} does not validate ({_first_error(descr.validation_summary)}).")
+    if not isinstance(descr, v0_5.ModelDescr):
+        raise CheckpointError(f"{name} describes a bioimage.io {getattr(descr, 'type', 'resource')}, not a model.")
     return descr
 
 
@@ -284,6 +286,18 @@ def load_package(path: str | os.PathLike, weight_format: str | None = None) -> t
     return module.eval(), build_card(descr, fmt, Path(path), rule)
 
 
+def package_card(path: str | os.PathLike, weight_format: str | None = None) -> ModelCard:
+    """The card :func:`load_package` would give, without loading the network."""
+    descr = load_description(path)
+    name = Path(path).name
+    _check_shapes(descr, name)
+    fmt, _ = choose_weights(descr, name, weight_format)
+    if fmt == OURS:
+        return our_card(descr)
+    check_postprocessing(descr.outputs[0])
+    return build_card(descr, fmt, Path(path), TileRule([_axis_size(a) for a in descr.inputs[0].axes if a.type == "space"]))
+
+
 def package_notice(path: str | os.PathLike, weight_format: str | None = None) -> str | None:
     """A sentence to show before loading a package whose chosen weights run code, else None."""
     descr = load_description(path)
@@ -311,10 +325,3 @@ def test_tensors(descr) -> tuple[np.ndarray, np.ndarray]:
         verify_file(file, f"the test tensor of {tensor.id}", descr.name)
         arrays.append(np.asarray(load_tensor(file.source.absolute(), axes=[a.id for a in tensor.axes]).data))
     return arrays[0], arrays[1]
-
-
-def verify_all_local_files(descr) -> None:
-    """sha256 of every local file the chosen path uses; kept for callers that want all of them."""
-    for tensor in (*descr.inputs, *descr.outputs):
-        if tensor.test_tensor is not None:
-            verify_file(tensor.test_tensor, f"the test tensor of {tensor.id}", descr.name)

@@ -129,6 +129,18 @@ def load_model(name_or_path: str | os.PathLike, weight_format: str | None = None
     return load_checkpoint(resolve_model(name_or_path))
 
 
+def model_card(name_or_path: str | os.PathLike) -> ModelCard:
+    """The card of a model without loading its network (a bioimage.io package's is built from its description)."""
+    kind = model_kind(name_or_path)
+    if kind == BIOIMAGEIO:
+        from .bioimageio_package import package_card
+
+        return package_card(name_or_path)
+    if kind == DEEPLIIF_RELEASE:
+        return load_model(name_or_path)[1]
+    return _read_card(resolve_model(name_or_path))[0]
+
+
 def program_notice(name_or_path: str | os.PathLike) -> str | None:
     """A sentence to show before loading a model whose files are programs (TorchScript, Python
     architecture code), or None for our own checkpoints, which hold only numbers."""
