@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, plain_text
+from ..errors import CheckpointError, InputError, plain_text
 from .bioimageio_weights import CONFIG_KEY, OUR_FACTORY
 from .card import ModelCard
 
@@ -121,8 +121,11 @@ def _test_input(card: ModelCard, shape) -> np.ndarray:
 
 def _torchscript(model, example: torch.Tensor, other: torch.Tensor | None):
     """A traced copy that gives the network's numbers on the example and on another valid size, or None."""
+    import warnings
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings: whether the trace generalises is checked below
             traced = torch.jit.trace(model, example, check_trace=False)
             for x in [example] + ([other] if other is not None else []):
                 if not torch.allclose(traced(x), model(x), rtol=1e-4, atol=1e-5):
@@ -226,6 +229,18 @@ def build_description(model, card: ModelCard, folder: Path, license: str | None 
     }
 
 
+def _check_license(license: str) -> None:
+    """Refuse a licence that is not an SPDX identifier before any work (the spec accepts only those)."""
+    from typing import get_args
+
+    from bioimageio.spec._internal._generated_spdx_license_literals import LicenseId  # the spec's own list
+
+    if license not in get_args(LicenseId):
+        close = [k for k in get_args(LicenseId) if k.lower() == license.lower()]
+        hint = f" (did you mean {close[0]}?)" if close else " such as CC-BY-4.0, MIT or BSD-3-Clause"
+        raise InputError(f"{license!r} is not an SPDX licence identifier; bioimage.io needs one{hint}.")
+
+
 def _package_name(name: str) -> str:
     # bioimage.io names: letters, digits, spaces, _ - ( ), at least 5 characters
     clean = "".join(c if c.isalnum() or c in " _-()" else "-" for c in name).strip() or "model"
@@ -247,6 +262,8 @@ def export_model(model, card: ModelCard, output: str | os.PathLike, *, license: 
     from bioimageio.spec import ValidationContext, build_description as spec_build, save_bioimageio_package
     from bioimageio.spec.model import v0_5
 
+    license = license or card.extra.get("license") or DEFAULT_LICENSE
+    _check_license(license)
     if card.architecture == "bioimageio":
         raise CheckpointError(f"{card.name} is already a bioimage.io package; share the package itself.")
     output = Path(output)

@@ -29,7 +29,8 @@ from torch import nn
 
 from ..errors import CheckpointError, InputError, plain_text
 from .bioimageio_processing import KIND, Postprocessing, check_postprocessing, tensor_json
-from .bioimageio_weights import (OURS, PROGRAM_FORMATS, choose_weights, load_network, our_card, verify_file)
+from .bioimageio_weights import (OURS, PROGRAM_FORMATS, choose_weights, load_network, our_card, our_card_or_none,
+                                 verify_file)
 from .card import ModelCard
 
 DESCRIPTION_FILES = ("bioimageio.yaml", "rdf.yaml")
@@ -256,6 +257,9 @@ def build_card(descr, weight_format: str, source: Path, rule: TileRule) -> Model
     scale = [float(getattr(a, "scale", 1.0)) for a in inp.axes if a.type == "space" and getattr(a, "unit", None)
              in ("micrometer",)]
     training = getattr(descr, "training_data", None)
+    ours = our_card_or_none(descr)
+    if ours is not None and rule.problem(ours.tile) is None:  # our export run by its own weights: our tiles
+        tile, overlap = list(ours.tile), list(ours.overlap)
     return ModelCard(
         name=str(descr.name), task="stain", architecture="bioimageio",
         arch_args={"weights": weight_format, "package": str(source)},
@@ -264,7 +268,8 @@ def build_card(descr, weight_format: str, source: Path, rule: TileRule) -> Model
         output_activation="none", tile=tile, overlap=overlap,
         pixel_size_um=scale[-1] if scale else None,
         description=str(descr.description),
-        training={"data": str(getattr(training, "id", None) or training)} if training else {},
+        training=ours.training if ours else {"data": str(getattr(training, "id", None) or training)} if training else {},
+        scores=ours.scores if ours else {},
         extra={"bioimageio": {"package": str(source), "weights": weight_format, "license": str(descr.license),
                               "format_version": str(descr.format_version), "program": weight_format in PROGRAM_FORMATS}})
 

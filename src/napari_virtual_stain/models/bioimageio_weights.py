@@ -42,6 +42,14 @@ def our_card(descr) -> ModelCard:
     return ModelCard.from_dict(_config(descr)["card"])
 
 
+def our_card_or_none(descr) -> ModelCard | None:
+    """The card we stored in a package we exported, if it has one that reads."""
+    try:
+        return our_card(descr) if "card" in _config(descr) else None
+    except CheckpointError:
+        return None
+
+
 def _is_url(source) -> bool:
     return str(source).startswith(("http://", "https://"))
 
