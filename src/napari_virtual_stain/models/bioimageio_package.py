@@ -58,6 +58,12 @@ def description_source(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def display_name(path: str | os.PathLike) -> str:
+    """The package's name in sentences: its folder for a description file, else the file or folder."""
+    path = Path(path)
+    return path.parent.name if path.is_file() and path.suffix.lower() in (".yaml", ".yml") else path.name
+
+
 def is_package(path: str | os.PathLike) -> bool:
     return description_source(path) is not None
 
@@ -74,7 +80,7 @@ def _first_error(summary) -> str:
 def load_description(path: str | os.PathLike):
     """The package's model description, validated by bioimageio.spec (0.4 converted to 0.5)."""
     source = description_source(path)
-    name = Path(path).name
+    name = display_name(path)
     if source is None:
         raise CheckpointError(f"{name} is not a bioimage.io package: it has no bioimageio.yaml or rdf.yaml.")
     try:
@@ -277,7 +283,7 @@ def build_card(descr, weight_format: str, source: Path, rule: TileRule) -> Model
 def load_package(path: str | os.PathLike, weight_format: str | None = None) -> tuple[nn.Module, ModelCard]:
     """A package's network and card, ready for the Predictor (eval mode, on the CPU)."""
     descr = load_description(path)
-    name = Path(path).name
+    name = display_name(path)
     _check_shapes(descr, name)
     fmt, weights = choose_weights(descr, name, weight_format)
     if fmt == OURS:  # one of our own exports: the original network, from its state dict alone
@@ -294,7 +300,7 @@ def load_package(path: str | os.PathLike, weight_format: str | None = None) -> t
 def package_card(path: str | os.PathLike, weight_format: str | None = None) -> ModelCard:
     """The card :func:`load_package` would give, without loading the network."""
     descr = load_description(path)
-    name = Path(path).name
+    name = display_name(path)
     _check_shapes(descr, name)
     fmt, _ = choose_weights(descr, name, weight_format)
     if fmt == OURS:
@@ -306,14 +312,14 @@ def package_card(path: str | os.PathLike, weight_format: str | None = None) -> M
 def package_notice(path: str | os.PathLike, weight_format: str | None = None) -> str | None:
     """A sentence to show before loading a package whose chosen weights run code, else None."""
     descr = load_description(path)
-    fmt, weights = choose_weights(descr, Path(path).name, weight_format)
+    fmt, weights = choose_weights(descr, display_name(path), weight_format)
     if fmt == "torchscript":
-        return (f"{Path(path).name} holds TorchScript weights: TorchScript is a program, not plain numbers; "
+        return (f"{display_name(path)} holds TorchScript weights: TorchScript is a program, not plain numbers; "
                 "load only packages you trust.")
     if fmt == "pytorch_state_dict":
         arch = weights.architecture
         where = getattr(arch, "source", None) or getattr(arch, "import_from", "a library")
-        return (f"{Path(path).name} builds its network with Python code ({where}): it runs on this computer "
+        return (f"{display_name(path)} builds its network with Python code ({where}): it runs on this computer "
                 "when loaded; load only packages you trust.")
     return None
 
