@@ -154,3 +154,16 @@ def test_the_bioimageio_command_accepts_the_export(exported):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "passed" in run.stdout
+
+
+def test_our_exported_package_can_be_fine_tuned(exported, tmp_path):
+    import tifffile
+
+    _, package = exported["percentile-sigmoid"]
+    data = np.random.default_rng(6).random((64, 64)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "in.tif", data)
+    tifffile.imwrite(tmp_path / "a.tif", data)
+    tifffile.imwrite(tmp_path / "b.tif", 1 - data)
+    rc = main(["train", str(tmp_path / "in.tif"), str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--from",
+               str(package), "-o", str(tmp_path / "tuned.pt"), "--steps", "2", "--patch", "32", "--device", "cpu"])
+    assert rc == 0 and load_model(tmp_path / "tuned.pt")[1].training.get("started_from", "") != ""

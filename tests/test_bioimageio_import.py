@@ -264,3 +264,15 @@ def test_cli_predicts_with_a_package(tmp_path):
     model, card = load_model(folder)
     expected = Predictor(model, card, device="cpu", precision="fp32").predict(data[None])
     assert out.shape[-2:] == (40, 56) and np.allclose(np.squeeze(out), expected, atol=1e-5)
+
+
+def test_a_foreign_package_runs_but_is_not_fine_tuned(tmp_path, capsys):
+    folder = _package_04(tmp_path / "p04")
+    data = np.random.default_rng(4).random((64, 64)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "in.tif", data)
+    tifffile.imwrite(tmp_path / "target.tif", data)
+    rc = main(["train", str(tmp_path / "in.tif"), str(tmp_path / "target.tif"), "--from", str(folder),
+               "-o", str(tmp_path / "tuned.pt"), "--steps", "1", "--patch", "32", "--device", "cpu"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "can be run, but only napari-virtual-stain models" in last, last
+    assert not (tmp_path / "tuned.pt").exists()

@@ -166,7 +166,6 @@ class PackageNetwork(nn.Module):
         self.in_types = [a.type for a in inp.axes]
         self.out_order = [a.id for a in out.axes]
         self.out_types = [a.type for a in out.axes]
-        self.in_dtype = getattr(torch, str(inp.data.type), torch.float32) if hasattr(inp.data, "type") else torch.float32
         fixed_batch = [a.size for a in inp.axes if a.type == "batch"]
         self.one_at_a_time = not fixed_batch or fixed_batch[0] == 1
         self.post = Postprocessing(out, _our_order(out))
@@ -188,7 +187,7 @@ class PackageNetwork(nn.Module):
         space = iter(i for i, t in enumerate(ours) if t == "space")
         index = {t: i for i, t in enumerate(ours) if t != "space"}
         perm = [next(space) if t == "space" else index[t] for t in self.in_types]
-        return x.permute(perm).to(self.in_dtype)
+        return x.permute(perm)  # float: data.type describes the raw input, before preprocessing
 
     def _from_package(self, y: torch.Tensor) -> torch.Tensor:
         types = list(self.out_types)
@@ -246,10 +245,15 @@ def _check_shapes(descr, name: str) -> None:
     if len(n_in) not in (2, 3) or len(n_out) != len(n_in):
         raise CheckpointError(f"{name} maps {len(n_in)} space axes to {len(n_out)}; only 2D or 3D images "
                               "to images of the same kind are supported.")
-    for axis in n_out:
+    by_id = {a.id: a for a in n_in}
+    for axis, partner in zip(n_out, n_in):
         size = axis.size
-        same = (getattr(size, "tensor_id", None) == inp.id and getattr(size, "offset", 0) == 0
-                and float(getattr(axis, "scale", 1.0)) == float(next(a for a in n_in if a.id == size.axis_id).scale))
+        if isinstance(size, int):  # a fixed output is fine where the input is fixed to the same size
+            same = isinstance(partner.size, int) and partner.size == size
+        else:
+            ref = by_id.get(getattr(size, "axis_id", None))
+            same = (getattr(size, "tensor_id", None) == inp.id and getattr(size, "offset", 0) == 0 and ref is not None
+                    and float(getattr(axis, "scale", 1.0)) == float(getattr(ref, "scale", 1.0)))
         if not same:
             raise CheckpointError(f"{name}'s output axis {axis.id} is not the size of its input ({size}); "
                                   "only outputs on the input's pixel grid can be placed back on the image.")
