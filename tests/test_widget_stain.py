@@ -166,6 +166,7 @@ def test_precision_choice_fp32_is_bit_faithful_and_fp16_on_cpu_is_refused(dock, 
 
 
 def test_panning_predicts_only_the_newly_visible_pixels(dock, qtbot, monkeypatch):
+    from napari_virtual_stain.tasks import stain as tasks_stain
     from napari_virtual_stain.widgets import stain_widget
 
     viewer, widget = dock
@@ -182,7 +183,7 @@ def test_panning_predicts_only_the_newly_visible_pixels(dock, qtbot, monkeypatch
         return real(predictor, layer_data, **kw)
 
     monkeypatch.setattr(stain_widget, "run_stain", counting)
-    monkeypatch.setattr(stain_widget.tasks_stain, "run_stain", counting)
+    monkeypatch.setattr(tasks_stain, "run_stain", counting)  # what run_stain_reusing calls
     run_and_wait(widget, qtbot)
     first = viewer.layers["bf · nuclei"].data.shape
     viewer.camera.center = (150.0, 170.0)  # 20 pixels to the right

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "demo",
     "predict",
     "models",
+    "export",
     "preprocess",
     "train",
     "deepliif",

@@ -37,7 +37,8 @@ def register(sub) -> None:
     p.add_argument("input", help="brightfield IHC image: PNG, JPEG or TIFF, 8-bit RGB")
     p.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     p.add_argument("--model", default="deepliif-small",
-                   help="model name, .pt file, or a DeepLIIF release folder (G1.pt..G55.pt + train_opt.txt)")
+                   help="model name, .pt file, a DeepLIIF release folder (G1.pt..G55.pt + train_opt.txt) or a "
+                        "bioimage.io package exported from a DeepLIIF model")
     p.add_argument("--tile", type=_ints, default=None, help="tile size (default: the model's)")
     p.add_argument("--overlap", type=_ints, default=None, help="tile overlap in pixels (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")

@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("input", help="input image (TIFF/OME-TIFF; PNG/JPEG for colour models)")
     p.add_argument("-o", "--output", required=True, help="output TIFF (.tif), one channel per model output")
     p.add_argument("--model", default="demo-2d-nuclei-membrane",
-                   help="model name (see `virtual-stain models`) or path to a .pt file")
+                   help="model name (see `virtual-stain models`), a .pt file, or a bioimage.io package "
+                        "(its folder, bioimageio.yaml/rdf.yaml or .zip)")
     p.add_argument("--channel", default=None,
                    help="for a multi-channel file and a one-channel model: the channel to use (name or index)")
     add_axes_argument(p)

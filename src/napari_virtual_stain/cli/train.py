@@ -151,8 +151,7 @@ def _print_scores(scores: dict, stream) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.checkpoint import load_checkpoint
-    from ..models.registry import resolve_model
-    from ..models.checkpoint import read_checkpoint
+    from ..models.registry import model_card
     from ..training.starting import model_for_training
     from ..training.trainer import TrainConfig, Trainer
 
@@ -189,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"There is no model at {output} to resume; start a run with --from or --arch.")
         model, card = load_checkpoint(output)
     elif args.from_model is not None:
-        model_dims = read_checkpoint(resolve_model(args.from_model))[0].spatial_dims
+        model_dims = model_card(args.from_model).spatial_dims
         if model_dims == 2 and dims == 3:
             raise InputError(f"The model is 2D but {Path(args.input).name} is a stack; "
                              "use --z-as-channels if its planes are channels of one image.")

@@ -6,7 +6,9 @@ A model card's ``input_normalisation`` is one of
   percentiles of the whole input map to 0 and 1 (CSBDeep style, not clipped);
 - ``{"kind": "range", "min": a, "max": b}``: fixed values map to 0 and 1 (``a``/``b`` are
   numbers, or lists with one number per channel), e.g. ``min 0, max 255`` for 8-bit RGB;
-- ``{"kind": "none"}``: the values are passed through as float32.
+- ``{"kind": "none"}``: the values are passed through as float32;
+- ``{"kind": "bioimageio", ...}``: a bioimage.io package's own preprocessing, run by
+  bioimageio.core with measures of the whole image (``models.bioimageio_processing``).
 
 Two optional keys apply to "percentile" and "range": ``"to": [lo, hi]`` maps onto another
 interval instead of [0, 1] (pix2pix/DeepLIIF networks expect [-1, 1]) and ``"clip": true``
@@ -26,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 
-KINDS = ("percentile", "range", "none")
+KINDS = ("percentile", "range", "none", "bioimageio")
 
 # Percentiles from ~4 million values per channel agree with the exact ones to well within
 # a display grey level (tested), and cost a fraction of a second.
@@ -72,6 +74,10 @@ def compute_stats(image, spec: Mapping[str, Any]) -> dict[str, Any]:
     """
     kind = _check_spec(spec)
     n_channels = int(image.shape[0])
+    if kind == "bioimageio":
+        from ..models import bioimageio_processing
+
+        return bioimageio_processing.compute_stats(image, spec)
     if kind == "none":
         return {"kind": "none", "low": [], "high": []}
     if kind == "range":
@@ -95,7 +101,7 @@ def compute_stats(image, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def flat_channels(stats: Mapping[str, Any]) -> list[int]:
     """Channels whose statistics have no spread (constant, all-NaN or empty): they normalise to zeros."""
-    if stats.get("kind") == "none":
+    if stats.get("kind") in ("none", "bioimageio"):  # a package's own steps decide what a flat channel becomes
         return []
     return [c for c, (lo, hi) in enumerate(zip(stats["low"], stats["high"])) if not float(hi) > float(lo)]
 
@@ -117,6 +123,10 @@ def normalise(block: np.ndarray, spec: Mapping[str, Any], stats: Mapping[str, An
     channels) become zeros instead of dividing by zero; NaN/inf become 0 afterwards.
     """
     kind = _check_spec(spec)
+    if kind == "bioimageio":
+        from ..models import bioimageio_processing
+
+        return bioimageio_processing.normalise(np.asarray(block), spec, stats)
     out = np.array(block, dtype=np.float32, copy=True)
     if kind != "none":
         n_channels = out.shape[0]

@@ -139,6 +139,9 @@ class Predictor:
                 raise InputError(f"An overlap of {o} pixels does not fit tiles of {t}: "
                                  "the overlap must be at least 0 and smaller than the tile.")
         smallest = self.min_tile()
+        rule = getattr(self.model, "check_tile", None)  # a model may accept only some sizes (bioimage.io packages)
+        if rule is not None:
+            rule(tuple(int(t) for t in tile))
         if any(t < m for t, m in zip(tile, smallest)):
             why = f"; its size multiple is {self.size_multiple}" if self.size_multiple > 1 else ""
             raise InputError(
@@ -202,6 +205,8 @@ class Predictor:
         # Never below the smallest trustworthy tile, unless one fitted tile covers the axis.
         tile = tuple(f if n <= f else min(t, max(f, m))
                      for n, t, f, m in zip(spatial, self.tile, fitted, self.min_tile()))
+        if getattr(self.model, "min_tile", None) is not None:  # a declared minimum is a hard limit: pad up to it
+            tile = tuple(max(t, m) for t, m in zip(tile, self.min_tile()))
         # A fitted tile can be shorter than the overlap only where one tile covers the axis.
         return tile, tuple(min(o, t - 1) for o, t in zip(self.overlap, tile))
 

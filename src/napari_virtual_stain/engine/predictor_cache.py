@@ -41,12 +41,13 @@ class PredictorCache:
             load: Callable[[str], tuple] | None = None) -> Predictor:
         """The predictor of ``model`` (a name or path) on ``device`` at ``precision``.
 
-        ``resolve`` turns the name into its file or folder (default: the model registry's);
-        ``load`` builds ``(module, card)`` from the name (default: ``registry.load_model``).
+        ``resolve`` turns the name into its file or folder (default: the model registry's, for
+        every kind of model); ``load`` builds ``(module, card)`` from the name (default:
+        ``registry.load_model``).
         """
-        from ..models.registry import load_model, resolve_model
+        from ..models.registry import load_model, model_location
 
-        resolve = resolve or resolve_model
+        resolve = resolve or model_location
         load = load or load_model
         path = Path(resolve(model)).resolve()
         key = (str(path), _stamp(path), str(device), str(precision))

@@ -83,9 +83,85 @@ def _read_card(path: Path) -> ModelCard:
     return _CARDS[key]
 
 
-def load_model(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
-    """Load a model by name or path. Each call returns a fresh module (callers may move it)."""
+CHECKPOINT, BIOIMAGEIO, DEEPLIIF_RELEASE = "checkpoint", "bioimageio", "deepliif-release"
+
+
+def model_kind(name_or_path: str | os.PathLike) -> str:
+    """What a ``--model`` value is: our checkpoint (a name or a .pt), a bioimage.io package
+    (folder, its rdf.yaml/bioimageio.yaml, or .zip) or a DeepLIIF release folder.
+
+    The one place that decides it, from the files alone (nothing is loaded); a folder or
+    file that is none of them is refused with a sentence.
+    """
+    from .bioimageio_package import DESCRIPTION_FILES, is_package
+    from .deepliif_official import is_release_folder
+
+    path = Path(name_or_path).expanduser()
+    if not path.exists() or (path.is_file() and path.suffix == ".pt"):
+        return CHECKPOINT
+    if is_package(path):
+        return BIOIMAGEIO
+    if is_release_folder(path):
+        return DEEPLIIF_RELEASE
+    if path.is_dir():
+        raise CheckpointError(f"The folder {path.name} is not a DeepLIIF release (it has neither train_opt.txt nor "
+                              "G*.pt networks: a release holds G1.pt..G4.pt, G51.pt..G55.pt and train_opt.txt) "
+                              f"nor a bioimage.io package (it has no {' or '.join(DESCRIPTION_FILES)}).")
+    if path.suffix.lower() in (".zip", ".yaml", ".yml"):
+        raise CheckpointError(f"{path.name} is not a bioimage.io package: it is not, and does not hold, "
+                              f"a {' or '.join(DESCRIPTION_FILES)} description.")
+    return CHECKPOINT  # resolve_model says what is wrong with it
+
+
+def model_location(name_or_path: str | os.PathLike) -> Path:
+    """The file or folder that holds a model of any kind (what changes when it is saved again)."""
+    if model_kind(name_or_path) == CHECKPOINT:
+        return resolve_model(name_or_path)
+    return Path(name_or_path).expanduser()
+
+
+def load_model(name_or_path: str | os.PathLike, weight_format: str | None = None) -> tuple[torch.nn.Module, ModelCard]:
+    """Load a model by name or path (see :func:`model_kind`). Each call returns a fresh module.
+
+    ``weight_format`` picks a bioimage.io package's weights (torchscript, pytorch_state_dict,
+    onnx); by default the first usable one offline.
+    """
+    kind = model_kind(name_or_path)
+    if kind == BIOIMAGEIO:
+        from .bioimageio_package import load_package
+
+        return load_package(name_or_path, weight_format)
+    if kind == DEEPLIIF_RELEASE:
+        from .deepliif_official import load_release_folder
+
+        return load_release_folder(name_or_path)
     return load_checkpoint(resolve_model(name_or_path))
+
+
+def model_card(name_or_path: str | os.PathLike) -> ModelCard:
+    """The card of a model without loading its network (a bioimage.io package's is built from its description)."""
+    kind = model_kind(name_or_path)
+    if kind == BIOIMAGEIO:
+        from .bioimageio_package import package_card
+
+        return package_card(name_or_path)
+    if kind == DEEPLIIF_RELEASE:
+        return load_model(name_or_path)[1]
+    return _read_card(resolve_model(name_or_path))
+
+
+def program_notice(name_or_path: str | os.PathLike) -> str | None:
+    """A sentence to show before loading a model whose files are programs (TorchScript, Python
+    architecture code), or None for our own checkpoints, which hold only numbers."""
+    kind = model_kind(name_or_path)
+    if kind == BIOIMAGEIO:
+        from .bioimageio_package import package_notice
+
+        return package_notice(name_or_path)
+    if kind == DEEPLIIF_RELEASE:
+        return (f"{Path(name_or_path).name} holds DeepLIIF's TorchScript networks: TorchScript is a program, "
+                "not plain numbers; load only folders you trust.")
+    return None
 
 
 # Widgets subscribe to hear when a model is saved (a plain callback list: no Qt here). Bound

@@ -41,16 +41,10 @@ def needs_store(region_shape) -> bool:
 
 
 def load_deepliif_model(name_or_path: str | os.PathLike = DEFAULT_MODEL):
-    """A DeepLIIF model: a release folder (official TorchScript) or one of our ``.pt`` models."""
-    from ..models.deepliif_official import is_release_folder, load_release_folder
+    """A DeepLIIF model: a release folder (official TorchScript), one of our ``.pt`` models or
+    a bioimage.io package exported from one (models.registry decides which a path is)."""
     from ..models.registry import load_model
 
-    if is_release_folder(name_or_path):
-        return load_release_folder(name_or_path)
-    if os.path.isdir(str(name_or_path)):
-        raise CheckpointError(f"The folder {Path(name_or_path).name} is not a DeepLIIF release: it has neither "
-                              "train_opt.txt nor G*.pt networks (a release holds G1.pt..G4.pt, G51.pt..G55.pt "
-                              "and train_opt.txt).")
     model, card = load_model(name_or_path)
     if card.task != "deepliif":
         raise CheckpointError(f"The model {card.name!r} is a {card.task} model, not a DeepLIIF model.")

@@ -98,6 +98,9 @@ def _from_checkpoint(from_model, n_in, n_out, spatial_dims, input_names, output_
 
     model, card = load_model(from_model)
     label = card.name
+    if card.architecture == "bioimageio":  # a foreign network behind its own processing: nothing here can train it
+        raise CheckpointError(f"'{label}' is a bioimage.io package from another tool: it can be run, but only "
+                              "napari-virtual-stain models (and packages exported from them) can be fine-tuned.")
     if card.spatial_dims != spatial_dims:
         raise InputError(f"The model '{label}' is {card.spatial_dims}D but the chosen data is {spatial_dims}D.")
     if card.n_in != n_in:

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
 from ..engine.predictor_cache import SHARED, device_turn
-from ..models.registry import list_models, resolve_model
+from ..models.registry import DEEPLIIF_RELEASE, list_models, model_kind
 from ..models.deepliif_options import release_options
 from ..tasks.deepliif import (MODALITIES, SEGMENTATION, DeepLIIFResult, cell_polygons, cell_rows,
                               load_deepliif_model, needs_store, run_deepliif, summary, write_csv, write_geojson)
@@ -58,7 +58,7 @@ def _run(model_key, device, precision, data, name, region, seg_threshold, resolu
     on disk, shown lazily, so memory stays bounded; the dock removes it when a new result
     replaces it, and whatever is left goes when napari exits.
     """
-    predictor = SHARED.get(model_key, device, precision, resolve=_model_path, load=load_deepliif_model)
+    predictor = SHARED.get(model_key, device, precision, load=load_deepliif_model)
     card = predictor.card
     shape = region.shape if region is not None else tuple(data.shape[:2])
     store = tempfile.mkdtemp(prefix="deepliif-", suffix=".zarr") if needs_store(shape) else None
@@ -76,11 +76,6 @@ def _run(model_key, device, precision, data, name, region, seg_threshold, resolu
     if store is not None and result.store is None:  # a view inside the image: the result came back in memory
         shutil.rmtree(store, ignore_errors=True)
     return result
-
-
-def _model_path(model_key) -> Path:
-    """The folder of a release, or the file of one of our models (what the cache watches)."""
-    return Path(model_key) if Path(str(model_key)).is_dir() else resolve_model(model_key)
 
 
 def _resolution(choice: str, tile: int) -> str:
@@ -221,7 +216,7 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         layer = self.viewer.layers[name]
         try:
             check_thresholds(self.thresholds())
-            if Path(str(model_key)).is_dir():
+            if Path(str(model_key)).is_dir() and model_kind(model_key) == DEEPLIIF_RELEASE:
                 release_options(model_key)  # a wrong folder is refused at once, before the worker starts
             region = self._region_for(layer)
         except Exception as err:

@@ -4,7 +4,7 @@ Pick the input layer and the target layers, a starting point (a model to fine-tu
 an architecture from scratch) and press Train: a live loss curve, a preview layer on a
 validation patch, seconds per step and time left. Stop keeps the best model so far;
 Resume continues; Save writes it to the user model folder, where the Virtual Stain dock
-finds it at once.
+finds it at once; Export writes it as a bioimage.io package (.zip) for other tools.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
 from napari.layers import Image
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QMessageBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QMessageBox, QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
 from ..errors import InputError, VirtualStainError
+from ..io.outputs import check_output_file
 from ..models.registry import list_models, notify_models_changed, resolve_model, user_model_dir
 from ..tasks.layers import overlay_tuples
 from ..training.layer_pairs import pairs_from_layers
@@ -61,6 +62,19 @@ def confirm_replace(parent, text: str) -> bool:
     """Ask before a save replaces a model (tests patch this)."""
     answer = QMessageBox.question(parent, "Replace model?", text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
     return answer == QMessageBox.Yes
+
+
+def ask_package_path(parent, suggestion: str) -> str | None:
+    """Where to write a bioimage.io package (tests patch this)."""
+    path, _ = QFileDialog.getSaveFileName(parent, "Export bioimage.io package", suggestion, "bioimage.io package (*.zip)")
+    return path or None
+
+
+def _export(model, card, path, cancel=None):
+    """Worker body: write the package (validated by bioimageio.spec). Touches no Qt."""
+    from ..models.bioimageio_export import export_model
+
+    return export_model(model, card, path)
 
 
 class UpdateRelay(QObject):
@@ -110,10 +124,13 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.train_button, self.stop_button = PushButton(text="Train"), PushButton(text="Stop", enabled=False)
         self.resume_button, self.save_button = PushButton(text="Resume", enabled=False), PushButton(text="Save", enabled=False)
+        self.export_button = PushButton(text="Export", enabled=False,
+                                        tooltip="write the model as a bioimage.io package (.zip) for other tools")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
         self.plot = LinePlot("loss", x_label="step", y_label="loss", log_y=True)
-        buttons = Container(widgets=[self.train_button, self.stop_button, self.resume_button, self.save_button],
+        buttons = Container(widgets=[self.train_button, self.stop_button, self.resume_button, self.save_button,
+                                     self.export_button],
                             layout="horizontal", labels=False)
         self.container = Container(widgets=[self.input, self.targets, self.start, self.name, self.patch, self.steps,
                                             self.minutes, self.loss, self.gan, self.device, buttons,
@@ -128,6 +145,7 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.stop_button.changed.connect(self.stop)
         self.resume_button.changed.connect(self.resume)
         self.save_button.changed.connect(self.save)
+        self.export_button.changed.connect(self.export)
         self.relay.progressed.connect(self._on_progress)
         self.updates.updated.connect(self._on_update)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -249,12 +267,42 @@ class FineTuneWidget(JobDockMixin, QWidget):
         show_info(f"Saved '{name}' to {path}; it is now in the Virtual Stain dock.")
         self.status.value = f"saved {path.name}"
 
+    def export(self, *_):
+        """The best model so far as a bioimage.io package, written in a worker."""
+        if self.trainer is None or (self.job is not None and self.job.running):
+            return
+        name = self.name.value.strip() or "model"
+        path = ask_package_path(self, str(user_model_dir() / f"{name}.zip"))
+        if not path:
+            return
+        try:
+            output = check_output_file(path, suffixes=(".zip",), label="package")
+            from ..models.factory import build_model
+
+            card = self.trainer.trained_card()
+            card.name = name
+            model = build_model(card.architecture, card.arch_args)
+            model.load_state_dict(self.trainer.best_state)
+        except Exception as err:
+            report_error(err, "Export")
+            return
+        self.status.value = f"exporting {output.name}..."
+        self.job = Job(_export, model, card, output, on_result=self._on_exported, on_done=self._on_done,
+                       action="Export")
+        self._set_running(True)
+        self.launch(self.job)
+
+    def _on_exported(self, path):
+        show_info(f"Wrote the bioimage.io package {path}.")
+        self.status.value = f"exported {path.name}"
+
     # -- feedback --------------------------------------------------------------------------
     def _set_running(self, running: bool):
         self.train_button.enabled = not running
         self.stop_button.enabled = running
         self.resume_button.enabled = not running and (self.trainer is not None or self._saved_run() is not None)
         self.save_button.enabled = not running and self.trainer is not None
+        self.export_button.enabled = not running and self.trainer is not None
 
     def _on_update(self, update):
         if not self.dock_alive():

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import time
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton, RadioButtons
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
 from napari.layers import Image
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import PRECISIONS, available_devices
 from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
-from ..models.registry import list_models, load_model, subscribe
+from ..models.registry import list_models, load_model, model_card, program_notice, subscribe
 from ..tasks.arrays import layout_for
 from ..tasks.layers import overlay_tuples
-from ..tasks import stain as tasks_stain
 from ..tasks.stain import run_stain, run_stain_reusing
 from ..tasks.view_cache import ViewCache
 from ._output_layers import publish
@@ -61,6 +62,10 @@ class VirtualStainWidget(JobDockMixin, QWidget):
 
         self.input = ComboBox(label="input", choices=self._image_layers)
         self.model = ComboBox(label="model", choices=self._model_names)
+        # A bioimage.io package (its .zip or bioimageio.yaml/rdf.yaml) is used instead of the model above.
+        self.package = FileEdit(label="or bioimage.io", mode="r", filter="*.zip *.yaml", value="",
+                                tooltip="a bioimage.io model package: its .zip, or the bioimageio.yaml/rdf.yaml "
+                                        "in its folder; used instead of the model above")
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         # "auto": bf16 where the hardware has it (2-3x faster, ~1e-3 mean error); fp32 for
         # bit-faithful, quantitative output.
@@ -73,7 +78,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.info = Label(value="")
-        self.container = Container(widgets=[self.input, self.model, self.device, self.precision, self.scope, self.live,
+        self.container = Container(widgets=[self.input, self.model, self.package, self.device, self.precision, self.scope, self.live,
                                             Container(widgets=[self.run_button, self.cancel_button],
                                                       layout="horizontal", labels=False),
                                             self.progress, self.info])
@@ -85,6 +90,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.relay.progressed.connect(self._on_progress)
         self.model.changed.connect(self._describe_model)
+        self.package.changed.connect(self._package_chosen)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                       self.viewer.layers.events.moved):
             event.connect(self.reset_choices)
@@ -112,7 +118,36 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self.model.reset_choices()
         self._view_cache = None  # a model saved again under its name predicts other pixels
 
+    def _package(self) -> str | None:
+        text = str(self.package.value or "").strip()
+        return text if text and text != "." and Path(text).exists() else None
+
+    def _model_key(self):
+        return self._package() or self.model.value
+
+    def _package_chosen(self, *_):
+        """Say before anything is loaded that a package's TorchScript or Python code is a program."""
+        self.cache.clear()
+        path = self._package()
+        if path is None:
+            self._describe_model()
+            return
+        try:
+            notice = program_notice(path)
+            card = model_card(path)
+        except Exception as err:
+            report_error(err, "bioimage.io package")
+            self.info.value = "This package cannot be used (see the notification)."
+            return
+        self.info.value = (f"{card.name}: {', '.join(card.input_channels)} → {', '.join(card.output_channels)}"
+                           + (f"\n{notice}" if notice else ""))
+        self.info.tooltip = card.description
+        if notice:
+            show_warning(notice)
+
     def _describe_model(self, *_):
+        if self._package() is not None:
+            return
         name = self.model.value
         entry = next((e for e in list_models(task="stain") if e.name == name), None)
         if entry is None or entry.card is None:
@@ -137,7 +172,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
     def run(self, *_):
         if self.job is not None and self.job.running:
             return
-        name, model_name = self.input.value, self.model.value
+        name, model_name = self.input.value, self._model_key()
         if name is None or name not in self.viewer.layers:
             show_warning("Choose an input image layer first.")
             return
@@ -146,7 +181,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
             return
         layer = self.viewer.layers[name]
         try:
-            card = next(e.card for e in list_models(task="stain") if e.name == model_name)
+            card = model_card(model_name)
             region = self._region_for(layer, card)
             view_cache = self._view_cache_for(layer, card, model_name)
         except Exception as err:  # user errors become notifications, not tracebacks
