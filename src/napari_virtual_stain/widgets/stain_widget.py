@@ -127,7 +127,6 @@ class VirtualStainWidget(JobDockMixin, QWidget):
 
     def _package_chosen(self, *_):
         """Say before anything is loaded that a package's TorchScript or Python code is a program."""
-        self.cache.clear()
         path = self._package()
         if path is None:
             self._describe_model()
