@@ -355,7 +355,7 @@ def test_closing_a_dock_gives_the_loaded_models_back(stain, qtbot, messages):
 
     viewer, widget, net, data = stain
     widget.run()
-    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running, timeout=60000)
-    assert len(SHARED) >= 1
+    qtbot.waitUntil(lambda: widget.job is not None and widget.job.settled, timeout=60000)
+    assert len(SHARED) >= 1, messages
     viewer.window.remove_dock_widget(widget)
     assert len(SHARED) == 0
