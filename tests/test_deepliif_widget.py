@@ -252,3 +252,16 @@ def test_an_on_disk_result_is_removed_when_a_new_one_replaces_it(make_napari_vie
         assert Path(stores[-1]).is_dir()
     assert not Path(stores[0]).exists()  # the first run's store went with its result
     assert viewer.layers["ihc · DAPI"].data.shape == (64, 64, 3)  # the layers show the second
+
+
+def test_a_release_folder_is_said_to_be_a_program_when_chosen(make_napari_viewer, tmp_path, monkeypatch):
+    from test_deepliif_model import make_release
+
+    from napari_virtual_stain.widgets import deepliif_widget
+
+    said = []
+    monkeypatch.setattr(deepliif_widget, "show_warning", said.append)
+    make_release(tmp_path / "release")
+    widget = DeepLIIFWidget(make_napari_viewer())
+    widget.folder.value = str(tmp_path / "release")
+    assert said and "TorchScript is a program" in said[-1]  # before anything is loaded or run

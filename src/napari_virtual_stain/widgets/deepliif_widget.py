@@ -29,7 +29,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
 from ..engine.predictor_cache import SHARED, device_turn
-from ..models.registry import DEEPLIIF_RELEASE, list_models, model_kind
+from ..models.registry import DEEPLIIF_RELEASE, list_models, model_kind, program_notice
 from ..models.deepliif_options import release_options
 from ..tasks.deepliif import (MODALITIES, SEGMENTATION, DeepLIIFResult, cell_polygons, cell_rows,
                               load_deepliif_model, needs_store, run_deepliif, summary, write_csv, write_geojson)
@@ -153,6 +153,7 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.relay.progressed.connect(self._on_progress)
         self.input.changed.connect(self._pick_maps)
+        self.folder.changed.connect(self._folder_chosen)
         for w in (self.size_slider, self.marker_slider, self.size_auto, self.marker_mode, self.upper_slider):
             w.changed.connect(self.recount)
         # Relabelling is fast but not free on big images: wait until the slider rests.
@@ -189,6 +190,20 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
             self.seg_layer.value = seg
         if marker is not None:
             self.marker_layer.value = marker
+
+    def _folder_chosen(self, *_):
+        """Say before anything is loaded that a release folder's TorchScript networks are programs."""
+        key = self._model_key()
+        if key is None or key == self.model.value:
+            return
+        try:
+            notice = program_notice(key)
+        except Exception as err:  # not a release folder, not a package: the sentence says which
+            report_error(err, "DeepLIIF")
+            return
+        if notice:
+            self.help.tooltip = notice
+            show_warning(notice)
 
     def _model_key(self):
         folder = str(self.folder.value or "").strip()
