@@ -149,7 +149,9 @@ def test_3d_model_runs_in_3d_on_the_whole_stack_and_on_a_slab_for_the_view(dock,
     assert slab.data.shape[0] == card.tile[0] and slab.translate[0] <= 6 < slab.translate[0] + slab.data.shape[0]
 
 
-def test_precision_choice_fp32_is_bit_faithful_and_fp16_on_cpu_is_refused(dock, qtbot):
+def test_precision_choice_fp32_is_bit_faithful_and_fp16_on_cpu_is_refused(dock, qtbot, monkeypatch):
+    from napari_virtual_stain.widgets import stain_widget
+
     viewer, widget = dock
     data = np.random.default_rng(7).random((48, 64)).astype(np.float32)
     viewer.add_image(data, name="bf")
@@ -160,14 +162,18 @@ def test_precision_choice_fp32_is_bit_faithful_and_fp16_on_cpu_is_refused(dock, 
     model, card = load_model("tiny-2d")
     exact = run_stain(Predictor(model, card, device="cpu", precision="fp32"), data).data
     np.testing.assert_array_equal(viewer.layers["bf · nuclei"].data, exact[0])
-    widget.precision.value = "fp16"
-    run_and_wait(widget, qtbot)
-    assert any("fp16 is not useful on the CPU" in str(m) for m in widget.messages)
+    widget.precision.value = "fp16"  # Run is disabled at once, with the reason as its tooltip
+    assert not widget.run_button.enabled and "fp16 is not useful on the CPU" in widget.run_button.tooltip
+    said = []
+    monkeypatch.setattr(stain_widget, "show_warning", said.append)
+    widget.run()  # and a run asked for anyway is the same sentence, not a job
+    assert "fp16 is not useful on the CPU" in said[-1]
+    widget.precision.value = "fp32"
+    assert widget.run_button.enabled
 
 
 def test_panning_predicts_only_the_newly_visible_pixels(dock, qtbot, monkeypatch):
     from napari_virtual_stain.tasks import stain as tasks_stain
-    from napari_virtual_stain.widgets import stain_widget
 
     viewer, widget = dock
     data = np.random.default_rng(3).random((300, 400)).astype(np.float32)
@@ -176,13 +182,12 @@ def test_panning_predicts_only_the_newly_visible_pixels(dock, qtbot, monkeypatch
     widget.input.value, widget.model.value, widget.scope.value = "bf", "tiny-2d", CURRENT_VIEW
     viewer.camera.zoom, viewer.camera.center = 4.0, (150.0, 150.0)
     predicted = []
-    real = stain_widget.run_stain
+    real = tasks_stain.run_stain
 
     def counting(predictor, layer_data, **kw):
         predicted.append(int(np.prod(kw["region"].shape)))
         return real(predictor, layer_data, **kw)
 
-    monkeypatch.setattr(stain_widget, "run_stain", counting)
     monkeypatch.setattr(tasks_stain, "run_stain", counting)  # what run_stain_reusing calls
     run_and_wait(widget, qtbot)
     first = viewer.layers["bf · nuclei"].data.shape

@@ -105,16 +105,3 @@ def _per_axis(values: list[int] | None, ndim: int, what: str) -> list[int] | Non
     if len(values) != ndim:
         raise InputError(f"The {what} needs {ndim} numbers for this {ndim}D model, not {len(values)}.")
     return values
-
-
-def make_predictor(args: argparse.Namespace):
-    from ..engine.predictor import Predictor
-    from ..models.registry import load_model
-
-    model, card = load_model(args.model)
-    tile = _per_axis(args.tile, card.spatial_dims, "tile size")
-    overlap = _per_axis(args.overlap, card.spatial_dims, "overlap")
-    if tile and overlap and any(o >= t for o, t in zip(overlap, tile)):
-        raise InputError("The overlap must be smaller than the tile.")
-    return Predictor(model, card, device=args.device, tile=tile, overlap=overlap,
-                     batch_size=args.batch_size, precision=args.precision)

@@ -15,7 +15,7 @@ from ..io.outputs import check_output_file
 from ..io.tiff_reader import load_image
 from ..io.tiff_writer import save_tiff
 from .progress import TextProgress
-from .common import add_axes_argument, add_engine_arguments, make_predictor
+from .common import add_axes_argument, add_engine_arguments
 
 
 def register(sub) -> None:
@@ -51,11 +51,13 @@ def select_channel(data, axes: str, names: list[str], wanted: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tasks.stain import run_stain
+    from ..workflows import stain as workflow
 
     output = check_output_file(args.output, inputs=[args.input, args.model])
-    predictor = make_predictor(args)
-    card = predictor.card
+    settings = workflow.StainSettings(model=args.model, device=args.device, precision=args.precision,
+                                      tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+    settings.validate()
+    card = workflow.predictor_for(settings).card  # loads the model once: tile sizes are checked here
     image = load_image(args.input, axes=args.axes)
     data, axes = image.data, image.axes
     rgb = axes.endswith("S")
@@ -68,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     spatial_size = math.prod(int(n) for n, a in zip(data.shape, axes) if a in "ZYX")
     require_memory(4 * spatial_size * card.n_out, f"The result for {Path(args.input).name} ({card.n_out} channel(s) "
                    f"of {spatial_size / 1e6:.0f} megapixels in float32)", "predict a cropped region or a smaller stack")
-    result = run_stain(predictor, data, rgb=rgb, name=str(args.input),
-                       progress=TextProgress("predict"))
+    result = workflow.run(settings, data, rgb=rgb, name=str(args.input), progress=TextProgress("predict"))
     if result.nan_fraction > 0:
         print(f"warning: {result.nan_fraction:.1%} of the input pixels were NaN or infinite and were treated as 0",
               file=sys.stderr)

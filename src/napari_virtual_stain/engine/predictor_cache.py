@@ -38,25 +38,27 @@ class PredictorCache:
 
     def get(self, model: str | os.PathLike, device: str = "auto", precision: str = "auto", *,
             resolve: Callable[[str], Path] | None = None,
-            load: Callable[[str], tuple] | None = None) -> Predictor:
+            load: Callable[[str], tuple] | None = None, **predictor_args) -> Predictor:
         """The predictor of ``model`` (a name or path) on ``device`` at ``precision``.
 
         ``resolve`` turns the name into its file or folder (default: the model registry's, for
         every kind of model); ``load`` builds ``(module, card)`` from the name (default:
-        ``registry.load_model``).
+        ``registry.load_model``); ``predictor_args`` (tile, overlap, batch_size) go to the Predictor.
         """
         from ..models.registry import load_model, model_location
 
         resolve = resolve or model_location
         load = load or load_model
         path = Path(resolve(model)).resolve()
-        key = (str(path), _stamp(path), str(device), str(precision))
+        extra = tuple(sorted((k, None if v is None else tuple(v) if isinstance(v, (list, tuple)) else v)
+                             for k, v in predictor_args.items()))
+        key = (str(path), _stamp(path), str(device), str(precision), extra)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
         module, card = load(str(model))
-        predictor = Predictor(module, card, device=device, precision=precision)
+        predictor = Predictor(module, card, device=device, precision=precision, **predictor_args)
         with self._lock:
             stale = [k for k in self._entries if k[0] == key[0] and k[1] != key[1]]  # an older file version
             for k in stale:

@@ -7,6 +7,7 @@ Thin by design: it reads choices, computes the visible box, and hands a core fun
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 from pathlib import Path
 
@@ -16,12 +17,14 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import PRECISIONS, available_devices
-from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
+from ..engine.predictor_cache import SHARED
 from ..models.registry import list_models, load_model, model_card, program_notice, subscribe
 from ..tasks.arrays import layout_for
 from ..tasks.layers import overlay_tuples
-from ..tasks.stain import run_stain, run_stain_reusing
 from ..tasks.view_cache import ViewCache
+from ..workflows import stain as stain_workflow
+from ..workflows.settings_files import settings_file
+from ..workflows.stain import StainSettings
 from ._output_layers import publish
 from .geometry import placement, spatial_axes, visible_region
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
@@ -30,23 +33,11 @@ CURRENT_VIEW = "current view"
 WHOLE = "whole image / stack"
 
 
-def _predict(cache: PredictorCache, model_name: str, device: str, precision: str, data, rgb: bool, name: str,
-             region, stats=None, view_cache: ViewCache | None = None, progress=None, cancel=None):
-    """Worker body: load (cached) and predict. Runs in a thread; touches no Qt.
-
-    With a ``view_cache`` (one image, model and settings), a current view predicts only the
-    pixels earlier runs did not, and a whole-image run fills the cache for later views.
-    """
-    predictor = cache.get(model_name, device, precision, load=load_model)
-    with device_turn(predictor):
-        if region is not None and view_cache is not None:
-            return run_stain_reusing(predictor, data, view_cache, region, rgb=rgb, name=name, stats=stats,
-                                     progress=progress, cancel=cancel)
-        result = run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
-                           progress=progress, cancel=cancel)
-        if view_cache is not None:
-            view_cache.store(result.region, result.data)
-        return result
+def _predict(settings: StainSettings, data, rgb: bool, name: str, region, stats=None,
+             view_cache: ViewCache | None = None, progress=None, cancel=None):
+    """Worker body: the staining workflow with a snapshot of the dock's settings. Touches no Qt."""
+    return stain_workflow.run(settings, data, rgb=rgb, name=name, region=region, stats=stats, view_cache=view_cache,
+                              load=load_model, progress=progress, cancel=cancel)
 
 
 class VirtualStainWidget(JobDockMixin, QWidget):
@@ -54,7 +45,9 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._life.on_close.append(SHARED.release)  # give the models' (GPU) memory back with the dock
-        self.cache = SHARED  # one cache for every dock: re-saved models reload by themselves
+        # The dock is a view of these settings: the same object ``virtual-stain predict`` builds,
+        # remembered between launches of napari.
+        self.settings = StainSettings.load(settings_file("stain"))
         self._stats: dict = {}
         self._view_cache: tuple | None = None  # (key, ViewCache): pixels predicted so far, reused by later views
         self.job: Job | None = None
@@ -86,6 +79,16 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         layout.addWidget(self.container.native)
         layout.addStretch()
 
+        for widget, value in ((self.device, self.settings.device), (self.precision, self.settings.precision),
+                              (self.model, self.settings.model)):
+            if value in widget.choices:
+                widget.value = value
+        self.device.changed.connect(lambda value: setattr(self.settings, "device", value))
+        self.precision.changed.connect(lambda value: setattr(self.settings, "precision", value))
+        for chooser in (self.model, self.package):
+            chooser.changed.connect(lambda *_: setattr(self.settings, "model", self._model_key() or ""))
+        self.settings.model = self._model_key() or ""
+        self.settings.events.connect(self._check_settings)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.relay.progressed.connect(self._on_progress)
@@ -168,6 +171,14 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         z_extent = card.tile[0] if card.spatial_dims == 3 else 1
         return visible_region(self.viewer, layer, axes, spatial_shape, z_extent=z_extent)
 
+    def _check_settings(self, *_) -> list[str]:
+        """Run is enabled only with settings that can run; the first problem is its tooltip."""
+        problems = self.settings.problems()
+        idle = self.job is None or not self.job.running
+        self.run_button.enabled = idle and not problems
+        self.run_button.tooltip = problems[0] if problems else ""
+        return problems
+
     def run(self, *_):
         if self.job is not None and self.job.running:
             return
@@ -179,6 +190,10 @@ class VirtualStainWidget(JobDockMixin, QWidget):
             show_warning("No virtual staining model is installed; train one in the Fine-tune dock.")
             return
         layer = self.viewer.layers[name]
+        problems = self._check_settings()
+        if problems:
+            show_warning(problems[0])
+            return
         try:
             card = model_card(model_name)
             region = self._region_for(layer, card)
@@ -191,8 +206,12 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         stats_key = (id(layer.data), model_name)
         stats = self._stats.get(stats_key)
         self._run_context = (layer, card, stats_key)
-        self.job = Job(_predict, self.cache, model_name, self.device.value, self.precision.value, layer.data, layer.rgb,
-                       layer.name, region, stats, view_cache,
+        snapshot = StainSettings(**asdict(self.settings))  # the worker's own copy: the user may change the dock
+        try:
+            snapshot.save(settings_file("stain"))
+        except OSError:  # remembering is a convenience, never a reason not to run
+            pass
+        self.job = Job(_predict, snapshot, layer.data, layer.rgb, layer.name, region, stats, view_cache,
                        on_result=self._on_result, on_done=self._on_done,
                        action="Virtual staining", relay=self.relay, inputs=(layer,))
         self.run_button.enabled, self.cancel_button.enabled = False, True
@@ -202,7 +221,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
 
     def _view_cache_for(self, layer, card, model_name) -> ViewCache | None:
         """The predicted pixels of this layer with this model and settings (a new cache when any changed)."""
-        key = (id(layer.data), model_name, self.device.value, self.precision.value)
+        key = (id(layer.data), model_name, self.settings.device, self.settings.precision)
         if self._view_cache is None or self._view_cache[0] != key:
             spatial = layout_for(layer.data, card, layer.rgb, layer.name).spatial_shape(tuple(layer.data.shape))
             self._view_cache = (key, ViewCache(card.n_out, spatial) if ViewCache.fits(card.n_out, spatial) else None)
@@ -226,7 +245,8 @@ class VirtualStainWidget(JobDockMixin, QWidget):
                            f"in {time.perf_counter() - self._started:.2f} s")
 
     def _on_done(self):
-        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.cancel_button.enabled = False
+        self._check_settings()
 
     def _view_changed(self, *_):
         if self.live.value and self.scope.value == CURRENT_VIEW:

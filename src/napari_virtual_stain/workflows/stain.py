@@ -1,0 +1,123 @@
+"""The virtual-staining workflow: settings -> problems() -> run() -> StainResult."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+from psygnal import evented
+
+from ..engine.device import resolve_device, resolve_precision
+from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
+from ..errors import InputError, VirtualStainError
+from ..tasks.region import Region
+from ..tasks.stain import StainResult, run_stain, run_stain_reusing
+from ..tasks.view_cache import ViewCache
+
+DEFAULT_MODEL = "demo-2d-nuclei-membrane"
+
+
+@evented
+@dataclass
+class StainSettings:
+    """What a staining run needs besides the image: the same for the dock and ``virtual-stain predict``."""
+
+    model: str = DEFAULT_MODEL  # a name, a .pt file, or a bioimage.io package
+    device: str = "auto"
+    precision: str = "auto"
+    tile: tuple[int, ...] | None = None  # None: the model's
+    overlap: tuple[int, ...] | None = None
+    batch_size: int | None = None
+
+    def problems(self) -> list[str]:
+        """Sentences for what would stop a run, cheapest checks only (no network is built)."""
+        from ..models.registry import model_card
+
+        found = []
+        try:
+            device = resolve_device(self.device)
+            resolve_precision(device, self.precision)
+        except VirtualStainError as err:
+            found.append(str(err))
+        if not self.model:
+            found.append("Choose a model.")
+            return found
+        try:
+            card = model_card(self.model)
+        except VirtualStainError as err:
+            return found + [str(err)]
+        if card.task != "stain":
+            found.append(f"The model '{card.name}' is a {card.task} model; choose a virtual staining model.")
+        for what, values in (("tile size", self.tile), ("overlap", self.overlap)):
+            if values is not None and len(values) not in (1, card.spatial_dims):
+                found.append(f"The {what} needs {card.spatial_dims} numbers for this {card.spatial_dims}D model, "
+                             f"not {len(values)}.")
+        if self.batch_size is not None and self.batch_size < 1:
+            found.append(f"The batch size must be at least 1, not {self.batch_size}.")
+        return found
+
+    def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise InputError(problems[0])
+
+    # -- remembered between launches of napari ----------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "StainSettings":
+        """The settings saved at ``path``; defaults for anything missing, unknown or unreadable."""
+        try:
+            saved = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return cls()
+        known = {f.name for f in fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in known}
+        try:
+            return cls(**values)
+        except TypeError:
+            return cls()
+
+
+def _per_axis(values, dims: int):
+    if values is None:
+        return None
+    values = tuple(int(v) for v in values)
+    return values * dims if len(values) == 1 else values
+
+
+def predictor_for(settings: StainSettings, cache: PredictorCache = SHARED, load: Callable | None = None):
+    """The (cached) Predictor these settings describe."""
+    from ..models.registry import model_card
+
+    dims = model_card(settings.model).spatial_dims
+    return cache.get(settings.model, settings.device, settings.precision, load=load,
+                     tile=_per_axis(settings.tile, dims), overlap=_per_axis(settings.overlap, dims),
+                     batch_size=settings.batch_size)
+
+
+def run(settings: StainSettings, data, *, rgb: bool = False, name: str = "image", region: Region | None = None,
+        stats: dict | None = None, view_cache: ViewCache | None = None, cache: PredictorCache = SHARED,
+        load: Callable | None = None, progress=None, cancel=None) -> StainResult:
+    """Stain ``region`` of ``data`` (all of it by default). With a ``view_cache`` (one image,
+    model and settings) a region predicts only the pixels earlier runs did not, and a
+    whole-image run fills it for later views."""
+    settings.validate()
+    predictor = predictor_for(settings, cache, load)
+    with device_turn(predictor):
+        if region is not None and view_cache is not None:
+            return run_stain_reusing(predictor, data, view_cache, region, rgb=rgb, name=name, stats=stats,
+                                     progress=progress, cancel=cancel)
+        result = run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
+                           progress=progress, cancel=cancel)
+        if view_cache is not None:
+            view_cache.store(result.region, result.data)
+        return result
