@@ -24,8 +24,9 @@ at single pixels. Per marker:
 - **noise**: the variance of the smoothed marker divided by that of the smoothed shuffled
   marker (same values, no spatial order). Stains have spatial structure (cells), pure
   noise has a ratio of 1.
-- **missing**: no structure *and* no spread above the background's own noise: only
-  background was acquired.
+- **missing**: no structure *and* (almost) one value everywhere: only background was
+  acquired. A missing stain over a noisy background (IF camera noise) has no structure but
+  a spread, and is reported as noise: without a reference the two cannot be told apart.
 - **misregistration**: cross-correlation (FFT, as phase correlation, cell-scale band-pass,
   windowed) of the marker against each of the markers with most signal; a clear peak away
   from zero with its best partner, that its second-best partner confirms, is a shifted round.
@@ -54,7 +55,7 @@ NOT_MARKERS = {"background", "bg", "au", "na", "c", "ca", "fe", "p", "si", "ta",
 DEFAULTS: dict[str, float] = {
     "background_percentile": 1.0,
     "min_signal_px": 400,  # signal pixels needed before a marker can be judged at all
-    "rate_sigma": 12.0,  # px: the neighbourhood of a local rate (about a cell and its neighbours)
+    "rate_sigma": 5.0,  # px: the neighbourhood of a local rate (about a cell)
     "tissue_sigma": 12.0,
     "tissue_fraction_of_p75": 0.25,  # tissue = other markers above this share of their 75th percentile
     "floor_percentile": 20.0,  # the marker's floor: this percentile of its level over the tissue
@@ -65,7 +66,7 @@ DEFAULTS: dict[str, float] = {
     "min_expected_counts": 40.0,  # expected signal in a region needed to call it blank
     "structure_sigma": 2.0,
     "min_structure": 1.25,  # smoothed variance / shuffled smoothed variance
-    "missing_spread": 6.0,  # p99.9 - median within this many background noise units: background only
+    "missing_spread": 2.0,  # no structure and the 0.1-99.9th percentiles this close: background only
     "shift_band": [1.5, 8.0],
     "max_shift": 25,
     "min_shift": 3,
@@ -281,15 +282,15 @@ def check_stack(stack, names: Sequence[str], settings: Mapping[str, Any] | None 
             tissue_level = (total - (scaled[k] if k is not None else 0)) / others
 
         structure = structure_ratio(s, t["structure_sigma"], seed=i)
-        q999, q50 = np.percentile(data[i].astype(np.float32), [99.9, 50])
-        spread = float(q999 - q50) / max(noises[i], 1.0)
+        q999, q01 = np.percentile(data[i].astype(np.float32), [99.9, 0.1])
+        spread = float(q999 - q01)
         result.measures.update(structure=structure, spread_over_noise=spread)
         if math.isfinite(structure) and structure < t["min_structure"]:
             if spread <= t["missing_spread"]:
                 result.findings.append(Finding(
                     "missing", f"{name}: only background was acquired (no spatial structure, structure ratio "
-                               f"{structure:.2f} against a shuffled copy; values within {spread:.1f} noise units of "
-                               "the background): the stain is missing",
+                               f"{structure:.2f} against a shuffled copy; 99.8% of the values within {spread:g} of "
+                               "each other): the stain is missing",
                     {"structure": structure, "min_structure": t["min_structure"], "spread_over_noise": spread}))
             else:
                 result.findings.append(Finding(
