@@ -40,7 +40,9 @@ def test_qc_reports_a_blanked_region_as_json_and_maps(tmp_path, model_dir, capsy
     data = json.loads(report.read_text())["stacks"]
     assert data[good]["flagged"] == [] and data[bad]["flagged"] == ["CD3"]
     (box,) = data[bad]["markers"]["CD3"]["regions"]
-    assert 12 <= box["y0"] <= 20 and 36 <= box["y1"] <= 44 and box["kind"] == "weaker"
+    assert 12 <= box["start"][0] <= 20 and 36 <= box["stop"][0] <= 44 and box["class"] == "imputation"
+    (finding,) = [f for f in data[bad]["markers"]["CD3"]["findings"] if "start" in f]
+    assert "weaker" in finding["sentence"] and finding["evidence"]["area"] > 100
     assert "CD3 FLAGGED" in capsys.readouterr().err
 
     maps = tmp_path / "maps.tif"

@@ -56,18 +56,41 @@ def test_qc_from_marker_layers_flags_the_failed_region(dock, qtbot, model_dir):
     click(widget, widget.qc, qtbot)
     report = widget.last_report
     assert report.flagged == ["CD3"]
-    rows = {widget.table.item(r, 0).text(): widget.table.item(r, 1).text() for r in range(widget.table.rowCount())}
-    assert rows == {"DAPI": "ok", "Lap2": "ok", "CD3": "FLAGGED", "Ki67": "ok", "CK": "ok"}
+    rows = [(widget.table.item(r, 0).text(), widget.table.item(r, 1).text()) for r in range(widget.table.rowCount())]
+    assert rows and {m for m, _ in rows} == {"CD3"} and ("CD3", "imputation") in rows
     shapes = viewer.layers["MAXIM · QC flagged regions"]
-    assert len(shapes.data) == 1 and list(shapes.features["marker"]) == ["CD3"]
+    assert set(shapes.features["marker"]) == {"CD3"}
     (y0, x0), (y1, x1) = shapes.data[0].min(0), shapes.data[0].max(0)
+    # data coordinates of the shapes layer (it carries the image's scale and translate)
     assert 12 <= y0 <= 20 and 36 <= y1 <= 44 and 16 <= x0 <= 24 and 40 <= x1 <= 48
+    # clicking the row of the box centres the camera on it, in world coordinates
+    row = next(r for r, f in enumerate(widget._rows) if "start" in f)
+    widget.table.cellClicked.emit(row, 0)
+    cy, cx = viewer.camera.center[-2:]
+    assert 4 + 0.5 * 12 <= cy <= 4 + 0.5 * 44 and 8 + 0.5 * 16 <= cx <= 8 + 0.5 * 48
     overlay = viewer.layers["MAXIM · QC disagreement CD3"]
     assert tuple(overlay.scale) == (0.5, 0.5) and tuple(overlay.translate) == (4, 8)
     assert overlay.data[20:36, 24:40].mean() > 3 * viewer.layers["MAXIM · QC disagreement DAPI"].data.mean()
     for name in MARKERS:  # inputs are never modified
         assert viewer.layers[name].data.dtype == np.uint16
     np.testing.assert_array_equal(viewer.layers["CD3"].data, _bad_stack()[2])
+
+
+def test_qc_without_imputers_runs_the_training_free_checks(dock, qtbot):
+    viewer, widget = dock
+    stack = good_stack(shape=(128, 128), seed=0)
+    stack[2] = np.random.default_rng(0).permutation(stack[2].ravel()).reshape(stack[2].shape)  # CD3: only noise
+    viewer.add_image(stack, name="panel", metadata={"channel_names": MARKERS})
+    widget.reset_choices()
+    widget.source.value = "panel"
+    widget.folder.value = ""
+    click(widget, widget.qc, qtbot)
+    assert hasattr(widget, "last_report"), widget.messages
+    report = widget.last_report
+    assert report.flagged == ["CD3"] and report.markers == {}
+    assert [(widget.table.item(r, 0).text(), widget.table.item(r, 1).text())
+            for r in range(widget.table.rowCount())] == [("CD3", "noise")]
+    assert widget.table.item(0, 2).text() == "whole channel"
 
 
 def test_impute_attribution_and_cells_from_one_stack_layer(dock, qtbot, model_dir):

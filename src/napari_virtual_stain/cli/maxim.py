@@ -2,7 +2,7 @@
 
     virtual-stain train-imputers STACK.tif -o MODELDIR [--markers A B] [--minutes M]
     virtual-stain impute STACK.tif --models MODELDIR --marker NAME -o OUT.tif
-    virtual-stain qc STACK.tif [MORE.tif ...] --models MODELDIR -o REPORT.json
+    virtual-stain qc STACK.tif [MORE.tif ...] [--models MODELDIR] -o REPORT.json
 """
 
 from __future__ import annotations
@@ -59,11 +59,14 @@ def register(sub) -> None:
     _add_stack_arguments(p)
     p.set_defaults(func=run_impute)
 
-    p = sub.add_parser("qc", help="flag failed stains of multiplex stacks with MAXIM imputers",
-                       description="Impute every marker that has an imputer, compare with the acquired channel, "
-                                   "and report per-marker scores, flags and flagged regions (boxes) as JSON.")
+    p = sub.add_parser("qc", help="flag failed stains of multiplex stacks (blank or dim areas, missing, noise, "
+                                  "misregistered, saturated markers)",
+                       description="Training-free checks of every marker (thresholds calibrated on clean real "
+                                   "fields), and with --models the imputation check for markers whose imputer is "
+                                   "good enough; writes flags, classes, evidence and boxes as JSON.")
     p.add_argument("stacks", nargs="+", help="one or more multiplex stacks")
-    p.add_argument("--models", required=True, help="folder of imputers (from train-imputers)")
+    p.add_argument("--models", default=None, help="folder of imputers (from train-imputers); without it only "
+                                                  "the training-free checks run")
     p.add_argument("-o", "--output", required=True, help="JSON report (one entry per stack for several stacks)")
     p.add_argument("--maps", default=None,
                    help="also write the disagreement maps of a single stack to this TIFF (one channel per marker)")
@@ -148,12 +151,18 @@ def run_impute(args: argparse.Namespace) -> int:
 
 
 def _summary_line(path: str, report) -> str:
-    parts = []
+    flagged = report.flagged
+    lines = [f"{path}: " + (f"FLAGGED {', '.join(flagged)}" if flagged else "no stain flagged")
+             + f" ({len(report.names)} channels, {len(report.to_dict()['not_assessable'])} not assessable)"]
+    for marker in flagged:
+        for finding in report.findings(marker):
+            where = f" at {finding['start']}-{finding['stop']}" if "start" in finding else ""
+            lines.append(f"  {marker} FLAGGED {finding['class']}{where}: {finding['sentence']}")
     for marker, q in report.markers.items():
-        flag = "FLAGGED" if q.flagged else ("unassessable" if not q.assessable else "ok")
-        parts.append(f"{marker} {flag} (PCC {q.scores['pcc']:.2f}, SSIM {q.scores['ssim']:.2f}"
-                     f"{', ' + str(len(q.regions)) + ' region(s)' if q.regions else ''})")
-    return f"{path}: " + "; ".join(parts)
+        if marker not in flagged:
+            lines.append(f"  {marker} {'ok' if q.assessable else 'imputer too poor to judge'} "
+                         f"(imputed PCC {q.scores['pcc']:.2f})")
+    return "\n".join(lines)
 
 
 def run_qc_command(args: argparse.Namespace) -> int:
@@ -166,8 +175,10 @@ def run_qc_command(args: argparse.Namespace) -> int:
     if args.maps:
         check_output_file(args.maps, inputs=args.stacks, label="maps file")
     check_distinct({"report": args.output, "maps file": args.maps})
+    if args.maps and not args.models:
+        raise InputError("--maps writes the imputation disagreement maps: give --models with it.")
     problems: list[str] = []
-    imputers = load_imputers(args.models, problems)
+    imputers = load_imputers(args.models, problems) if args.models else {}
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     maps_to_write = None
@@ -176,10 +187,11 @@ def run_qc_command(args: argparse.Namespace) -> int:
     for path in args.stacks:
         stack, names, pixel_size = read_stack(path, args.names, args.axes)
         report = run_qc(stack, names, imputers, device=args.device, progress=TextProgress(f"qc {Path(path).name}"))
+        report.warnings[:0] = problems  # an imputer file that did not load is named in every report
         reports[path] = report.to_dict()
         any_flag = any_flag or bool(report.flagged)
         print(_summary_line(path, report), file=sys.stderr)
-        for warning in report.warnings:
+        for warning in report.warnings[len(problems):]:
             print(f"warning: {path}: {warning}", file=sys.stderr)
         if args.maps:
             markers = list(report.markers)
@@ -187,7 +199,7 @@ def run_qc_command(args: argparse.Namespace) -> int:
             maps_to_write = (maps, [f"{m} disagreement" for m in markers], pixel_size)
     payload = next(iter(reports.values())) if len(reports) == 1 else {"stacks": reports}
     if problems:
-        payload = dict(payload, skipped_models=problems)
+        payload = dict(payload, skipped_models=problems, warnings=list(payload.get("warnings", problems)))
     with OutputTransaction() as tx:  # a half-written report never replaces a good one
         if maps_to_write is not None:
             from ..io.tiff_writer import save_tiff

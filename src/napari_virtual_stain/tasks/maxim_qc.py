@@ -1,4 +1,17 @@
-"""Missing-stain QC: impute every marker that has a model and compare with what was acquired.
+"""Missing-stain QC: training-free checks of every marker, plus imputation where it earns trust.
+
+The training-free checks (``tasks.qc_checks``: blank and dimmed areas, missing, noise-only
+and misregistered markers, saturation) run on every stack, with or without imputers, and
+their thresholds come from clean real fields, never from the stack being judged. Each of
+their findings names its class, a sentence, its evidence and, for areas, a box.
+
+With imputers, the imputation check below adds its verdict for the markers whose imputer
+is good enough on held-out data (``min_expected_pcc``); the others are still judged by the
+training-free checks. The brightness ratio against the imputers' training stack is kept
+as information only: ordinary variation between two regions of a slide reaches 3x, so it
+no longer flags anything.
+
+The imputation check:
 
 For each checked marker the report holds the paper's scores (SSIM, PCC, MAE) of the
 imputation against the acquired channel, the same scores for the two baselines of paper
@@ -55,6 +68,7 @@ from ..errors import check_cancel
 from ..models.card import ModelCard
 from .maxim import (bl_mean, channel_index, check_marker_stack, check_model_fits, impute_marker,
                     normalise_marker, raw_range, stats_from_cards)
+from .qc_report import QCReport, _json_floats  # noqa: F401 - QCReport is part of this API
 from .region import Region
 
 
@@ -112,43 +126,9 @@ class MarkerQC:
         data = asdict(self)
         data.pop("disagreement")
         data.pop("imputed")
+        data["regions"] = [{"start": [b.y0, b.x0], "stop": [b.y1, b.x1], "class": "imputation", "kind": b.kind,
+                            "area": b.area, "mean_difference": b.mean_difference} for b in self.regions]
         return _json_floats(data)
-
-
-@dataclass
-class QCReport:
-    markers: dict[str, MarkerQC]
-    unchecked: list[str]  # markers of the stack without an imputer
-    region: Region
-    settings: QCSettings
-    rounds: int
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def flagged(self) -> list[str]:
-        return [m for m, q in self.markers.items() if q.flagged]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "flagged": self.flagged,
-            "markers": {m: q.to_dict() for m, q in self.markers.items()},
-            "unchecked": list(self.unchecked),
-            "region": {"start": list(self.region.start), "stop": list(self.region.stop)},
-            "rounds": self.rounds,
-            "settings": asdict(self.settings),
-            "warnings": list(self.warnings),
-        }
-
-
-def _json_floats(value):
-    """Replace nan/inf by None so the report is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_floats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_floats(v) for v in value]
-    return value
 
 
 def _expected(card: ModelCard, settings: QCSettings, missing: Sequence[str] = ()) -> dict[str, float]:
@@ -294,13 +274,6 @@ def judge_marker(marker: str, acquired_raw: np.ndarray, acquired: np.ndarray, im
             reasons.append(f"structure: acquired and imputed {marker} correlate at {pcc:.2f}, "
                            f"below {threshold:.2f} ({settings.pcc_ratio:g} x the {expected['pcc']:.2f} reached on good data)")
             severity = max(severity, 1.0 + (threshold - pcc) / max(threshold, 1e-6))
-    if brightness is not None and brightness > 0:
-        factor = settings.brightness_factor
-        if brightness < 1 / factor or brightness > factor:
-            word = "dimmer" if brightness < 1 else "brighter"
-            reasons.append(f"brightness: {marker} is {max(brightness, 1 / brightness):.1f}x {word} than the other "
-                           "markers, compared with the training stack")
-            severity = max(severity, 1.0 + abs(math.log(brightness)) / math.log(factor) - 1.0)
     threshold = max(settings.region_floor, settings.region_mae_factor * expected["mae"],
                     settings.region_local_factor * expected.get("local_error_p999", 0.0))
     disagreement, boxes = disagreement_regions(align_to(acquired, imputed), imputed, threshold, settings.smooth_sigma,
@@ -322,10 +295,13 @@ def judge_marker(marker: str, acquired_raw: np.ndarray, acquired: np.ndarray, im
                     boxes if flagged else [], list(treated_missing), assessable, disagreement, imputed, severity)
 
 
-def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple], *, region: Region | None = None,
+def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple] | None = None, *, region: Region | None = None,
            settings: QCSettings | None = None, reference_stats: Mapping | None = None, device: str = "auto",
-           progress: Callable[[int, int], None] | None = None, cancel=None) -> QCReport:
-    """QC every marker of a (C, Y, X) ``stack`` that has an imputer in ``imputers`` ({marker: (model, card)}).
+           progress: Callable[[int, int], None] | None = None, cancel=None, training_free: bool = True,
+           thresholds: Mapping[str, Any] | None = None) -> QCReport:
+    """QC every marker of a (C, Y, X) ``stack``: the training-free checks on all of them
+    (``training_free``; ``thresholds`` overrides calibrated ones), and the imputation check on
+    those with an imputer in ``imputers`` ({marker: (model, card)}; None or empty: none).
 
     ``region`` limits the QC to part of the image (the current view); boxes are always in
     whole-image pixels. ``reference_stats`` ({marker: {"low", "high"}}, raw) overrides the
@@ -336,6 +312,13 @@ def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple], *, region
     spatial = tuple(int(s) for s in stack.shape[1:])
     region = region or Region.whole(spatial)
     crop = np.asarray(stack[(slice(None),) + region.slices])
+    imputers = imputers or {}
+    checks = {}
+    if training_free:
+        from .qc_checks import check_stack, thresholds as qc_thresholds
+
+        check_cancel(cancel)
+        checks = check_stack(crop, names, thresholds)
     checked = {}
     for marker, (model, card) in imputers.items():
         check_model_fits(card, names)
@@ -344,7 +327,7 @@ def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple], *, region
     warnings = []
     cards = {m: c for m, (_, c) in checked.items()}
     reference = dict(reference_stats) if reference_stats is not None else stats_from_cards(cards)
-    if not reference:
+    if checked and not reference:
         warnings.append("the imputers carry no training brightness reference: uniformly dimmed stains cannot be detected")
     ratios = brightness_ratios(crop, names, reference)
     trained_dtype = next((c.extra.get("dtype") for c in cards.values() if c.extra.get("dtype")), None)
@@ -411,4 +394,7 @@ def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple], *, region
                 suspects.remove(marker)
                 changed = True
     ordered = {m: verdicts[m] for m in names if m in verdicts}
-    return QCReport(ordered, unchecked, region, settings, rounds, warnings)
+    report = QCReport(ordered, unchecked if checked else [], region, settings, rounds, warnings, checks, list(names))
+    if training_free:
+        report.thresholds = qc_thresholds(thresholds)
+    return report

@@ -29,7 +29,7 @@ from ._worker import JobDockMixin, Job, ProgressRelay, show_info, show_warning
 SEPARATE = "one layer per marker"
 CURRENT_VIEW = "current view"
 WHOLE = "whole image"
-QC_COLUMNS = ["marker", "verdict", "SSIM", "PCC", "MAE", "MAE margin vs BL-Mean", "regions"]
+QC_COLUMNS = ["marker", "class", "where (y, x)", "evidence"]
 
 
 # ---- worker bodies (no Qt) ------------------------------------------------------------------
@@ -47,10 +47,19 @@ def _impute(folder, stack_parts, target, region, device, progress=None, cancel=N
 
 
 def _qc(folder, stack_parts, region, device, progress=None, cancel=None):
+    """Training-free checks always; the imputation check too when a folder of imputers is chosen.
+    Imputer files that do not load are named in the report's warnings."""
+    from ..models.checkpoint import load_checkpoint
     from ..tasks.maxim_qc import run_qc
 
     stack, names = stack_parts()
-    return run_qc(stack, names, _load(folder), region=region, device=device, progress=progress, cancel=cancel)
+    problems: list[str] = []
+    imputers = {}
+    if folder not in ("", ".") and any(Path(folder).glob("*.pt")):
+        imputers = {m: load_checkpoint(p) for m, p in find_imputers(folder, problems).items()}
+    report = run_qc(stack, names, imputers, region=region, device=device, progress=progress, cancel=cancel)
+    report.warnings[:0] = problems
+    return report
 
 
 def _attribute(folder, stack_parts, target, region, progress=None, cancel=None):
@@ -125,6 +134,8 @@ class MaximWidget(JobDockMixin, QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.container.native)
         layout.addWidget(self.table)
+        self.table.cellClicked.connect(self.go_to_row)
+        self._rows: list[dict] = []
 
         b["Impute"].changed.connect(self.impute)
         b["QC all markers"].changed.connect(self.qc)
@@ -290,42 +301,62 @@ class MaximWidget(JobDockMixin, QWidget):
 
     def _show_qc(self, report):
         self.last_report = report
-        self.table.setRowCount(len(report.markers))
-        for row, (marker, q) in enumerate(report.markers.items()):
-            verdict = "FLAGGED" if q.flagged else ("not assessable" if not q.assessable else "ok")
-            values = [marker, verdict, f"{q.scores['ssim']:.3f}", f"{q.scores['pcc']:.3f}", f"{q.scores['mae']:.4f}",
-                      f"{q.margin['mae_vs_bl_mean']:+.4f}", str(len(q.regions))]
-            for col, value in enumerate(values):
-                item = QTableWidgetItem(value)
-                item.setToolTip("\n".join(q.reasons) or "no problem found")
+        self._rows = report.rows()
+        self.table.setRowCount(len(self._rows))
+        for row, finding in enumerate(self._rows):
+            where = (f"{finding['start']} - {finding['stop']}" if "start" in finding else "whole channel")
+            evidence = ", ".join(f"{k} {v}" for k, v in finding["evidence"].items() if not isinstance(v, dict))
+            for col, value in enumerate([finding["marker"], finding["class"], where, evidence]):
+                item = QTableWidgetItem(str(value))
+                item.setToolTip(finding["sentence"])
                 self.table.setItem(row, col, item)
-        markers = list(report.markers)
+        markers = [m for m, q in report.markers.items() if q.disagreement is not None]
         if markers:
             maps = np.stack([report.markers[m].disagreement for m in markers])
             self._overlay(maps, [f"QC disagreement {m}" for m in markers], report.region.start,
                           [(0.0, max(0.5, report.settings.region_floor * 2))] * len(markers))
         self._show_boxes(report)
         flagged = report.flagged
+        unjudged = [m for m, c in report.checks.items() if not c.assessable]
         self.info.value = (f"Flagged: {', '.join(flagged)}." if flagged else "No stain flagged.") + (
-            f" No imputer for {', '.join(report.unchecked)}." if report.unchecked else "")
+            f" Not assessable: {', '.join(unjudged)}." if unjudged else "")
         for warning in report.warnings:
             show_warning(warning)
 
     def _show_boxes(self, report):
         layer, name = self._context
-        boxes = [(m, b) for m, q in report.markers.items() for b in q.regions]
+        boxes = [f for f in self._rows if "start" in f]
         shapes_name = f"{name} · QC flagged regions"
         if shapes_name in self.viewer.layers:
             self.viewer.layers.remove(shapes_name)
         if not boxes:
             return
-        rects = [np.array([[b.y0, b.x0], [b.y1, b.x1]], dtype=float) for _, b in boxes]
+        rects = [np.array([f["start"], f["stop"]], dtype=float) for f in boxes]
         self.viewer.add_shapes(rects, shape_type="rectangle", name=shapes_name, edge_color="yellow",
                                face_color="transparent", edge_width=2, scale=list(layer.scale)[-2:],
                                translate=list(layer.translate)[-2:],
-                               features={"marker": [m for m, _ in boxes], "kind": [b.kind for _, b in boxes]},
-                               text={"string": "{marker} {kind}", "color": "yellow", "size": 8},
+                               features={"marker": [f["marker"] for f in boxes], "class": [f["class"] for f in boxes]},
+                               text={"string": "{marker} {class}", "color": "yellow", "size": 8},
                                metadata={"maxim": True})
+
+    def go_to_row(self, row: int, *_):
+        """Centre the camera on the finding of this table row (its box, or the whole channel)."""
+        if not 0 <= row < len(self._rows):
+            return
+        layer, _ = self._context
+        finding = self._rows[row]
+        scale, translate = np.asarray(layer.scale)[-2:], np.asarray(layer.translate)[-2:]
+        if "start" in finding:
+            start, stop = np.asarray(finding["start"], float), np.asarray(finding["stop"], float)
+        else:
+            start, stop = np.zeros(2), np.asarray(layer.data.shape[-2:], float)
+        centre = translate + scale * (start + stop) / 2
+        self.viewer.camera.center = tuple(centre)
+        extent = float(np.max(scale * (stop - start))) or 1.0
+        self.viewer.camera.zoom = 400.0 / extent  # about 400 screen pixels across the box
+        marker_layer = finding["marker"]
+        if marker_layer in self.viewer.layers:
+            self.viewer.layers.selection.active = self.viewer.layers[marker_layer]
 
     def _show_attribution(self, result):
         self.last_attribution = result

@@ -1,0 +1,115 @@
+"""Sabotage matrix of the stain QC on real fields: detection and false-flag rate per failure class.
+
+    python bench/bench_qc.py [--fields evaluation|calibration|all]
+
+For each field (bench/qc_fields.py; the default EVALUATION fields were not used to fit the
+thresholds), the clean stack is checked (false flags), then each of the five classes of
+bench/qc_sabotage.py is applied in turn to up to four target markers (every 3rd judgeable
+marker ranked by signal) and checked again. A sabotage counts as detected when the target
+marker gets a finding of that class (for areas: a box that overlaps the sabotaged one);
+findings on any other marker are false flags. Times are wall seconds of the whole QC of a
+field on this machine (1 thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine  # noqa: E402
+
+import torch  # noqa: E402
+
+import qc_fields  # noqa: E402
+from calibrate_qc import targets  # noqa: E402
+from qc_sabotage import CLASSES, sabotage  # noqa: E402
+from napari_virtual_stain.tasks.qc_checks import check_stack  # noqa: E402
+
+# Channels the data README says carry almost no signal: findings there are true, not false flags.
+KNOWN_EMPTY = {"breast": {"CD3", "CD4", "CD8", "CD20", "ER"}}
+
+
+def overlaps(a, b):
+    return a is not None and b is not None and min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def run(fields):
+    rows = defaultdict(lambda: {"trials": 0, "hit": 0, "not_assessable": 0})
+    clean = {"fields": 0, "markers": 0, "judged": 0, "false": [], "known_empty": []}
+    other_false = defaultdict(int)
+    seconds = []
+    for name in fields:
+        stack, names = qc_fields.load_field(name)
+        t0 = time.perf_counter()
+        res = check_stack(stack, names)
+        seconds.append(time.perf_counter() - t0)
+        clean["fields"] += 1
+        clean["markers"] += len(res)
+        clean["judged"] += sum(r.assessable for r in res.values())
+        empty = KNOWN_EMPTY.get(name.rsplit("-q", 1)[0], set())
+        for m, r in res.items():
+            for f in r.findings:
+                (clean["known_empty"] if m in empty else clean["false"]).append(f"{name}:{m}:{f.kind}")
+        for k, marker in enumerate(targets(res)):
+            for kind in CLASSES:
+                bad, box = sabotage(stack, names, marker, kind, seed=k)
+                out = check_stack(bad, names)
+                row = rows[kind]
+                row["trials"] += 1
+                # a missing stain over noisy background has no structure but a spread: reported as noise
+                accepted = {kind, "noise"} if kind == "missing" else {kind}
+                got = [f for f in out[marker].findings if f.kind in accepted and (box is None or overlaps(f.box, box))]
+                if kind == "missing" and not got and not out[marker].assessable:
+                    row["not_assessable"] += 1
+                row["hit"] += bool(got)
+                for m, r in out.items():
+                    if m != marker and m not in empty:
+                        other_false[kind] += sum(1 for f in r.findings) - sum(1 for f in res[m].findings)
+    return rows, clean, other_false, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fields", default="evaluation", choices=["evaluation", "calibration", "all"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    fields = {"evaluation": qc_fields.EVALUATION, "calibration": qc_fields.CALIBRATION,
+              "all": qc_fields.CALIBRATION + qc_fields.EVALUATION}[args.fields]
+    start = time.perf_counter()
+    rows, clean, other, seconds = run(fields)
+    lines = [f"Machine: {machine()}.",
+             f"Command: `python bench/bench_qc.py --fields {args.fields}` ({time.perf_counter() - start:.0f} s in all).",
+             f"Fields ({args.fields}): {', '.join(fields)} (512x512 each).",
+             f"Calibration fields (bench/calibrate_qc.py): {', '.join(qc_fields.CALIBRATION)}.", "",
+             "| class | sabotaged markers | detected | detection rate | new flags on other markers |",
+             "|---|---|---|---|---|"]
+    for kind in CLASSES:
+        r = rows[kind]
+        lines.append(f"| {kind} | {r['trials']} | {r['hit']} | {r['hit'] / max(r['trials'], 1):.0%} | {other[kind]} |")
+    judged = max(clean["judged"], 1)
+    lines += ["", f"Clean fields: {clean['fields']}, {clean['markers']} channels, {clean['judged']} judged "
+              f"(the rest: almost no signal, or not a marker stain). False flags: {len(clean['false'])} "
+              f"({len(clean['false']) / judged:.1%} of judged markers): {', '.join(clean['false']) or 'none'}.",
+              f"Findings on channels the data README calls empty (true findings, not counted as false): "
+              f"{', '.join(clean['known_empty']) or 'none'}.",
+              f"QC time per 512x512 field (training-free checks, all channels, 1 thread): median "
+              f"{sorted(seconds)[len(seconds) // 2]:.1f} s, max {max(seconds):.1f} s. Training: none needed."]
+    text = "\n".join(lines)
+    print(text)
+    title = f"Stain QC sabotage matrix, {args.fields} fields (bench_qc.py)"
+    body = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    begin, end = f"<!-- begin {title} -->", f"<!-- end {title} -->"
+    section = f"{begin}\n## {title}\n\n{text}\n{end}"
+    if begin in body:
+        body = body[:body.index(begin)] + section + body[body.index(end) + len(end):]
+    else:
+        body = body.rstrip() + "\n\n" + section + "\n"
+    RESULTS.write_text(body)
+
+
+if __name__ == "__main__":
+    main()

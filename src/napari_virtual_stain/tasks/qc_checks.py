@@ -1,0 +1,375 @@
+"""Stain QC checks that need no training: each marker against itself, the tissue and a shuffled copy.
+
+Everything here works on one (C, Y, X) stack and nothing else: no model, no reference
+stack. The thresholds live in ``qc_thresholds.json`` next to this file; they were fitted on
+clean real fields (``bench/calibrate_qc.py`` recomputes them and names the fields), never
+on the stack being judged.
+
+Multiplex counts are sparse (MIBI: most pixels of most channels are 0), so no check looks
+at single pixels. Per marker:
+
+- **signal**: a marker's *signal* is its raw value above its own background (1st
+  percentile). Channels with almost no signal pixels cannot be judged at all and are
+  reported as such (``assessable = False``), never flagged.
+- **tissue**: where tissue is, for judging marker m, comes from the *other* markers (each
+  scaled by its own mean, summed, smoothed), so a failed marker cannot hide its own
+  failure; nuclear markers take part like any other.
+- **blank / dimmed regions**: the marker's local rate (signal smoothed over about a cell
+  neighbourhood) divided by what the tissue there predicts at the marker's median rate.
+  Only markers with a *floor* (their level stays above ``min_floor`` in all but
+  ``floor_percentile`` % of the tissue) can be judged: markers naturally absent from whole
+  compartments (keratin in stroma, MIBI channels without background counts) cannot, and the
+  report says so. A connected area of at least ``min_region_px`` tissue pixels below
+  ``blank_level`` (or ``dim_level``) times that floor is flagged.
+- **noise**: the variance of the smoothed marker divided by that of the smoothed shuffled
+  marker (same values, no spatial order). Stains have spatial structure (cells), pure
+  noise has a ratio of 1.
+- **missing**: no structure *and* (almost) one value everywhere: only background was
+  acquired. A missing stain over a noisy background (IF camera noise) has no structure but
+  a spread, and is reported as noise: without a reference the two cannot be told apart.
+- **misregistration**: cross-correlation (FFT, as phase correlation, cell-scale band-pass,
+  windowed) of the marker against each of the markers with most signal; a clear peak away
+  from zero with its best partner, that its second-best partner confirms, is a shifted round.
+- **saturation**: a share of tissue pixels at the dtype's maximum.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
+
+# Channels that are not stains of a marker: MIBI's elemental, mass-calibration and
+# background channels, and derived composites. They are not judged, nor used as tissue.
+NOT_MARKERS = {"background", "bg", "au", "na", "c", "ca", "fe", "p", "si", "ta", "empty", "noodle",
+               "membrane", "nuc", "bckg", "gold", "130", "131"}
+
+DEFAULTS: dict[str, float] = {
+    "background_percentile": 1.0,
+    "min_signal_px": 400,  # signal pixels needed before a marker can be judged at all
+    "rate_sigma": 5.0,  # px: the neighbourhood of a local rate (about a cell)
+    "tissue_sigma": 12.0,
+    "tissue_fraction_of_p75": 0.25,  # tissue = other markers above this share of their 75th percentile
+    "floor_percentile": 20.0,  # the marker's floor: this percentile of its level over the tissue
+    "min_floor": 0.3,  # markers whose floor is lower are absent from whole areas by nature
+    "blank_level": 0.1,  # an area whose level (in units of the floor) stays below this: blank
+    "dim_level": 0.45,  # ... below this: dimmed several-fold
+    "min_region_px": 3600,  # a 60x60 px area: several cells
+    "min_expected_counts": 40.0,  # expected signal in a region needed to call it blank
+    "structure_sigma": 2.0,
+    "min_structure": 1.25,  # smoothed variance / shuffled smoothed variance
+    "missing_spread": 2.0,  # no structure and the 0.1-99.9th percentiles this close: background only
+    "shift_band": [1.5, 8.0],
+    "max_shift": 25,
+    "min_shift": 3,
+    "shift_partners": 8,  # the markers with most signal, each marker is registered against
+    "min_shift_peak": 0.2,  # cell-scale correlation with the best partner at the shift found
+    "min_shift_peak_alone": 0.35,  # ... when the second-best partner does not confirm the shift
+    "min_shift_gain": 0.1,  # ... above its correlation without shift
+    "max_zero_share": 0.5,  # ... which is at most this share of the peak (the cells no longer overlap)
+    "saturation_fraction": 0.01,
+}
+
+
+@lru_cache(maxsize=1)
+def _calibrated() -> dict[str, Any]:
+    if THRESHOLDS_FILE.exists():
+        return json.loads(THRESHOLDS_FILE.read_text())
+    return {}
+
+
+def thresholds(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The defaults, updated by the calibrated file, updated by ``overrides``."""
+    out = dict(DEFAULTS)
+    out.update(_calibrated().get("thresholds", {}))
+    out.update(overrides or {})
+    return out
+
+
+@dataclass
+class Finding:
+    """One failure of one marker: its class, where (None: the whole channel) and the numbers behind it."""
+
+    kind: str  # blank_region | dim_region | missing | noise | misregistered | saturated | imputation
+    sentence: str
+    evidence: dict[str, Any]
+    box: tuple[int, int, int, int] | None = None  # y0, x0, y1, x1 in the stack's pixels (stop exclusive)
+
+    def to_dict(self, offset: Sequence[int] = (0, 0)) -> dict[str, Any]:
+        out = {"class": self.kind, "sentence": self.sentence, "evidence": _plain(self.evidence)}
+        if self.box is not None:
+            y0, x0, y1, x1 = self.box
+            out["start"] = [y0 + int(offset[0]), x0 + int(offset[1])]
+            out["stop"] = [y1 + int(offset[0]), x1 + int(offset[1])]
+        return out
+
+
+@dataclass
+class MarkerChecks:
+    marker: str
+    assessable: bool
+    findings: list[Finding] = field(default_factory=list)
+    measures: dict[str, Any] = field(default_factory=dict)
+    not_assessed: list[str] = field(default_factory=list)  # checks that could not judge it, with why
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return round(v, 4) if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def is_marker(name: str) -> bool:
+    return str(name).strip().lower() not in NOT_MARKERS
+
+
+def signal_of(channel: np.ndarray, percentile: float) -> tuple[np.ndarray, float, float]:
+    """The channel above its background (a low percentile), that background and its noise (MAD)."""
+    x = np.asarray(channel, dtype=np.float32)
+    background = float(np.percentile(x, percentile))
+    low = x[x <= np.percentile(x, 50)]
+    noise = float(1.4826 * np.median(np.abs(low - np.median(low)))) if low.size else 0.0
+    return np.clip(x - background, 0, None), background, noise
+
+
+def tissue_evidence(signals: Sequence[np.ndarray], sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per marker, each signal smoothed and scaled by its own 99th percentile, clipped to [0, 1]
+    (``(K, Y, X)``: a sparse marker's rare bright spots cannot outweigh the others), and their sum."""
+    scaled = []
+    for s in signals:
+        smooth = ndimage.gaussian_filter(s, sigma, mode="reflect")
+        high = float(np.percentile(smooth, 99))
+        scaled.append(np.clip(smooth / high, 0, 1) if high > 0 else np.zeros_like(smooth))
+    if not scaled:
+        return np.zeros((0, 1, 1), np.float32), np.zeros((1, 1), np.float32)
+    scaled = np.stack(scaled)
+    return scaled, scaled.sum(axis=0)
+
+
+def structure_ratio(signal: np.ndarray, sigma: float, seed: int = 0) -> float:
+    """Variance of the smoothed signal over that of the smoothed shuffled signal (1 = no structure)."""
+    smooth_var = float(ndimage.gaussian_filter(signal, sigma).var())
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(signal.ravel()).reshape(signal.shape)
+    shuffled_var = float(ndimage.gaussian_filter(shuffled, sigma).var())
+    return smooth_var / shuffled_var if shuffled_var > 0 else math.nan
+
+
+def _band(image: np.ndarray, band: Sequence[float]) -> np.ndarray:
+    return ndimage.gaussian_filter(image, band[0]) - ndimage.gaussian_filter(image, band[1])
+
+
+def registration_spectrum(signal: np.ndarray, band: Sequence[float]) -> np.ndarray | None:
+    """The Fourier transform of a marker band-passed to cell scale, windowed and scaled to unit energy."""
+    a = _band(signal.astype(np.float32), band)
+    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1])).astype(np.float32)
+    a = (a - a.mean()) * window
+    energy = float(np.sqrt((a * a).sum()))
+    return np.fft.rfft2(a / energy) if energy > 0 else None
+
+
+def registration_shift(reference: np.ndarray, moving: np.ndarray, shape: Sequence[int],
+                       max_shift: int) -> dict[str, float]:
+    """Shift (dy, dx) that best aligns ``moving`` to ``reference`` (spectra of
+    :func:`registration_spectrum`), searched within ``max_shift`` pixels: the cross-correlation
+    of the two (FFT, as phase correlation does, without whitening, which sparse counts do not
+    survive), its peak and its value at no shift (both Pearson-like, -1..1)."""
+    xc = np.fft.irfft2(reference * np.conj(moving), s=tuple(shape))
+    r = int(min(max_shift, shape[0] // 4, shape[1] // 4))
+    shifts = np.arange(-r, r + 1)
+    local = xc[np.ix_(shifts % shape[0], shifts % shape[1])]
+    iy, ix = np.unravel_index(int(np.argmax(local)), local.shape)
+    # xc[s] = sum ref(x) mov(x - s): moving's content sits s further along than the reference's
+    return {"dy": -int(shifts[iy]), "dx": -int(shifts[ix]), "peak": float(local[iy, ix]),
+            "at_zero": float(local[r, r])}
+
+
+def best_shift(k: int, spectra: Sequence, shape: Sequence[int], partners: Sequence[int],
+               max_shift: int) -> dict[str, Any] | None:
+    """Marker ``k`` against each partner marker; the partner it correlates with best decides, and
+    the second best says whether it agrees (within 2 px)."""
+    found = []
+    for j in partners:
+        if j == k or spectra[j] is None or spectra[k] is None:
+            continue
+        found.append(registration_shift(spectra[j], spectra[k], shape, max_shift) | {"partner": j})
+    if not found:
+        return None
+    found.sort(key=lambda f: -f["peak"])
+    best = dict(found[0])
+    if len(found) > 1:
+        second = found[1]
+        best["agree"] = bool(abs(second["dy"] - best["dy"]) <= 2 and abs(second["dx"] - best["dx"]) <= 2)
+        best["second_peak"] = second["peak"]
+    else:
+        best["agree"] = True
+    return best
+
+
+def check_stack(stack, names: Sequence[str], settings: Mapping[str, Any] | None = None,
+                exclude_from_tissue: Sequence[str] = (), only: Sequence[str] | None = None) -> dict[str, MarkerChecks]:
+    """Run every training-free check on every marker of a (C, Y, X) ``stack`` (or on ``only`` these;
+    the tissue and registration partners still come from all markers)."""
+    t = thresholds(settings)
+    data = np.asarray(stack)
+    names = [str(n) for n in names]
+    saturation_value = float(np.iinfo(data.dtype).max) if data.dtype.kind in "ui" else None
+    signals, backgrounds, noises, counts = [], [], [], []
+    for channel in data:
+        s, bg, noise = signal_of(channel, t["background_percentile"])
+        signals.append(s)
+        backgrounds.append(bg)
+        noises.append(noise)
+        counts.append(int((s > 0).sum()))
+    markers = [i for i, n in enumerate(names) if is_marker(n)]
+    excluded = {e.lower() for e in exclude_from_tissue}
+    informative = [i for i in markers if counts[i] >= t["min_signal_px"] and names[i].lower() not in excluded]
+    scaled, total = tissue_evidence([signals[i] for i in informative], t["tissue_sigma"])
+    spectra = [registration_spectrum(signals[i], t["shift_band"]) if i in informative else None
+               for i in range(len(names))]
+    by_signal = sorted(informative, key=lambda i: -counts[i])
+    partners = by_signal[: int(t["shift_partners"])]
+    out: dict[str, MarkerChecks] = {}
+    wanted = None if only is None else {o.lower() for o in only}
+    for i, name in enumerate(names):
+        if wanted is not None and name.lower() not in wanted:
+            continue
+        if not is_marker(name):
+            out[name] = MarkerChecks(name, False, not_assessed=["not a marker stain (elemental, background or "
+                                                                 "derived channel): not judged"])
+            continue
+        result = MarkerChecks(name, True)
+        out[name] = result
+        s = signals[i]
+        result.measures.update(background=backgrounds[i], background_noise=noises[i], signal_px=counts[i],
+                               signal_fraction=counts[i] / s.size)
+        if saturation_value is not None and data.shape[1] * data.shape[2] > 0:
+            at_max = float((data[i] >= saturation_value).mean())
+            result.measures["saturated_fraction"] = at_max
+            if at_max >= t["saturation_fraction"]:
+                result.findings.append(Finding(
+                    "saturated", f"{name}: {100 * at_max:.1f}% of the pixels sit at the detector maximum "
+                                 f"({saturation_value:g}): the stain is saturated there, its intensities are clipped",
+                    {"saturated_fraction": at_max, "limit": t["saturation_fraction"], "value": saturation_value}))
+        if counts[i] < t["min_signal_px"]:
+            result.assessable = False
+            result.not_assessed.append(
+                f"almost no signal anywhere ({counts[i]} pixels above its background of {backgrounds[i]:g}; "
+                f"{t['min_signal_px']:g} needed): a marker absent from this tissue cannot be told from a failed "
+                "stain without a reference (imputers)")
+            continue
+        k = informative.index(i) if i in informative else None
+        others = len(informative) - (1 if k is not None else 0)
+        if others < 1:
+            result.not_assessed.append("no other marker with signal to tell where the tissue is")
+            tissue_level = None
+        else:
+            tissue_level = (total - (scaled[k] if k is not None else 0)) / others
+
+        structure = structure_ratio(s, t["structure_sigma"], seed=i)
+        q999, q01 = np.percentile(data[i].astype(np.float32), [99.9, 0.1])
+        spread = float(q999 - q01)
+        result.measures.update(structure=structure, spread_over_noise=spread)
+        if math.isfinite(structure) and structure < t["min_structure"]:
+            if spread <= t["missing_spread"]:
+                result.findings.append(Finding(
+                    "missing", f"{name}: only background was acquired (no spatial structure, structure ratio "
+                               f"{structure:.2f} against a shuffled copy; 99.8% of the values within {spread:g} of "
+                               "each other): the stain is missing",
+                    {"structure": structure, "min_structure": t["min_structure"], "spread_over_noise": spread}))
+            else:
+                result.findings.append(Finding(
+                    "noise", f"{name}: the channel has no spatial structure (structure ratio {structure:.2f} "
+                             f"against a shuffled copy, {t['min_structure']:g} needed): it is noise, not a stain",
+                    {"structure": structure, "min_structure": t["min_structure"]}))
+            continue  # a noise channel has no regions or shift to speak of
+
+        if tissue_level is None:
+            continue
+        shift = best_shift(i, spectra, s.shape, partners, int(t["max_shift"]))
+        if shift is not None:
+            partner = names[shift.pop("partner")]
+            shift["partner"] = partner
+            result.measures["registration"] = shift
+            distance = math.hypot(shift["dy"], shift["dx"])
+            clear = shift["peak"] >= (t["min_shift_peak"] if shift["agree"] else t["min_shift_peak_alone"])
+            gone = shift["at_zero"] <= t["max_zero_share"] * shift["peak"]  # cells no longer overlap at no shift
+            if distance >= t["min_shift"] and clear and gone and shift["peak"] - shift["at_zero"] >= t["min_shift_gain"]:
+                result.findings.append(Finding(
+                    "misregistered", f"{name} is shifted by {shift['dy']:+d}, {shift['dx']:+d} px (y, x) against "
+                                     f"{partner} and the other markers (cell-scale correlation {shift['peak']:.2f} "
+                                     f"there, {shift['at_zero']:.2f} without shift): this round is misregistered",
+                    {k2: shift[k2] for k2 in ("dy", "dx", "peak", "at_zero", "partner", "agree")}))
+        _regional(result, name, s, tissue_level, t)
+    return out
+
+
+def _regional(result: MarkerChecks, name: str, signal: np.ndarray, tissue_level: np.ndarray, t) -> None:
+    """Blank and dimmed areas: the marker's local rate against what the tissue there predicts."""
+    tissue = tissue_level > t["tissue_fraction_of_p75"] * float(np.percentile(tissue_level, 75))
+    result.measures["tissue_fraction"] = float(tissue.mean())
+    if tissue.sum() < t["min_region_px"]:
+        result.not_assessed.append("regions: too little tissue in the image to judge regions")
+        return
+    rate = ndimage.gaussian_filter(signal, t["rate_sigma"])
+    per_tissue = rate[tissue] / np.maximum(tissue_level[tissue], 1e-6)
+    median_rate = float(np.median(per_tissue))
+    if not median_rate > 0:
+        result.not_assessed.append("regions: the marker is absent from most of the tissue, so a blank area "
+                                   "cannot be told from its biology")
+        return
+    level = rate / np.maximum(median_rate * tissue_level, 1e-6)
+    floor = float(np.percentile(level[tissue], t["floor_percentile"]))
+    result.measures.update(rate_per_tissue=median_rate, floor=floor)
+    if floor < t["min_floor"]:
+        result.not_assessed.append(
+            f"regions: {name} is far below its usual level in more than {t['floor_percentile']:g}% of the tissue "
+            f"by nature ({floor:.2f}x there), so a blank or dim area cannot be told from its biology")
+        return
+    # The level an area of min_region_px never rises above: a blank or dim area stays low all over,
+    # a marker's natural gaps between positive cells do not.
+    width = max(3, int(round(math.sqrt(t["min_region_px"]))))
+    masked = np.where(tissue, level / floor, np.inf)
+    ceiling = ndimage.maximum_filter(masked, size=width, mode="constant", cval=np.inf)
+    lowest = float(ceiling.min())
+    result.measures["region_ceiling"] = lowest if math.isfinite(lowest) else None
+    low = ceiling < t["dim_level"]
+    labels, n = ndimage.label(ndimage.maximum_filter(low, size=width))  # back to the area the windows cover
+    for index, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        inside = (labels[sl] == index) & tissue[sl]
+        area = int(inside.sum())
+        observed = float(signal[sl][inside].sum())
+        expected = float((median_rate * tissue_level[sl][inside]).sum())
+        if expected < t["min_expected_counts"]:
+            continue
+        region_ceiling = float(ceiling[sl][labels[sl] == index].min())
+        ratio = observed / expected if expected > 0 else 0.0
+        kind = "blank_region" if region_ceiling < t["blank_level"] else "dim_region"
+        box = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
+        if kind == "blank_region":
+            sentence = (f"{name} is blank over {area} tissue pixels ({observed:.0f} against {expected:.0f} expected "
+                        f"from the tissue there at its usual level)")
+        else:
+            sentence = (f"{name} is dimmed {1 / max(ratio, 1e-3):.1f}-fold over {area} tissue pixels "
+                        f"({observed:.0f} against {expected:.0f} expected from the tissue there)")
+        result.findings.append(Finding(kind, sentence, {
+            "area_px": area, "observed_over_expected": ratio, "observed": observed, "expected": expected,
+            "window_ceiling": region_ceiling, "limit": t["blank_level"] if kind == "blank_region" else t["dim_level"],
+            "floor": floor}, box))
