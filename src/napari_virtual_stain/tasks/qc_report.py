@@ -99,14 +99,3 @@ def _json_floats(value):
     if isinstance(value, (list, tuple)):
         return [_json_floats(v) for v in value]
     return value
-
-
-def _json_floats(value):
-    """Replace nan/inf by None so the report is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_floats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_floats(v) for v in value]
-    return value
