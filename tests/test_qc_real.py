@@ -85,7 +85,7 @@ def test_markers_without_a_floor_say_their_regions_cannot_be_judged():
 
 def test_the_report_names_class_evidence_and_region(tmp_path):
     from napari_virtual_stain.cli import main
-    from napari_virtual_stain.io.tiff_reader import save_tiff
+    from napari_virtual_stain.io.tiff_writer import save_tiff
     from qc_sabotage import sabotage
 
     stack, names = _field("breast-q2")
