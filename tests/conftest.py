@@ -56,3 +56,16 @@ def one_torch_thread():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """Every notification the docks show (errors, warnings, infos), as text, in order."""
+    from napari_virtual_stain.widgets import _worker, finetune_widget, stain_widget
+
+    said = []
+    for module in (_worker, stain_widget, finetune_widget):
+        for name in ("show_error", "show_info", "show_warning"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, lambda text, said=said: said.append(str(text)))
+    return said

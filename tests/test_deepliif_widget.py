@@ -10,7 +10,6 @@ import torch
 from napari_virtual_stain.models.checkpoint import save_checkpoint
 from napari_virtual_stain.models.deepliif_net import DeepLIIFNet, deepliif_arch_args, deepliif_card
 from napari_virtual_stain.tasks.deepliif_cells import NEGATIVE, POSITIVE
-from napari_virtual_stain.widgets import _worker
 from napari_virtual_stain.widgets.deepliif_widget import MARKER_MANUAL, MARKER_OFF, WHOLE, DeepLIIFWidget
 
 TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=3, seg_max_mult=2, norm="batch")
@@ -145,14 +144,6 @@ def test_cancel_publishes_nothing(make_napari_viewer, qtbot, tiny_deepliif):
 
 MAPS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "deepliif-official" / "postprocess"
 needs_maps = pytest.mark.skipif(not MAPS.exists(), reason="deepliif-official fixtures (../shared) not available")
-
-
-@pytest.fixture
-def messages(monkeypatch):
-    shown = []
-    monkeypatch.setattr(_worker, "show_error", shown.append)
-    monkeypatch.setattr(_worker, "show_info", shown.append)
-    return shown
 
 
 def test_defaults_are_deepliifs(make_napari_viewer):

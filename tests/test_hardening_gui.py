@@ -14,7 +14,7 @@ import torch
 from qtpy.QtCore import Qt
 
 from napari_virtual_stain.models.registry import load_model
-from napari_virtual_stain.widgets import _worker, finetune_widget, stain_widget
+from napari_virtual_stain.widgets import finetune_widget, stain_widget
 from napari_virtual_stain.widgets.finetune_widget import FineTuneWidget
 from napari_virtual_stain.widgets.preprocess_widget import PreprocessWidget
 from napari_virtual_stain.widgets.stain_widget import CURRENT_VIEW, WHOLE, VirtualStainWidget
@@ -48,15 +48,6 @@ class SlowNet(torch.nn.Module):
     def forward(self, x):
         return torch.sigmoid(self.body(self.head(x)))
 
-
-@pytest.fixture
-def messages(monkeypatch):
-    said = []
-    for module in (_worker, stain_widget, finetune_widget):
-        for name in ("show_error", "show_info", "show_warning"):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, lambda text, said=said: said.append(str(text)))
-    return said
 
 
 @pytest.fixture

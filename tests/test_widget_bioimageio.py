@@ -10,22 +10,12 @@ pytest.importorskip("bioimageio.core")
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
 from napari_virtual_stain.models.registry import load_model  # noqa: E402
 from napari_virtual_stain.tasks.stain import run_stain  # noqa: E402
-from napari_virtual_stain.widgets import _worker, finetune_widget  # noqa: E402
-from napari_virtual_stain.widgets import stain_widget  # noqa: E402
+from napari_virtual_stain.widgets import finetune_widget  # noqa: E402
 from napari_virtual_stain.widgets.finetune_widget import FineTuneWidget  # noqa: E402
 from napari_virtual_stain.widgets.stain_widget import WHOLE, VirtualStainWidget  # noqa: E402
 
 from test_bioimageio_import import _package_04  # noqa: E402
 
-
-@pytest.fixture
-def messages(monkeypatch):
-    said = []
-    for module in (_worker, stain_widget, finetune_widget):
-        for name in ("show_error", "show_info", "show_warning"):
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, said.append)
-    return said
 
 
 def test_stain_dock_runs_a_package_after_saying_it_is_a_program(make_napari_viewer, user_models, qtbot,
