@@ -79,11 +79,11 @@ def test_input_dropout_zeroes_whole_markers_but_never_all():
     trainer = _DropoutTrainer(build_model(card.architecture, card.arch_args), card, [stack[:2]], [stack[2][None]],
                               config.train_config())
     trainer.input_dropout = 1.0
-    x, _, _ = trainer._batch()
+    x, _, _ = trainer.next_batch()
     alive = x.flatten(2).abs().amax(-1) > 0
     assert torch.all(alive.sum(1) == 1)  # exactly one marker rescued per sample
     trainer.input_dropout = 0.0
-    x, _, _ = trainer._batch()
+    x, _, _ = trainer.next_batch()
     assert torch.all(x.flatten(2).abs().amax(-1) > 0)
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -88,3 +89,28 @@ def test_early_stopping_counts_validations_without_improvement():
     assert stop.update(0.95, 40) == (False, False)
     assert stop.update(0.95, 50) == (False, True)
     assert (stop.best, stop.best_step) == (0.9, 30)
+
+
+def test_the_pix2pixhd_step_skips_non_finite_updates_like_every_other_step():
+    """The multi-scale (pix2pixHD) strategy goes through the Trainer's guard too."""
+    from napari_virtual_stain.models.factory import build_model
+    from napari_virtual_stain.training.trainer import TrainConfig, Trainer
+
+    from conftest import tiny_unet_card
+
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 64, 64), dtype=np.float32)
+    y = np.concatenate([x, 1 - x])
+    card = tiny_unet_card()
+    trainer = Trainer(build_model(card.architecture, card.arch_args), card, [x], [y],
+                      TrainConfig(patch=(32, 32), batch_size=2, steps=1, gan="lsgan", critic="multiscale",
+                                  device="cpu", val_fraction=0.0))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    real_loss = trainer.loss_fn
+    trainer.loss_fn = lambda pred, target, mask: real_loss(pred, target, mask) * float("nan")
+    from napari_virtual_stain.training.pix2pixhd_loss import multiscale_gan_step
+
+    out = multiscale_gan_step(trainer)
+    assert out["skipped"] and math.isnan(out["train_loss"])
+    for key, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, before[key])  # nothing was applied

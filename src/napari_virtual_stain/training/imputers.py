@@ -83,8 +83,8 @@ class _DropoutTrainer(Trainer):
 
     input_dropout = 0.0
 
-    def _batch(self):
-        x, y, mask = super()._batch()
+    def next_batch(self):
+        x, y, mask = super().next_batch()
         p = self.input_dropout
         if p > 0 and x.shape[1] > 1:
             keep = torch.rand(x.shape[:2], device=x.device) >= p

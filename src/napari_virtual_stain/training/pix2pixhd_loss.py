@@ -116,18 +116,18 @@ def multiscale_gan_step(trainer, lambda_feat: float = DEFAULT_LAMBDA_FEAT) -> di
     critic.requires_grad_(True)
     out: dict[str, float] = {}
     for _ in range(trainer.n_critic):
-        x, y, mask = trainer._batch()
+        x, y, mask = trainer.next_batch()
         with torch.no_grad():
-            fake = mask_for_critic(trainer._forward(x), mask)
+            fake = mask_for_critic(trainer.generate(x), mask)
         real = mask_for_critic(y, mask)
         loss = multiscale_critic_loss(kind, _critic_outputs(trainer, x, real), _critic_outputs(trainer, x, fake))
         trainer.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        trainer.critic_optimizer.step()
+        trainer.apply_step(trainer.critic_optimizer, critic, loss)  # the Trainer's non-finite guard
         out["critic_loss"] = float(loss.detach())
     critic.requires_grad_(False)
     try:
-        pred = trainer._forward(x)
+        pred = trainer.generate(x)
         recon = trainer.loss_fn(pred, y, mask)
         fake_outputs = _critic_outputs(trainer, x, mask_for_critic(pred, mask))
         with torch.no_grad():
@@ -137,7 +137,7 @@ def multiscale_gan_step(trainer, lambda_feat: float = DEFAULT_LAMBDA_FEAT) -> di
         loss = recon + trainer.gan_weight * (adv + feat)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        trainer.optimizer.step()
+        out["skipped"] = not trainer.apply_step(trainer.optimizer, trainer.model, loss)
     finally:
         critic.requires_grad_(True)
     out["train_loss"] = float(recon.detach())

@@ -289,10 +289,14 @@ class Trainer:
                     group["lr"] = lr
         return lr
 
-    def _batch(self):
+    # ---- extension points: what step strategies (GAN, pix2pixHD, masked imputation) build on ----
+
+    def next_batch(self):
+        """``(x, y, mask)`` on the device: one training batch (override to change what a step sees)."""
         return tuple(t.to(self.device) for t in self.train_data.sample_batch(self.config.batch_size))
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def generate(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator's prediction in [0, 1] under the run's precision policy."""
         with autocast_context(self.device, self.precision):
             pred = self.model(x)
         return _to_unit(pred.float(), self.card.output_activation)
@@ -307,17 +311,18 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         self.model.train()
         if not self.gan:
-            x, y, mask = self._batch()
-            loss = self.loss_fn(self._forward(x), y, mask)
+            x, y, mask = self.next_batch()
+            loss = self.loss_fn(self.generate(x), y, mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            applied = self._apply(self.optimizer, self.model, loss)
+            applied = self.apply_step(self.optimizer, self.model, loss)
             return {"train_loss": float(loss.detach()), "skipped": not applied}
         return self._gan_step()
 
     @staticmethod
-    def _apply(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor) -> bool:
-        """Take the optimiser step only when the loss and every gradient are finite."""
+    def apply_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor) -> bool:
+        """Take the optimiser step only when the loss and every gradient are finite (every step
+        strategy goes through here: a non-finite step is skipped and counted, never applied)."""
         finite = bool(torch.isfinite(loss.detach()))
         if finite:
             finite = all(bool(torch.isfinite(p.grad).all()) for p in module.parameters() if p.grad is not None)
@@ -335,9 +340,9 @@ class Trainer:
         self.critic.requires_grad_(True)
         out: dict[str, float] = {}
         for _ in range(self.n_critic):
-            x, y, mask = self._batch()  # a fresh batch per critic step (paper 002, algorithm 1)
+            x, y, mask = self.next_batch()  # a fresh batch per critic step (paper 002, algorithm 1)
             with torch.no_grad():
-                fake = adversarial.mask_for_critic(self._forward(x), mask)
+                fake = adversarial.mask_for_critic(self.generate(x), mask)
             real = adversarial.mask_for_critic(y, mask)
             real_scores, fake_scores = self._critic(x, real), self._critic(x, fake)
             loss = adversarial.critic_loss(kind, real_scores, fake_scores)
@@ -348,17 +353,17 @@ class Trainer:
                 loss = loss + self.config.lambda_gp * penalty
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self._apply(self.critic_optimizer, self.critic, loss)
+            self.apply_step(self.critic_optimizer, self.critic, loss)
             out["critic_loss"] = float(loss.detach())
         # Generator step on the last batch; the critic's weights are not trained here.
         self.critic.requires_grad_(False)
-        pred = self._forward(x)
+        pred = self.generate(x)
         recon = self.loss_fn(pred, y, mask)
         adv = adversarial.generator_adversarial_loss(kind, self._critic(x, adversarial.mask_for_critic(pred, mask)))
         loss = recon + self.gan_weight * adv
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        out["skipped"] = not self._apply(self.optimizer, self.model, loss)
+        out["skipped"] = not self.apply_step(self.optimizer, self.model, loss)
         self.critic.requires_grad_(True)
         out["train_loss"] = float(recon.detach())
         out["gen_adv_loss"] = float(adv.detach())
@@ -370,7 +375,7 @@ class Trainer:
     def predict_patches(self, x: torch.Tensor) -> torch.Tensor:
         """The model's prediction in [0, 1] for a batch of normalised patches (eval mode)."""
         self.model.eval()
-        return self._forward(x.to(self.device))
+        return self.generate(x.to(self.device))
 
     def validate(self) -> tuple[float, dict]:
         """Validation loss (the reconstruction loss over all validation tiles) and scores.
