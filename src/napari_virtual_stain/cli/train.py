@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.checkpoint import load_checkpoint
     from ..models.registry import model_card
     from ..training.starting import model_for_training
-    from ..training.trainer import TrainConfig, Trainer
+    from ..training.config import TrainConfig
+    from ..training.trainer import Trainer
 
     if not args.resume and args.from_model is None and args.arch is None:
         raise InputError("Say where to start: --from MODEL to fine-tune, or --arch NAME to train from scratch.")

@@ -44,7 +44,8 @@ from ..tasks.maxim import (bl_mean, channel_index, check_marker_stack, impute_ma
 from ..tasks.maxim_qc import local_error_level
 from ..tasks.region import Region
 from .datasets import DEFAULT_INPUT_NORMALISATION, split_regions
-from .trainer import TrainConfig, Trainer
+from .config import TrainConfig
+from .trainer import Trainer
 
 
 @dataclass

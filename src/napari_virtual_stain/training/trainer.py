@@ -12,165 +12,41 @@ run if asked (papers 001, 004).
 
 Stop is a normal end: when the cancel event is set the loop ends after the current step,
 the best weights are put back into the model and ``run`` returns
-``TrainResult(stopped=True)``. ``save(path)`` writes the best model with an updated card
-(atomically) and ``path.with_suffix(".state.pt")`` with the last weights, optimiser and
-step, which ``resume(path)`` reads back to continue.
+``TrainResult(stopped=True)``. ``save(path)`` / ``resume(path)`` (``run_files``) write and
+read the best model and the resume state; ``TrainConfig`` and the records are in ``config``.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import datetime
 import math
-import os
 import threading
-import uuid
 import time
-from dataclasses import dataclass, field
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..engine.device import autocast_context, resolve_device, resolve_precision
-from ..errors import CheckpointError, InputError, plain_text
-from ..metrics import mean_scores, tiled_channel_scores
+from ..errors import InputError
+from ..metrics import tiled_channel_scores
 from ..models.card import ModelCard
-from ..models.checkpoint import atomic_torch_save, save_checkpoint
 from ..models.pix2pixhd import MultiscaleDiscriminator
 from . import adversarial
-from .datasets import TARGET_NORMALISATION, PairedPatches
-from .losses import LOSS_NAMES, make_loss
+from .config import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate
+from .datasets import PairedPatches
+from .losses import make_loss
 from .pix2pixhd_loss import make_multiscale_critic, multiscale_gan_step
-from .schedules import LR_SCHEDULES, EarlyStopping, lr_factor
+from .run_files import TrainerFiles, cpu_state
+from .schedules import EarlyStopping, lr_factor
 
-STATE_FORMAT = "napari-virtual-stain-train-state/1"
-# Used when neither steps, epochs nor minutes are given.
-DEFAULT_STEPS = 500
-# Loss curves stored in the card are thinned to about this many points.
-MAX_HISTORY_POINTS = 200
 # A step whose loss or gradients are not finite is skipped (no weight update), as a
 # gradient scaler does: a rare overflow (seen with bf16 autocast in 3D) must not poison
 # the weights. This many such steps in a row mean the run has diverged.
 MAX_BAD_STEPS_IN_A_ROW = 5
-
-
-@dataclass
-class TrainConfig:
-    """How to train. Lengths: ``steps``, else ``epochs`` (nominal epochs of the training
-    region), and/or ``max_minutes`` (whichever ends first); none of them: DEFAULT_STEPS.
-
-    ``lr`` None means 2e-4 with Adam (pix2pix, papers 001/004) or 5e-5 with RMSprop for
-    WGAN-GP (paper 002). ``gan_weight``/``n_critic`` None take the per-kind defaults of
-    ``adversarial``. ``patience`` counts validations. ``precision`` "fp32" is exact;
-    "bf16"/"auto" use autocast (see engine.device).
-    """
-
-    patch: Sequence[int] = (128, 128)
-    batch_size: int = 8
-    steps: int | None = None
-    epochs: int | None = None
-    max_minutes: float | None = None
-    lr: float | None = None
-    loss: str = "l1"
-    alpha: float = 0.5
-    gan: str | None = None
-    gan_weight: float | None = None
-    n_critic: int | None = None
-    lambda_gp: float = 10.0
-    critic_width: int = 32
-    # "patchgan" (pix2pix) or "multiscale" (pix2pixHD: PatchGANs at several scales plus a
-    # feature-matching loss; vanilla or lsgan only).
-    critic: str = "patchgan"
-    lr_schedule: str = "constant"
-    decay_start: float = 0.5
-    patience: int | None = None
-    val_fraction: float = 0.15
-    val_every: int = 50
-    max_val_tiles: int = 32
-    preview_every: int = 25
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    best_path: str | None = None
-    last_path: str | None = None
-    checkpoint_every: int | None = None
-
-    def check(self, spatial_dims: int) -> None:
-        """Raise InputError for settings that cannot work."""
-        if len(tuple(self.patch)) != spatial_dims:
-            raise InputError(f"The patch {tuple(self.patch)} needs {spatial_dims} sizes for a {spatial_dims}D model.")
-        if self.loss not in LOSS_NAMES:
-            raise InputError(f"Unknown loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}.")
-        if self.gan is not None and self.gan not in adversarial.GAN_KINDS:
-            raise InputError(f"Unknown adversarial training {self.gan!r}; choose one of {', '.join(adversarial.GAN_KINDS)}.")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
-        if self.critic not in ("patchgan", "multiscale"):
-            raise InputError(f"Unknown critic {self.critic!r}; choose 'patchgan' or 'multiscale'.")
-        if self.critic == "multiscale" and self.gan == "wgan-gp":
-            raise InputError("The multi-scale critic (pix2pixHD) trains with 'vanilla' or 'lsgan', not 'wgan-gp'.")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise InputError(f"The loss weight alpha must be between 0 and 1, not {self.alpha}.")
-        for name in ("batch_size", "steps", "epochs", "val_every", "preview_every", "n_critic", "patience", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise InputError(f"{name.replace('_', ' ').capitalize()} must be at least 1, not {value}.")
-        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
-            raise InputError(f"The time limit must be positive, not {self.max_minutes} minutes.")
-        if self.lr is not None and not (math.isfinite(self.lr) and 0 <= self.lr < 1):  # 0: frozen weights
-            raise InputError(f"The learning rate must be 0 or more and below 1 (typically 1e-4 to 1e-3), not {self.lr}.")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise InputError(f"The validation fraction must be at least 0 and below 1, not {self.val_fraction}.")
-        for name in ("gan_weight", "lambda_gp"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise InputError(f"{name.replace('_', ' ').capitalize()} must be 0 or more, not {value}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["patch"] = [int(p) for p in self.patch]
-        return data
-
-
-@dataclass
-class TrainUpdate:
-    """What a live view needs after each step."""
-
-    step: int
-    total_steps: int | None
-    train_loss: float  # nan when the step was skipped
-    val_loss: float | None = None  # the latest validation loss (None before the first)
-    val_step: int | None = None  # the step it was measured at
-    best_val_loss: float | None = None
-    sec_per_step: float = 0.0
-    eta_s: float | None = None
-    elapsed_s: float = 0.0
-    lr: float = 0.0
-    critic_loss: float | None = None
-    gen_adv_loss: float | None = None
-    wasserstein: float | None = None  # WGAN-GP: mean D(real) - D(fake), the critic's distance estimate
-    gradient_penalty: float | None = None
-    preview: np.ndarray | None = None  # (T, ...) prediction on a fixed validation patch, in [0, 1]
-    scores: dict | None = None  # validation scores per channel, when validated at this step
-    skipped: bool = False  # the loss or gradients were not finite: no weight update this step
-
-
-@dataclass
-class TrainResult:
-    stopped: bool  # True when the user stopped the run
-    reason: str  # "steps", "minutes", "early_stopping" or "stopped"
-    steps: int
-    best_step: int
-    best_val_loss: float | None
-    seconds: float
-    scores: dict = field(default_factory=dict)  # validation scores of the best model
-    history: dict = field(default_factory=dict)  # {"train": [[step, loss]], "val": [[step, loss]]}
-    card: ModelCard | None = None
 
 
 def training_precision(device: torch.device, requested: str, spatial_dims: int) -> str:
@@ -185,23 +61,12 @@ def training_precision(device: torch.device, requested: str, spatial_dims: int) 
     return resolve_precision(device, requested)
 
 
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def _thin(points: list, limit: int = MAX_HISTORY_POINTS) -> list:
-    if len(points) <= limit:
-        return [list(p) for p in points]
-    keep = np.linspace(0, len(points) - 1, limit).round().astype(int)
-    return [list(points[i]) for i in keep]
-
-
 def _to_unit(pred: torch.Tensor, activation: str) -> torch.Tensor:
     # Targets are in [0, 1]; a tanh network's [-1, 1] is mapped there (as the Predictor does).
     return (pred + 1.0) * 0.5 if activation == "tanh" else pred
 
 
-class Trainer:
+class Trainer(TrainerFiles):
     """Train ``model`` (described by ``card``) on (input, target) pairs; see the module docstring.
 
     ``inputs``: list of (C, Y, X) or (C, Z, Y, X) arrays; ``targets``: per pair a (T, ...)
@@ -264,7 +129,7 @@ class Trainer:
         self.seconds_before = 0.0  # training time of earlier (resumed) runs
         self.stopper = EarlyStopping(config.patience)
         self.history: dict[str, list] = {"train": [], "val": []}
-        self.best_state = _cpu_state(self.model)
+        self.best_state = cpu_state(self.model)
         self.last_state: dict | None = None
         self.best_scores: dict = {}
         self.reason = "not started"
@@ -419,7 +284,7 @@ class Trainer:
         self.history["val"].append((self.step, loss))
         improved, stop = self.stopper.update(loss, self.step)
         if improved:
-            self.best_state = _cpu_state(self.model)
+            self.best_state = cpu_state(self.model)
             self.best_scores = scores
             # Not before the first trained step: the file at best_path (a model the user had, with
             # --overwrite) is kept until this run has trained weights to put in its place.
@@ -513,7 +378,7 @@ class Trainer:
             val_loss, scores = self.validate()
             self._on_validation(val_loss, scores)
         self.seconds_before += time.perf_counter() - start
-        self.last_state = _cpu_state(self.model)
+        self.last_state = cpu_state(self.model)
         if self.val_data is None:
             self.best_state = self.last_state  # nothing to choose by: the last weights are the result
             self.stopper.best_step = self.step
@@ -541,108 +406,3 @@ class Trainer:
         if max_seconds is not None:
             options.append(max(0.0, max_seconds - elapsed))
         return min(options) if options else None
-
-    # ---- card and files --------------------------------------------------------------------------
-
-    def trained_card(self) -> ModelCard:
-        """The card of the best model: data, settings, steps, time, validation scores."""
-        card = copy.deepcopy(self.card)
-        training = {k: v for k, v in card.training.items() if k in ("started_from", "previous")}
-        training.update({
-            "run_id": self.run_id,
-            "data": self.train_data.describe(),
-            "config": self.config.to_dict(),
-            "steps": self.step,
-            "best_step": self.stopper.best_step,
-            "skipped_steps": self.skipped_steps,
-            "seconds": round(self.seconds_before, 1),
-            "stopped_by": self.reason,
-            "device": str(self.device), "precision": self.precision,
-            "torch": str(torch.__version__),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "history": {"train": _thin(self.history["train"]), "val": _thin(self.history["val"])},
-        })
-        card.training = training
-        scores = {k: v for k, v in card.scores.items() if k == "before_fine_tuning"}
-        if self.best_scores:
-            scores["validation"] = self.best_scores
-            scores["validation_mean"] = mean_scores(self.best_scores)
-            scores["validation_loss"] = self.stopper.best
-        card.scores = scores
-        card.extra = dict(card.extra)
-        card.extra["target_normalisation"] = {
-            "spec": TARGET_NORMALISATION,
-            "note": "targets were scaled per pair and channel to [0, 1] with these percentiles; "
-                    "stats[pair][channel] = {low, high} in the target's own units (None: missing)",
-            "stats": [[None if s is None else {"low": s["low"][0], "high": s["high"][0]} for s in pair]
-                      for pair in self.train_data.target_stats],
-        }
-        return card
-
-    def _save_model(self, path: Path, state: dict) -> None:
-        model = copy.deepcopy(self.model).cpu()
-        model.load_state_dict(state)
-        save_checkpoint(path, model, self.trained_card())
-
-    def save(self, path: str | os.PathLike, best: bool = True) -> Path:
-        """Write the model (best weights, or the current ones with ``best=False``) and its resume state."""
-        path = Path(path)
-        state = self.best_state if best else (self.last_state if self.last_state is not None else _cpu_state(self.model))
-        self._save_model(path, state)
-        last = self.last_state if self.last_state is not None else _cpu_state(self.model)
-        payload = {
-            "format": STATE_FORMAT,
-            "run_id": self.run_id,
-            "step": self.step,
-            "skipped_steps": self.skipped_steps,
-            "seconds": self.seconds_before,
-            "model": last,
-            "optimizer": self.optimizer.state_dict(),
-            "critic": _cpu_state(self.critic) if self.critic is not None else None,
-            "critic_optimizer": self.critic_optimizer.state_dict() if self.critic_optimizer is not None else None,
-            "early_stopping": self.stopper.state_dict(),
-            "history": {k: [list(p) for p in v] for k, v in self.history.items()},
-            "data_state": self.train_data.get_state(),
-            "validated": self._validated_once,
-        }
-        atomic_torch_save(payload, path.with_suffix(".state.pt"))
-        return path
-
-    def resume(self, path: str | os.PathLike) -> None:
-        """Continue a saved run: last weights, optimiser, step and histories from ``path``'s state file."""
-        from ..models.checkpoint import read_checkpoint
-
-        path = Path(path)
-        state_path = path.with_suffix(".state.pt")
-        if not state_path.is_file():
-            raise CheckpointError(f"There is no saved training state next to {path.name} ({state_path.name}); "
-                                  "fine-tune from the model instead.")
-        try:
-            payload = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt or foreign file: say so in one sentence
-            raise CheckpointError(f"{state_path.name} could not be read as a training state: {plain_text(err, 200)}") from err
-        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{state_path.name} is not a napari-virtual-stain training state.")
-        card, best = read_checkpoint(path)
-        model_run, state_run = card.training.get("run_id"), payload.get("run_id")
-        if model_run != state_run:
-            raise CheckpointError(f"{state_path.name} belongs to another training run than {path.name} (the model was "
-                                  "replaced or the state copied from elsewhere): fine-tune from the model instead.")
-        try:
-            self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
-            if self.critic is not None and payload.get("critic") is not None:
-                self.critic.load_state_dict(payload["critic"])
-                self.critic_optimizer.load_state_dict(payload["critic_optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"The saved training state does not fit this model: {plain_text(err, 200)}") from err
-        self.step = int(payload["step"])
-        self.skipped_steps = int(payload.get("skipped_steps", 0))
-        self.seconds_before = float(payload["seconds"])
-        self.stopper.load_state_dict(payload["early_stopping"])
-        self.history = {k: [tuple(p) for p in v] for k, v in payload["history"].items()}
-        self.train_data.set_state(payload["data_state"])
-        self._validated_once = bool(payload.get("validated", False))
-        self.run_id = state_run or self.run_id
-        self.best_state = best
-        self.best_scores = dict(card.scores.get("validation", {}))

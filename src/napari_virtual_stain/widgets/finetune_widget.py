@@ -26,7 +26,8 @@ from ..tasks.layers import overlay_tuples
 from ..training.layer_pairs import pairs_from_layers
 from ..training.starting import model_for_training
 from ..training.defaults import DEFAULT_PATCH_SIDE, patch_for, rgb_channel_names
-from ..training.trainer import Trainer, TrainConfig
+from ..training.config import TrainConfig
+from ..training.trainer import Trainer
 from ._output_layers import publish
 from ._plot import LinePlot
 from .geometry import placement, spatial_axes
