@@ -156,3 +156,19 @@ def test_bl_mean_is_the_mean_of_the_normalised_inputs_without_missing_ones():
     expected = np.mean([normalise_marker(stack[i]) for i in (0, 1, 2)], axis=0)
     np.testing.assert_allclose(mean, expected, atol=1e-6)
     assert normalise_marker(stack[0]).min() == 0.0 and normalise_marker(stack[0]).max() == 1.0
+
+
+def test_a_one_marker_action_loads_only_that_imputer(tmp_path, monkeypatch):
+    from napari_virtual_stain.models import checkpoint
+    from napari_virtual_stain.models.checkpoint import save_checkpoint
+    from napari_virtual_stain.tasks.maxim import load_imputer
+
+    for m in MARKERS:
+        save_checkpoint(tmp_path / f"imputer-{m}.pt", OracleMean(), oracle_card(m))
+    loaded = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path: loaded.append(path) or real(path))
+    _, card = load_imputer(tmp_path, MARKERS[1].lower())  # names match without regard to case
+    assert card.output_channels == [MARKERS[1]] and len(loaded) == 1
+    with pytest.raises(InputError, match="has no imputer for Nope"):
+        load_imputer(tmp_path, "Nope")

@@ -127,20 +127,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_impute(args: argparse.Namespace) -> int:
     from ..io.tiff_writer import save_tiff
-    from ..tasks.maxim import find_imputers, impute_marker
+    from ..tasks.maxim import impute_marker, load_imputer
 
     output = check_output_file(args.output, inputs=[args.stack])
     stack, names, pixel_size = read_stack(args.stack, args.names, args.axes)
     problems: list[str] = []
-    found = find_imputers(args.models, problems)
+    model, card = load_imputer(args.models, args.marker, problems)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    lowered = {m.lower(): m for m in found}
-    if args.marker.lower() not in lowered:
-        raise InputError(f"{args.models} has no imputer for {args.marker} (it has: {', '.join(found)}).")
-    from ..models.checkpoint import load_checkpoint
-
-    model, card = load_checkpoint(found[lowered[args.marker.lower()]])
     result = impute_marker(model, card, stack, names, missing=args.missing, device=args.device,
                            progress=TextProgress("impute"))
     channel = f"{card.output_channels[0]} (imputed)"

@@ -195,6 +195,17 @@ def load_imputers(model_dir: str | os.PathLike, problems: list[str] | None = Non
     return {target: load_checkpoint(path) for target, path in find_imputers(model_dir, problems).items()}
 
 
+def load_imputer(model_dir: str | os.PathLike, marker: str, problems: list[str] | None = None) -> tuple:
+    """``(model, card)`` of the imputer of ``marker`` alone (a one-marker action loads one network)."""
+    from ..models.checkpoint import load_checkpoint
+
+    found = find_imputers(model_dir, problems)
+    lowered = {m.lower(): m for m in found}
+    if marker.lower() not in lowered:
+        raise InputError(f"{model_dir} has no imputer for {marker} (it has: {', '.join(found)}).")
+    return load_checkpoint(found[lowered[marker.lower()]])
+
+
 # ---- imputation ---------------------------------------------------------------------
 
 

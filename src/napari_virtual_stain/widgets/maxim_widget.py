@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 from ..engine.device import available_devices
 from ..errors import InputError
 from ..tasks.layers import overlay_tuples
-from ..tasks.maxim import (bl_mean, channel_index, check_marker_stack, find_imputers, impute_marker,
+from ..tasks.maxim import (bl_mean, channel_index, check_marker_stack, find_imputers, impute_marker, load_imputer,
                            normalise_marker, stack_from_channels)
 from ._output_layers import publish
 from .geometry import placement, spatial_axes, visible_region
@@ -34,15 +34,9 @@ QC_COLUMNS = ["marker", "class", "where (y, x)", "evidence"]
 
 # ---- worker bodies (no Qt) ------------------------------------------------------------------
 
-def _load(folder: str) -> dict:
-    from ..models.checkpoint import load_checkpoint
-
-    return {m: load_checkpoint(p) for m, p in find_imputers(folder).items()}
-
-
 def _impute(folder, stack_parts, target, region, device, progress=None, cancel=None):
     stack, names = stack_parts()
-    model, card = _load(folder)[target]
+    model, card = load_imputer(folder, target)
     return impute_marker(model, card, stack, names, region=region, device=device, progress=progress, cancel=cancel)
 
 
@@ -66,7 +60,7 @@ def _attribute(folder, stack_parts, target, region, progress=None, cancel=None):
     from ..tasks.maxim_attribution import attribute_marker
 
     stack, names = stack_parts()
-    model, card = _load(folder)[target]
+    model, card = load_imputer(folder, target)
     return attribute_marker(model, card, stack, names, region=region, progress=progress, cancel=cancel)
 
 
@@ -77,7 +71,7 @@ def _cells(folder, stack_parts, target, labels, expand, threshold, device, progr
     if labels.shape != stack.shape[1:]:
         raise InputError(f"The nuclei layer is {'x'.join(map(str, labels.shape))} but the markers are "
                          f"{'x'.join(map(str, stack.shape[1:]))}: they must cover the same pixels.")
-    model, card = _load(folder)[target]
+    model, card = load_imputer(folder, target)
     imputed = impute_marker(model, card, stack, names, device=device, progress=progress, cancel=cancel).data
     acquired = normalise_marker(stack[channel_index(names, target)])
     baselines = {"BL-Mean": bl_mean(stack, names, card), "BL-Zero": np.zeros_like(acquired)}
