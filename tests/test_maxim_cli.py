@@ -87,3 +87,29 @@ def test_train_imputers_writes_one_model_per_chosen_marker(tmp_path):
 
     card, _ = read_checkpoint(out / "imputer-CD3.pt")
     assert card.arch_args["base"] == 4 and card.arch_args["max_width"] == 16 and card.input_channels == ["DAPI", "Lap2"]
+
+
+def test_cell_scores_from_the_shell_equal_the_docks(tmp_path, model_dir):
+    """Cell evaluation is no longer reachable from the MAXIM dock alone."""
+    from napari_virtual_stain.models.checkpoint import load_checkpoint
+    from napari_virtual_stain.tasks.maxim_cells import score_imputer_on_cells
+
+    stack = good_stack(seed=0)
+    path = _write(tmp_path / "s.tif", stack)
+    labels = np.zeros(stack.shape[1:], np.uint16)
+    for i, (y, x) in enumerate([(10, 10), (10, 40), (40, 10), (40, 40), (25, 60)]):
+        labels[y:y + 8, x:x + 8] = i + 1
+    save_tiff(tmp_path / "labels.tif", labels, "YX")
+    out = tmp_path / "cells.json"
+    assert main(["cell-scores", path, "--models", str(model_dir), "--marker", "CD3", "--labels",
+                 str(tmp_path / "labels.tif"), "-o", str(out), "--device", "cpu"]) == 0
+    scores = json.loads(out.read_text())
+    model, card = load_checkpoint(model_dir / "imputer-CD3.pt")
+    direct = score_imputer_on_cells(model, card, stack, MARKERS, labels, device="cpu").summary()
+    assert scores["marker"] == "CD3" and scores["cells"] == 5
+    assert scores["mae"] == pytest.approx(direct["mae"]) and "BL-Mean_mae" in scores
+    wrong = np.zeros((7, 7), np.uint16)
+    save_tiff(tmp_path / "small.tif", wrong, "YX")
+    assert main(["cell-scores", path, "--models", str(model_dir), "--marker", "CD3", "--labels",
+                 str(tmp_path / "small.tif"), "-o", str(tmp_path / "x.json"), "--device", "cpu"]) == 2
+    assert not (tmp_path / "x.json").exists()

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.outputs import JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file, check_output_folder
-from .common import add_axes_argument, positive_float, positive_int
+from .common import add_axes_argument, non_negative_int, positive_float, positive_int, unit_interval
 from .progress import TextProgress
 
 
@@ -58,6 +58,21 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output TIFF (one channel, values 0-1)")
     _add_stack_arguments(p)
     p.set_defaults(func=run_impute)
+
+    p = sub.add_parser("cell-scores", help="score a marker's imputation per cell (MAE, positive-cell AP) vs baselines",
+                       description="Impute a marker and compare it with the acquired one cell by cell (paper 003): "
+                                   "mean absolute error of the cell means and the average precision of calling "
+                                   "positive cells, next to the BL-Mean and BL-Zero baselines. Writes JSON.")
+    p.add_argument("stack", help="multiplex stack (TIFF/OME-TIFF with a channel axis)")
+    p.add_argument("--models", required=True, help="folder of imputers (from train-imputers)")
+    p.add_argument("--marker", required=True, help="the marker to score")
+    p.add_argument("--labels", required=True, help="nuclei (or cell) label image of the same size (0 = background)")
+    p.add_argument("--expand", type=non_negative_int, default=0, help="grow the nuclei by this many pixels")
+    p.add_argument("--threshold", type=unit_interval, default=None,
+                   help="positive above this normalised marker level (default: Otsu on the acquired cell means)")
+    p.add_argument("-o", "--output", required=True, help="JSON with the scores")
+    _add_stack_arguments(p)
+    p.set_defaults(func=run_cell_scores)
 
     p = sub.add_parser("qc", help="flag failed stains of multiplex stacks (blank or dim areas, missing, noise, "
                                   "misregistered, saturated markers)",
@@ -141,6 +156,29 @@ def run_impute(args: argparse.Namespace) -> int:
     # One plane: written as Y, X (a one-entry channel axis does not survive a round trip).
     save_tiff(output, result.data.astype(np.float32), "YX", None, pixel_size)
     print(f"wrote {args.output}: {channel} {result.data.shape}", file=sys.stderr)
+    return 0
+
+
+def run_cell_scores(args: argparse.Namespace) -> int:
+    from ..io.tiff_reader import load_image
+    from ..tasks.maxim import load_imputer
+    from ..tasks.maxim_cells import score_imputer_on_cells
+
+    check_output_file(args.output, inputs=[args.stack, args.labels], suffixes=JSON_OUTPUT_SUFFIXES, label="scores file")
+    stack, names, _ = read_stack(args.stack, args.names, args.axes)
+    labels = np.asarray(load_image(args.labels).data)
+    problems: list[str] = []
+    model, card = load_imputer(args.models, args.marker, problems)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    result = score_imputer_on_cells(model, card, stack, names, labels, expand_px=args.expand,
+                                    threshold=args.threshold, device=args.device, progress=TextProgress("cell-scores"))
+    summary = {k: float(v) for k, v in result.summary().items()}
+    summary = {k: (v if np.isfinite(v) else None) for k, v in summary.items()}  # strict JSON: no NaN
+    with OutputTransaction() as tx:
+        tx.write_text(args.output, json.dumps({"marker": card.output_channels[0], **summary}, indent=1))
+    print(f"{card.output_channels[0]}: {int(summary['cells'])} cells, MAE {summary['mae']:.4f} -> {args.output}",
+          file=sys.stderr)
     return 0
 
 

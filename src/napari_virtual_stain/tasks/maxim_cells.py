@@ -113,3 +113,21 @@ def evaluate_cells(acquired: np.ndarray, imputed: np.ndarray, labels: np.ndarray
         scores[name] = {"mae": float(np.abs(acq - means).mean()), "average_precision": base_ap}
     return CellEvaluation(int(ids.size), ids, acq, imp, float(errors.mean()), float(errors.std()), threshold,
                           int(truth.sum()), ap, precision, recall, scores)
+
+
+def score_imputer_on_cells(model, card, stack, names, labels: np.ndarray, *, expand_px: int = 0,
+                           threshold: float | None = None, device: str = "auto", progress=None,
+                           cancel=None) -> CellEvaluation:
+    """Impute ``card``'s marker over the whole stack and score it per cell against the acquired
+    one, next to paper 003's baselines (BL-Mean, BL-Zero): the dock and ``virtual-stain
+    cell-scores`` both come here."""
+    from .maxim import bl_mean, channel_index, imputer_target, impute_marker, normalise_marker
+
+    labels = np.asarray(labels)
+    if labels.shape != tuple(stack.shape[1:]):
+        raise InputError(f"The nuclei labels are {'x'.join(map(str, labels.shape))} but the markers are "
+                         f"{'x'.join(map(str, stack.shape[1:]))}: they must cover the same pixels.")
+    imputed = impute_marker(model, card, stack, names, device=device, progress=progress, cancel=cancel).data
+    acquired = normalise_marker(stack[channel_index(names, imputer_target(card))])
+    baselines = {"BL-Mean": bl_mean(stack, names, card), "BL-Zero": np.zeros_like(acquired)}
+    return evaluate_cells(acquired, imputed, labels, expand_px=expand_px, threshold=threshold, baselines=baselines)

@@ -20,8 +20,7 @@ from qtpy.QtWidgets import QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 from ..engine.device import available_devices
 from ..errors import InputError
 from ..tasks.layers import overlay_tuples
-from ..tasks.maxim import (bl_mean, channel_index, check_marker_stack, find_imputers, impute_marker, load_imputer,
-                           normalise_marker, stack_from_channels)
+from ..tasks.maxim import check_marker_stack, find_imputers, impute_marker, load_imputer, stack_from_channels
 from ._output_layers import publish
 from .geometry import placement, spatial_axes, visible_region
 from ._worker import JobDockMixin, Job, ProgressRelay, show_info, show_warning
@@ -65,17 +64,12 @@ def _attribute(folder, stack_parts, target, region, progress=None, cancel=None):
 
 
 def _cells(folder, stack_parts, target, labels, expand, threshold, device, progress=None, cancel=None):
-    from ..tasks.maxim_cells import evaluate_cells
+    from ..tasks.maxim_cells import score_imputer_on_cells
 
     stack, names = stack_parts()
-    if labels.shape != stack.shape[1:]:
-        raise InputError(f"The nuclei layer is {'x'.join(map(str, labels.shape))} but the markers are "
-                         f"{'x'.join(map(str, stack.shape[1:]))}: they must cover the same pixels.")
     model, card = load_imputer(folder, target)
-    imputed = impute_marker(model, card, stack, names, device=device, progress=progress, cancel=cancel).data
-    acquired = normalise_marker(stack[channel_index(names, target)])
-    baselines = {"BL-Mean": bl_mean(stack, names, card), "BL-Zero": np.zeros_like(acquired)}
-    return evaluate_cells(acquired, imputed, labels, expand_px=expand, threshold=threshold, baselines=baselines)
+    return score_imputer_on_cells(model, card, stack, names, labels, expand_px=expand, threshold=threshold,
+                                  device=device, progress=progress, cancel=cancel)
 
 
 def _train(folder, stack_parts, minutes, steps, device, progress=None, cancel=None):
