@@ -86,9 +86,13 @@ def no_overlays(viewer):
 
 def test_cancel_during_one_long_forward_pass_stops_within_a_few_layers(stain, qtbot, messages):
     viewer, widget, net, data = stain
+    assert widget.run_state == "idle"
     start_and_wait_for_layers(widget, net, qtbot)
+    assert widget.run_state == "running"
     widget.cancel_button.native.click()
+    assert widget.run_state == "cancelling"  # at once, before the worker has noticed
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
+    assert widget.run_state == "cancelled"
     assert len(net.calls) < N_LAYERS // 2  # stopped inside the pass, not at its end
     assert "Virtual staining cancelled." in messages
     assert no_overlays(viewer) and not widget.cancel_button.enabled
@@ -98,6 +102,7 @@ def test_cancel_during_one_long_forward_pass_stops_within_a_few_layers(stain, qt
     widget.run_button.native.click()
     qtbot.waitUntil(lambda: "bf · nuclei" in viewer.layers, timeout=60000)
     assert len(net.calls) == N_LAYERS
+    qtbot.waitUntil(lambda: widget.run_state == "done", timeout=30000)
 
 
 # -- item 7: closing docks and viewers, deleting layers ---------------------------------------------
@@ -350,3 +355,21 @@ def test_closing_a_dock_gives_the_loaded_models_back(stain, qtbot, messages):
     assert len(SHARED) >= 1, messages
     viewer.window.remove_dock_widget(widget)
     assert len(SHARED) == 0
+
+
+def test_a_run_that_fails_ends_in_the_failed_state_with_a_sentence(stain, qtbot, messages, monkeypatch):
+    from napari_virtual_stain.errors import CheckpointError
+
+    viewer, widget, net, data = stain
+
+    def broken(name):
+        raise CheckpointError("tiny-2d.pt is damaged.")
+
+    monkeypatch.setattr(stain_widget, "load_model", broken)
+    monkeypatch.setattr(widget, "_view_cache_for", lambda *a: None)
+    from napari_virtual_stain.engine.predictor_cache import SHARED
+
+    SHARED.release()  # no cached predictor: the (broken) loader runs
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_state == "failed", timeout=30000)
+    assert "tiny-2d.pt is damaged." in messages and no_overlays(viewer)

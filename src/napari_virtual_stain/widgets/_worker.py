@@ -80,10 +80,16 @@ class Job:
             "finished": self._finished,
         }, **kwargs)
 
+    # The run's state: "ready" -> "running" -> ("cancelling" ->) "done" | "cancelled" | "failed".
+    state = "ready"
+
     def start(self) -> None:
+        self.state = "running"
         self.worker.start()
 
     def cancel(self) -> None:
+        if self.state == "running":
+            self.state = "cancelling"
         self.cancel_event.set()
 
     def drop(self, reason: str | None = None) -> None:
@@ -104,6 +110,7 @@ class Job:
 
     def _returned(self, result) -> None:
         self.settled = True
+        self.state = "cancelled" if self.dropped else "done"
         if not self.dock_alive() or self.dropped:
             self._abandon(result)
         if not self.dock_alive():
@@ -126,6 +133,7 @@ class Job:
 
     def _errored(self, err: BaseException) -> None:
         self.settled = True
+        self.state = "cancelled" if isinstance(err, Cancelled) or self.dropped else "failed"
         if not self.dock_alive():
             log.info("%s ended after its dock was closed (%s)", self.action, type(err).__name__)
         elif self.dropped:
@@ -262,6 +270,11 @@ class JobDockMixin:
     def dock_alive(self) -> bool:
         """False once the dock is closed, deleted or its viewer closed: touch nothing then."""
         return self._life.alive()
+
+    @property
+    def run_state(self) -> str:
+        """"idle" before any run, else the last run's state (running, cancelling, done, cancelled, failed)."""
+        return "idle" if self.job is None else self.job.state
 
     def cancel(self, *_):
         if self.job is not None:
