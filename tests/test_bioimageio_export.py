@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-pytest.importorskip("bioimageio.core")
+import bioimageio.core  # noqa: E402,F401  (a dependency: a missing install must fail, not skip)
 
 from napari_virtual_stain.cli import main  # noqa: E402
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-pytest.importorskip("bioimageio.core")
+import bioimageio.core  # noqa: E402,F401  (a dependency: a missing install must fail, not skip)
 
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
 from napari_virtual_stain.models.registry import load_model  # noqa: E402

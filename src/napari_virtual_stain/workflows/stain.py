@@ -13,6 +13,7 @@ from psygnal import evented
 from ..engine.device import resolve_device, resolve_precision
 from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
 from ..errors import InputError, VirtualStainError
+from ..io.outputs import write_json_atomic
 from ..tasks.region import Region
 from ..tasks.stain import StainResult, run_stain, run_stain_reusing
 from ..tasks.view_cache import ViewCache
@@ -66,11 +67,7 @@ class StainSettings:
 
     # -- remembered between launches of napari ----------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        write_json_atomic(path, asdict(self), indent=1)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StainSettings":
