@@ -6,6 +6,11 @@ is the ground-truth mask). Both may be folders: every TRUTH file ``X.png`` is pa
 ``X_SegRefined.png`` (what ``virtual-stain deepliif`` writes) or ``X.png`` in PRED.
 Prints pixel accuracy, Dice, IoU, AJI and the percent-positive difference per image and
 their mean; ``--json`` also writes them to a file.
+
+Every score is shown next to the classical baseline (colour deconvolution, threshold,
+watershed, DeepLIIF's positive rule on DAB: ``tasks.deepliif_classical``) run on the same
+IHC image and scored the same way: the IHC comes from a 6-panel TRUTH, or from ``--ihc``
+(an image, or a folder with ``X.png`` for every TRUTH ``X``). ``--no-baseline`` leaves it out.
 """
 
 from __future__ import annotations
@@ -29,19 +34,46 @@ def register(sub) -> None:
     p.add_argument("prediction", help="classified mask image, or a folder of them")
     p.add_argument("truth", help="ground-truth mask or 6-panel image, or a folder of them")
     p.add_argument("--json", default=None, help="also write the scores to this JSON file")
+    p.add_argument("--ihc", default=None, help="the IHC images the predictions came from (a file, or a folder), "
+                                               "for the classical baseline when TRUTH holds masks only")
+    p.add_argument("--no-baseline", action="store_true", help="do not score the classical baseline")
     p.set_defaults(func=run)
+
+
+def _rgb(path: Path) -> np.ndarray:
+    from ..io.deepliif_panels import check_rgb8
+    from ..io.tiff_reader import load_image
+
+    return check_rgb8(np.asarray(load_image(path).data), path.name)
+
+
+def _is_six_panel(data: np.ndarray) -> bool:
+    return data.shape[1] == 6 * data.shape[0]
 
 
 def read_mask(path: Path) -> np.ndarray:
     """An RGB classified mask; for a 6-panel image its segmentation panel."""
-    from ..io.deepliif_panels import check_rgb8, split_panels
-    from ..io.tiff_reader import load_image
+    from ..io.deepliif_panels import split_panels
 
-    data = np.asarray(load_image(path).data)
-    data = check_rgb8(data, path.name)
-    if data.shape[1] == 6 * data.shape[0]:
-        return split_panels(data, path.name).segmentation
-    return data
+    data = _rgb(path)
+    return split_panels(data, path.name).segmentation if _is_six_panel(data) else data
+
+
+def read_ihc(truth_path: Path, ihc: Path | None) -> np.ndarray | None:
+    """The IHC image behind a ground truth: its 6-panel's first panel, or the ``--ihc`` file; None if neither."""
+    from ..io.deepliif_panels import split_panels
+
+    data = _rgb(truth_path)
+    if _is_six_panel(data):
+        return split_panels(data, truth_path.name).ihc
+    if ihc is None:
+        return None
+    if ihc.is_dir():
+        matches = [ihc / f"{truth_path.stem}{s}" for s in SUFFIXES if (ihc / f"{truth_path.stem}{s}").is_file()]
+        if not matches:
+            raise InputError(f"There is no IHC image for {truth_path.name} in {ihc} (expected {truth_path.stem}.png).")
+        ihc = matches[0]
+    return _rgb(ihc)
 
 
 def pairs(prediction: Path, truth: Path) -> list[tuple[str, Path, Path]]:
@@ -61,25 +93,48 @@ def pairs(prediction: Path, truth: Path) -> list[tuple[str, Path, Path]]:
     return found
 
 
+def _mean(results: dict) -> dict:
+    return {c: round(float(np.nanmean([r[c] for r in results.values()])), 4) for c in COLUMNS}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..seg_metrics import classified_mask_scores
+    from ..tasks.deepliif_classical import classical_maps
+    from ..tasks.deepliif_evaluation import refined_mask
 
+    ihc_source = Path(args.ihc) if args.ihc else None
+    if ihc_source is not None and not ihc_source.exists():
+        raise InputError(f"There is no IHC image or folder at {ihc_source}.")
     if args.json:
         check_output_file(args.json, inputs=[args.prediction, args.truth], suffixes=JSON_OUTPUT_SUFFIXES,
                           label="scores file")
-    results = {}
+    results, baseline = {}, {}
     for name, pred_path, true_path in pairs(Path(args.prediction), Path(args.truth)):
         pred, true = read_mask(pred_path), read_mask(true_path)
         if pred.shape != true.shape:
             raise InputError(f"{pred_path.name} is {pred.shape[1]} x {pred.shape[0]} but {true_path.name} is "
                              f"{true.shape[1]} x {true.shape[0]}: masks must have the same size.")
         results[name] = classified_mask_scores(pred, true)
-    mean = {c: round(float(np.nanmean([r[c] for r in results.values()])), 4) for c in COLUMNS}
+        ihc = None if args.no_baseline else read_ihc(true_path, ihc_source)
+        if ihc is not None:
+            if ihc.shape != true.shape:
+                raise InputError(f"The IHC image for {name} is {ihc.shape[1]} x {ihc.shape[0]} but its mask is "
+                                 f"{true.shape[1]} x {true.shape[0]}.")
+            baseline[name] = classified_mask_scores(refined_mask(*classical_maps(ihc)), true)
+    rows = [(name, "prediction", r) for name, r in results.items()] + [("mean", "prediction", _mean(results))]
+    if baseline:
+        rows += [(name, "classical", r) for name, r in baseline.items()] + [("mean", "classical", _mean(baseline))]
     width = max(len(n) for n in list(results) + ["mean"])
-    print(f"{'image':<{width}}  " + "  ".join(f"{c:>21}" for c in COLUMNS))
-    for name, r in list(results.items()) + [("mean", mean)]:
-        print(f"{name:<{width}}  " + "  ".join(f"{r[c]:>21.4f}" for c in COLUMNS))
+    print(f"{'image':<{width}}  {'method':<10}  " + "  ".join(f"{c:>21}" for c in COLUMNS))
+    for name, method, r in rows:
+        print(f"{name:<{width}}  {method:<10}  " + "  ".join(f"{r[c]:>21.4f}" for c in COLUMNS))
+    if not baseline and not args.no_baseline:
+        print("(no classical baseline: TRUTH holds masks only; give the IHC images with --ihc)", file=sys.stderr)
     if args.json:
-        write_json_atomic(args.json, {"images": results, "mean": mean}, indent=1)
+        payload = {"images": results, "mean": _mean(results)}
+        if baseline:
+            payload["classical"] = {"images": baseline, "mean": _mean(baseline),
+                                    "method": "rgb2hed + Li threshold + watershed, DeepLIIF's positive rule on DAB"}
+        write_json_atomic(args.json, payload, indent=1)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -108,19 +108,20 @@ def deepliif_arch_args(config: str = "small", **overrides) -> dict:
 
 
 def deepliif_card(name: str, arch_args: dict, *, tile: int | None = None, overlap: int = 64,
-                  batch_independent: bool = True, description: str = "", **fields):
-    """A model card for a DeepLIIF composite: RGB 0-255 in, 15 tanh channels out."""
+                  batch_independent: bool = True, description: str = "", architecture: str = "deepliif", **fields):
+    """A model card for a DeepLIIF network (this composite or another architecture with the
+    same outputs, e.g. ``deepliif-unet``): RGB 0-255 in, 15 tanh channels out."""
     from .card import ModelCard  # local: the card module does not need torch models
 
     multiple = 2 ** int(arch_args.get("seg_downs", 9))
     tile = tile or max(512, multiple)
     return ModelCard(
-        name=name, task="deepliif", architecture="deepliif", arch_args=dict(arch_args), spatial_dims=2,
+        name=name, task="deepliif", architecture=architecture, arch_args=dict(arch_args), spatial_dims=2,
         input_channels=list(RGB), output_channels=output_channel_names(),
         input_normalisation={"kind": "range", "min": 0, "max": 255, "to": [-1.0, 1.0], "clip": True},
         output_activation="tanh", tile=[tile, tile], overlap=[overlap, overlap],
         batch_independent=batch_independent, description=description,
-        extra={"seg_weights": list(arch_args.get("seg_weights", DEFAULT_SEG_WEIGHTS)),
-               "modalities": list(MODALITIES)},
+        extra=({"seg_weights": list(arch_args.get("seg_weights", DEFAULT_SEG_WEIGHTS))} if architecture == "deepliif"
+               else {}) | {"modalities": list(MODALITIES)},
         **fields,
     )
