@@ -16,9 +16,14 @@ from ..io.outputs import write_json_atomic
 from ..models.registry import user_model_dir
 
 
+SETTINGS_DIR_ENV = "NAPARI_VIRTUAL_STAIN_SETTINGS"
+
+
 def settings_file(workflow: str) -> Path:
-    """``<user folder>/settings/<workflow>.json`` (``~/.napari-virtual-stain/settings/stain.json``)."""
-    return user_model_dir().parent / "settings" / f"{workflow}.json"
+    """``<user folder>/settings/<workflow>.json`` (``~/.napari-virtual-stain/settings/stain.json``),
+    or in the folder ``$NAPARI_VIRTUAL_STAIN_SETTINGS`` names (tests: never the user's own)."""
+    folder = os.environ.get(SETTINGS_DIR_ENV)
+    return (Path(folder) if folder else user_model_dir().parent / "settings") / f"{workflow}.json"
 
 
 class Remembered:
