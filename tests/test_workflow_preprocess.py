@@ -30,7 +30,7 @@ def test_problems_are_sentences():
     assert "not both" in FocusSettings(keep=2, min_score=1.0).problems()[0]
     assert "at least 2 pixels" in TileShadowSettings(tile=(1,)).problems()[0]
     assert "must be positive" in FlatFieldSettings(sigma=0).problems()[0]
-    with pytest.raises(InputError, match="has no z axis"):
+    with pytest.raises(InputError, match="is a single plane"):
         workflow.run(FocusSettings(), np.ones((8, 8), np.float32), "YX", name="plane")
 
 

@@ -158,8 +158,8 @@ def input_problem(settings, shape, axes: str, name: str) -> str | None:
     spatial = [n for n, a in zip(shape, axes) if a in "ZYX"]
     kind = "RGB " if axes.endswith("S") else ""
     if "Z" not in axes:
-        return (f"Focus selection needs a z-stack, but '{name}' has no z axis: it is a single {kind}plane "
-                f"({'x'.join(map(str, spatial))}); choose a (Z, Y, X) stack.")
+        return (f"Focus selection needs a z-stack, but '{name}' is a single {kind}plane "
+                f"({'x'.join(map(str, spatial))}): choose a (Z, Y, X) stack.")
     if shape[axes.index("Z")] < 2:
         return f"Focus selection needs at least 2 planes, but '{name}' has {shape[axes.index('Z')]}."
     return None
