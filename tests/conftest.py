@@ -13,6 +13,12 @@ from napari_virtual_stain.models.factory import build_model
 DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def private_settings(tmp_path, monkeypatch):
+    """The docks' remembered settings live in the test's folder, never in the user's own."""
+    monkeypatch.setenv("NAPARI_VIRTUAL_STAIN_SETTINGS", str(tmp_path / "settings"))
+
+
 @pytest.fixture
 def user_models(tmp_path, monkeypatch):
     """An empty user model folder for the test (never the real ~/.napari-virtual-stain)."""

@@ -157,9 +157,9 @@ def test_defaults_are_deepliifs(make_napari_viewer):
 def test_existing_maps_are_counted_like_deepliif_without_a_network(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     import imageio.v3 as iio
 
-    from napari_virtual_stain.widgets import deepliif_widget
+    from napari_virtual_stain.tasks import deepliif as deepliif_task
 
-    monkeypatch.setattr(deepliif_widget, "load_deepliif_model", None)  # no network may run
+    monkeypatch.setattr(deepliif_task, "load_deepliif_model", None)  # no network may run
     read = lambda name: iio.imread(MAPS / "maps" / name)[..., :3]
     viewer = make_napari_viewer()
     viewer.add_image(read("22_2_real_A.png"), name="22_2", rgb=True)
@@ -226,9 +226,9 @@ def test_bad_release_folders_are_notifications(make_napari_viewer, qtbot, tmp_pa
 
 def test_an_on_disk_result_is_removed_when_a_new_one_replaces_it(make_napari_viewer, qtbot, tiny_deepliif,
                                                                   monkeypatch):
-    from napari_virtual_stain.widgets import deepliif_widget
+    from napari_virtual_stain.tasks import deepliif as deepliif_task
 
-    monkeypatch.setattr(deepliif_widget, "needs_store", lambda shape: True)  # as for a 10000 x 10000 region
+    monkeypatch.setattr(deepliif_task, "needs_store", lambda shape: True)  # as for a 10000 x 10000 region
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8), name="ihc", rgb=True)
     widget = DeepLIIFWidget(viewer)
@@ -256,3 +256,35 @@ def test_a_release_folder_is_said_to_be_a_program_when_chosen(make_napari_viewer
     widget = DeepLIIFWidget(make_napari_viewer())
     widget.folder.value = str(tmp_path / "release")
     assert said and "TorchScript is a program" in said[-1]  # before anything is loaded or run
+
+
+# ---- the dock as a view of its settings ---------------------------------------------------------
+
+def test_the_dock_says_which_model_is_active_and_what_it_learnt_from(make_napari_viewer, tmp_path):
+    from test_workflow_deepliif import release_folder
+
+    widget = DeepLIIFWidget(make_napari_viewer())
+    widget.model.value = "deepliif-small"
+    assert "deepliif-small: trained on Bladder1.png, Lung1.png" in widget.model_info.value
+    widget.folder.value = str(release_folder(tmp_path / "DeepLIIF_Latest_Model"))
+    assert widget.settings.model == str(tmp_path / "DeepLIIF_Latest_Model")
+    assert widget.model_info.value.startswith("Official DeepLIIF release 'DeepLIIF_Latest_Model'")
+
+
+def test_run_is_disabled_with_the_reason_and_the_run_state_is_shown(make_napari_viewer, qtbot, tiny_deepliif):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 256, (48, 48, 3)).astype(np.uint8), name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    assert widget.run_button.enabled and widget.run_state_label.value == "state: ready"
+    widget.size_auto.value = False
+    widget.size_slider.value, widget.upper_slider.value = 50, 20
+    assert not widget.run_button.enabled and "upper size threshold" in widget.run_button.tooltip
+    widget.upper_slider.value = 0
+    assert widget.run_button.enabled and widget.settings.thresholds().size == 50
+    widget.scope.value = WHOLE
+    widget.run()
+    qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
+    assert widget.run_state_label.value == "state: done"
+    again = DeepLIIFWidget(viewer)  # a new launch remembers what ran
+    assert (again.size_auto.value, again.size_slider.value, again.model.value) == (False, 50, tiny_deepliif)

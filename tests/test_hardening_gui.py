@@ -230,12 +230,12 @@ def test_a_late_preprocess_error_leaves_a_status_that_says_so(preprocess, qtbot,
 
 def test_deleting_the_preprocess_input_during_a_run_adds_nothing(preprocess, qtbot, messages, monkeypatch):
     from napari_virtual_stain.preprocess import correct_flatfield
-    from napari_virtual_stain.widgets import preprocess_widget
+    from napari_virtual_stain.workflows import preprocess as preprocess_workflow
 
     def slow_flatfield(image, progress=None, cancel=None, **kwargs):
         cancel.wait(20)  # returns once the run is dropped
         return correct_flatfield(image, **kwargs)
-    monkeypatch.setattr(preprocess_widget, "correct_flatfield", slow_flatfield)
+    monkeypatch.setattr(preprocess_workflow, "correct_flatfield", slow_flatfield)
     viewer, widget = preprocess
     viewer.add_image(np.random.default_rng(2).random((32, 32)).astype(np.float32), name="bf")
     widget.reset_choices()

@@ -107,7 +107,7 @@ def test_focus_prints_scores_and_writes_kept_planes(tmp_path, capsys):
 def test_focus_errors(tmp_path, capsys):
     flat = save_tiff(tmp_path / "plane.tif", focal_stack()[0], "YX")
     assert main(["focus", str(flat)]) == 2
-    assert "has no z axis" in capsys.readouterr().err
+    assert "needs a z-stack, but 'plane.tif' is a single plane" in capsys.readouterr().err  # the dock's sentence
     src = save_tiff(tmp_path / "z.tif", focal_stack(), "ZYX")
     assert main(["focus", str(src), "--min-score", "3"]) == 2
     assert "No plane reaches the focus score 3" in capsys.readouterr().err

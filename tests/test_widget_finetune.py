@@ -143,3 +143,18 @@ def test_a_run_saved_earlier_resumes_in_a_new_dock(docks, qtbot, user_models):
     wait_idle(later, qtbot)
     assert later.trainer.step == 4 + 3  # continued from the saved step
     assert len(later.trainer.history["train"]) == 7  # with the saved loss history
+
+
+def test_train_is_disabled_with_the_reason_and_settings_are_remembered(docks, qtbot):
+    viewer, tune, _ = docks
+    tune.targets.value = []
+    assert not tune.train_button.enabled and "at least one target" in tune.train_button.tooltip
+    tune.targets.value = ["nuclei"]
+    assert tune.train_button.enabled and tune.run_state_label.value == "state: ready"
+    tune.steps.value = 3
+    tune.train()
+    wait_idle(tune, qtbot)
+    assert tune.run_state_label.value == "state: done"
+    again = FineTuneWidget(viewer)  # a new launch remembers what trained
+    assert (again.steps.value, again.patch.value, again.start.value) == (3, 32, "new: U-Net (2D)")
+    assert again.settings.arch == "unet" and again.settings.spatial_dims == 2

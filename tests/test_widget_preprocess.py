@@ -6,7 +6,8 @@ from scipy import ndimage as ndi
 
 from napari_virtual_stain.errors import check_cancel
 from napari_virtual_stain.preprocess import correct_flatfield, plls_scores
-from napari_virtual_stain.widgets import _worker, preprocess_widget
+from napari_virtual_stain.widgets import _worker
+from napari_virtual_stain.workflows import preprocess as preprocess_workflow
 from napari_virtual_stain.widgets.preprocess_widget import PreprocessWidget
 
 TILE = 16
@@ -150,7 +151,7 @@ def test_cancel_stops_the_run_and_adds_no_layer(dock, qtbot, monkeypatch):
         check_cancel(cancel)
         raise AssertionError("the run should have been cancelled")
 
-    monkeypatch.setattr(preprocess_widget, "select_in_focus", slow_selection)
+    monkeypatch.setattr(preprocess_workflow, "select_in_focus", slow_selection)
     viewer.add_image(np.random.default_rng(4).random((3, 32, 32)).astype(np.float32), name="z")
     widget.reset_choices()
     widget.input.value = "z"
@@ -161,3 +162,19 @@ def test_cancel_stops_the_run_and_adds_no_layer(dock, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: not widget.job.running and widget.focus_run.enabled, timeout=10000)
     assert widget.messages == ["Focus selection cancelled."]
     assert [layer.name for layer in viewer.layers] == ["z"]
+
+
+def test_a_button_is_disabled_with_the_reason_and_the_state_is_shown(dock, qtbot):
+    viewer, widget = dock
+    viewer.add_image(np.arange(40 * 40, dtype=np.uint16).reshape(40, 40), name="m")
+    widget.reset_choices()
+    widget.input.value = "m"
+    widget.low.value, widget.high.value = 60.0, 40.0
+    assert not widget.norm_run.enabled and "low < high" in widget.norm_run.tooltip
+    assert widget.flat_run.enabled  # the other sections are not held back
+    widget.high.value = 99.0
+    assert widget.norm_run.enabled and widget.settings["normalise"].low == 60.0
+    click_and_wait(widget, widget.norm_run, qtbot)
+    assert widget.run_state_label.value == "state: done"
+    again = PreprocessWidget(viewer)  # a new launch remembers what ran
+    assert (again.low.value, again.high.value) == (60.0, 99.0)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .common import _ints, _per_axis
-from .deepliif_args import add_threshold_arguments, resolution_from, thresholds_from
+from .common import _ints
+from .deepliif_args import add_threshold_arguments, thresholds_from
 from .progress import TextProgress
 
 FILE_SUFFIX = {"Hematoxylin": "Hema", "DAPI": "DAPI", "Lap2": "Lap2", "Marker": "Marker", "Segmentation": "Seg"}
@@ -49,19 +49,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def make_deepliif_predictor(args: argparse.Namespace):
-    from ..engine.predictor import Predictor
-    from ..tasks.deepliif import load_deepliif_model
+def settings_from(args: argparse.Namespace):
+    """The workflow's settings for these arguments (what the DeepLIIF dock builds from its fields)."""
+    from ..workflows.deepliif import DeepLIIFSettings
 
-    model, card = load_deepliif_model(args.model)
-    tile = _per_axis(args.tile, 2, "tile size")
-    overlap = _per_axis(args.overlap, 2, "overlap")
-    multiple = int(getattr(model, "size_multiple", 1) or 1)
-    if tile and any(t <= 0 or t % multiple for t in tile):
-        raise InputError(f"The model '{card.name}' needs tiles that are a multiple of {multiple} pixels, not {tile}.")
-    if tile and overlap and any(o >= t for o, t in zip(overlap, tile)):
-        raise InputError("The overlap must be smaller than the tile.")
-    return Predictor(model, card, device=args.device, tile=tile, overlap=overlap, precision=args.precision)
+    return DeepLIIFSettings(model=args.model, device=args.device, precision=args.precision,
+                            tile=tuple(args.tile) if args.tile else None,
+                            overlap=tuple(args.overlap) if args.overlap else None,
+                            seg_threshold=args.seg_thresh, size=args.size_thresh, size_upper=args.size_thresh_upper,
+                            marker=args.marker_thresh, resolution=args.resolution)
 
 
 def read_input(path: str, name: str):
@@ -82,25 +78,27 @@ def read_input(path: str, name: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..io.outputs import StagedOutputs, check_output_folder
-    from ..tasks.deepliif import needs_store, run_deepliif
+    from ..tasks.deepliif import needs_store
     from ..tasks.deepliif_files import write_cell_files, write_png
+    from ..workflows import deepliif as workflow
 
     # Everything the user gave is checked before any network runs or any file is written.
-    thresholds = thresholds_from(args)
+    thresholds_from(args)  # the sentences name the command's own arguments
+    settings = settings_from(args)
+    settings.validate()
     out_dir = check_output_folder(args.output, inputs=[args.input])
     stem = Path(args.input).stem
     data, image = read_input(args.input, stem)
-    predictor = make_deepliif_predictor(args)
-    resolution = resolution_from(args, args.tile[0] if args.tile else predictor.card.tile[0])
+    predictor = workflow.predictor_for(settings)  # loads the model: a wrong release folder is said here
     print(f"{args.input}: {tuple(data.shape)} {data.dtype} -> {predictor.card.name}", file=sys.stderr)
     with StagedOutputs(out_dir) as out:
         store = out.path(f"{stem}.zarr") if needs_store(data.shape[:2]) else None
         t0 = time.perf_counter()
-        result = run_deepliif(predictor, data, name=stem, store=store, analyse=False,
-                              progress=TextProgress("deepliif"))
+        result = workflow.run(settings, data, name=stem, store=store, analyse=False, progress=TextProgress("deepliif"))
         t1 = time.perf_counter()
-        cells = result.analyse(thresholds.segmentation, resolution)
-        classes = cells.classify(thresholds)
+        cells = result.analyse(settings.seg_threshold, settings.resolution_for(
+            settings.tile[0] if settings.tile else predictor.card.tile[0]))
+        classes = cells.classify(settings.thresholds())
         t2 = time.perf_counter()
         for name, suffix in FILE_SUFFIX.items():
             write_png(out.path(f"{stem}_{suffix}.png"), result.images[name])

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import InputError
-from ..tasks.deepliif_cells import (AUTO, RESOLUTIONS, SEG_THRESHOLD_DEFAULT, Thresholds, check_thresholds,
-                                    resolution_for_tile)
-
-DEEPLIIF_TILE = 512  # deepliif's tile for 40x scans (its get_wsi_resolution: magnification / 40 * 512)
+from ..tasks.deepliif_cells import AUTO, RESOLUTIONS, SEG_THRESHOLD_DEFAULT, Thresholds, check_thresholds
+from ..workflows.deepliif import DEEPLIIF_TILE, DeepLIIFSettings
 
 
 def _whole(text: str) -> int:
@@ -58,9 +55,4 @@ def thresholds_from(args: argparse.Namespace) -> Thresholds:
 
 
 def resolution_from(args: argparse.Namespace, tile: int | None) -> str:
-    if args.resolution != "auto":
-        return args.resolution
-    tile = int(tile or DEEPLIIF_TILE)
-    if tile <= 0:
-        raise InputError(f"The tile size must be positive, not {tile}.")
-    return resolution_for_tile(tile)
+    return DeepLIIFSettings(resolution=args.resolution).resolution_for(tile)

@@ -120,88 +120,75 @@ def _register_normalise(sub) -> None:
 
 
 def run_tile_shadow(args: argparse.Namespace) -> int:
-    from ..preprocess import cast_like, correct_tile_shadow
+    from ..workflows import preprocess as workflow
 
+    settings = workflow.TileShadowSettings(
+        tile=tuple(args.tile), n_empty=args.n_empty, fraction=args.fraction, criterion=args.criterion,
+        statistic=args.statistic, tiles=args.tiles, remove_background=args.remove_background, strict=args.strict,
+        float32=args.float32)
     _check_outputs(args, output="output", artifact_out="artifact")
     image, data, axes = _load(args.input, args.axes)
-    core, restore = _channels_first(data, axes)
-    result = correct_tile_shadow(
-        core, args.tile, tiles=args.tiles, n_empty=args.n_empty, fraction=args.fraction,
-        criterion=args.criterion, statistic=args.statistic, remove_background=args.remove_background,
-        strict=args.strict, progress=TextProgress("tile-shadow"))
-    tiles = ", ".join(f"({r},{c})" for r, c in result.tiles)
-    print(f"averaged {len(result.tiles)} tile(s): {tiles}", file=sys.stderr)
-    out = restore(result.corrected)
+    result = workflow.run(settings, data, axes, name=Path(args.input).name, progress=TextProgress("tile-shadow"))
+    tiles = ", ".join(f"({r},{c})" for r, c in result.info["tiles"])
+    print(f"averaged {len(result.info['tiles'])} tile(s): {tiles}", file=sys.stderr)
     with OutputTransaction() as tx:
-        _save(tx, args.output, out if args.float32 else cast_like(out, data.dtype), axes, image)
+        _save(tx, args.output, result.outputs[workflow.CORRECTED], axes, image)
         if args.artifact_out:
-            _save(tx, args.artifact_out, restore(result.artifact), axes, image)
+            _save(tx, args.artifact_out, result.outputs[workflow.ARTIFACT], axes, image)
     return 0
 
 
 def run_flatfield(args: argparse.Namespace) -> int:
-    from ..preprocess import cast_like, correct_flatfield
+    from ..workflows import preprocess as workflow
 
+    settings = workflow.FlatFieldSettings(sigma=args.sigma, mode=args.mode, method=args.method, float32=args.float32)
     _check_outputs(args, output="output", background_out="background")
     image, data, axes = _load(args.input, args.axes)
-    core, restore = _channels_first(data, axes)
-    result = correct_flatfield(core, sigma=args.sigma, mode=args.mode, method=args.method,
-                               progress=TextProgress("flatfield"))
-    out = restore(result.corrected)
+    result = workflow.run(settings, data, axes, name=Path(args.input).name, progress=TextProgress("flatfield"))
     with OutputTransaction() as tx:
-        _save(tx, args.output, out if args.float32 else cast_like(out, data.dtype), axes, image)
+        _save(tx, args.output, result.outputs[workflow.FLAT], axes, image)
         if args.background_out:
-            _save(tx, args.background_out, restore(result.background), axes, image)
+            _save(tx, args.background_out, result.outputs[workflow.BACKGROUND], axes, image)
     return 0
 
 
 def run_focus(args: argparse.Namespace) -> int:
-    from ..preprocess import select_in_focus
-    from ..preprocess.focus import DEFAULT_BAND
+    from ..workflows import preprocess as workflow
 
     _check_outputs(args, output="output")
     image, data, axes = _load(args.input, args.axes)
-    if "Z" not in axes:
-        raise InputError(f"{args.input} has no z axis (axes {axes}): focus selection needs a z-stack.")
-    core, restore = _channels_first(data, axes)
-    if core.ndim == 5:  # (C, Z, Y, X) after an RGB stack's samples moved first; nothing else has 5
-        raise InputError(f"{args.input} has axes {axes}: a (Z, Y, X) or (C, Z, Y, X) stack is needed.")
-    channel = _channel_index(args.channel, image.channel_names, core.shape[0] if core.ndim == 4 else 1)
-    band = args.band if args.band is not None else DEFAULT_BAND
-    result = select_in_focus(core, keep=args.keep, min_score=args.min_score, sharper=args.sharper,
-                             band=band, channel=channel, progress=TextProgress("focus"))
-    _print_scores(result, image.extra.get("z_positions_um"))
+    n_channels = data.shape[axes.index("C")] if "C" in axes else data.shape[-1] if axes.endswith("S") else 1
+    settings = workflow.FocusSettings(keep=args.keep if args.min_score is None else None, min_score=args.min_score,
+                                      sharper=args.sharper, band=args.band,
+                                      channel=_channel_index(args.channel, image.channel_names, n_channels))
+    result = workflow.run(settings, data, axes, name=Path(args.input).name, progress=TextProgress("focus"))
+    _print_scores(result.info, image.extra.get("z_positions_um"))
     if args.output:
         with OutputTransaction() as tx:
-            _save(tx, args.output, restore(result.planes), axes, image)
+            _save(tx, args.output, result.outputs[workflow.IN_FOCUS], axes, image)
     return 0
 
 
 def run_normalise(args: argparse.Namespace) -> int:
-    from ..engine.normalise import compute_stats, flat_channels_warning, normalise
+    from ..workflows import preprocess as workflow
 
-    if not 0 <= args.low < args.high <= 100:
-        raise InputError(f"The percentiles must satisfy 0 <= low < high <= 100, not {args.low} and {args.high}.")
+    settings = workflow.NormaliseSettings(low=args.low, high=args.high, clip=args.clip)
+    settings_problems = settings.problems()
+    if settings_problems:  # before any file is read or checked
+        raise InputError(settings_problems[0])
     _check_outputs(args, output="output", stats_out="statistics")
     image, data, axes = _load(args.input, args.axes)
-    core, restore = _channels_first(data, axes)
-    grey = "C" not in axes and "S" not in axes  # one channel: give it a channel axis for the stats
-    core = core[None] if grey else core
-    spec = {"kind": "percentile", "low": args.low, "high": args.high, "clip": bool(args.clip)}
-    stats = compute_stats(core, spec)
-    normalised = normalise(core, spec, stats)
-    names = image.channel_names or [f"C{i}" for i in range(core.shape[0])]
+    result = workflow.run(settings, data, axes, name=Path(args.input).name, channel_names=image.channel_names)
+    record = result.info["normalisation"]
     print(f"{'channel':<16} {'p' + format(args.low, 'g'):>12} {'p' + format(args.high, 'g'):>12}")
-    for name, low, high in zip(names, stats["low"], stats["high"]):
+    for name, low, high in zip(record["channels"], record["stats"]["low"], record["stats"]["high"]):
         print(f"{name:<16} {low:>12.4g} {high:>12.4g}")
-    warning = flat_channels_warning(stats, names)
-    if warning:
+    for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     with OutputTransaction() as tx:
-        _save(tx, args.output, normalised[0] if grey else restore(normalised), axes, image)
+        _save(tx, args.output, result.outputs[workflow.NORMALISED], axes, image)
         if args.stats_out:
-            record = {"spec": spec, "stats": stats, "channels": names, "source": str(args.input)}
-            tx.write_text(args.stats_out, json.dumps(record, indent=2))
+            tx.write_text(args.stats_out, json.dumps(dict(record, source=str(args.input)), indent=2))
     return 0
 
 
@@ -226,13 +213,6 @@ def _load(path, axes: str | None = None):
     return image, data, axes
 
 
-def _channels_first(data: np.ndarray, axes: str):
-    """The core's layout (RGB samples moved first) and the function that undoes it."""
-    if axes.endswith("S"):
-        return np.moveaxis(data, -1, 0), lambda a: np.moveaxis(np.asarray(a), 0, -1)
-    return data, np.asarray
-
-
 def _check_outputs(args: argparse.Namespace, **labels: str) -> None:
     """Check every output a command was given (``{argument: label}``) before any work."""
     paths = {label: getattr(args, arg) for arg, label in labels.items()}
@@ -253,22 +233,23 @@ def _save(tx: OutputTransaction, path, data, axes: str, image) -> None:
     print(f"wrote {path}: {axes} {tuple(np.shape(data))} {np.asarray(data).dtype}", file=sys.stderr)
 
 
-def _print_scores(result, z_positions) -> None:
+def _print_scores(info: dict, z_positions) -> None:
     """The per-plane table on stdout: plane, z (when the file says), PLLS, rank, kept."""
     from ..preprocess import rank_planes
 
-    rank = np.empty(result.scores.shape[0], dtype=int)
-    rank[rank_planes(result.scores, result.sharper)] = np.arange(1, result.scores.shape[0] + 1)
-    kept = set(result.indices.tolist())
-    has_z = z_positions is not None and len(z_positions) == result.scores.shape[0]
+    scores, sharper = np.asarray(info["plls"], dtype=float), info["sharper"]
+    rank = np.empty(scores.shape[0], dtype=int)
+    rank[rank_planes(scores, sharper)] = np.arange(1, scores.shape[0] + 1)
+    kept = set(info["kept_planes"])
+    has_z = z_positions is not None and len(z_positions) == scores.shape[0]
     z_header = f" {'z (um)':>10}" if has_z else ""
     print(f"{'plane':>5}{z_header} {'PLLS':>8} {'rank':>5}  kept")
-    for z, score in enumerate(result.scores):
+    for z, score in enumerate(scores):
         shown = "   blank" if np.isnan(score) else f"{score:>8.3f}"
         mark = "yes" if z in kept else ""
         where = f" {z_positions[z]:>10.2f}" if has_z else ""
         print(f"{z:>5}{where} {shown} {rank[z]:>5}  {mark}")
-    print(f"sharper = {result.sharper} PLLS; kept planes: {', '.join(str(i) for i in result.indices)}")
+    print(f"sharper = {sharper} PLLS; kept planes: {', '.join(str(i) for i in info['kept_planes'])}")
 
 
 def _channel_index(wanted: str | None, names: list[str], n_channels: int) -> int | None:

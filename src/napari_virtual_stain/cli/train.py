@@ -22,9 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.outputs import check_output_file
-from ..training.defaults import DEFAULT_PATCH_SIDE, patch_for, rgb_channel_names
-from .common import (_per_axis, add_axes_argument, fraction, non_negative_float, positive_float, positive_int, sizes,
-                     unit_interval)
+from .common import add_axes_argument, fraction, non_negative_float, positive_float, positive_int, sizes, unit_interval
 
 
 def register(sub) -> None:
@@ -62,7 +60,8 @@ def register(sub) -> None:
     p.add_argument("--n-critic", type=positive_int, default=None)
     p.add_argument("--patience", type=positive_int, default=None, help="stop after this many validations without improvement")
     p.add_argument("--val-fraction", type=fraction, default=0.15, help="part of the Y axis kept for validation")
-    p.add_argument("--val-every", type=positive_int, default=50, help="validate every N steps")
+    p.add_argument("--val-every", type=positive_int, default=None,
+                   help="validate every N steps (default: a tenth of the steps, between 5 and 50; as the Fine-tune dock)")
     add_axes_argument(p)
     p.add_argument("--z-as-channels", action="store_true",
                    help="feed the planes of an input stack to a 2D model as channels (e.g. a brightfield focal series)")
@@ -83,31 +82,34 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def channels_first(path: str, z_as_channels: bool = False, axes: str | None = None) -> tuple[np.ndarray, list[str], int]:
-    """Read a file as (C, [Z], Y, X) float32; returns data, channel names and spatial dims."""
+def image_from_file(path: str, axes: str | None = None, *, checked: bool = True):
+    """A file as the workflow's TrainingImage: grey, colour (RGB samples) or channels first."""
     from ..io.tiff_reader import load_image
+    from ..training.layer_pairs import TrainingImage
 
     image = load_image(path, axes=axes)
     data, axes = np.asarray(image.data), image.axes
     if "T" in axes:
         raise InputError(f"{Path(path).name} is a time series; training takes one time point: save it on its own first.")
-    if axes.endswith("S"):  # RGB samples become channels
-        data = np.moveaxis(data, -1, 0)
-        axes = "C" + axes[:-1]
-        names = rgb_channel_names(data.shape[0])
-    elif "C" in axes:
-        names = list(image.channel_names) or [f"{Path(path).stem} {i + 1}" for i in range(data.shape[0])]
-    else:
-        data = data[None]
-        axes = "C" + axes
-        names = [Path(path).stem]
-    if z_as_channels and "Z" in axes:
-        c, z = data.shape[:2]
-        data = data.reshape((c * z,) + data.shape[2:])
-        names = [f"{n} z{k}" for n in names for k in range(z)]
-        axes = axes.replace("Z", "")
-    spatial_dims = len(axes) - 1
-    return data.astype(np.float32, copy=False), names, spatial_dims
+    name = Path(path).stem
+    if axes.endswith("S"):
+        return TrainingImage(data, name, rgb=True)
+    if "C" in axes:
+        data = np.moveaxis(data, axes.index("C"), 0)
+        return TrainingImage(data, name, channel_names=list(image.channel_names) or None)
+    return TrainingImage(data, name)
+
+
+def channels_first(path: str, z_as_channels: bool = False, axes: str | None = None) -> tuple[np.ndarray, list[str], int]:
+    """Read a file as an input: (C, [Z], Y, X) float32, channel names and spatial dims."""
+    from ..training.layer_pairs import training_pairs
+
+    image = image_from_file(path, axes)
+    x, names = image.channels("input")
+    if z_as_channels and x.ndim == 4:
+        pairs = training_pairs(image, [image], 2, z_as_channels=True)
+        return pairs.inputs[0], pairs.input_names, 2
+    return x, names, x.ndim - 1
 
 
 def _duration(seconds: float | None) -> str:
@@ -149,12 +151,21 @@ def _print_scores(scores: dict, stream) -> None:
         print(f"{name:<16}{s['ssim']:>8.3f}{s['psnr']:>8.2f}{s['pcc']:>8.3f}{s['mae']:>8.4f}", file=stream)
 
 
+def settings_from(args: argparse.Namespace, output: Path):
+    """The workflow's settings for these arguments (what the Fine-tune dock builds from its fields)."""
+    from ..workflows.finetune import FineTuneSettings
+
+    return FineTuneSettings(
+        arch=args.arch, from_model=args.from_model, arch_args=args.arch_args, name=args.name or output.stem,
+        patch=tuple(args.patch) if args.patch else FineTuneSettings().patch, steps=args.steps, epochs=args.epochs,
+        minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, loss=args.loss,
+        alpha=args.alpha, gan=args.gan, critic=args.critic, gan_weight=args.gan_weight, n_critic=args.n_critic,
+        patience=args.patience, val_fraction=args.val_fraction, val_every=args.val_every, seed=args.seed,
+        device=args.device, precision=args.precision, z_as_channels=args.z_as_channels)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..models.checkpoint import load_checkpoint
-    from ..models.registry import model_card
-    from ..training.starting import model_for_training
-    from ..training.config import TrainConfig
-    from ..training.trainer import Trainer
+    from ..workflows import finetune as workflow
 
     if not args.resume and args.from_model is None and args.arch is None:
         raise InputError("Say where to start: --from MODEL to fine-tune, or --arch NAME to train from scratch.")
@@ -170,53 +181,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and output.exists() and not args.overwrite:
         raise InputError(f"{output} already exists: give another name, continue its run with --resume, "
                          "or replace it with --overwrite.")
+    if args.resume and not output.is_file():
+        raise InputError(f"There is no model at {output} to resume; start a run with --from or --arch.")
 
-    x, input_names, dims = channels_first(args.input, args.z_as_channels, args.axes)
-    targets, target_names = [], []
-    for path in args.targets:
-        t, names, t_dims = channels_first(path)
-        if t_dims != dims:
-            raise InputError(f"{Path(path).name} is {t_dims}D but the input is {dims}D: pairs must have the same shape.")
-        targets.append(t)
-        target_names += names
-    if len({tuple(t.shape[1:]) for t in targets}) > 1:
-        shapes = ", ".join("x".join(map(str, t.shape[1:])) for t in targets)
-        raise InputError(f"The target files differ in shape ({shapes}): pairs must have the same shape.")
-    y = np.concatenate(targets)
-
-    if args.resume:
-        if not output.is_file():
-            raise InputError(f"There is no model at {output} to resume; start a run with --from or --arch.")
-        model, card = load_checkpoint(output)
-    elif args.from_model is not None:
-        model_dims = model_card(args.from_model).spatial_dims
-        if model_dims == 2 and dims == 3:
-            raise InputError(f"The model is 2D but {Path(args.input).name} is a stack; "
-                             "use --z-as-channels if its planes are channels of one image.")
-        model, card = model_for_training(from_model=args.from_model, n_in=x.shape[0], n_out=y.shape[0],
-                                         spatial_dims=dims, input_names=input_names, output_names=target_names,
-                                         name=args.name or output.stem)
-    else:
-        model, card = model_for_training(arch=args.arch, n_in=x.shape[0], n_out=y.shape[0], spatial_dims=dims,
-                                         input_names=input_names, output_names=target_names,
-                                         arch_args=args.arch_args, name=args.name or output.stem)
-
-    if args.patch is None or len(args.patch) == 1:  # one side: the same shapes as the Fine-tune dock's
-        patch = list(patch_for(dims, args.patch[0] if args.patch else DEFAULT_PATCH_SIDE))
-    else:
-        patch = _per_axis(args.patch, dims, "patch")
-    config = TrainConfig(
-        patch=patch, batch_size=args.batch_size, steps=args.steps, epochs=args.epochs, max_minutes=args.minutes,
-        lr=args.lr, loss=args.loss, alpha=args.alpha, gan=None if args.gan == "none" else args.gan, critic=args.critic,
-        gan_weight=args.gan_weight, n_critic=args.n_critic, lr_schedule=args.lr_schedule, patience=args.patience,
-        val_fraction=args.val_fraction, val_every=args.val_every, seed=args.seed, device=args.device,
-        precision=args.precision, best_path=str(output))
-    trainer = Trainer(model, card, [x], [y], config)
-    if args.resume:
-        trainer.resume(output)
-    trainer_start = trainer.step
-    print(f"training {card.summary()} on {Path(args.input).name} ({'x'.join(map(str, x.shape[1:]))}), "
-          f"patch {'x'.join(map(str, patch))}, from step {trainer.step}", file=sys.stderr)
+    settings = settings_from(args, output)
+    if args.resume:  # the saved model says where it started; the settings only need a valid start
+        settings.arch, settings.from_model = None, str(output)
+    image = image_from_file(args.input, args.axes)
+    targets = [image_from_file(path) for path in args.targets]
+    trainer = workflow.prepare(settings, image, targets, resume=output if args.resume else None, best_path=output)
+    card, trainer_start = trainer.card, trainer.step
+    shape = "x".join(map(str, trainer.train_data.shapes[0]))
+    print(f"training {card.summary()} on {Path(args.input).name} ({shape}), "
+          f"patch {'x'.join(map(str, trainer.config.patch))}, from step {trainer.step}", file=sys.stderr)
 
     # First Ctrl-C: stop after this step and keep the best model; a second one aborts.
     cancel = threading.Event()
@@ -229,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
             print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
         previous = signal.signal(signal.SIGINT, stop)
     try:
-        result = trainer.run(cancel=cancel, on_update=_Printer())
+        result = workflow.run(trainer, cancel=cancel, on_update=_Printer())
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

@@ -76,12 +76,9 @@ def _load_script(path: Path) -> nn.Module:
         raise CheckpointError(f"{path.name} in {path.parent.name} is not a readable TorchScript model: {first[:160]}") from err
 
 
-def load_release_folder(folder: str | os.PathLike, overlap: int = 64):
-    """Load a DeepLIIF release folder; returns ``(OfficialDeepLIIF, ModelCard)``.
-
-    Every check that needs only the option file and the file names runs before any
-    network is read, so a wrong folder is refused at once.
-    """
+def release_card(folder: str | os.PathLike, overlap: int = 64):
+    """The card of a DeepLIIF release folder, from its option file and file names alone (no
+    network is read): a wrong or incomplete folder is refused here, at once."""
     from .deepliif_net import deepliif_card
 
     folder = Path(folder).expanduser()
@@ -93,10 +90,7 @@ def load_release_folder(folder: str | os.PathLike, overlap: int = 64):
         raise CheckpointError(f"The DeepLIIF model folder {folder.name} lacks {', '.join(missing)}: a release "
                               f"needs all nine networks ({', '.join(n + '.pt' for n in opts.translators)} and "
                               f"{', '.join(n + '.pt' for n in opts.segmenters)}).")
-    translators = [_load_script(folder / f"{name}.pt") for name in opts.translators]
-    segmenters = [_load_script(folder / f"{name}.pt") for name in opts.segmenters]
     size = opts.seg_size
-    model = OfficialDeepLIIF(translators, segmenters, opts.seg_weights, size_multiple=size)
     args = {"seg_weights": opts.seg_weights, "seg_downs": size.bit_length() - 1}
     keep = ("name", "model", "net_g", "netG", "net_gs", "ngf", "norm", "modalities_no", "seg_weights")
     card = deepliif_card(
@@ -109,5 +103,20 @@ def load_release_folder(folder: str | os.PathLike, overlap: int = 64):
     # models so Seg values (and so which pixels pass the segmentation threshold) are deepliif's.
     card.extra.update({"to_uint8": "truncate", "modalities_names": opts.modalities_names,
                        "names_forced": opts.names_forced, "deepliif_model": opts.model})
+    return card
+
+
+def load_release_folder(folder: str | os.PathLike, overlap: int = 64):
+    """Load a DeepLIIF release folder; returns ``(OfficialDeepLIIF, ModelCard)``.
+
+    Every check that needs only the option file and the file names runs before any
+    network is read, so a wrong folder is refused at once.
+    """
+    folder = Path(folder).expanduser()
+    card = release_card(folder, overlap)  # every check that needs no network, first
+    opts = release_options(folder)
+    translators = [_load_script(folder / f"{name}.pt") for name in opts.translators]
+    segmenters = [_load_script(folder / f"{name}.pt") for name in opts.segmenters]
+    model = OfficialDeepLIIF(translators, segmenters, opts.seg_weights, size_multiple=opts.seg_size)
     model.eval()
     return model, card

@@ -146,7 +146,9 @@ def model_card(name_or_path: str | os.PathLike) -> ModelCard:
 
         return package_card(name_or_path)
     if kind == DEEPLIIF_RELEASE:
-        return load_model(name_or_path)[1]
+        from .deepliif_official import release_card
+
+        return release_card(name_or_path)
     return _read_card(resolve_model(name_or_path))
 
 

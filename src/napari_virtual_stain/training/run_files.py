@@ -25,6 +25,8 @@ from .datasets import TARGET_NORMALISATION
 STATE_FORMAT = "napari-virtual-stain-train-state/1"
 # Loss curves stored in the card are thinned to about this many points.
 MAX_HISTORY_POINTS = 200
+# TrainConfig fields that say where files go, kept out of the card.
+FILE_SETTINGS = ("best_path", "last_path")
 
 
 def cpu_state(module) -> dict[str, torch.Tensor]:
@@ -48,7 +50,9 @@ class TrainerFiles:
         training.update({
             "run_id": self.run_id,
             "data": self.train_data.describe(),
-            "config": self.config.to_dict(),
+            # Where this run wrote its files is not how it trained: without the paths the card is
+            # the same whichever door (dock or command line) ran the training.
+            "config": {k: v for k, v in self.config.to_dict().items() if k not in FILE_SETTINGS},
             "steps": self.step,
             "best_step": self.stopper.best_step,
             "skipped_steps": self.skipped_steps,

@@ -232,6 +232,11 @@ class _Watcher(QObject):
             parent.installEventFilter(self)
 
 
+# What a dock's state line says for each run state (Job.state, JobDockMixin.run_state).
+RUN_STATE_TEXT = {"idle": "ready", "ready": "starting", "running": "running", "cancelling": "cancelling",
+                  "done": "done", "cancelled": "cancelled", "failed": "failed (see the notification)"}
+
+
 class JobDockMixin:
     """What every dock with one background Job at a time shares: Cancel, the progress bar and
     a safe end.
@@ -242,7 +247,8 @@ class JobDockMixin:
     out of the viewer, deleting it, or closing the viewer) cancels its job and drops what
     the job still delivers, so no deleted widget or layer is touched; closing its panel
     with the hide button cancels the job too; removing one of the job's input layers from
-    the viewer stops the job and says why.
+    the viewer stops the job and says why. A dock with a ``run_state_label`` (a magicgui
+    Label) shows its run state there, kept up to date through start, Cancel and the end.
     """
 
     job: Job | None
@@ -265,7 +271,9 @@ class JobDockMixin:
         if not life.layers_watched:
             self.viewer.layers.events.removed.connect(life.layer_removed)
             life.layers_watched = True
+        job.worker.finished.connect(self.show_run_state)  # after the Job's own handlers: its state is final
         job.start()
+        self.show_run_state()
 
     def dock_alive(self) -> bool:
         """False once the dock is closed, deleted or its viewer closed: touch nothing then."""
@@ -276,9 +284,15 @@ class JobDockMixin:
         """"idle" before any run, else the last run's state (running, cancelling, done, cancelled, failed)."""
         return "idle" if self.job is None else self.job.state
 
+    def show_run_state(self, *_) -> None:
+        label = getattr(self, "run_state_label", None)
+        if label is not None and self.dock_alive():
+            label.value = f"state: {RUN_STATE_TEXT.get(self.run_state, self.run_state)}"
+
     def cancel(self, *_):
         if self.job is not None:
             self.job.cancel()
+            self.show_run_state()
 
     def _on_progress(self, done: int, total: int):
         if not self.dock_alive():

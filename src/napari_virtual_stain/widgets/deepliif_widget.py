@@ -13,9 +13,7 @@ for the chosen IHC layer): no network runs. Every default is deepliif 1.2.7's.
 
 from __future__ import annotations
 
-import atexit
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +26,16 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
-from ..engine.predictor_cache import SHARED, device_turn
-from ..models.registry import DEEPLIIF_RELEASE, list_models, model_kind, program_notice
-from ..models.deepliif_options import release_options
-from ..tasks.deepliif import (MODALITIES, SEGMENTATION, DeepLIIFResult, cell_polygons, cell_rows,
-                              load_deepliif_model, needs_store, run_deepliif, summary, write_csv, write_geojson)
-from ..tasks.deepliif_cells import (AUTO, NEGATIVE, POSITIVE, RESOLUTIONS, SEG_THRESHOLD_DEFAULT, Thresholds,
-                                    check_thresholds, resolution_for_tile)
-from ..tasks.deepliif_files import check_maps, find_maps
+from ..engine.predictor_cache import SHARED
+from ..errors import InputError
+from ..models.registry import list_models, model_card, program_notice
+from ..tasks.deepliif import cell_polygons, cell_rows, summary, write_csv, write_geojson
+from ..tasks.deepliif_cells import AUTO, NEGATIVE, POSITIVE, RESOLUTIONS, check_thresholds
+from ..tasks.deepliif_files import find_maps
 from ..tasks.layers import output_layer_name
-from ..tasks.region import Region
+from ..workflows import deepliif as workflow
+from ..workflows.deepliif import DeepLIIFSettings, describe_model
+from ..workflows.settings_files import settings_file
 from ._output_layers import publish
 from .geometry import placement, visible_region
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
@@ -49,46 +47,7 @@ CELLS = "cells"
 NO_LAYER = "(none)"
 MARKER_OFF, MARKER_AUTO, MARKER_MANUAL = "none (deepliif's default)", "automatic", "manual"
 RESOLUTION_AUTO = "from tile size"
-
-
-def _run(model_key, device, precision, data, name, region, seg_threshold, resolution, progress=None, cancel=None):
-    """Worker body: load the model and run DeepLIIF. Touches no Qt.
-
-    A very large region (say 10000 x 10000) keeps its modalities in a temporary zarr store
-    on disk, shown lazily, so memory stays bounded; the dock removes it when a new result
-    replaces it, and whatever is left goes when napari exits.
-    """
-    predictor = SHARED.get(model_key, device, precision, load=load_deepliif_model)
-    card = predictor.card
-    shape = region.shape if region is not None else tuple(data.shape[:2])
-    store = tempfile.mkdtemp(prefix="deepliif-", suffix=".zarr") if needs_store(shape) else None
-    if store is not None:
-        atexit.register(shutil.rmtree, store, True)
-    try:
-        with device_turn(predictor):
-            result = run_deepliif(predictor, data, name=name, region=region, segmentation_threshold=seg_threshold,
-                                  resolution=_resolution(resolution, card.tile[0]), store=store, progress=progress,
-                                  cancel=cancel)
-    except BaseException:
-        if store is not None:
-            shutil.rmtree(store, ignore_errors=True)  # a cancelled or failed run leaves nothing on disk
-        raise
-    if store is not None and result.store is None:  # a view inside the image: the result came back in memory
-        shutil.rmtree(store, ignore_errors=True)
-    return result
-
-
-def _resolution(choice: str, tile: int) -> str:
-    return resolution_for_tile(int(tile)) if choice == RESOLUTION_AUTO else choice
-
-
-def _count_maps(ihc, seg, marker, names, seg_threshold, resolution, cancel=None):
-    """Worker body for maps a user brought: check them and find the cells. No network, no Qt."""
-    ihc, seg, marker = check_maps(ihc, seg, marker, names)
-    images = {SEGMENTATION: seg, "Marker": marker}
-    result = DeepLIIFResult(images, Region.whole(tuple(seg.shape[:2])), None)
-    result.analyse(seg_threshold, _resolution(resolution, 512))  # deepliif's 512 tile: 40x
-    return result
+PRECISIONS = ["fp32", "auto", "bf16"]
 
 
 class DeepLIIFWidget(JobDockMixin, QWidget):
@@ -103,43 +62,58 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.cell_layer: Labels | None = None
         self._source = None  # the input layer of the last run
         self._updating = False  # set while recount writes the automatic values into the sliders
+        # The dock is a view of these settings: the same object ``virtual-stain deepliif`` builds,
+        # remembered between launches of napari.
+        self.settings = st = DeepLIIFSettings.load(settings_file("deepliif"))
 
         self.input = ComboBox(label="IHC image", choices=self._rgb_layers)
         self.model = ComboBox(label="model", choices=self._model_names)
+        self.model_info = Label(value="")  # which model is active and what it learnt from
         self.folder = FileEdit(label="or release folder", mode="d", value="")
-        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        devices = available_devices()
+        self.device = ComboBox(label="device", choices=devices, value=st.device if st.device in devices else "auto")
         # fp32 by default: bf16 moved segmentation pixels across the threshold and cell counts by a few percent.
-        self.precision = ComboBox(label="precision", choices=["fp32", "auto", "bf16"], value="fp32",
+        self.precision = ComboBox(label="precision", choices=PRECISIONS,
+                                  value=st.precision if st.precision in PRECISIONS else "fp32",
                                   tooltip="fp32 (default) gives deepliif's answers; auto/bf16 are faster on GPUs "
                                           "and CPUs with native bf16 but move cell counts by a few percent")
         self.scope = RadioButtons(label="run on", choices=[CURRENT_VIEW, WHOLE], value=CURRENT_VIEW)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.run_state_label = Label(value="state: ready")
         self.seg_layer = ComboBox(label="or Seg layer", choices=self._map_layers,
                                   tooltip="an existing DeepLIIF segmentation map, e.g. ROI_1_Seg.png")
         self.marker_layer = ComboBox(label="Marker layer", choices=self._map_layers,
                                      tooltip="an existing DeepLIIF marker map, e.g. ROI_1_mod4-Marker.png")
         self.count_button = PushButton(text="Count existing maps (no network)")
-        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=SEG_THRESHOLD_DEFAULT,
+        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=min(max(int(st.seg_threshold), 0), 510),
                                  tooltip="red + blue above this is cell (deepliif: 120)")
-        self.size_slider = Slider(label="min cell size (px)", min=0, max=2000, value=0, enabled=False)
-        self.size_auto = CheckBox(text="automatic size (deepliif's rule)", value=True)
-        self.upper_slider = Slider(label="max cell size (px, 0 = none)", min=0, max=20000, value=0)
+        manual_size = isinstance(st.size, int) and 0 <= st.size <= 2000
+        self.size_slider = Slider(label="min cell size (px)", min=0, max=2000, value=st.size if manual_size else 0,
+                                  enabled=manual_size)
+        self.size_auto = CheckBox(text="automatic size (deepliif's rule)", value=not manual_size)
+        self.upper_slider = Slider(label="max cell size (px, 0 = none)", min=0, max=20000,
+                                   value=min(max(int(st.size_upper or 0), 0), 20000))
+        marker_mode = (MARKER_OFF if st.marker is None else MARKER_AUTO if st.marker == AUTO
+                       else MARKER_MANUAL if isinstance(st.marker, int) and 0 <= st.marker <= 255 else MARKER_OFF)
         self.marker_mode = ComboBox(label="marker rule", choices=[MARKER_OFF, MARKER_AUTO, MARKER_MANUAL],
-                                    value=MARKER_OFF, tooltip="a cell whose brightest marker pixel is above the "
+                                    value=marker_mode, tooltip="a cell whose brightest marker pixel is above the "
                                     "marker threshold is positive; deepliif uses no marker rule by default")
-        self.marker_slider = Slider(label="marker", min=0, max=255, value=255, enabled=False)
+        self.marker_slider = Slider(label="marker", min=0, max=255, enabled=marker_mode == MARKER_MANUAL,
+                                    value=st.marker if marker_mode == MARKER_MANUAL else 255)
         self.resolution = ComboBox(label="magnification", choices=[RESOLUTION_AUTO, *RESOLUTIONS],
-                                   value=RESOLUTION_AUTO, tooltip="for the automatic size rule; deepliif takes it "
+                                   value=st.resolution if st.resolution in RESOLUTIONS else RESOLUTION_AUTO,
+                                   tooltip="for the automatic size rule; deepliif takes it "
                                    "from the tile size (512 -> 40x)")
         self.counts = Label(value="No cells yet: run DeepLIIF.")
         self.export_csv = PushButton(text="Export table (CSV)")
         self.export_geojson = PushButton(text="Export polygons (GeoJSON)")
         self.help = Label(value="Click a cell: flip positive/negative. Shift-click: exclude/restore.")
         self.container = Container(widgets=[
-            self.input, self.model, self.folder, self.device, self.precision, self.scope,
+            self.input, self.model, self.folder, self.model_info, self.device, self.precision, self.scope,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+            self.run_state_label,
             self.seg_layer, self.marker_layer, self.count_button,
             self.progress, self.seg_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
             self.marker_slider, self.resolution, self.counts, Container(widgets=[self.export_csv, self.export_geojson], layout="horizontal", labels=False),
@@ -148,6 +122,13 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         layout.addWidget(self.container.native)
         layout.addStretch()
 
+        if not settings_file("deepliif").is_file():
+            pass  # nothing remembered yet: the first model listed (a user's own before the bundled one)
+        elif st.model in self.model.choices:
+            self.model.value = st.model
+        elif st.model and Path(st.model).is_dir():
+            self.folder.value = st.model
+        self._bind()
         self.run_button.changed.connect(self.run)
         self.count_button.changed.connect(self.count_maps)
         self.cancel_button.changed.connect(self.cancel)
@@ -164,6 +145,54 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.export_geojson.changed.connect(lambda *_: self._export("geojson"))
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.reset_choices)
+        self.input.changed.connect(self._check_settings)
+        self._describe_model()
+        self._check_settings()
+
+    def _bind(self) -> None:
+        """Each field writes its settings value; the settings' events re-check whether Run can run."""
+        st = self.settings
+        writers = {
+            "model": ((self.model, self.folder), lambda: self._model_key() or ""),
+            "device": ((self.device,), lambda: self.device.value),
+            "precision": ((self.precision,), lambda: self.precision.value),
+            "seg_threshold": ((self.seg_slider,), lambda: int(self.seg_slider.value)),
+            "size": ((self.size_auto, self.size_slider), lambda: AUTO if self.size_auto.value else int(self.size_slider.value)),
+            "size_upper": ((self.upper_slider,), lambda: int(self.upper_slider.value) or None),
+            "marker": ((self.marker_mode, self.marker_slider), lambda: {MARKER_OFF: None, MARKER_AUTO: AUTO}.get(
+                self.marker_mode.value, int(self.marker_slider.value))),
+            "resolution": ((self.resolution,), lambda: AUTO if self.resolution.value == RESOLUTION_AUTO
+                           else self.resolution.value),
+        }
+        for name, (widgets, value) in writers.items():
+            setattr(st, name, value())
+            for widget in widgets:
+                widget.changed.connect(lambda *_, name=name, value=value: setattr(st, name, value()))
+        st.events.model.connect(self._describe_model)
+        st.events.connect(self._check_settings)
+
+    def _check_settings(self, *_) -> list[str]:
+        """Run is enabled only with settings that can run; the first problem is its tooltip."""
+        problems = ([] if self.input.value is not None else ["Choose an RGB IHC image layer first."])
+        problems += self.settings.problems()
+        idle = self.job is None or not self.job.running
+        self.run_button.enabled = idle and not problems
+        self.run_button.tooltip = problems[0] if problems else ""
+        return problems
+
+    def _describe_model(self, *_) -> None:
+        """Which model is active and what it learnt from (an official release folder says so)."""
+        if not self.settings.model:
+            self.model_info.value = "No DeepLIIF model chosen."
+            return
+        try:
+            card = model_card(self.settings.model)
+        except Exception as err:  # a wrong folder: its sentence, not a traceback
+            self.model_info.value = f"This model cannot be used: {err}"
+            self.model_info.tooltip = ""
+            return
+        self.model_info.value = describe_model(card)
+        self.model_info.tooltip = card.description
 
     # -- choices ---------------------------------------------------------------------------
     def _rgb_layers(self, *_):
@@ -221,25 +250,27 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
     def run(self, *_):
         if self.job is not None and self.job.running:
             return
-        name, model_key = self.input.value, self._model_key()
+        name = self.input.value
         if name is None or name not in self.viewer.layers:
             show_warning("Choose an RGB IHC image layer first.")
             return
-        if model_key is None:
-            show_warning("No DeepLIIF model is installed; choose a DeepLIIF release folder.")
+        problems = self._check_settings()
+        if problems:  # a wrong release folder or threshold: said at once, before any worker starts
+            report_error(InputError(problems[0]), "DeepLIIF")
             return
         layer = self.viewer.layers[name]
         try:
-            check_thresholds(self.thresholds())
-            if Path(str(model_key)).is_dir() and model_kind(model_key) == DEEPLIIF_RELEASE:
-                release_options(model_key)  # a wrong folder is refused at once, before the worker starts
             region = self._region_for(layer)
         except Exception as err:
             report_error(err, "DeepLIIF")
             return
+        snapshot = self.settings.copy()  # the worker's own copy: the user may change the dock
+        try:
+            snapshot.save(settings_file("deepliif"))
+        except OSError:  # remembering is a convenience, never a reason not to run
+            pass
         self._source = layer
-        self._start(Job(_run, model_key, self.device.value, self.precision.value, layer.data, layer.name, region,
-                        int(self.seg_slider.value), self.resolution.value, on_result=self._on_result,
+        self._start(Job(workflow.run_in_temporary_store, snapshot, layer.data, layer.name, region, on_result=self._on_result,
                         on_done=self._on_done, action="DeepLIIF", relay=self.relay, inputs=(layer,)))
 
     def count_maps(self, *_):
@@ -257,8 +288,8 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
             report_error(err, "DeepLIIF")
             return
         self._source = layers[0]
-        self._start(Job(_count_maps, *(layer.data for layer in layers), names, int(self.seg_slider.value),
-                        self.resolution.value, on_result=self._on_maps, on_done=self._on_done,
+        self._start(Job(workflow.count_maps, *(layer.data for layer in layers), names, self.settings.copy(),
+                        on_result=self._on_maps, on_done=self._on_done,
                         action="DeepLIIF cell count", inputs=tuple(layers)))
 
     def _start(self, job):
@@ -269,8 +300,9 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         self.launch(self.job)
 
     def _on_done(self):
-        self.run_button.enabled = self.count_button.enabled = True
+        self.count_button.enabled = True
         self.cancel_button.enabled = False
+        self._check_settings()
 
     def _on_maps(self, result):
         self.result = result
@@ -283,22 +315,15 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         previous = self.result.store if self.result is not None else None
         self.result = result
         self.help.tooltip = result.card.description  # e.g. the bundled model says it is a demonstration
-        tuples = [(result.images[m], {"name": output_layer_name(self._source.name, m), "rgb": True,
-                                                  **self._placement(), "blending": "additive",
-                                                  "visible": False,
-                                                  "metadata": {"source_layer": self._source.name, "channel": m}},
-                   "image") for m in MODALITIES]
+        tuples = workflow.modality_tuples(result, self._source.name, self._placement())
         publish(self.viewer, tuples)
         self._show_cells()
         if previous is not None and previous != result.store:  # its layers now show the new result
             shutil.rmtree(previous, ignore_errors=True)
 
     # -- cells -----------------------------------------------------------------------------
-    def thresholds(self) -> Thresholds:
-        marker = {MARKER_OFF: None, MARKER_AUTO: AUTO}.get(self.marker_mode.value, int(self.marker_slider.value))
-        return Thresholds(segmentation=int(self.seg_slider.value),
-                          size=AUTO if self.size_auto.value else int(self.size_slider.value),
-                          size_upper=int(self.upper_slider.value) or None, marker=marker)
+    def thresholds(self):
+        return self.settings.thresholds()
 
     def _show_cells(self):
         cells = self.result.cells
@@ -321,7 +346,7 @@ class DeepLIIFWidget(JobDockMixin, QWidget):
         if self.result is None:
             return
         tile = self.result.card.tile[0] if self.result.card is not None else 512
-        self.result.analyse(int(self.seg_slider.value), _resolution(self.resolution.value, tile))
+        self.result.analyse(self.settings.seg_threshold, self.settings.resolution_for(tile))
         self._show_cells()
 
     def recount(self, *_):

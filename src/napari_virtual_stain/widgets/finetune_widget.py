@@ -23,11 +23,11 @@ from ..errors import InputError, VirtualStainError
 from ..io.outputs import check_output_file
 from ..models.registry import list_models, notify_models_changed, resolve_model, user_model_dir
 from ..tasks.layers import overlay_tuples
-from ..training.layer_pairs import pairs_from_layers
-from ..training.starting import model_for_training
-from ..training.defaults import DEFAULT_PATCH_SIDE, patch_for, rgb_channel_names
-from ..training.config import TrainConfig
+from ..training.layer_pairs import TrainingImage
 from ..training.trainer import Trainer
+from ..workflows import finetune as workflow
+from ..workflows.finetune import FineTuneSettings
+from ..workflows.settings_files import settings_file
 from ._output_layers import publish
 from ._plot import LinePlot
 from .geometry import placement, spatial_axes
@@ -44,6 +44,15 @@ ARCHITECTURES = {
 }
 LOSSES = ["l1", "smooth_l1", "ssim_l1", "l1_l2"]
 GANS = ["none", "vanilla", "lsgan", "wgan-gp"]
+PRECISIONS = ["fp32", "auto", "bf16"]
+
+
+def start_label(settings: FineTuneSettings, choices) -> str | None:
+    """The "start from" entry that shows these settings' starting point (None: none does)."""
+    if settings.from_model:
+        return settings.from_model if settings.from_model in choices else None
+    return next((label for label, (arch, dims) in ARCHITECTURES.items()
+                 if arch == settings.arch and dims == (settings.spatial_dims or 2)), None)
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -101,7 +110,7 @@ def keep_unsaved(trainer: Trainer):
 
 def _train(trainer: Trainer, on_update=None, progress=None, cancel=None):
     """Worker body: run (or continue) training; Stop ends it normally with the best weights."""
-    return trainer.run(progress=progress, cancel=cancel, on_update=on_update)
+    return workflow.run(trainer, progress=progress, cancel=cancel, on_update=on_update)
 
 
 class FineTuneWidget(JobDockMixin, QWidget):
@@ -112,35 +121,49 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.job: Job | None = None
         self.relay, self.updates = ProgressRelay(), UpdateRelay()
 
+        # The dock is a view of these settings: the same object ``virtual-stain train`` builds,
+        # remembered between launches of napari.
+        self.settings = FineTuneSettings.load(settings_file("finetune"))
+        st = self.settings
         self.input = ComboBox(label="input", choices=self._image_layers)
         self.targets = Select(label="targets", choices=self._image_layers)
         self.start = ComboBox(label="start from", choices=self._starting_points)
-        self.name = LineEdit(label="save as", value="my-model")
-        self.patch = SpinBox(label="patch", value=DEFAULT_PATCH_SIDE, min=16, max=1024, step=16,
-                             tooltip="training patch side: P x P in 2D; min(16, P/4) x P/2 x P/2 for 3D models")
-        self.steps = SpinBox(label="steps", value=500, min=1, max=1_000_000)
-        self.minutes = FloatSpinBox(label="max minutes", value=5.0, min=0.1, max=10_000, step=0.5)
-        self.loss = ComboBox(label="loss", choices=LOSSES, value="l1")
-        self.gan = ComboBox(label="adversarial", choices=GANS, value="none")
-        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        self.name = LineEdit(label="save as", value=st.name)
+        self.patch = SpinBox(label="patch", value=int(st.patch[0]) if len(st.patch) == 1 else 128, min=16, max=1024,
+                             step=16, tooltip="training patch side: P x P in 2D; min(16, P/4) x P/2 x P/2 for 3D models")
+        self.steps = SpinBox(label="steps", value=st.steps or 500, min=1, max=1_000_000)
+        self.minutes = FloatSpinBox(label="max minutes", value=st.minutes or 0.0, min=0.0, max=10_000, step=0.5,
+                                    tooltip="0 = no time limit (the steps decide)")
+        self.loss = ComboBox(label="loss", choices=LOSSES, value=st.loss if st.loss in LOSSES else "l1")
+        self.gan = ComboBox(label="adversarial", choices=GANS, value=st.gan if st.gan in GANS else "none")
+        devices = available_devices()
+        self.device = ComboBox(label="device", choices=devices, value=st.device if st.device in devices else "auto")
+        self.precision = ComboBox(label="precision", choices=PRECISIONS,
+                                  value=st.precision if st.precision in PRECISIONS else "fp32",
+                                  tooltip="fp32 (default) trains exactly; auto/bf16 are faster where the hardware has bf16")
         self.train_button, self.stop_button = PushButton(text="Train"), PushButton(text="Stop", enabled=False)
         self.resume_button, self.save_button = PushButton(text="Resume", enabled=False), PushButton(text="Save", enabled=False)
         self.export_button = PushButton(text="Export", enabled=False,
                                         tooltip="write the model as a bioimage.io package (.zip) for other tools")
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.run_state_label = Label(value="state: ready")
         self.status = Label(value="")
         self.plot = LinePlot("loss", x_label="step", y_label="loss", log_y=True)
         buttons = Container(widgets=[self.train_button, self.stop_button, self.resume_button, self.save_button,
                                      self.export_button],
                             layout="horizontal", labels=False)
         self.container = Container(widgets=[self.input, self.targets, self.start, self.name, self.patch, self.steps,
-                                            self.minutes, self.loss, self.gan, self.device, buttons,
-                                            self.progress, self.status])
+                                            self.minutes, self.loss, self.gan, self.device, self.precision, buttons,
+                                            self.progress, self.run_state_label, self.status])
         layout = QVBoxLayout(self)
         layout.addWidget(self.container.native)
         layout.addWidget(self.plot)
         layout.addStretch()
 
+        label = start_label(st, self.start.choices)
+        if label is not None:
+            self.start.value = label
+        self._bind()
         self.start.changed.connect(lambda *_: self._set_running(False))  # a saved run can be resumed
         self.train_button.changed.connect(self.train)
         self.stop_button.changed.connect(self.stop)
@@ -151,6 +174,38 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.updates.updated.connect(self._on_update)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.reset_choices)
+        for chooser in (self.input, self.targets):
+            chooser.changed.connect(self._check_settings)
+        self._check_settings()
+
+    def _bind(self) -> None:
+        """Each field writes its settings value; the settings' events re-check whether Train can run."""
+        st = self.settings
+
+        def bind(widget, name, convert=lambda v: v):
+            setattr(st, name, convert(widget.value))
+            widget.changed.connect(lambda value: setattr(st, name, convert(value)))
+
+        bind(self.name, "name", lambda v: str(v).strip())
+        bind(self.patch, "patch", lambda v: (int(v),))
+        bind(self.steps, "steps", int)
+        bind(self.minutes, "minutes", lambda v: float(v) or None)
+        for widget, name in ((self.loss, "loss"), (self.gan, "gan"), (self.device, "device"),
+                             (self.precision, "precision")):
+            bind(widget, name)
+        self._start_chosen()
+        self.start.changed.connect(self._start_chosen)
+        st.events.connect(self._check_settings)
+
+    def _start_chosen(self, *_) -> None:
+        start = self.start.value
+        with self.settings.events.blocked():  # one check once all three are set
+            if start in ARCHITECTURES:
+                self.settings.arch, self.settings.spatial_dims = ARCHITECTURES[start]
+                self.settings.from_model = None
+            else:
+                self.settings.arch, self.settings.from_model, self.settings.spatial_dims = None, start, None
+        self._check_settings()
 
     # -- choices ---------------------------------------------------------------------------
     def _image_layers(self, *_):
@@ -166,34 +221,45 @@ class FineTuneWidget(JobDockMixin, QWidget):
             widget.reset_choices()
 
     # -- actions ---------------------------------------------------------------------------
-    def _build_trainer(self) -> Trainer:
+    def _selection_problems(self) -> list[str]:
         if self.input.value is None:
-            raise InputError("Choose an input layer (the label-free image).")
-        targets = [t for t in self.targets.value if t != self.input.value]
-        source = self.viewer.layers[self.input.value]
-        start = self.start.value
-        if start in ARCHITECTURES:
-            from_model, (arch, dims) = None, ARCHITECTURES[start]
-        else:
-            from_model, arch = start, None
-            dims = next(e.card.spatial_dims for e in list_models() if e.name == start)
-        target_layers = [self.viewer.layers[t] for t in targets]
-        inputs, target_arrays = pairs_from_layers(source.data, [t.data for t in target_layers], dims,
-                                                  input_name=source.name, target_names=targets,
-                                                  input_rgb=source.rgb, targets_rgb=[t.rgb for t in target_layers])
-        input_names = rgb_channel_names(int(source.data.shape[-1])) if source.rgb else [source.name]
-        model, card = model_for_training(from_model=from_model, arch=arch, n_in=len(input_names), n_out=len(targets),
-                                         spatial_dims=dims, input_names=input_names, output_names=targets,
-                                         name=self.name.value)
-        config = TrainConfig(patch=patch_for(dims, self.patch.value), steps=self.steps.value, max_minutes=self.minutes.value,
-                             loss=self.loss.value, gan=None if self.gan.value == "none" else self.gan.value,
-                             device=self.device.value, val_every=max(5, min(50, self.steps.value // 10)),
-                             preview_every=max(2, min(10, self.steps.value // 20)))
-        trainer = Trainer(model, card, inputs, target_arrays, config)
-        trainer.source_layer = source  # where previews are drawn
+            return ["Choose an input layer (the label-free image)."]
+        if not [t for t in self.targets.value if t != self.input.value]:
+            return ["Choose at least one target layer (the real stain the model should learn)."]
+        return []
+
+    def _check_settings(self, *_) -> list[str]:
+        """Train is enabled only with settings and layers that can train; the first problem is its tooltip."""
+        problems = self._selection_problems() + self.settings.problems()
+        idle = self.job is None or not self.job.running
+        self.train_button.enabled = idle and not problems
+        self.train_button.tooltip = problems[0] if problems else ""
+        return problems
+
+    def _images(self) -> tuple[TrainingImage, list[TrainingImage]]:
+        def image(name):
+            layer = self.viewer.layers[name]
+            return TrainingImage(layer.data, layer.name, rgb=layer.rgb)
+
+        problems = self._selection_problems()
+        if problems:
+            raise InputError(problems[0])
+        return image(self.input.value), [image(t) for t in self.targets.value if t != self.input.value]
+
+    def _build_trainer(self, resume=None) -> Trainer:
+        source, targets = self._images()
+        snapshot = self.settings.copy()  # the run's own copy: the user may change the dock
+        try:
+            snapshot.save(settings_file("finetune"))
+        except OSError:  # remembering is a convenience, never a reason not to train
+            pass
+        trainer = workflow.prepare(snapshot, source, targets, resume=resume)
+        trainer.source_layer = self.viewer.layers[source.name]  # where previews are drawn
         return trainer
 
     def train(self, *_):
+        if self.job is not None and self.job.running:
+            return
         try:
             self.trainer = self._build_trainer()
         except Exception as err:
@@ -219,8 +285,7 @@ class FineTuneWidget(JobDockMixin, QWidget):
             if saved is None:
                 return
             try:
-                self.trainer = self._build_trainer()
-                self.trainer.resume(saved)
+                self.trainer = self._build_trainer(resume=saved)
             except Exception as err:
                 self.trainer = None
                 report_error(err, "Resuming")
@@ -299,7 +364,10 @@ class FineTuneWidget(JobDockMixin, QWidget):
 
     # -- feedback --------------------------------------------------------------------------
     def _set_running(self, running: bool):
-        self.train_button.enabled = not running
+        if running:
+            self.train_button.enabled = False
+        else:
+            self._check_settings()
         self.stop_button.enabled = running
         self.resume_button.enabled = not running and (self.trainer is not None or self._saved_run() is not None)
         self.save_button.enabled = not running and self.trainer is not None

@@ -1,10 +1,13 @@
 """The Preprocess dock: tile-shadow correction, flat-field correction, focus selection, normalisation.
 
-Thin by design: each section reads its parameters, hands a core function from
-``napari_virtual_stain.preprocess`` (or ``engine.normalise``) to a worker thread, and turns
-the result into NEW layers named "<input> · <what>" with the input's scale and translate.
-The input layer is never modified. Outputs do not carry ``source_layer`` metadata, so the
-other docks offer them as inputs (preprocessing comes before staining).
+Thin by design: each section is a view of one workflow settings object
+(``workflows.preprocess``, the same the ``tile-shadow``, ``flatfield``, ``focus`` and
+``normalise`` commands build, remembered between launches of napari); its button runs the
+workflow in a worker thread and the result becomes NEW layers named "<input> · <what>" with
+the input's scale and translate. A button is disabled while its settings cannot run, with
+the reason as its tooltip. The input layer is never modified. Outputs do not carry
+``source_layer`` metadata, so the other docks offer them as inputs (preprocessing comes
+before staining).
 """
 
 from __future__ import annotations
@@ -16,74 +19,21 @@ from magicgui.widgets import (
 from napari.layers import Image, Points
 from qtpy.QtWidgets import QGroupBox, QVBoxLayout, QWidget
 
-from ..engine.normalise import compute_stats, normalise
 from ..errors import Cancelled, InputError, VirtualStainError
-from ..preprocess import cast_like, correct_flatfield, correct_tile_shadow, select_in_focus
-from ..preprocess._common import channels_first, channels_last
-from ..tasks.layers import output_layer_name
+from ..workflows import preprocess as workflow
+from ..workflows.preprocess import FlatFieldSettings, FocusSettings, NormaliseSettings, TileShadowSettings
+from ..workflows.settings_files import settings_file
 from ._output_layers import publish
 from ._plot import LinePlot
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 AUTO_TILES = "emptiest tiles (automatic)"
+SETTINGS = {"tile-shadow": TileShadowSettings, "flatfield": FlatFieldSettings, "focus": FocusSettings,
+            "normalise": NormaliseSettings}
 
 
-# -- worker bodies: plain functions, no Qt ---------------------------------------------------
-
-
-def _tile_shadow(data, rgb, tile, tiles, n_empty, criterion, remove_background, strict, progress=None, cancel=None):
-    source = np.asarray(data)
-    result = correct_tile_shadow(channels_first(source, rgb), tile, tiles=tiles, n_empty=n_empty or None,
-                                 criterion=criterion, remove_background=remove_background, strict=strict,
-                                 progress=progress, cancel=cancel)
-    corrected = cast_like(channels_last(result.corrected, rgb), source.dtype)
-    artifact = channels_last(result.artifact, rgb)
-    return {"shadow-corrected": corrected,
-            "artifact estimate": cast_like(artifact, source.dtype) if rgb else artifact}, {"tiles": result.tiles}
-
-
-def _flatfield(data, rgb, sigma, mode, method, progress=None, cancel=None):
-    source = np.asarray(data)
-    result = correct_flatfield(channels_first(source, rgb), sigma=sigma, mode=mode, method=method,
-                               progress=progress, cancel=cancel)
-    corrected = cast_like(channels_last(result.corrected, rgb), source.dtype)
-    return {"flat-field corrected": corrected}, {"sigma": sigma, "mode": mode, "method": method}
-
-
-def _focus(data, rgb, keep, min_score, sharper, progress=None, cancel=None):
-    result = select_in_focus(channels_first(np.asarray(data), rgb), keep=keep, min_score=min_score,
-                             sharper=sharper, progress=progress, cancel=cancel)
-    info = {"kept_planes": result.indices.tolist(), "plls": result.scores.tolist(), "sharper": sharper}
-    return {"in-focus planes": channels_last(result.planes, rgb)}, info
-
-
-def _normalise(data, rgb, low, high, progress=None, cancel=None):
-    # A grey layer (any number of axes) is one channel; an RGB layer has three.
-    values = channels_first(np.asarray(data), rgb) if rgb else np.asarray(data)[None]
-    spec = {"kind": "percentile", "low": low, "high": high}
-    stats = compute_stats(values, spec)
-    out = normalise(values, spec, stats)
-    out = np.clip(out, 0.0, 1.0) if rgb else out[0]  # RGB floats are shown in [0, 1]
-    return {"normalised": channels_last(out, rgb) if rgb else out}, {"normalisation": {"spec": spec, "stats": stats}}
-
-
-def _focus_problem(layer) -> str | None:
-    """Why focus selection cannot use ``layer`` (one sentence), or None."""
-    shape = tuple(layer.data.shape)
-    spatial = shape[:-1] if layer.rgb else shape  # napari's axes: an RGB layer's colour axis is not one
-    kind = "RGB " if layer.rgb else ""
-    if len(spatial) < 3:
-        return (f"Focus selection needs a z-stack, but '{layer.name}' is a single {kind}plane "
-                f"({'x'.join(map(str, spatial))}): choose a (Z, Y, X) stack.")
-    if len(spatial) > (3 if layer.rgb else 4):
-        return (f"Focus selection needs a (Z, Y, X) {'RGB ' if layer.rgb else 'or (C, Z, Y, X) '}stack, "
-                f"but '{layer.name}' has {len(spatial)} axes ({'x'.join(map(str, spatial))}).")
-    if spatial[-3] < 2:
-        return f"Focus selection needs at least 2 planes, but '{layer.name}' has {spatial[-3]}."
-    return None
-
-
-# -- the dock -----------------------------------------------------------------------------------
+def _settings_file(kind: str):
+    return settings_file(f"preprocess-{kind}")
 
 
 class PreprocessWidget(JobDockMixin, QWidget):
@@ -93,36 +43,44 @@ class PreprocessWidget(JobDockMixin, QWidget):
         self.job: Job | None = None
         self.relay = ProgressRelay()
         self.input = ComboBox(label="input", choices=self._image_layers)
+        self.settings = {kind: cls.load(_settings_file(kind)) for kind, cls in SETTINGS.items()}
+        tile, flat, focus, norm = (self.settings[k] for k in SETTINGS)
 
-        self.tile = SpinBox(label="tile size (px)", value=304, min=2, max=100000)
+        self.tile = SpinBox(label="tile size (px)", value=max(2, int(tile.tile[0])), min=2, max=100000)
         self.tile_source = ComboBox(label="artifact from", choices=self._tile_sources)
-        self.n_empty = SpinBox(label="tiles to average", value=0, min=0, max=100000,
+        self.n_empty = SpinBox(label="tiles to average", value=tile.n_empty or 0, min=0, max=100000,
                                tooltip="0 = the emptiest 10 % of the complete tiles")
-        self.criterion = ComboBox(label="empty means", choices=["flat", "dark", "bright"], value="flat",
+        self.criterion = ComboBox(label="empty means", choices=["flat", "dark", "bright"], value=tile.criterion,
                                   tooltip="flat: least variation; dark: lowest mean; bright: highest mean")
-        self.remove_background = CheckBox(text="also remove the background level (paper 000)", value=False)
-        self.strict = CheckBox(text="refuse a tile size that does not divide the image", value=False)
+        self.remove_background = CheckBox(text="also remove the background level (paper 000)",
+                                          value=tile.remove_background)
+        self.strict = CheckBox(text="refuse a tile size that does not divide the image", value=tile.strict)
         self.tile_run = PushButton(text="Correct tile shadow")
 
-        self.sigma = FloatSpinBox(label="sigma (px)", value=50.0, min=0.5, max=10000.0, step=1.0)
-        self.mode = ComboBox(label="mode", choices=["divide", "subtract"], value="divide")
-        self.method = ComboBox(label="background", choices=["gaussian", "opening"], value="gaussian")
+        self.sigma = FloatSpinBox(label="sigma (px)", value=flat.sigma, min=0.5, max=10000.0, step=1.0)
+        self.mode = ComboBox(label="mode", choices=["divide", "subtract"], value=flat.mode)
+        self.method = ComboBox(label="background", choices=["gaussian", "opening"], value=flat.method)
         self.flat_run = PushButton(text="Correct flat field")
 
-        self.keep = SpinBox(label="keep N best planes", value=1, min=0, max=100000,
+        self.keep = SpinBox(label="keep N best planes", value=focus.keep or 0, min=0, max=100000,
                             tooltip="0 = use the minimum score instead")
-        self.min_score = FloatSpinBox(label="or PLLS at least", value=-2.0, min=-100.0, max=100.0, step=0.1)
-        self.sharper = ComboBox(label="sharper is", choices=["higher", "lower"], value="higher",
+        self.min_score = FloatSpinBox(label="or PLLS at least", value=-2.0 if focus.min_score is None else focus.min_score,
+                                      min=-100.0, max=100.0, step=0.1)
+        self.sharper = ComboBox(label="sharper is", choices=["higher", "lower"], value=focus.sharper,
                                 tooltip="higher: blur steepens the slope (usual); lower: noisy stacks (paper 002)")
         self.focus_run = PushButton(text="Score planes and keep the best")
         self.plot = LinePlot("focus of each plane", x_label="plane", y_label="PLLS")
 
-        self.low = FloatSpinBox(label="low percentile", value=1.0, min=0.0, max=100.0, step=0.1)
-        self.high = FloatSpinBox(label="high percentile", value=99.8, min=0.0, max=100.0, step=0.1)
+        self.low = FloatSpinBox(label="low percentile", value=norm.low, min=0.0, max=100.0, step=0.1)
+        self.high = FloatSpinBox(label="high percentile", value=norm.high, min=0.0, max=100.0, step=0.1)
+        self.clip = CheckBox(text="clip to [0, 1]", value=norm.clip)
         self.norm_run = PushButton(text="Normalise")
+        self.buttons = {"tile-shadow": self.tile_run, "flatfield": self.flat_run, "focus": self.focus_run,
+                        "normalise": self.norm_run}
 
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.run_state_label = Label(value="state: ready")
         self.info = Label(value="")
 
         layout = QVBoxLayout(self)
@@ -134,8 +92,8 @@ class PreprocessWidget(JobDockMixin, QWidget):
         focus_box = self._section(layout, "Focus (z-stacks)", [self.keep, self.min_score, self.sharper,
                                                                self.focus_run])
         focus_box.layout().addWidget(self.plot)
-        self._section(layout, "Percentile normalisation", [self.low, self.high, self.norm_run])
-        layout.addWidget(Container(widgets=[self.cancel_button, self.progress, self.info]).native)
+        self._section(layout, "Percentile normalisation", [self.low, self.high, self.clip, self.norm_run])
+        layout.addWidget(Container(widgets=[self.cancel_button, self.progress, self.run_state_label, self.info]).native)
         layout.addStretch()
 
         self.tile_run.changed.connect(self.run_tile_shadow)
@@ -147,6 +105,43 @@ class PreprocessWidget(JobDockMixin, QWidget):
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                       self.viewer.layers.events.moved):
             event.connect(self.reset_choices)
+        self._bind()
+
+    def _bind(self) -> None:
+        """Each field writes its settings value; the settings' events re-check which buttons can run."""
+        s = self.settings
+        fields = [
+            ("tile-shadow", "tile", (self.tile,), lambda: (int(self.tile.value),)),
+            ("tile-shadow", "n_empty", (self.n_empty,), lambda: int(self.n_empty.value) or None),
+            ("tile-shadow", "criterion", (self.criterion,), lambda: self.criterion.value),
+            ("tile-shadow", "remove_background", (self.remove_background,), lambda: bool(self.remove_background.value)),
+            ("tile-shadow", "strict", (self.strict,), lambda: bool(self.strict.value)),
+            ("flatfield", "sigma", (self.sigma,), lambda: float(self.sigma.value)),
+            ("flatfield", "mode", (self.mode,), lambda: self.mode.value),
+            ("flatfield", "method", (self.method,), lambda: self.method.value),
+            ("focus", "keep", (self.keep,), lambda: int(self.keep.value) or None),
+            ("focus", "min_score", (self.keep, self.min_score),
+             lambda: None if self.keep.value else float(self.min_score.value)),
+            ("focus", "sharper", (self.sharper,), lambda: self.sharper.value),
+            ("normalise", "low", (self.low,), lambda: float(self.low.value)),
+            ("normalise", "high", (self.high,), lambda: float(self.high.value)),
+            ("normalise", "clip", (self.clip,), lambda: bool(self.clip.value)),
+        ]
+        for kind, name, widgets, value in fields:
+            setattr(s[kind], name, value())
+            for widget in widgets:
+                widget.changed.connect(lambda *_, kind=kind, name=name, value=value: setattr(s[kind], name, value()))
+        for settings in s.values():
+            settings.events.connect(self._check_settings)
+        self._check_settings()
+
+    def _check_settings(self, *_) -> None:
+        """A button is enabled only while nothing runs and its settings can run; the problem is its tooltip."""
+        idle = self.job is None or not self.job.running
+        for kind, button in self.buttons.items():
+            problems = self.settings[kind].problems()
+            button.enabled = idle and not problems
+            button.tooltip = problems[0] if problems else ""
 
     @staticmethod
     def _section(layout, title, widgets) -> QGroupBox:
@@ -178,26 +173,22 @@ class PreprocessWidget(JobDockMixin, QWidget):
         except InputError as err:
             report_error(err, "Tile-shadow correction")
             return
-        self._start(layer, "Tile-shadow correction", _tile_shadow, self.tile.value, tiles, self.n_empty.value,
-                    self.criterion.value, self.remove_background.value, self.strict.value)
+        self._start(layer, "tile-shadow", tiles=tuple(tiles) if tiles else None)
 
     def run_flatfield(self, *_):
         layer = self._input_layer()
         if layer is not None:
-            self._start(layer, "Flat-field correction", _flatfield, self.sigma.value, self.mode.value,
-                        self.method.value)
+            self._start(layer, "flatfield")
 
     def run_focus(self, *_):
         layer = self._input_layer()
-        if layer is not None and not self._refused("Focus selection", _focus_problem(layer)):
-            keep = self.keep.value or None
-            min_score = None if keep else self.min_score.value
-            self._start(layer, "Focus selection", _focus, keep, min_score, self.sharper.value)
+        if layer is not None:
+            self._start(layer, "focus")
 
     def run_normalise(self, *_):
         layer = self._input_layer()
         if layer is not None:
-            self._start(layer, "Normalisation", _normalise, self.low.value, self.high.value)
+            self._start(layer, "normalise")
 
     # -- plumbing ------------------------------------------------------------------------------
     def _input_layer(self):
@@ -238,11 +229,25 @@ class PreprocessWidget(JobDockMixin, QWidget):
             raise InputError(f"The points layer '{points.name}' has no points: put one on each empty tile.")
         return sorted(set(tiles))
 
-    def _start(self, layer, action, func, *params):
+    def _start(self, layer, kind, **overrides):
+        settings = self.settings[kind].copy()  # the worker's own copy: the user may change the dock
+        try:
+            settings.save(_settings_file(kind))
+        except OSError:  # remembering is a convenience, never a reason not to run
+            pass
+        for name, value in overrides.items():  # this run only (tiles picked with points)
+            setattr(settings, name, value)
+        action = settings.action
+        axes = workflow.layer_axes(layer.data.ndim, layer.rgb)
+        problems = settings.problems() + [workflow.input_problem(settings, tuple(layer.data.shape), axes, layer.name)]
+        problems = [p for p in problems if p]
+        if self._refused(action, problems[0] if problems else None):
+            return
         self._context = (layer, action)
-        self.job = Job(func, layer.data, layer.rgb, *params, on_result=self._on_result, on_done=self._on_done,
-                       action=action, relay=self.relay, on_error=self._on_error, inputs=(layer,))
-        for button in (self.tile_run, self.flat_run, self.focus_run, self.norm_run):
+        self.job = Job(workflow.run, settings, layer.data, axes, name=layer.name, on_result=self._on_result,
+                       on_done=self._on_done, action=action, relay=self.relay, on_error=self._on_error,
+                       inputs=(layer,))
+        for button in self.buttons.values():
             button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
@@ -251,18 +256,10 @@ class PreprocessWidget(JobDockMixin, QWidget):
 
     def _on_result(self, result):
         layer, action = self._context
-        outputs, info = result
-        metadata = dict(info, preprocessed_from=layer.name)
-        tuples = []
-        for what, data in outputs.items():
-            translate = list(layer.translate)
-            if "kept_planes" in info:  # the first kept plane's z position
-                z_axis = len(translate) - 3
-                translate[z_axis] += info["kept_planes"][0] * layer.scale[z_axis]
-            kwargs = {"name": output_layer_name(layer.name, what), "scale": list(layer.scale),
-                      "translate": translate, "metadata": metadata, "rgb": layer.rgb}
-            tuples.append((data, kwargs, "image"))
-        publish(self.viewer, tuples)
+        publish(self.viewer, result.layer_tuples(layer.name, layer.scale, layer.translate))
+        for warning in result.warnings:
+            show_warning(warning)
+        info = result.info
         if "plls" in info:
             self.plot.set_series("PLLS", list(enumerate(info["plls"])), symbol="o")
             self.plot.set_highlight("PLLS", info["kept_planes"])
@@ -282,6 +279,5 @@ class PreprocessWidget(JobDockMixin, QWidget):
         if self.info.value.endswith("…"):  # neither a result nor an error came back: the run was dropped
             layer, action = self._context
             self.info.value = f"{action} of '{layer.name}' stopped; nothing was added."
-        for button in (self.tile_run, self.flat_run, self.focus_run, self.norm_run):
-            button.enabled = True
         self.cancel_button.enabled = False
+        self._check_settings()

@@ -1,0 +1,188 @@
+"""The DeepLIIF workflow: settings -> problems() -> run() -> DeepLIIFResult -> layers.
+
+The DeepLIIF dock and ``virtual-stain deepliif`` both describe a run as
+:class:`DeepLIIFSettings` (model, device, precision, tiles, deepliif's cell thresholds and
+magnification, every default deepliif 1.2.7's) and call :func:`run` through the shared
+predictor cache, so the modalities and the counts are the same whichever door was used.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from psygnal import evented
+
+from ..engine.device import resolve_device, resolve_precision
+from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
+from ..errors import InputError, VirtualStainError
+from ..tasks import deepliif as task  # through the module: tests replace its network parts
+from ..tasks.deepliif import DEFAULT_MODEL, MODALITIES, DeepLIIFResult
+from ..tasks.deepliif_cells import (AUTO, RESOLUTIONS, SEG_THRESHOLD_DEFAULT, Thresholds, check_thresholds,
+                                    resolution_for_tile)
+from ..tasks.layers import output_layer_name
+from ..tasks.region import Region
+from .settings_files import Remembered
+
+DEEPLIIF_TILE = 512  # deepliif's tile for 40x scans (its get_wsi_resolution: magnification / 40 * 512)
+
+
+@evented
+@dataclass
+class DeepLIIFSettings(Remembered):
+    """What a DeepLIIF run needs besides the image.
+
+    ``precision`` fp32 by default: bf16 moved segmentation pixels across the threshold and
+    cell counts by a few percent (bench/RESULTS.md). ``size`` "auto" is deepliif's automatic
+    rule; ``marker`` None is no marker rule (deepliif's default), "auto" its automatic value.
+    ``resolution`` "auto": the magnification deepliif infers from the tile size.
+    """
+
+    model: str = DEFAULT_MODEL  # a name, a .pt file, a DeepLIIF release folder or a bioimage.io package
+    device: str = "auto"
+    precision: str = "fp32"
+    tile: tuple[int, ...] | None = None  # None: the model's
+    overlap: tuple[int, ...] | None = None
+    seg_threshold: int = SEG_THRESHOLD_DEFAULT
+    size: int | str = AUTO
+    size_upper: int | None = None
+    marker: int | str | None = None
+    resolution: str = AUTO
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.seg_threshold, self.size, self.size_upper, self.marker)
+
+    def resolution_for(self, tile: int | None) -> str:
+        """The magnification of the automatic size rule: as chosen, or deepliif's from the tile size."""
+        if self.resolution != AUTO:
+            return self.resolution
+        tile = int(tile or DEEPLIIF_TILE)
+        if tile <= 0:
+            raise InputError(f"The tile size must be positive, not {tile}.")
+        return resolution_for_tile(tile)
+
+    def problems(self) -> list[str]:
+        """Sentences for what would stop a run, cheapest checks only (no network is read)."""
+        from ..models.registry import model_card
+
+        found = []
+        try:
+            resolve_precision(resolve_device(self.device), self.precision)
+        except VirtualStainError as err:
+            found.append(str(err))
+        try:
+            check_thresholds(self.thresholds())
+        except VirtualStainError as err:
+            found.append(str(err))
+        if self.resolution not in (AUTO, *RESOLUTIONS):
+            found.append(f"The magnification must be {', '.join(RESOLUTIONS)} or automatic, not {self.resolution!r}.")
+        for what, values in (("tile size", self.tile), ("overlap", self.overlap)):
+            if values is not None and len(values) not in (1, 2):
+                found.append(f"The {what} needs 1 or 2 numbers, not {len(values)}.")
+        if self.tile and self.overlap and any(o >= t for o, t in zip(_pair(self.overlap), _pair(self.tile))):
+            found.append("The overlap must be smaller than the tile.")
+        if not self.model:
+            return found + ["Choose a DeepLIIF model or a DeepLIIF release folder."]
+        try:
+            card = model_card(self.model)
+        except VirtualStainError as err:
+            return found + [str(err)]
+        if card.task != "deepliif":
+            found.append(f"The model '{card.name}' is a {card.task} model; choose a DeepLIIF model.")
+        return found
+
+    def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise InputError(problems[0])
+
+
+def _pair(values):
+    values = tuple(int(v) for v in values)
+    return values * 2 if len(values) == 1 else values
+
+
+def predictor_for(settings: DeepLIIFSettings, cache: PredictorCache = SHARED, load: Callable | None = None):
+    """The (cached) Predictor these settings describe; tiles are checked against the network."""
+    settings.validate()
+    tile = _pair(settings.tile) if settings.tile else None
+    overlap = _pair(settings.overlap) if settings.overlap else None
+    predictor = cache.get(settings.model, settings.device, settings.precision, load=load or task.load_deepliif_model,
+                          tile=tile, overlap=overlap)
+    multiple = int(getattr(predictor.model, "size_multiple", 1) or 1)
+    if tile and any(t <= 0 or t % multiple for t in tile):
+        raise InputError(f"The model '{predictor.card.name}' needs tiles that are a multiple of {multiple} pixels, "
+                         f"not {list(tile)}.")
+    return predictor
+
+
+def run(settings: DeepLIIFSettings, data, *, name: str = "image", region: Region | None = None, store=None,
+        analyse: bool = True, cache: PredictorCache = SHARED, load: Callable | None = None,
+        progress=None, cancel=None) -> DeepLIIFResult:
+    """Run DeepLIIF on ``region`` (default: all) of an RGB image (Y, X, 3) uint8 and, with
+    ``analyse``, find its cells at the settings' segmentation threshold and magnification.
+    ``store``: a folder for on-disk (zarr) modalities of a very large region."""
+    predictor = predictor_for(settings, cache, load)
+    resolution = settings.resolution_for(settings.tile[0] if settings.tile else predictor.card.tile[0])
+    with device_turn(predictor):
+        return task.run_deepliif(predictor, data, name=name, region=region, store=store, analyse=analyse,
+                            segmentation_threshold=settings.seg_threshold, resolution=resolution,
+                            progress=progress, cancel=cancel)
+
+
+def run_in_temporary_store(settings: DeepLIIFSettings, data, name: str = "image", region: Region | None = None,
+                           progress=None, cancel=None) -> DeepLIIFResult:
+    """:func:`run` for the dock: a very large region (say 10000 x 10000) keeps its modalities
+    in a temporary zarr store on disk, shown lazily, so memory stays bounded. The dock removes
+    the store when a new result replaces it; whatever is left goes when Python exits, and a
+    cancelled or failed run leaves nothing on disk."""
+    shape = region.shape if region is not None else tuple(data.shape[:2])
+    store = tempfile.mkdtemp(prefix="deepliif-", suffix=".zarr") if task.needs_store(shape) else None
+    if store is not None:
+        atexit.register(shutil.rmtree, store, True)
+    try:
+        result = run(settings, data, name=name, region=region, store=store, progress=progress, cancel=cancel)
+    except BaseException:
+        if store is not None:
+            shutil.rmtree(store, ignore_errors=True)
+        raise
+    if store is not None and result.store is None:  # a view inside the image: the result came back in memory
+        shutil.rmtree(store, ignore_errors=True)
+    return result
+
+
+def count_maps(ihc, seg, marker, names, settings: DeepLIIFSettings, cancel=None) -> DeepLIIFResult:
+    """Cells from maps a user brought (deepliif's Seg and Marker images): no network runs."""
+    from ..tasks.deepliif_files import check_maps
+
+    ihc, seg, marker = check_maps(ihc, seg, marker, names)
+    result = DeepLIIFResult({task.SEGMENTATION: seg, "Marker": marker}, Region.whole(tuple(seg.shape[:2])), None)
+    result.analyse(settings.seg_threshold, settings.resolution_for(DEEPLIIF_TILE))  # deepliif's 512 tile: 40x
+    return result
+
+
+def modality_tuples(result: DeepLIIFResult, source: str, place: dict) -> list[tuple]:
+    """The inferred modalities as hidden, additive RGB image layers "<source> · <modality>"."""
+    return [(result.images[m], {"name": output_layer_name(source, m), "rgb": True, **place, "blending": "additive",
+                                "visible": False, "metadata": {"source_layer": source, "channel": m}}, "image")
+            for m in MODALITIES]
+
+
+def describe_model(card) -> str:
+    """Which model is active and what it learnt from, in a line or two (for the dock)."""
+    if card.architecture == "deepliif_official":
+        opts = card.training.get("train_opt", {})
+        net = opts.get("net_gs") or opts.get("netG") or opts.get("net_g")
+        return (f"Official DeepLIIF release '{card.name}' ({card.extra.get('deepliif_model', 'DeepLIIF')}"
+                f"{', ' + str(net) if net else ''}): the authors' networks, trained on their IHC/mpIF data.")
+    data = card.training.get("data")
+    if isinstance(data, (list, tuple)):
+        data = ", ".join(str(d) for d in data)
+    elif isinstance(data, dict):  # a run of our Trainer: its data description
+        data = ", ".join(data.get("target_names", [])) or None
+    trained = f"trained on {data}" if data else "training data not recorded"
+    steps = card.training.get("steps")
+    return f"{card.name}: {trained}" + (f" ({steps} steps)" if steps else "") + "."

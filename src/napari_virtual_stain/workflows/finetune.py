@@ -1,0 +1,181 @@
+"""The fine-tune workflow: settings -> problems() -> prepare() -> run() -> TrainResult.
+
+The Fine-tune dock and ``virtual-stain train`` both describe a run as
+:class:`FineTuneSettings` and the picked images as
+:class:`~napari_virtual_stain.training.layer_pairs.TrainingImage`, and get their Trainer
+from :func:`prepare`: the same channel names, patch, validation rhythm and starting
+weights (drawn from the seed), so the same choices give the same model and card whichever
+door the user came through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from psygnal import evented
+
+from ..errors import InputError, VirtualStainError
+from ..training.config import DEFAULT_STEPS, TrainConfig, TrainResult
+from ..training.defaults import DEFAULT_PATCH_SIDE, patch_for
+from ..training.layer_pairs import TrainingImage, data_dims, training_pairs
+from .settings_files import Remembered
+
+NO_GAN = "none"
+
+
+@evented
+@dataclass
+class FineTuneSettings(Remembered):
+    """How to train, besides the images: the same for the dock and ``virtual-stain train``.
+
+    Start from ``arch`` (a fresh network, ``models.factory``'s name) or ``from_model`` (a
+    model to fine-tune): exactly one. ``spatial_dims`` None takes the data's (3 for a
+    z-stack) or the model's. ``patch``: one side (``training.defaults.patch_for``) or every
+    size. Length: ``steps``, ``epochs`` and/or ``minutes`` (whichever ends first; none: 500
+    steps). ``val_every``/``preview_every`` None: about ten validations and twenty previews
+    per run.
+    """
+
+    arch: str | None = "unet"
+    from_model: str | None = None
+    spatial_dims: int | None = None
+    arch_args: dict | None = None
+    name: str = "my-model"
+    patch: tuple[int, ...] = (DEFAULT_PATCH_SIDE,)
+    steps: int | None = None
+    epochs: int | None = None
+    minutes: float | None = None
+    batch_size: int = 8
+    lr: float | None = None
+    lr_schedule: str = "constant"
+    loss: str = "l1"
+    alpha: float = 0.5
+    gan: str = NO_GAN
+    critic: str = "patchgan"
+    gan_weight: float | None = None
+    n_critic: int | None = None
+    patience: int | None = None
+    val_fraction: float = 0.15
+    val_every: int | None = None
+    preview_every: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    z_as_channels: bool = False
+
+    # -- checks -------------------------------------------------------------------------------
+    def model_dims(self) -> int | None:
+        """The model's 2D/3D as far as the settings say (None: the data decides)."""
+        if self.spatial_dims is not None or not self.from_model:
+            return self.spatial_dims
+        from ..models.registry import model_card
+
+        return model_card(self.from_model).spatial_dims
+
+    def problems(self) -> list[str]:
+        """Sentences for what would stop a run, cheapest checks only (no network is built)."""
+        from ..engine.device import resolve_device
+        from ..models.factory import ARCHITECTURES, _load_builtin_architectures
+        from ..models.registry import model_card
+
+        found = []
+        try:
+            resolve_device(self.device)
+        except VirtualStainError as err:
+            found.append(str(err))
+        if bool(self.arch) == bool(self.from_model):
+            found.append("Say where to start: a model to fine-tune or an architecture to train from scratch (one of them).")
+        elif self.arch:
+            _load_builtin_architectures()
+            if self.arch not in ARCHITECTURES:
+                found.append(f"There is no architecture called {self.arch!r} (known: {', '.join(sorted(ARCHITECTURES))}).")
+        else:
+            try:
+                card = model_card(self.from_model)
+            except VirtualStainError as err:
+                return found + [str(err)]
+            if card.task != "stain":
+                found.append(f"The model '{card.name}' is a {card.task} model; fine-tune a virtual staining model.")
+            elif self.spatial_dims not in (None, card.spatial_dims):
+                found.append(f"The model '{card.name}' is {card.spatial_dims}D, not {self.spatial_dims}D.")
+        if self.spatial_dims not in (None, 2, 3):
+            found.append(f"A model is 2D or 3D, not {self.spatial_dims}D.")
+        if not self.patch or any(int(p) < 1 for p in self.patch):
+            found.append(f"The training patch must be at least 1 pixel along every axis, not {tuple(self.patch)}.")
+        elif len(self.patch) not in (1, 2, 3):
+            found.append(f"The training patch needs one side or 2 or 3 sizes, not {len(self.patch)}.")
+        else:
+            dims = self.spatial_dims or (len(self.patch) if len(self.patch) > 1 else 2)
+            try:
+                self.train_config(dims).check(dims)
+            except InputError as err:
+                found.append(str(err))
+        return found
+
+    def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise InputError(problems[0])
+
+    # -- what the Trainer gets ------------------------------------------------------------------
+    def train_config(self, spatial_dims: int, best_path: str | None = None) -> TrainConfig:
+        steps = self.steps
+        if steps is None and self.epochs is None and self.minutes is None:
+            steps = DEFAULT_STEPS
+        # About ten validations and twenty previews a run; 50 and 10 when only time bounds it.
+        val_every = self.val_every or (max(5, min(50, steps // 10)) if steps else 50)
+        preview_every = self.preview_every or (max(2, min(10, steps // 20)) if steps else 10)
+        patch = patch_for(spatial_dims, self.patch[0]) if len(self.patch) == 1 else tuple(int(p) for p in self.patch)
+        return TrainConfig(
+            patch=patch, batch_size=self.batch_size, steps=steps, epochs=self.epochs, max_minutes=self.minutes,
+            lr=self.lr, loss=self.loss, alpha=self.alpha, gan=None if self.gan in (None, NO_GAN) else self.gan,
+            critic=self.critic, gan_weight=self.gan_weight, n_critic=self.n_critic, lr_schedule=self.lr_schedule,
+            patience=self.patience, val_fraction=self.val_fraction, val_every=val_every, preview_every=preview_every,
+            seed=self.seed, device=self.device, precision=self.precision, best_path=best_path)
+
+
+def prepare(settings: FineTuneSettings, image: TrainingImage, targets: Sequence[TrainingImage], *,
+            resume: str | Path | None = None, best_path: str | Path | None = None):
+    """The Trainer for ``settings`` on these images, ready to ``run``.
+
+    ``resume``: a model file of an earlier run whose state lies beside it (``.state.pt``):
+    its weights, optimiser, step and histories continue. ``best_path``: where the best model
+    is written during the run (the command line's output).
+    """
+    import torch
+
+    from ..models.checkpoint import load_checkpoint
+    from ..training.starting import model_for_training
+    from ..training.trainer import Trainer
+
+    settings.validate()
+    dims = settings.model_dims()
+    if dims is None and resume is not None:
+        dims = load_checkpoint(resume)[1].spatial_dims
+    if dims is None:
+        dims = data_dims(image, settings.z_as_channels)
+    pairs = training_pairs(image, targets, dims, settings.z_as_channels)
+    if resume is not None:
+        model, card = load_checkpoint(resume)
+    else:
+        # The fresh weights (a new network, a replaced head) come from the run's seed, so the
+        # same settings train the same model whichever door started them.
+        torch.manual_seed(settings.seed)
+        model, card = model_for_training(
+            from_model=settings.from_model or None, arch=None if settings.from_model else settings.arch,
+            n_in=len(pairs.input_names), n_out=len(pairs.target_names), spatial_dims=pairs.spatial_dims,
+            input_names=pairs.input_names, output_names=pairs.target_names, arch_args=settings.arch_args,
+            name=settings.name)
+    config = settings.train_config(pairs.spatial_dims, best_path=None if best_path is None else str(best_path))
+    trainer = Trainer(model, card, pairs.inputs, pairs.targets, config)
+    if resume is not None:
+        trainer.resume(resume)
+    return trainer
+
+
+def run(trainer, progress=None, cancel=None, on_update=None) -> TrainResult:
+    """Train (or continue) until the planned length, early stopping or cancel (a normal end
+    that keeps the best weights); ``trainer.save(path)`` then writes the model."""
+    return trainer.run(progress=progress, cancel=cancel, on_update=on_update)
