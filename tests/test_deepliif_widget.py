@@ -265,7 +265,9 @@ def test_the_dock_says_which_model_is_active_and_what_it_learnt_from(make_napari
 
     widget = DeepLIIFWidget(make_napari_viewer())
     widget.model.value = "deepliif-small"
-    assert "deepliif-small: trained on Bladder1.png, Lung1.png" in widget.model_info.value
+    info = widget.model_info.value
+    assert "deepliif-small: trained on Bladder1, Lung1 and 24 synthetic IHC fields" in info
+    assert "Held-out real rows: Dice" in info and "classical colour deconvolution" in info
     widget.folder.value = str(release_folder(tmp_path / "DeepLIIF_Latest_Model"))
     assert widget.settings.model == str(tmp_path / "DeepLIIF_Latest_Model")
     assert widget.model_info.value.startswith("Official DeepLIIF release 'DeepLIIF_Latest_Model'")

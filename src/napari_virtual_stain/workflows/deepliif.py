@@ -184,5 +184,23 @@ def describe_model(card) -> str:
     elif isinstance(data, dict):  # a run of our Trainer: its data description
         data = ", ".join(data.get("target_names", [])) or None
     trained = f"trained on {data}" if data else "training data not recorded"
+    if card.training.get("synthetic_fields"):
+        trained += f" and {card.training['synthetic_fields']} synthetic IHC fields"
     steps = card.training.get("steps")
-    return f"{card.name}: {trained}" + (f" ({steps} steps)" if steps else "") + "."
+    line = f"{card.name}: {trained}" + (f" ({steps} steps)" if steps else "") + "."
+    return line + _held_out_line(card.scores.get("held_out") if isinstance(card.scores, dict) else None)
+
+
+def _held_out_line(held_out) -> str:
+    """' Held-out real rows: Dice .., AJI .. (classical ..)' from a card written by scripts/train_deepliif.py."""
+    if not isinstance(held_out, dict):
+        return ""
+    rows = {k: v for k, v in held_out.items() if isinstance(v, dict) and "dice" in v and "aji" in v}
+    own = next((v for k, v in rows.items() if "this model" in k), None)
+    classical = next((v for k, v in rows.items() if k.startswith("classical")), None)
+    if own is None:
+        return ""
+    text = f" Held-out real rows: Dice {own['dice']:.2f}, AJI {own['aji']:.2f}"
+    if classical is not None:
+        text += f" (classical colour deconvolution: {classical['dice']:.2f}, {classical['aji']:.2f})"
+    return text + "."
