@@ -1,7 +1,8 @@
 """Many inputs through `virtual-stain predict`: here, on a LocalCluster, and on a real dask scheduler.
 
 Every distributed run is compared with the one-file path of `predict` (the single-process
-result), file by file. Tiny model, 64 x 64 images: seconds, not minutes.
+result), file by file. Tiny model, 64 x 64 images; the tests that start worker processes are
+marked slow: nearly all their time is each new process importing torch.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _empty(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_a_folder_here_and_on_a_local_cluster_equals_the_single_process_run(inputs, model, tmp_path):
     reference = _single_process(sorted(inputs.iterdir()), model, tmp_path / "reference")
 
@@ -121,6 +123,7 @@ def _start(args, env, log):
     return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_a_real_scheduler_and_two_workers_give_the_single_process_result(inputs, model, tmp_path):
     from distributed import Client
 
@@ -194,6 +197,7 @@ def _die_once(marker: str) -> str:
     return "done"
 
 
+@pytest.mark.slow
 def test_a_lost_worker_s_task_is_run_again(tmp_path):
     with connect("local:1") as client:
         assert run_jobs(_die_once, [(str(tmp_path / "died"),)], client=client) == ["done"]
