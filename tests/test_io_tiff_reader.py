@@ -236,12 +236,12 @@ def test_missing_file_and_folder(tmp_path):
     "path, wanted",
     [
         ("a.tif", True), ("A.TIFF", True), ("b.ome.tif", True), ("c.ome.tiff", True),
-        (["a.tif", "b.tiff"], True),
-        ("a.png", False), ("a.jpg", False), ("a.zarr", False), ("a.tif.txt", False),
+        (["a.tif", "b.tiff"], True), ("a.zarr", True), ("plate.ome.zarr/", True),  # OME-Zarr stores are folders
+        ("a.png", False), ("a.jpg", False), ("a.zarr.txt", False), ("a.tif.txt", False),
         (["a.tif", "b.png"], False), ([], False),
     ],
 )
-def test_get_reader_accepts_tiff_names_only(path, wanted):
+def test_get_reader_accepts_tiff_and_zarr_names_only(path, wanted):
     reader = get_reader(path)
     assert (reader is read_tiff) if wanted else (reader is None)
 

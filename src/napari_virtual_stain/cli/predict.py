@@ -16,6 +16,7 @@ from ..io.tiff_reader import load_image
 from ..io.tiff_writer import save_tiff
 from .progress import TextProgress
 from .common import add_axes_argument, add_engine_arguments
+from .predict_many import add_scale_out_arguments, predict_many, wants_scale_out
 
 
 def register(sub) -> None:
@@ -30,6 +31,7 @@ def register(sub) -> None:
                    help="for a multi-channel file and a one-channel model: the channel to use (name or index)")
     add_axes_argument(p)
     add_engine_arguments(p)
+    add_scale_out_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -53,6 +55,8 @@ def select_channel(data, axes: str, names: list[str], wanted: str | None):
 def run(args: argparse.Namespace) -> int:
     from ..workflows import stain as workflow
 
+    if wants_scale_out(args):  # many inputs, a plate, an OME-Zarr output or --cluster
+        return predict_many(args)
     output = check_output_file(args.output, inputs=[args.input, args.model])
     settings = workflow.StainSettings(model=args.model, device=args.device, precision=args.precision,
                                       tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)

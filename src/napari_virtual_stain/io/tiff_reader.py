@@ -138,6 +138,23 @@ def _lazy_series(path: Path, series: tifffile.TiffPageSeries, index: int) -> Any
     return da.from_zarr(zarr.open(store, mode="r"))
 
 
+def _pyramid_levels(path: Path, index: int) -> list:
+    """Every level of a pyramidal series (full resolution first) as lazy dask arrays."""
+    import dask.array as da
+    import zarr
+
+    store = tifffile.imread(str(path), aszarr=True, series=index)  # all levels: a multiscale zarr group
+    group = zarr.open(store, mode="r")
+    return [da.from_zarr(group[key]) for key in sorted(group.array_keys(), key=int)]
+
+
+def level_downsample(levels: list, axes: str) -> list[tuple[float, ...]]:
+    """Each level's size factor per spatial axis relative to the first (1, 2, 4 ... for x2 pyramids)."""
+    spatial = [i for i, a in enumerate(axes) if a in SPATIAL_AXES]
+    first = levels[0].shape
+    return [tuple(float(first[i]) / float(level.shape[i]) for i in spatial) for level in levels]
+
+
 def _read_pixels(path: Path, tf: tifffile.TiffFile, indices: list[int], lazy: bool) -> Any:
     if not lazy:
         arrays = [tf.series[i].asarray() for i in indices]
@@ -225,8 +242,10 @@ def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _Tifff
         if damage.messages:
             raise ReaderError(f"{path.name} is truncated or damaged: some of its images cannot be found.")
         nbytes = int(np.prod(shape, dtype=np.int64)) * tf.series[0].dtype.itemsize
-        lazy = nbytes > lazy_threshold_bytes
-        data = _read_pixels(path, tf, indices, lazy)
+        # A pyramid (whole-slide OME-TIFF) is opened lazily, every level: a napari multiscale layer.
+        levels = _pyramid_levels(path, indices[0]) if len(indices) == 1 and len(tf.series[indices[0]].levels) > 1 else []
+        lazy = nbytes > lazy_threshold_bytes or bool(levels)
+        data = levels[0] if levels else _read_pixels(path, tf, indices, lazy)
     except ReaderError:
         raise
     except Exception as err:  # decoders raise many types; to the user it is one problem
@@ -234,6 +253,9 @@ def _read_tiff_file_logged(path: Path, lazy_threshold_bytes: int, damage: _Tifff
     finally:
         tf.close()  # the lazy readers hold their own file handles
 
+    if levels:
+        extra["levels"] = [bool_as_uint8(to_canonical_order(level, axes)[0]) for level in levels]
+        extra["level_downsample"] = level_downsample(extra["levels"], to_canonical_order(levels[0], axes)[1])
     data, axes = to_canonical_order(data, axes)
     data = bool_as_uint8(data)
     n_channels = data.shape[axes.index("C")] if "C" in axes else 0
@@ -307,7 +329,11 @@ def with_axes(image: LoadedImage, axes: str) -> LoadedImage:
         old = dict(zip(image.spatial_axes, image.pixel_size_um))
         sizes = tuple(old.get(a) for a in spatial)
         sizes = sizes if any(sizes) else None
-    return LoadedImage(data, canonical, names, sizes, image.source_path, dict(image.extra, axes_given=axes))
+    extra = dict(image.extra, axes_given=axes)
+    if "levels" in extra:  # a pyramid: every level read the same way
+        extra["levels"] = [to_canonical_order(level, axes)[0] for level in extra["levels"]]
+        extra["level_downsample"] = level_downsample(extra["levels"], canonical)
+    return LoadedImage(data, canonical, names, sizes, image.source_path, extra)
 
 
 def load_image(path: str | os.PathLike, lazy_threshold_bytes: int = LAZY_THRESHOLD_BYTES,
@@ -328,6 +354,10 @@ def _load_image(path: str | os.PathLike, lazy_threshold_bytes: int) -> LoadedIma
     if not path.exists():
         raise ReaderError(f"There is no file {str(path)!r}.")
     if path.is_dir():
+        from .ome_zarr_reader import is_zarr_folder, read_ome_zarr
+
+        if is_zarr_folder(path):  # OME-Zarr stores are folders
+            return read_ome_zarr(path)
         raise ReaderError(f"{str(path)!r} is a folder, not an image file.")
     suffix = image_suffix(path)
     if suffix in TIFF_SUFFIXES:

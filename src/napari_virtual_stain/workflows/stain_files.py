@@ -1,0 +1,168 @@
+"""Virtual staining of many inputs (a folder, a glob, several files, every field of a plate), one file each.
+
+Each input is one job: read, stain with the settings of :mod:`.stain` (the same ``run`` the dock
+and ``virtual-stain predict`` use), write one output file, atomically. Jobs run here or on a
+dask.distributed cluster through :mod:`..engine.distributed`; on a worker the model is loaded
+once, by the worker's own predictor cache (keyed by the model file and its modification time).
+Every output is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..engine.distributed import connect, run_jobs
+from ..errors import InputError
+from ..io.ome_zarr_reader import ZARR_SUFFIXES, is_plate, is_zarr_folder, plate_fields
+from ..io.outputs import check_distinct, check_output_file, check_output_folder
+from ..io.tiff_reader import OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, image_suffix
+from . import stain as workflow
+
+OUTPUT_FORMATS = {"tiff": ".tif", "ome-zarr": ".ome.zarr"}
+# The workers a local:N cluster starts use one thread each for torch too: N workers share the cores.
+LOCAL_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _stem(path: Path) -> str:
+    name = path.name.rstrip("/")
+    for suffix in TIFF_SUFFIXES + OTHER_IMAGE_SUFFIXES + ZARR_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_input(path: Path) -> bool:
+    return (path.is_file() and image_suffix(path) != "") or is_zarr_folder(path)
+
+
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
+    """``(source, output stem)`` of every image the given paths, folders, globs and plates hold.
+
+    A folder gives its image files and zarr stores (sorted, not recursive); a plate or well gives
+    every field (stem ``plate_A_1_0``); a pattern with * ? or [ gives what it matches.
+    """
+    found: list[tuple[Path, str]] = []
+    for item in items:
+        text = str(item)
+        path = Path(text).expanduser()
+        if not path.exists() and glob.has_magic(text):
+            matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(text)))]
+            matches = [m for m in matches if _is_input(m)]
+            if not matches:
+                raise InputError(f"No image matches {text!r}.")
+            found.extend(item for m in matches for item in expand_inputs([m]))
+        elif not path.exists():
+            raise InputError(f"There is no file or folder {text!r}.")
+        elif is_plate(path):
+            found.extend((Path(f), f"{_stem(path)}_{'_'.join(Path(f).relative_to(path).parts)}")
+                         for f in plate_fields(path))
+        elif path.is_dir() and not is_zarr_folder(path):
+            inside = sorted(p for p in path.iterdir() if not p.name.startswith(".") and _is_input(p))
+            if not inside:
+                raise InputError(f"The folder {path} holds no TIFF, PNG, JPEG or OME-Zarr images.")
+            found.extend(item for p in inside for item in expand_inputs([p]))
+        else:
+            found.append((path, _stem(path)))
+    return found
+
+
+def plan_outputs(sources: list[tuple[Path, str]], output: str | os.PathLike, output_format: str = "tiff",
+                 model: str | None = None) -> list[tuple[Path, Path]]:
+    """``(source, target)`` pairs, every target checked before any work starts.
+
+    One source and an ``output`` that names a file (``.tif``/``.ome.zarr``): that file.
+    Otherwise ``output`` is a folder that receives ``<stem><suffix>`` per source.
+    """
+    from ..io.ome_zarr_writer import check_output_store
+
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"Unknown output format {output_format!r}: use {' or '.join(OUTPUT_FORMATS)}.")
+    inputs = [s for s, _ in sources] + ([model] if model else [])
+    output = Path(output).expanduser()
+    names_a_file = output.name.lower().endswith((".tif", ".tiff") + ZARR_SUFFIXES)
+    if len(sources) == 1 and names_a_file:
+        targets = [output]
+    else:
+        if names_a_file:
+            raise InputError(f"{len(sources)} inputs need an output folder, not the file name {output.name}.")
+        folder = check_output_folder(output, inputs=inputs)
+        targets = [folder / f"{stem}{OUTPUT_FORMATS[output_format]}" for _, stem in sources]
+    for target in targets:
+        if target.name.lower().endswith(ZARR_SUFFIXES):
+            check_output_store(target, inputs=inputs)
+        else:
+            check_output_file(target, inputs=inputs)
+    check_distinct({f"output for {s}": t for (s, _), t in zip(sources, targets)})
+    return [(s, t) for (s, _), t in zip(sources, targets)]
+
+
+def channels_first(image, card, channel: str | None):
+    """The image's data as the model takes it, and whether it is RGB (one channel picked for one-channel models)."""
+    data, axes = image.data, image.axes
+    rgb = axes.endswith("S")
+    if card.n_in == 1 and not rgb and "C" in axes:
+        c, n, names = axes.index("C"), int(data.shape[axes.index("C")]), list(image.channel_names)
+        if channel is None and n != 1:
+            raise InputError(f"{Path(image.source_path).name} has {n} channels ({', '.join(names[:8])}) "
+                             "but the model takes one: choose it with --channel NAME.")
+        index = 0 if channel is None else names.index(channel) if channel in names else \
+            int(channel) if str(channel).isdigit() else -1
+        if not 0 <= index < n:
+            raise InputError(f"There is no channel {channel!r} in {Path(image.source_path).name} "
+                             f"(channels: {', '.join(names)}).")
+        data, axes = np.take(data, index, axis=c), axes.replace("C", "")
+    elif "C" in axes and axes.index("C") != 0:
+        data, axes = np.moveaxis(np.asarray(data), axes.index("C"), 0), "C" + axes.replace("C", "")
+    return data, rgb
+
+
+def stain_file(source: str, target: str, settings: dict, channel: str | None = None,
+               axes: str | None = None) -> dict:
+    """Stain one input file and write ``target`` (.tif or .ome.zarr) atomically: one task of a scale-out.
+
+    ``settings`` is a :class:`~.stain.StainSettings` as a dict (what travels to a worker). The
+    predictor comes from the process's cache: a worker loads the model for its first task only.
+    """
+    from ..io.ome_zarr_writer import save_ome_zarr
+    from ..io.tiff_reader import load_image
+    from ..io.tiff_writer import save_tiff
+
+    settings = workflow.StainSettings(**settings)
+    card = workflow.predictor_for(settings).card
+    image = load_image(source, axes=axes)
+    data, rgb = channels_first(image, card, channel)
+    result = workflow.run(settings, data, rgb=rgb, name=str(source))
+    spatial = "ZYX" if result.data.ndim == 4 else "YX"
+    values = result.data.astype(np.float32)
+    if str(target).lower().endswith(ZARR_SUFFIXES):
+        save_ome_zarr(target, values, "C" + spatial, result.channels, image.pixel_size_um)
+    else:
+        save_tiff(target, values, "C" + spatial, result.channels, image.pixel_size_um)
+    return {"input": str(source), "output": str(target), "shape": tuple(int(v) for v in values.shape),
+            "warnings": list(result.warnings), "nan_fraction": float(result.nan_fraction)}
+
+
+def stain_many(settings: workflow.StainSettings, pairs: list[tuple[Path, Path]], *, cluster: str | None = None,
+               channel: str | None = None, axes: str | None = None,
+               progress: Callable[[int, int], None] | None = None, cancel=None) -> list[dict]:
+    """Stain every ``(source, target)`` pair, here (``cluster`` None), on ``local:N`` or on ``tcp://HOST:PORT``.
+
+    Returns one summary per input, in order. The model name is resolved to its file here, so
+    workers need the same file system (or the same installed models), not the same settings.
+    """
+    from ..models.registry import model_kind, model_location
+
+    settings.validate()
+    values = asdict(settings)
+    if model_kind(settings.model) == "checkpoint":  # a name from this user's model folder: send its path
+        values["model"] = str(model_location(settings.model).resolve())
+    jobs = [(str(s), str(t), values, channel, axes) for s, t in pairs]
+    with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
+        return run_jobs(stain_file, jobs, client=client, names=[str(s) for s, _ in pairs],
+                        progress=progress, cancel=cancel)
