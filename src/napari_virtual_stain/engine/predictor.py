@@ -12,8 +12,13 @@ Data path for ``Predictor.predict(image)`` (channels first, numpy, dask or zarr)
    (``engine.tiling.StripBlender``), so memory stays bounded by a few strips even for a
    10000 x 10000 input written into a zarr array.
 
-Progress is ``(tiles_done, tiles_total)`` over the whole run; the cancel event is checked
-before every batch and, during a forward pass, before every submodule's forward (forward
+With test-time augmentation (``tta``, ``engine.tta``) every batch goes through the network
+once per symmetry of the Y-X plane (8, or 4 for tiles a network cannot take turned); the
+outputs are turned back and averaged before step 5.
+
+Progress is ``(tile passes done, tile passes in all)`` over the whole run (a tile counts once
+per transform, so a TTA run's bar moves as evenly as a plain one); the cancel event is checked
+before every forward pass and, during a forward pass, before every submodule's forward (forward
 pre-hooks that live only as long as the run: one big tile through a deep network then
 stops within a layer or two, not at the end of the pass). A cancelled run raises
 :class:`Cancelled` and leaves ``out`` partly written: callers discard it (widgets only
@@ -36,6 +41,7 @@ from ..models.card import ModelCard
 from .device import autocast_context, preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
 from .tiling import StripBlender, fit_tile, n_tiles, tile_starts
+from .tta import IDENTITY, PlaneTransform, plane_transforms
 
 Progress = Callable[[int, int], None]
 
@@ -86,13 +92,15 @@ class Predictor:
     ``tile``/``overlap`` default to the model card's; ``batch_size`` defaults to about one
     megapixel (voxels for 3D) per batch on the CPU and four on a GPU (always 1 when the card
     says the network is not batch-independent). The model is moved to the device, put in eval mode
-    and (except on MPS) into channels_last layout, in place.
+    and (except on MPS) into channels_last layout, in place. ``tta`` is the default for
+    :meth:`predict`'s test-time augmentation (off: one pass per tile).
     """
 
     def __init__(self, model: torch.nn.Module, card: ModelCard, device: str = "auto",
                  tile: Sequence[int] | None = None, overlap: Sequence[int] | None = None,
-                 batch_size: int | None = None, precision: str = "auto"):
+                 batch_size: int | None = None, precision: str = "auto", tta: bool = False):
         self.card = card
+        self.tta = bool(tta)
         self.device = resolve_device(device)
         self.precision = resolve_precision(self.device, precision)
         dims = card.spatial_dims
@@ -147,6 +155,20 @@ class Predictor:
             raise InputError(
                 f"Tiles of {'x'.join(map(str, tile))} pixels are too small for {self.card.name}: the smallest it can use "
                 f"is {'x'.join(map(str, smallest))} (smaller tiles see too little context around each pixel{why}).")
+
+    def _quarter_turns_fit(self, tile: Sequence[int]) -> bool:
+        """Whether the network accepts a tile turned a quarter (its Y and X sizes swapped)."""
+        if tile[-2] == tile[-1]:
+            return True
+        if not self.size_multiple or getattr(self.model, "check_tile", None) is not None:
+            return False  # a network that takes only its own shape (or says nothing about sizes)
+        turned = tuple(tile[:-2]) + (tile[-1], tile[-2])
+        return (all(t % self.size_multiple == 0 for t in tile[-2:])
+                and all(t >= m for t, m in zip(turned, self.min_tile())))
+
+    def transforms_for(self, tile: Sequence[int], tta: bool) -> list[PlaneTransform]:
+        """The transforms each tile of shape ``tile`` goes through: the identity alone without TTA."""
+        return plane_transforms(self._quarter_turns_fit(tile)) if tta else [IDENTITY]
 
     def _seam_warning(self, spatial: Sequence[int], tile: Sequence[int], overlap: Sequence[int]) -> list[str]:
         floors = (SEAM_FREE_OVERLAP_Z, SEAM_FREE_OVERLAP_XY, SEAM_FREE_OVERLAP_XY)[-len(tile):]
@@ -213,14 +235,15 @@ class Predictor:
     # ---- the run ------------------------------------------------------------------------
 
     def predict(self, image, *, out=None, progress: Progress | None = None,
-                cancel: threading.Event | None = None, stats: dict | None = None):
+                cancel: threading.Event | None = None, stats: dict | None = None, tta: bool | None = None):
         """Predict the whole ``image`` (channels first); returns ``out`` or a new float32 array.
 
         A 2D model runs a (C, Z, Y, X) stack plane by plane; a 3D model runs it in 3D tiles.
         ``out`` may be anything with ``shape`` and ``out[:, rows] = values`` (numpy, zarr, a
         converting sink); it receives whole strips of finished rows, in order. ``stats`` are
         normalisation statistics (``engine.normalise.compute_stats``) of the whole image that
-        ``image`` is a region of; by default they are computed over ``image``.
+        ``image`` is a region of; by default they are computed over ``image``. ``tta``
+        (default: the Predictor's) averages every tile over the symmetries of the Y-X plane.
         """
         prefixes, spatial = self._check_input(image)
         out_shape = (self.card.n_out,) + tuple(int(s) for s in image.shape[1:])
@@ -235,22 +258,29 @@ class Predictor:
         stats = stats if stats is not None else compute_stats(image, spec)
         tile, overlap = self._tile_for(spatial)
         self.warnings = self._seam_warning(spatial, tile, overlap)
-        per_image = n_tiles(spatial, tile, overlap)
-        total = per_image * len(prefixes)
+        transforms = self.transforms_for(tile, self.tta if tta is None else bool(tta))
+        if len(transforms) == 4:
+            self.warnings.append("Test-time augmentation used 4 of the 8 transforms (the mirrors and the half turn): "
+                                 "this model takes only its own non-square tile, so quarter turns were left out.")
+        total = n_tiles(spatial, tile, overlap) * len(prefixes) * len(transforms)
 
         blenders = [self._blender(out, prefix, spatial, tile, overlap) for prefix in prefixes]
         jobs = self._tiles(image, prefixes, spatial, tile, overlap, spec, stats, cancel)
         done = 0
+
+        def advance(passes: int) -> None:
+            nonlocal done
+            done += passes
+            if progress is not None:
+                progress(done, total)
+
         current = None
         with self._cancel_inside_forward(cancel):
-            for (which, where), values in self._run_batches(jobs, cancel):
+            for (which, where), values in self._run_batches(jobs, cancel, transforms, advance):
                 if current is not None and which != current:
                     blenders[current].close()  # finish a plane before starting the next
                 current = which
                 blenders[which].add(where, values)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
         if current is not None:
             blenders[current].close()
         return out
@@ -309,19 +339,40 @@ class Predictor:
                     block = _pad_to(strip[(slice(None), slice(None)) + local], tile)
                     yield (which, (rows,) + local), block
 
-    def _run_batches(self, jobs: Iterator, cancel) -> Iterator:
+    def _run_batches(self, jobs: Iterator, cancel, transforms: Sequence[PlaneTransform] = (IDENTITY,),
+                     advance: Callable[[int], None] | None = None) -> Iterator:
         """Group tiles into batches, run them, and yield ``(key, display values)`` in order."""
         while True:
             batch = list(itertools.islice(jobs, self.batch_size))
             if not batch:
                 return
-            check_cancel(cancel)
             keys = [key for key, _ in batch]
-            outputs = self._forward(np.stack([block for _, block in batch]))
+            outputs = self._forward_averaged(np.stack([block for _, block in batch]), transforms, cancel, advance)
             for (which, tile), y in zip(keys, outputs):
                 extent = tuple(sl.stop - sl.start for sl in tile)
                 crop = (slice(None),) + tuple(slice(0, e) for e in extent)
                 yield (which, tile), output_to_display(y[crop], self.card.output_activation)
+
+    def _forward_averaged(self, batch: np.ndarray, transforms: Sequence[PlaneTransform], cancel,
+                          advance: Callable[[int], None] | None) -> np.ndarray:
+        """The mean over ``transforms`` of the batch's outputs, each turned back (one pass per transform).
+
+        Each pass is its own forward call, so a batch never holds more than ``batch_size``
+        tiles on the device and a GPU that runs out of memory halves the batch as without TTA.
+        """
+        total = None
+        for transform in transforms:
+            check_cancel(cancel)
+            y = transform.invert(self._forward(transform.apply(batch)))
+            if total is None:
+                total = y if len(transforms) == 1 else y.astype(np.float32, copy=True)
+            else:
+                total += y
+            if advance is not None:
+                advance(len(batch))
+        if len(transforms) > 1:
+            total /= np.float32(len(transforms))
+        return total
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch (N, C, *tile) through the model; returns float32 numpy (N, C_out, *tile)."""
