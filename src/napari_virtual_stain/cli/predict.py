@@ -30,6 +30,9 @@ def register(sub) -> None:
                    help="for a multi-channel file and a one-channel model: the channel to use (name or index)")
     add_axes_argument(p)
     add_engine_arguments(p)
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average each tile's prediction over its 8 flips and quarter turns "
+                        "(8x the time)")
     p.set_defaults(func=run)
 
 
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     output = check_output_file(args.output, inputs=[args.input, args.model])
     settings = workflow.StainSettings(model=args.model, device=args.device, precision=args.precision,
-                                      tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+                                      tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta)
     settings.validate()
     card = workflow.predictor_for(settings).card  # loads the model once: tile sizes are checked here
     image = load_image(args.input, axes=args.axes)

@@ -45,11 +45,12 @@ def context_margin(card: ModelCard, spatial_ndim: int) -> tuple[int, ...]:
 
 def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str = "image",
               region: Region | None = None, stats: dict | None = None,
-              progress: Callable[[int, int], None] | None = None, cancel=None) -> StainResult:
+              progress: Callable[[int, int], None] | None = None, cancel=None, tta: bool | None = None) -> StainResult:
     """Predict the model's output channels for ``region`` of a layer's data (all of it by default).
 
     Normalisation statistics come from the whole image (or ``stats``, computed earlier for
-    it), so a region is predicted exactly as it would be in a whole-image run.
+    it), so a region is predicted exactly as it would be in a whole-image run. ``tta``:
+    test-time augmentation (default: the predictor's).
     """
     card = predictor.card
     layout = layout_for(layer_data, card, rgb, name)
@@ -62,7 +63,7 @@ def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str 
     block = image[(slice(None),) + outer.slices]
     if not isinstance(block, np.ndarray) and outer.shape != spatial:
         block = np.asarray(block)  # a view of a lazy array: small enough to hold
-    out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats)
+    out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats, tta=tta)
     inner = np.ascontiguousarray(np.asarray(out)[(slice(None),) + region.relative_to(outer)])
     frac = nan_fraction(block) if isinstance(block, np.ndarray) else 0.0
     warnings = [w for w in [flat_channels_warning(stats, list(card.input_channels))] if w] + list(predictor.warnings)
@@ -71,8 +72,11 @@ def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str 
 
 def run_stain_reusing(predictor: Predictor, layer_data, cache: ViewCache, region: Region, *, rgb: bool = False,
                       name: str = "image", stats: dict | None = None,
-                      progress: Callable[[int, int], None] | None = None, cancel=None) -> StainResult:
+                      progress: Callable[[int, int], None] | None = None, cancel=None,
+                      tta: bool | None = None) -> StainResult:
     """:func:`run_stain` on ``region``, predicting only the pixels ``cache`` does not know yet.
+
+    ``cache`` must have been filled with the same ``tta`` (the caller keys it on its settings).
 
     Each missing box is predicted as its own region (real context, whole-image statistics),
     so the assembled view equals a fresh prediction of the whole view.
@@ -86,7 +90,7 @@ def run_stain_reusing(predictor: Predictor, layer_data, cache: ViewCache, region
             if progress is not None:
                 progress(k * 1000 + int(1000 * done / max(total, 1)), len(parts) * 1000)
         result = run_stain(predictor, layer_data, rgb=rgb, name=name, region=part, stats=stats,
-                           progress=part_progress, cancel=cancel)
+                           progress=part_progress, cancel=cancel, tta=tta)
         stats, warnings = result.stats, result.warnings
         frac = max(frac, result.nan_fraction)
         cache.store(part, result.data)
