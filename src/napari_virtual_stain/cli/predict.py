@@ -53,6 +53,18 @@ def select_channel(data, axes: str, names: list[str], wanted: str | None):
     return np.take(data, index, axis=c), axes.replace("C", "")
 
 
+def _single_window(card, shape, axes: str):
+    """For a 2.5D model and a stack exactly one window deep: the region of the window's centre plane."""
+    from ..models.zwindow import z_window
+    from ..tasks.region import Region
+
+    window = z_window(card)
+    if window is None or "Z" not in axes or shape[axes.index("Z")] != window.planes:
+        return None
+    spatial = [int(n) for n, a in zip(shape, axes) if a in "ZYX"]
+    return Region((window.centre, 0, 0), (window.centre + 1, spatial[1], spatial[2]))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..workflows import stain as workflow
 
@@ -73,14 +85,17 @@ def run(args: argparse.Namespace) -> int:
     spatial_size = math.prod(int(n) for n, a in zip(data.shape, axes) if a in "ZYX")
     require_memory(4 * spatial_size * card.n_out, f"The result for {Path(args.input).name} ({card.n_out} channel(s) "
                    f"of {spatial_size / 1e6:.0f} megapixels in float32)", "predict a cropped region or a smaller stack")
-    result = workflow.run(settings, data, rgb=rgb, name=str(args.input), progress=TextProgress("predict"))
+    region = _single_window(card, data.shape, axes)
+    result = workflow.run(settings, data, rgb=rgb, name=str(args.input), region=region, progress=TextProgress("predict"))
     if result.nan_fraction > 0:
         print(f"warning: {result.nan_fraction:.1%} of the input pixels were NaN or infinite and were treated as 0",
               file=sys.stderr)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    spatial_axes = "ZYX" if result.data.ndim == 4 else "YX"
     size = image.pixel_size_um
+    if region is not None:  # one window of planes in, its centre plane out
+        result.data, size = result.data[:, 0], (size[-2:] if size is not None and len(size) == 3 else size)
+    spatial_axes = "ZYX" if result.data.ndim == 4 else "YX"
     save_tiff(output, result.data.astype(np.float32), "C" + spatial_axes, result.channels, size)
     print(f"wrote {args.output}: {', '.join(result.channels)} {result.data.shape[1:]}", file=sys.stderr)
     return 0

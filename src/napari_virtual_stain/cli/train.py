@@ -66,6 +66,12 @@ def register(sub) -> None:
     add_axes_argument(p)
     p.add_argument("--z-as-channels", action="store_true",
                    help="feed the planes of an input stack to a 2D model as channels (e.g. a brightfield focal series)")
+    window = p.add_argument_group("2.5D models (--arch unet-2.5d): a window of z planes in, its centre plane out")
+    window.add_argument("--planes", type=positive_int, default=None,
+                        help="planes the model reads (default: the whole stack for a single-plane target, "
+                             "5 for a target stack)")
+    window.add_argument("--target-plane", type=int, default=None, metavar="Z",
+                        help="for a single-plane target: the stack plane it belongs to (0 = first; default: the middle)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
@@ -108,6 +114,31 @@ def channels_first(path: str, z_as_channels: bool = False, axes: str | None = No
         axes = axes.replace("Z", "")
     spatial_dims = len(axes) - 1
     return data.astype(np.float32, copy=False), names, spatial_dims
+
+
+def _window_of_start(args, output: Path):
+    """The z window of the model training starts from (None: not a 2.5D model, or a fresh one)."""
+    from ..models.registry import model_card
+    from ..models.zwindow import z_window
+
+    start = output if args.resume else args.from_model
+    if start is None or (args.resume and not output.is_file()):
+        return None
+    return z_window(model_card(str(start)))
+
+
+def _window_pair(x: np.ndarray, y: np.ndarray, args, given_window, target_is_stack: bool):
+    """(stack, targets, window) for a 2.5D model: the stack cut to the planes a single-plane target needs."""
+    from ..training.layer_pairs import window_for_pair
+
+    name = Path(args.input).name
+    window, planes = window_for_pair(x.shape, target_is_stack, args.planes, args.target_plane, given_window, name)
+    if target_is_stack:
+        return x, y, window
+    if tuple(y.shape[2:]) != tuple(x.shape[2:]):
+        raise InputError(f"The target is {'x'.join(map(str, y.shape[2:]))} but the planes of {name} are "
+                         f"{'x'.join(map(str, x.shape[2:]))}: pairs must have the same shape.")
+    return x[:, planes], y[:, 0], window
 
 
 def _duration(seconds: float | None) -> str:
@@ -171,11 +202,20 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{output} already exists: give another name, continue its run with --resume, "
                          "or replace it with --overwrite.")
 
+    given_window = _window_of_start(args, output)
+    two_and_a_half = given_window is not None or args.arch == "unet-2.5d"
+    if not two_and_a_half and (args.planes is not None or args.target_plane is not None):
+        raise InputError("--planes and --target-plane are for 2.5D models: train one with --arch unet-2.5d.")
+    if two_and_a_half and args.z_as_channels:
+        raise InputError("A 2.5D model reads its planes from the stack itself: leave out --z-as-channels.")
     x, input_names, dims = channels_first(args.input, args.z_as_channels, args.axes)
-    targets, target_names = [], []
+    targets, target_names, plane_targets = [], [], []
     for path in args.targets:
         t, names, t_dims = channels_first(path)
-        if t_dims != dims:
+        if two_and_a_half and dims == 3 and t_dims == 2:
+            t = t[:, None]  # the target of one plane of the stack (which one: --target-plane)
+            plane_targets.append(path)
+        elif t_dims != dims:
             raise InputError(f"{Path(path).name} is {t_dims}D but the input is {dims}D: pairs must have the same shape.")
         targets.append(t)
         target_names += names
@@ -183,6 +223,11 @@ def run(args: argparse.Namespace) -> int:
         shapes = ", ".join("x".join(map(str, t.shape[1:])) for t in targets)
         raise InputError(f"The target files differ in shape ({shapes}): pairs must have the same shape.")
     y = np.concatenate(targets)
+    window = None
+    if two_and_a_half:
+        x, y, window = _window_pair(x, y, args, given_window, target_is_stack=not plane_targets)
+        dims = 2
+        print(f"2.5D: {window.planes} planes around plane {window.centre} of the window", file=sys.stderr)
 
     if args.resume:
         if not output.is_file():
@@ -190,16 +235,19 @@ def run(args: argparse.Namespace) -> int:
         model, card = load_checkpoint(output)
     elif args.from_model is not None:
         model_dims = model_card(args.from_model).spatial_dims
-        if model_dims == 2 and dims == 3:
+        if model_dims == 2 and dims == 3 and window is None:
             raise InputError(f"The model is 2D but {Path(args.input).name} is a stack; "
                              "use --z-as-channels if its planes are channels of one image.")
         model, card = model_for_training(from_model=args.from_model, n_in=x.shape[0], n_out=y.shape[0],
                                          spatial_dims=dims, input_names=input_names, output_names=target_names,
                                          name=args.name or output.stem)
     else:
+        arch_args = args.arch_args
+        if window is not None:  # the card records the window: planes and which of them is predicted
+            arch_args = {**(arch_args or {}), "planes": window.planes, "centre": window.centre}
         model, card = model_for_training(arch=args.arch, n_in=x.shape[0], n_out=y.shape[0], spatial_dims=dims,
                                          input_names=input_names, output_names=target_names,
-                                         arch_args=args.arch_args, name=args.name or output.stem)
+                                         arch_args=arch_args, name=args.name or output.stem)
 
     if args.patch is None or len(args.patch) == 1:  # one side: the same shapes as the Fine-tune dock's
         patch = list(patch_for(dims, args.patch[0] if args.patch else DEFAULT_PATCH_SIDE))

@@ -4,6 +4,8 @@ Data path for ``Predictor.predict(image)`` (channels first, numpy, dask or zarr)
 
 1. validate the shape against the model card (channels, 2D/3D);
 2. normalisation statistics once over the whole input (``engine.normalise``);
+   a 2.5D model (``models.zwindow``) reads, for each output plane, the window of planes
+   around it as channels (planes past the stack's ends repeated);
 3. for each image (the whole input, or each Z plane for a 2D model on a stack), read one
    strip of tile rows at a time, normalise it, and cut it into tiles (padded only where the
    image is smaller than a tile);
@@ -38,6 +40,7 @@ import torch
 
 from ..errors import CheckpointError, InputError, check_cancel
 from ..models.card import ModelCard
+from ..models.zwindow import z_window
 from .device import autocast_context, preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
 from .tiling import StripBlender, fit_tile, n_tiles, tile_starts
@@ -110,6 +113,7 @@ class Predictor:
             raise InputError(f"This is a {dims}D model: tile and overlap need {dims} values each, "
                              f"not {len(self.tile)} and {len(self.overlap)}.")
         self.size_multiple = int(getattr(model, "size_multiple", 0) or 0)
+        self.z_window = z_window(card)  # None unless a 2.5D model
         self.model = model
         self._check_tile(self.tile, self.overlap)
         self.warnings: list[str] = []  # sentences about the last run (e.g. seams), for the user
@@ -208,6 +212,8 @@ class Predictor:
                 f"({', '.join(self.card.input_channels)}) but the image has {shape[0]}.")
         if min(shape[1:]) < 1:
             raise InputError("The image is empty; there is nothing to predict.")
+        if self.z_window is not None:
+            self.z_window.check_stack(shape[1] if len(shape) == 4 else None)
         if np.issubdtype(np.dtype(image.dtype), np.complexfloating):
             raise InputError("The image holds complex numbers; virtual staining needs real intensities.")
         if dims == 2 and len(shape) == 4:
@@ -334,10 +340,19 @@ class Predictor:
             for start0 in tile_starts(spatial[0], tile[0], overlap[0]):
                 check_cancel(cancel)
                 rows = slice(start0, min(start0 + tile[0], spatial[0]))
-                strip = normalise(np.asarray(image[prefix + (rows,)]), spec, stats)
+                strip = self._read_strip(image, prefix, rows, spec, stats)
                 for local in itertools.product(*rest):
                     block = _pad_to(strip[(slice(None), slice(None)) + local], tile)
                     yield (which, (rows,) + local), block
+
+    def _read_strip(self, image, prefix: tuple, rows: slice, spec, stats) -> np.ndarray:
+        """The normalised rows ``rows`` of one image: a plane, or for a 2.5D model its window of planes as channels."""
+        if self.z_window is None:
+            return normalise(np.asarray(image[prefix + (rows,)]), spec, stats)
+        planes = self.z_window.indices(prefix[1], image.shape[1])
+        lo, hi = int(planes.min()), int(planes.max()) + 1
+        block = normalise(np.asarray(image[:, lo:hi, rows]), spec, stats)  # read once; repeated planes are copies
+        return self.z_window.as_channels(block[:, planes - lo])
 
     def _run_batches(self, jobs: Iterator, cancel, transforms: Sequence[PlaneTransform] = (IDENTITY,),
                      advance: Callable[[int], None] | None = None) -> Iterator:

@@ -2,7 +2,9 @@
 
 A 2D model learns from every plane of a stack (each plane is a pair); a 3D model from
 the whole stack. Targets are stacked channel-wise; a missing target is NaN (masked out
-of the loss, paper 002). Shapes that do not match are refused with a sentence.
+of the loss, paper 002). Shapes that do not match are refused with a sentence. A 2.5D
+model learns from a stack and a target plane (or stack): :func:`window_for_pair` places its
+window of planes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..models.zwindow import ZWindow
 
 
 def _shape(shape) -> str:
@@ -63,3 +66,47 @@ def pairs_from_layers(input_data, target_datas: Sequence, spatial_dims: int,
     if x.ndim == 2 and spatial_dims == 3:
         raise InputError(f"A 3D model needs a z-stack, but '{input_name}' is a single plane.")
     return [x[None]], [y]
+
+
+# A 2.5D model trained on target stacks reads this many planes unless told otherwise: the
+# in-silico labeling and VisCy 2.5D models use 3-5 planes around the predicted one.
+DEFAULT_WINDOW_PLANES = 5
+
+
+def window_for_pair(stack_shape: Sequence[int], target_is_stack: bool, planes: int | None = None,
+                    target_plane: int | None = None, window: ZWindow | None = None,
+                    name: str = "the input") -> tuple[ZWindow, slice]:
+    """The z window of a new (or given) 2.5D model, and the planes of the stack to train on.
+
+    ``stack_shape`` is (C, Z, Y, X). A single-plane target belongs to ``target_plane`` of the
+    stack (default: its middle plane); the window of ``planes`` planes (default: the whole
+    stack) is placed around it, inside the stack, and the stack is cut to it. A target stack
+    trains every plane whose window fits; its window is ``planes`` (default 5, at most the
+    stack) centred planes. ``window``: the window of a model being fine-tuned (fixed).
+    """
+    if len(stack_shape) != 4:
+        raise InputError(f"A 2.5D model learns from a z-stack (a focal series), but {name} is a single plane.")
+    n = int(stack_shape[1])
+    if planes is not None and window is not None and planes != window.planes:
+        raise InputError(f"The model reads {window.planes} planes; it cannot be fine-tuned on windows of {planes}.")
+    if target_is_stack:
+        if target_plane is not None:
+            raise InputError("The target is a z-stack: every plane is a target, so no target plane can be chosen.")
+        window = window or ZWindow(min(planes or DEFAULT_WINDOW_PLANES, n), min(planes or DEFAULT_WINDOW_PLANES, n) // 2)
+        window.check_stack(n, name[0].upper() + name[1:])
+        return window, slice(0, n)
+    size = window.planes if window is not None else (planes or n)
+    if size > n:
+        raise InputError(f"{name[0].upper() + name[1:]} has {n} z-plane(s), fewer than the {size} planes the model "
+                         "should read.")
+    plane = n // 2 if target_plane is None else int(target_plane)
+    if not 0 <= plane < n:
+        raise InputError(f"There is no plane {plane} in {name}: its planes are 0 to {n - 1}.")
+    if window is None:
+        start = min(max(plane - size // 2, 0), n - size)
+        return ZWindow(size, plane - start), slice(start, start + size)
+    start = plane - window.centre
+    if start < 0 or start + window.planes > n:
+        raise InputError(f"The model reads {window.below} plane(s) before and {window.above} after the predicted one: "
+                         f"plane {plane} of {name} does not have them (its planes are 0 to {n - 1}).")
+    return window, slice(start, start + window.planes)
