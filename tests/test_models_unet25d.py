@@ -113,3 +113,14 @@ def test_a_target_plane_places_the_window_inside_the_stack():
         window_for_pair((1, 6, 8, 8), False, target_plane=0, window=ZWindow(3, 1))
     with pytest.raises(InputError, match="single plane"):
         window_for_pair((1, 8, 8), False)
+
+
+def test_a_plane_of_a_stack_costs_one_plane_of_work():
+    model, card = tiny_25d()
+    predictor = Predictor(model, card, device="cpu", precision="fp32")
+    stack = RNG.random((1, 6, 32, 32), dtype=np.float32)
+    calls = []
+    view = run_stain(predictor, stack[0], region=Region((2, 0, 0), (3, 32, 32)), progress=lambda d, t: calls.append(t))
+    assert calls[-1] == 1  # one tile of one plane, though three planes were read
+    np.testing.assert_allclose(view.data[:, 0], predictor.predict(stack)[:, 2], atol=1e-6)
+    np.testing.assert_allclose(predictor.predict(stack, planes=slice(1, 3)), predictor.predict(stack)[:, 1:3], atol=1e-6)

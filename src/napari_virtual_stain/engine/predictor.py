@@ -241,7 +241,8 @@ class Predictor:
     # ---- the run ------------------------------------------------------------------------
 
     def predict(self, image, *, out=None, progress: Progress | None = None,
-                cancel: threading.Event | None = None, stats: dict | None = None, tta: bool | None = None):
+                cancel: threading.Event | None = None, stats: dict | None = None, tta: bool | None = None,
+                planes: slice | None = None):
         """Predict the whole ``image`` (channels first); returns ``out`` or a new float32 array.
 
         A 2D model runs a (C, Z, Y, X) stack plane by plane; a 3D model runs it in 3D tiles.
@@ -250,9 +251,21 @@ class Predictor:
         normalisation statistics (``engine.normalise.compute_stats``) of the whole image that
         ``image`` is a region of; by default they are computed over ``image``. ``tta``
         (default: the Predictor's) averages every tile over the symmetries of the Y-X plane.
+        ``planes``: for a 2D or 2.5D model on a stack, predict only these planes (the output
+        then holds just them); the others are read only as a 2.5D model's context.
         """
         prefixes, spatial = self._check_input(image)
         out_shape = (self.card.n_out,) + tuple(int(s) for s in image.shape[1:])
+        targets = prefixes  # where each image's result goes in ``out``
+        if planes is not None:
+            if self.card.spatial_dims != 2 or len(image.shape) != 4:
+                raise InputError("Choosing planes works for a 2D or 2.5D model on a stack; a 3D model predicts the whole stack.")
+            chosen = range(*planes.indices(len(prefixes)))
+            if not len(chosen):
+                raise InputError("Choose at least one plane of the stack to predict.")
+            prefixes = [prefixes[z] for z in chosen]
+            targets = [(slice(None), k) for k in range(len(chosen))]
+            out_shape = (out_shape[0], len(chosen)) + out_shape[2:]
         if out is None:
             out = np.empty(out_shape, dtype=np.float32)
         elif tuple(out.shape) != out_shape:
@@ -270,7 +283,7 @@ class Predictor:
                                  "this model takes only its own non-square tile, so quarter turns were left out.")
         total = n_tiles(spatial, tile, overlap) * len(prefixes) * len(transforms)
 
-        blenders = [self._blender(out, prefix, spatial, tile, overlap) for prefix in prefixes]
+        blenders = [self._blender(out, target, spatial, tile, overlap) for target in targets]
         jobs = self._tiles(image, prefixes, spatial, tile, overlap, spec, stats, cancel)
         done = 0
 

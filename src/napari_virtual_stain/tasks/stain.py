@@ -92,8 +92,14 @@ def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str 
     block = image[(slice(None),) + outer.slices]
     if not isinstance(block, np.ndarray) and outer.shape != spatial:
         block = np.asarray(block)  # a view of a lazy array: small enough to hold
-    out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats, tta=tta)
-    inner = np.ascontiguousarray(np.asarray(out)[(slice(None),) + region.relative_to(outer)])
+    inner_box = region.relative_to(outer)
+    if z_window(card) is not None and len(spatial) == 3:
+        # The planes around the region are a 2.5D model's context only: predict just the region's planes.
+        out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats, tta=tta, planes=inner_box[0])
+        inner_box = (slice(None),) + inner_box[1:]
+    else:
+        out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats, tta=tta)
+    inner = np.ascontiguousarray(np.asarray(out)[(slice(None),) + inner_box])
     frac = nan_fraction(block) if isinstance(block, np.ndarray) else 0.0
     warnings = [w for w in [flat_channels_warning(stats, list(card.input_channels)), edge_planes_warning(card, region, spatial)]
                 if w] + list(predictor.warnings)
