@@ -124,3 +124,19 @@ def test_a_plane_of_a_stack_costs_one_plane_of_work():
     assert calls[-1] == 1  # one tile of one plane, though three planes were read
     np.testing.assert_allclose(view.data[:, 0], predictor.predict(stack)[:, 2], atol=1e-6)
     np.testing.assert_allclose(predictor.predict(stack, planes=slice(1, 3)), predictor.predict(stack)[:, 1:3], atol=1e-6)
+
+
+def test_layer_pairs_for_a_2_5d_model_cut_the_stack_to_the_window_of_the_target_plane():
+    from napari_virtual_stain.training.layer_pairs import pairs_from_layers
+
+    stack = RNG.random((6, 40, 40)).astype(np.float32)
+    plane, target_stack = RNG.random((40, 40)).astype(np.float32), RNG.random((6, 40, 40)).astype(np.float32)
+    xs, ys = pairs_from_layers(stack, [plane], 2, z_window=ZWindow(3, 1), target_plane=4)
+    np.testing.assert_array_equal(xs[0], stack[None, 3:6])
+    assert ys[0].shape == (1, 40, 40)
+    xs, ys = pairs_from_layers(stack, [target_stack], 2, z_window=ZWindow(3, 1))
+    assert xs[0].shape == (1, 6, 40, 40) and ys[0].shape == (1, 6, 40, 40)
+    with pytest.raises(InputError, match="mix single planes and z-stacks"):
+        pairs_from_layers(stack, [plane, target_stack], 2, z_window=ZWindow(3, 1))
+    with pytest.raises(InputError, match="z-stack"):
+        pairs_from_layers(plane, [plane], 2, z_window=ZWindow(3, 1))

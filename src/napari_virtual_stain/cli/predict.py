@@ -20,7 +20,9 @@ from .common import add_axes_argument, add_engine_arguments
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="virtually stain an image or stack with a model",
-                       description="Predict the model's output channels for a whole image or z-stack.")
+                       description="Predict the model's output channels for a whole image or z-stack. A 2.5D "
+                                   "model slides its window of planes along a stack (ZYX out), or predicts the centre "
+                                   "plane of a stack exactly one window deep (YX out).")
     p.add_argument("input", help="input image (TIFF/OME-TIFF; PNG/JPEG for colour models)")
     p.add_argument("-o", "--output", required=True, help="output TIFF (.tif), one channel per model output")
     p.add_argument("--model", default="demo-2d-nuclei-membrane",

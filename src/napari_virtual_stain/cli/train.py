@@ -7,6 +7,11 @@ and then and the validation scores at the end. The best model so far is written 
 output during the run; the first Ctrl-C stops training and keeps it, with a resume state
 next to it (``--resume`` continues). The result is usable as
 ``virtual-stain predict --model MODEL.pt``.
+
+``--arch unet-2.5d`` trains a 2.5D model: a window of z planes of the input stack in, the
+window's centre plane out. With a single-plane target (a DAPI image of the field) the
+window is placed around ``--target-plane``; with a target stack every plane whose window
+fits is a pair. The model card records the window (``planes``, ``centre``).
 """
 
 from __future__ import annotations
@@ -134,11 +139,11 @@ def _window_pair(x: np.ndarray, y: np.ndarray, args, given_window, target_is_sta
     name = Path(args.input).name
     window, planes = window_for_pair(x.shape, target_is_stack, args.planes, args.target_plane, given_window, name)
     if target_is_stack:
-        return x, y, window
+        return x, y, window, planes
     if tuple(y.shape[2:]) != tuple(x.shape[2:]):
         raise InputError(f"The target is {'x'.join(map(str, y.shape[2:]))} but the planes of {name} are "
                          f"{'x'.join(map(str, x.shape[2:]))}: pairs must have the same shape.")
-    return x[:, planes], y[:, 0], window
+    return x[:, planes], y[:, 0], window, planes
 
 
 def _duration(seconds: float | None) -> str:
@@ -225,9 +230,10 @@ def run(args: argparse.Namespace) -> int:
     y = np.concatenate(targets)
     window = None
     if two_and_a_half:
-        x, y, window = _window_pair(x, y, args, given_window, target_is_stack=not plane_targets)
+        x, y, window, used = _window_pair(x, y, args, given_window, target_is_stack=not plane_targets)
         dims = 2
-        print(f"2.5D: {window.planes} planes around plane {window.centre} of the window", file=sys.stderr)
+        print(f"2.5D: windows of {window.planes} planes, predicting the window's plane {window.centre}"
+              f"{'' if not plane_targets else f' (stack planes {used.start}-{used.stop - 1})'}", file=sys.stderr)
 
     if args.resume:
         if not output.is_file():

@@ -29,14 +29,22 @@ def _grey(data, rgb: bool) -> np.ndarray:
 
 def pairs_from_layers(input_data, target_datas: Sequence, spatial_dims: int,
                       input_name: str = "input", target_names: Sequence[str] = (),
-                      input_rgb: bool = False, targets_rgb: Sequence[bool] = ()) -> tuple[list, list]:
+                      input_rgb: bool = False, targets_rgb: Sequence[bool] = (),
+                      z_window: ZWindow | None = None, target_plane: int | None = None) -> tuple[list, list]:
     """(inputs, targets) lists for the Trainer: inputs (C, ...) and targets (T, ...) per pair.
 
     A grey input gives C = 1; an RGB input (a tissue photograph, an IHC image) C = 3.
-    RGB targets are used as grey (the mean of their colours).
+    RGB targets are used as grey (the mean of their colours). With ``z_window`` (a 2.5D
+    model) the input is a stack and the targets are planes (of stack plane ``target_plane``,
+    default the middle) or stacks: see :func:`window_for_pair`.
     """
     if not target_datas:
         raise InputError("Choose at least one target layer (the real stain the model should learn).")
+    if z_window is not None:
+        if input_rgb:
+            raise InputError(f"A 2.5D model reads a grey z-stack, but '{input_name}' is a colour image.")
+        return _window_pairs_from_layers(input_data, target_datas, input_name, target_names, targets_rgb,
+                                         z_window, target_plane)
     if input_rgb:
         rgb = np.asarray(input_data, dtype=np.float32)
         if rgb.ndim != 3 or rgb.shape[-1] != 3:
@@ -68,6 +76,25 @@ def pairs_from_layers(input_data, target_datas: Sequence, spatial_dims: int,
     return [x[None]], [y]
 
 
+def _window_pairs_from_layers(input_data, target_datas, input_name, target_names, targets_rgb, window, target_plane):
+    x = np.asarray(input_data, dtype=np.float32)
+    if x.ndim != 3:
+        raise InputError(f"A 2.5D model learns from a z-stack (a focal series), but '{input_name}' has shape "
+                         f"{_shape(x.shape)}.")
+    names = list(target_names) or [f"target {i + 1}" for i in range(len(target_datas))]
+    ys = [_grey(t, bool(r)) for t, r in zip(target_datas, list(targets_rgb) + [False] * len(target_datas))]
+    for name, y in zip(names, ys):
+        if y.shape not in (x.shape, x.shape[1:]):
+            raise InputError(f"The target layer '{name}' is {_shape(y.shape)} but the input '{input_name}' is "
+                             f"{_shape(x.shape)} (ZxYxX): a target is one plane of it or the whole stack.")
+    kinds = {y.ndim for y in ys}
+    if len(kinds) > 1:
+        raise InputError("The target layers mix single planes and z-stacks: choose planes only or stacks only.")
+    is_stack = kinds == {3}
+    _, planes = window_for_pair((1,) + x.shape, is_stack, None, target_plane, window, f"'{input_name}'")
+    return [x[None, planes]], [np.stack(ys)]
+
+
 # A 2.5D model trained on target stacks reads this many planes unless told otherwise: the
 # in-silico labeling and VisCy 2.5D models use 3-5 planes around the predicted one.
 DEFAULT_WINDOW_PLANES = 5
@@ -92,7 +119,8 @@ def window_for_pair(stack_shape: Sequence[int], target_is_stack: bool, planes: i
     if target_is_stack:
         if target_plane is not None:
             raise InputError("The target is a z-stack: every plane is a target, so no target plane can be chosen.")
-        window = window or ZWindow(min(planes or DEFAULT_WINDOW_PLANES, n), min(planes or DEFAULT_WINDOW_PLANES, n) // 2)
+        size = planes or min(DEFAULT_WINDOW_PLANES, n)
+        window = window or ZWindow(size, size // 2)
         window.check_stack(n, name[0].upper() + name[1:])
         return window, slice(0, n)
     size = window.planes if window is not None else (planes or n)
