@@ -71,3 +71,19 @@ def test_multichannel_file_needs_a_channel_choice(tmp_path, tiny, capsys):
     assert main(["predict", str(src), "-o", str(tmp_path / "o.tif"), "--model", tiny]) == 2
     assert "--channel" in capsys.readouterr().err
     assert main(["predict", str(src), "-o", str(tmp_path / "o.tif"), "--model", tiny, "--channel", "BF"]) == 0
+
+
+def test_tta_flag_writes_the_test_time_augmented_prediction(tmp_path, tiny):
+    image = np.random.default_rng(4).random((60, 48)).astype(np.float32)
+    src = tmp_path / "in.tif"
+    save_tiff(src, image, "YX", [], None)
+    outs = {}
+    for flag in ([], ["--tta"]):
+        out = tmp_path / f"out{len(flag)}.tif"
+        assert main(["predict", str(src), "-o", str(out), "--model", tiny, "--device", "cpu", "--precision", "fp32",
+                     *flag]) == 0
+        outs[bool(flag)] = load_image(out).data
+    model, card = load_model(tiny)
+    expected = run_stain(Predictor(model, card, device="cpu", precision="fp32"), image, tta=True).data
+    np.testing.assert_allclose(outs[True], expected, atol=1e-5)
+    assert np.abs(outs[True] - outs[False]).max() > 1e-3

@@ -210,3 +210,45 @@ def _needs_a_missing_module():
 def test_a_worker_without_the_dependencies_says_what_to_install():
     with pytest.raises(VirtualStainError, match="install napari-virtual-stain and the model's dependencies"):
         run_jobs(_needs_a_missing_module, [()])
+
+
+def test_tta_over_several_files_equals_tta_on_each_file_alone(inputs, model, tmp_path):
+    files = sorted(inputs.iterdir())[:3]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for f in files:
+        assert main(["predict", str(f), "-o", str(reference / f"{f.stem}.tif"), "--model", model, "--device", "cpu",
+                     "--tta"]) == 0
+    many = tmp_path / "many"
+    assert main(["predict", *map(str, files), "-o", str(many), "--model", model, "--device", "cpu", "--tta"]) == 0
+    plain = tmp_path / "plain"
+    assert main(["predict", *map(str, files), "-o", str(plain), "--model", model, "--device", "cpu"]) == 0
+    assert list(_outputs(many)) == list(_outputs(reference)) == [f"{f.stem}.tif" for f in files]
+    for name, expected in _outputs(reference).items():
+        np.testing.assert_array_equal(_outputs(many)[name], expected)
+        assert np.abs(_outputs(plain)[name] - expected).max() > 1e-4  # TTA reached the workers' settings
+
+
+def test_a_2_5d_model_on_stacks_one_window_deep_gives_their_centre_plane_in_both_paths(tmp_path, rng):
+    import torch
+
+    from napari_virtual_stain.models.checkpoint import save_checkpoint
+    from napari_virtual_stain.training.starting import model_for_training
+
+    torch.manual_seed(0)
+    net, card = model_for_training(arch="unet-2.5d", n_in=1, n_out=1, spatial_dims=2, input_names=["bf"],
+                                   output_names=["dapi"],
+                                   arch_args={"planes": 3, "centre": 1, "depth": 2, "base": 4, "norm": "none"})
+    card.tile, card.overlap = [32, 32], [8, 8]
+    save_checkpoint(tmp_path / "m25.pt", net, card)
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    for i in range(2):
+        save_tiff(folder / f"s{i}.tif", rng.random((3, 40, 40)).astype(np.float32), "ZYX")
+    one = tmp_path / "one.tif"
+    assert main(["predict", str(folder / "s0.tif"), "-o", str(one), "--model", str(tmp_path / "m25.pt"),
+                 "--device", "cpu"]) == 0
+    many = tmp_path / "many"
+    assert main(["predict", str(folder), "-o", str(many), "--model", str(tmp_path / "m25.pt"), "--device", "cpu"]) == 0
+    assert tifffile.imread(one).shape == (40, 40)
+    np.testing.assert_array_equal(_outputs(many)["s0.tif"], tifffile.imread(one))

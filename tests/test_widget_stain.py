@@ -201,3 +201,35 @@ def test_panning_predicts_only_the_newly_visible_pixels(dock, qtbot, monkeypatch
     # where the reused and the new part meet, values differ from one fresh view as two blended
     # tiles do (this tiny model sees 8 pixels of context): a few thousandths
     np.testing.assert_allclose(out.data, expected(data, region)[0], atol=5e-3)
+
+
+def test_tta_checkbox_reaches_the_run_and_never_reuses_plain_pixels(dock, qtbot, monkeypatch):
+    from napari_virtual_stain.tasks import stain as tasks_stain
+
+    viewer, widget = dock
+    data = np.random.default_rng(5).random((200, 240)).astype(np.float32)
+    viewer.add_image(data, name="bf")
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "bf", "tiny-2d", CURRENT_VIEW
+    viewer.camera.zoom, viewer.camera.center = 3.0, (100.0, 120.0)
+    seen = []
+    real = tasks_stain.run_stain
+
+    def recording(predictor, layer_data, **kw):
+        seen.append((kw["region"].shape, kw.get("tta")))
+        return real(predictor, layer_data, **kw)
+
+    monkeypatch.setattr(tasks_stain, "run_stain", recording)
+    run_and_wait(widget, qtbot)
+    plain = np.array(viewer.layers["bf · nuclei"].data)
+    widget.tta.value = True
+    assert widget.settings.tta
+    run_and_wait(widget, qtbot)  # the same view: the cache of plain pixels must not answer it
+    out = viewer.layers["bf · nuclei"]
+    assert seen[-1] == (seen[0][0], True)  # the whole view went through the network again, with TTA
+    start = np.asarray(out.translate).round().astype(int)
+    region = Region(tuple(start), (start[0] + plain.shape[0], start[1] + plain.shape[1]))
+    model, card = load_model("tiny-2d")
+    with_tta = run_stain(Predictor(model, card, device="cpu", precision="fp32"), data, region=region, tta=True).data[0]
+    np.testing.assert_allclose(out.data, with_tta, atol=1e-5)
+    assert np.abs(out.data - plain).max() > 1e-3  # the tiny model is not equivariant: TTA changed the view

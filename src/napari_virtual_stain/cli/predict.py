@@ -21,7 +21,9 @@ from .predict_many import add_scale_out_arguments, predict_many, wants_scale_out
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="virtually stain an image or stack with a model",
-                       description="Predict the model's output channels for a whole image or z-stack.")
+                       description="Predict the model's output channels for a whole image or z-stack. A 2.5D "
+                                   "model slides its window of planes along a stack (ZYX out), or predicts the centre "
+                                   "plane of a stack exactly one window deep (YX out).")
     p.add_argument("input", help="input image (TIFF/OME-TIFF; PNG/JPEG for colour models)")
     p.add_argument("-o", "--output", required=True, help="output TIFF (.tif), one channel per model output")
     p.add_argument("--model", default="demo-2d-nuclei-membrane",
@@ -31,6 +33,9 @@ def register(sub) -> None:
                    help="for a multi-channel file and a one-channel model: the channel to use (name or index)")
     add_axes_argument(p)
     add_engine_arguments(p)
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average each tile's prediction over its 8 flips and quarter turns "
+                        "(8x the time)")
     add_scale_out_arguments(p)
     p.set_defaults(func=run)
 
@@ -54,12 +59,13 @@ def select_channel(data, axes: str, names: list[str], wanted: str | None):
 
 def run(args: argparse.Namespace) -> int:
     from ..workflows import stain as workflow
+    from ..workflows.stain_files import stain_image
 
     if wants_scale_out(args):  # many inputs, a plate, an OME-Zarr output or --cluster
         return predict_many(args)
     output = check_output_file(args.output, inputs=[args.input, args.model])
     settings = workflow.StainSettings(model=args.model, device=args.device, precision=args.precision,
-                                      tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+                                      tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta)
     settings.validate()
     card = workflow.predictor_for(settings).card  # loads the model once: tile sizes are checked here
     image = load_image(args.input, axes=args.axes)
@@ -74,14 +80,14 @@ def run(args: argparse.Namespace) -> int:
     spatial_size = math.prod(int(n) for n, a in zip(data.shape, axes) if a in "ZYX")
     require_memory(4 * spatial_size * card.n_out, f"The result for {Path(args.input).name} ({card.n_out} channel(s) "
                    f"of {spatial_size / 1e6:.0f} megapixels in float32)", "predict a cropped region or a smaller stack")
-    result = workflow.run(settings, data, rgb=rgb, name=str(args.input), progress=TextProgress("predict"))
+    result, size = stain_image(settings, data, rgb=rgb, name=str(args.input), pixel_size=image.pixel_size_um,
+                               progress=TextProgress("predict"))
     if result.nan_fraction > 0:
         print(f"warning: {result.nan_fraction:.1%} of the input pixels were NaN or infinite and were treated as 0",
               file=sys.stderr)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     spatial_axes = "ZYX" if result.data.ndim == 4 else "YX"
-    size = image.pixel_size_um
     save_tiff(output, result.data.astype(np.float32), "C" + spatial_axes, result.channels, size)
     print(f"wrote {args.output}: {', '.join(result.channels)} {result.data.shape[1:]}", file=sys.stderr)
     return 0

@@ -48,7 +48,7 @@ def predict_many(args: argparse.Namespace) -> int:
     from ..workflows.stain_files import expand_inputs, plan_outputs, stain_many
 
     settings = workflow.StainSettings(model=args.model, device=args.device, precision=args.precision,
-                                      tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+                                      tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta)
     settings.validate()
     sources = expand_inputs([args.input, *args.more_inputs])
     pairs = plan_outputs(sources, args.output, args.output_format, model=args.model)

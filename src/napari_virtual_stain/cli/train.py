@@ -7,6 +7,12 @@ and then and the validation scores at the end. The best model so far is written 
 output during the run; the first Ctrl-C stops training and keeps it, with a resume state
 next to it (``--resume`` continues). The result is usable as
 ``virtual-stain predict --model MODEL.pt``.
+
+``--arch unet-2.5d`` trains a 2.5D model: a window of z planes of the input stack in, the
+window's centre plane out. With a single-plane target (a DAPI image of the field) the
+window is placed around ``--target-plane``; with a target stack every plane whose window
+fits is a pair. The model card records the window (``planes``, ``centre``). These are
+fields of the workflow's settings, checked there, as the Fine-tune dock's are.
 """
 
 from __future__ import annotations
@@ -65,6 +71,12 @@ def register(sub) -> None:
     add_axes_argument(p)
     p.add_argument("--z-as-channels", action="store_true",
                    help="feed the planes of an input stack to a 2D model as channels (e.g. a brightfield focal series)")
+    window = p.add_argument_group("2.5D models (--arch unet-2.5d): a window of z planes in, its centre plane out")
+    window.add_argument("--planes", type=positive_int, default=None,
+                        help="planes the model reads (default: the whole stack for a single-plane target, "
+                             "5 for a target stack)")
+    window.add_argument("--target-plane", type=int, default=None, metavar="Z",
+                        help="for a single-plane target: the stack plane it belongs to (0 = first; default: the middle)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--seed", type=int, default=0)
@@ -161,7 +173,8 @@ def settings_from(args: argparse.Namespace, output: Path):
         minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, loss=args.loss,
         alpha=args.alpha, gan=args.gan, critic=args.critic, gan_weight=args.gan_weight, n_critic=args.n_critic,
         patience=args.patience, val_fraction=args.val_fraction, val_every=args.val_every, seed=args.seed,
-        device=args.device, precision=args.precision, z_as_channels=args.z_as_channels)
+        device=args.device, precision=args.precision, z_as_channels=args.z_as_channels, planes=args.planes,
+        target_plane=args.target_plane)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,6 +205,12 @@ def run(args: argparse.Namespace) -> int:
     trainer = workflow.prepare(settings, image, targets, resume=output if args.resume else None, best_path=output)
     card, trainer_start = trainer.card, trainer.step
     shape = "x".join(map(str, trainer.train_data.shapes[0]))
+    window = trainer.train_data.z_window
+    if window is not None:
+        planes = trainer.source_planes or []
+        print(f"2.5D: windows of {window.planes} planes, predicting the window's plane {window.centre} "
+              f"(target plane(s) {', '.join(map(str, planes[:8]))}{'...' if len(planes) > 8 else ''} of the stack)",
+              file=sys.stderr)
     print(f"training {card.summary()} on {Path(args.input).name} ({shape}), "
           f"patch {'x'.join(map(str, trainer.config.patch))}, from step {trainer.step}", file=sys.stderr)
 

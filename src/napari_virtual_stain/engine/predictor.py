@@ -4,6 +4,8 @@ Data path for ``Predictor.predict(image)`` (channels first, numpy, dask or zarr)
 
 1. validate the shape against the model card (channels, 2D/3D);
 2. normalisation statistics once over the whole input (``engine.normalise``);
+   a 2.5D model (``models.zwindow``) reads, for each output plane, the window of planes
+   around it as channels (planes past the stack's ends repeated);
 3. for each image (the whole input, or each Z plane for a 2D model on a stack), read one
    strip of tile rows at a time, normalise it, and cut it into tiles (padded only where the
    image is smaller than a tile);
@@ -12,8 +14,13 @@ Data path for ``Predictor.predict(image)`` (channels first, numpy, dask or zarr)
    (``engine.tiling.StripBlender``), so memory stays bounded by a few strips even for a
    10000 x 10000 input written into a zarr array.
 
-Progress is ``(tiles_done, tiles_total)`` over the whole run; the cancel event is checked
-before every batch and, during a forward pass, before every submodule's forward (forward
+With test-time augmentation (``tta``, ``engine.tta``) every batch goes through the network
+once per symmetry of the Y-X plane (8, or 4 for tiles a network cannot take turned); the
+outputs are turned back and averaged before step 5.
+
+Progress is ``(tile passes done, tile passes in all)`` over the whole run (a tile counts once
+per transform, so a TTA run's bar moves as evenly as a plain one); the cancel event is checked
+before every forward pass and, during a forward pass, before every submodule's forward (forward
 pre-hooks that live only as long as the run: one big tile through a deep network then
 stops within a layer or two, not at the end of the pass). A cancelled run raises
 :class:`Cancelled` and leaves ``out`` partly written: callers discard it (widgets only
@@ -33,9 +40,11 @@ import torch
 
 from ..errors import CheckpointError, InputError, check_cancel
 from ..models.card import ModelCard
+from ..models.zwindow import z_window
 from .device import autocast_context, preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
 from .tiling import StripBlender, fit_tile, n_tiles, tile_starts
+from .tta import IDENTITY, PlaneTransform, plane_transforms
 
 Progress = Callable[[int, int], None]
 
@@ -86,13 +95,15 @@ class Predictor:
     ``tile``/``overlap`` default to the model card's; ``batch_size`` defaults to about one
     megapixel (voxels for 3D) per batch on the CPU and four on a GPU (always 1 when the card
     says the network is not batch-independent). The model is moved to the device, put in eval mode
-    and (except on MPS) into channels_last layout, in place.
+    and (except on MPS) into channels_last layout, in place. ``tta`` is the default for
+    :meth:`predict`'s test-time augmentation (off: one pass per tile).
     """
 
     def __init__(self, model: torch.nn.Module, card: ModelCard, device: str = "auto",
                  tile: Sequence[int] | None = None, overlap: Sequence[int] | None = None,
-                 batch_size: int | None = None, precision: str = "auto"):
+                 batch_size: int | None = None, precision: str = "auto", tta: bool = False):
         self.card = card
+        self.tta = bool(tta)
         self.device = resolve_device(device)
         self.precision = resolve_precision(self.device, precision)
         dims = card.spatial_dims
@@ -102,6 +113,7 @@ class Predictor:
             raise InputError(f"This is a {dims}D model: tile and overlap need {dims} values each, "
                              f"not {len(self.tile)} and {len(self.overlap)}.")
         self.size_multiple = int(getattr(model, "size_multiple", 0) or 0)
+        self.z_window = z_window(card)  # None unless a 2.5D model
         self.model = model
         self._check_tile(self.tile, self.overlap)
         self.warnings: list[str] = []  # sentences about the last run (e.g. seams), for the user
@@ -148,6 +160,20 @@ class Predictor:
                 f"Tiles of {'x'.join(map(str, tile))} pixels are too small for {self.card.name}: the smallest it can use "
                 f"is {'x'.join(map(str, smallest))} (smaller tiles see too little context around each pixel{why}).")
 
+    def _quarter_turns_fit(self, tile: Sequence[int]) -> bool:
+        """Whether the network accepts a tile turned a quarter (its Y and X sizes swapped)."""
+        if tile[-2] == tile[-1]:
+            return True
+        if not self.size_multiple or getattr(self.model, "check_tile", None) is not None:
+            return False  # a network that takes only its own shape (or says nothing about sizes)
+        turned = tuple(tile[:-2]) + (tile[-1], tile[-2])
+        return (all(t % self.size_multiple == 0 for t in tile[-2:])
+                and all(t >= m for t, m in zip(turned, self.min_tile())))
+
+    def transforms_for(self, tile: Sequence[int], tta: bool) -> list[PlaneTransform]:
+        """The transforms each tile of shape ``tile`` goes through: the identity alone without TTA."""
+        return plane_transforms(self._quarter_turns_fit(tile)) if tta else [IDENTITY]
+
     def _seam_warning(self, spatial: Sequence[int], tile: Sequence[int], overlap: Sequence[int]) -> list[str]:
         floors = (SEAM_FREE_OVERLAP_Z, SEAM_FREE_OVERLAP_XY, SEAM_FREE_OVERLAP_XY)[-len(tile):]
         thin = [o for n, t, o, f in zip(spatial, tile, overlap, floors) if n > t and o < f]
@@ -186,6 +212,8 @@ class Predictor:
                 f"({', '.join(self.card.input_channels)}) but the image has {shape[0]}.")
         if min(shape[1:]) < 1:
             raise InputError("The image is empty; there is nothing to predict.")
+        if self.z_window is not None:
+            self.z_window.check_stack(shape[1] if len(shape) == 4 else None)
         if np.issubdtype(np.dtype(image.dtype), np.complexfloating):
             raise InputError("The image holds complex numbers; virtual staining needs real intensities.")
         if dims == 2 and len(shape) == 4:
@@ -213,17 +241,31 @@ class Predictor:
     # ---- the run ------------------------------------------------------------------------
 
     def predict(self, image, *, out=None, progress: Progress | None = None,
-                cancel: threading.Event | None = None, stats: dict | None = None):
+                cancel: threading.Event | None = None, stats: dict | None = None, tta: bool | None = None,
+                planes: slice | None = None):
         """Predict the whole ``image`` (channels first); returns ``out`` or a new float32 array.
 
         A 2D model runs a (C, Z, Y, X) stack plane by plane; a 3D model runs it in 3D tiles.
         ``out`` may be anything with ``shape`` and ``out[:, rows] = values`` (numpy, zarr, a
         converting sink); it receives whole strips of finished rows, in order. ``stats`` are
         normalisation statistics (``engine.normalise.compute_stats``) of the whole image that
-        ``image`` is a region of; by default they are computed over ``image``.
+        ``image`` is a region of; by default they are computed over ``image``. ``tta``
+        (default: the Predictor's) averages every tile over the symmetries of the Y-X plane.
+        ``planes``: for a 2D or 2.5D model on a stack, predict only these planes (the output
+        then holds just them); the others are read only as a 2.5D model's context.
         """
         prefixes, spatial = self._check_input(image)
         out_shape = (self.card.n_out,) + tuple(int(s) for s in image.shape[1:])
+        targets = prefixes  # where each image's result goes in ``out``
+        if planes is not None:
+            if self.card.spatial_dims != 2 or len(image.shape) != 4:
+                raise InputError("Choosing planes works for a 2D or 2.5D model on a stack; a 3D model predicts the whole stack.")
+            chosen = range(*planes.indices(len(prefixes)))
+            if not len(chosen):
+                raise InputError("Choose at least one plane of the stack to predict.")
+            prefixes = [prefixes[z] for z in chosen]
+            targets = [(slice(None), k) for k in range(len(chosen))]
+            out_shape = (out_shape[0], len(chosen)) + out_shape[2:]
         if out is None:
             out = np.empty(out_shape, dtype=np.float32)
         elif tuple(out.shape) != out_shape:
@@ -235,22 +277,29 @@ class Predictor:
         stats = stats if stats is not None else compute_stats(image, spec)
         tile, overlap = self._tile_for(spatial)
         self.warnings = self._seam_warning(spatial, tile, overlap)
-        per_image = n_tiles(spatial, tile, overlap)
-        total = per_image * len(prefixes)
+        transforms = self.transforms_for(tile, self.tta if tta is None else bool(tta))
+        if len(transforms) == 4:
+            self.warnings.append("Test-time augmentation used 4 of the 8 transforms (the mirrors and the half turn): "
+                                 "this model takes only its own non-square tile, so quarter turns were left out.")
+        total = n_tiles(spatial, tile, overlap) * len(prefixes) * len(transforms)
 
-        blenders = [self._blender(out, prefix, spatial, tile, overlap) for prefix in prefixes]
+        blenders = [self._blender(out, target, spatial, tile, overlap) for target in targets]
         jobs = self._tiles(image, prefixes, spatial, tile, overlap, spec, stats, cancel)
         done = 0
+
+        def advance(passes: int) -> None:
+            nonlocal done
+            done += passes
+            if progress is not None:
+                progress(done, total)
+
         current = None
         with self._cancel_inside_forward(cancel):
-            for (which, where), values in self._run_batches(jobs, cancel):
+            for (which, where), values in self._run_batches(jobs, cancel, transforms, advance):
                 if current is not None and which != current:
                     blenders[current].close()  # finish a plane before starting the next
                 current = which
                 blenders[which].add(where, values)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
         if current is not None:
             blenders[current].close()
         return out
@@ -304,24 +353,54 @@ class Predictor:
             for start0 in tile_starts(spatial[0], tile[0], overlap[0]):
                 check_cancel(cancel)
                 rows = slice(start0, min(start0 + tile[0], spatial[0]))
-                strip = normalise(np.asarray(image[prefix + (rows,)]), spec, stats)
+                strip = self._read_strip(image, prefix, rows, spec, stats)
                 for local in itertools.product(*rest):
                     block = _pad_to(strip[(slice(None), slice(None)) + local], tile)
                     yield (which, (rows,) + local), block
 
-    def _run_batches(self, jobs: Iterator, cancel) -> Iterator:
+    def _read_strip(self, image, prefix: tuple, rows: slice, spec, stats) -> np.ndarray:
+        """The normalised rows ``rows`` of one image: a plane, or for a 2.5D model its window of planes as channels."""
+        if self.z_window is None:
+            return normalise(np.asarray(image[prefix + (rows,)]), spec, stats)
+        planes = self.z_window.indices(prefix[1], image.shape[1])
+        lo, hi = int(planes.min()), int(planes.max()) + 1
+        block = normalise(np.asarray(image[:, lo:hi, rows]), spec, stats)  # read once; repeated planes are copies
+        return self.z_window.as_channels(block[:, planes - lo])
+
+    def _run_batches(self, jobs: Iterator, cancel, transforms: Sequence[PlaneTransform] = (IDENTITY,),
+                     advance: Callable[[int], None] | None = None) -> Iterator:
         """Group tiles into batches, run them, and yield ``(key, display values)`` in order."""
         while True:
             batch = list(itertools.islice(jobs, self.batch_size))
             if not batch:
                 return
-            check_cancel(cancel)
             keys = [key for key, _ in batch]
-            outputs = self._forward(np.stack([block for _, block in batch]))
+            outputs = self._forward_averaged(np.stack([block for _, block in batch]), transforms, cancel, advance)
             for (which, tile), y in zip(keys, outputs):
                 extent = tuple(sl.stop - sl.start for sl in tile)
                 crop = (slice(None),) + tuple(slice(0, e) for e in extent)
                 yield (which, tile), output_to_display(y[crop], self.card.output_activation)
+
+    def _forward_averaged(self, batch: np.ndarray, transforms: Sequence[PlaneTransform], cancel,
+                          advance: Callable[[int], None] | None) -> np.ndarray:
+        """The mean over ``transforms`` of the batch's outputs, each turned back (one pass per transform).
+
+        Each pass is its own forward call, so a batch never holds more than ``batch_size``
+        tiles on the device and a GPU that runs out of memory halves the batch as without TTA.
+        """
+        total = None
+        for transform in transforms:
+            check_cancel(cancel)
+            y = transform.invert(self._forward(transform.apply(batch)))
+            if total is None:
+                total = y if len(transforms) == 1 else y.astype(np.float32, copy=True)
+            else:
+                total += y
+            if advance is not None:
+                advance(len(batch))
+        if len(transforms) > 1:
+            total /= np.float32(len(transforms))
+        return total
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch (N, C, *tile) through the model; returns float32 numpy (N, C_out, *tile)."""

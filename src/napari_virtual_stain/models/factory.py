@@ -41,7 +41,7 @@ def register(name: str):
 def _load_builtin_architectures() -> None:
     # Imported for their @register side effect; kept here so that importing the
     # factory is enough to know every architecture.
-    from . import unet, resnet, patchgan  # noqa: F401
+    from . import unet, unet25d, resnet, patchgan  # noqa: F401
     for optional in ("pix2pix_unet", "pix2pixhd", "transunet", "deepliif_net", "deepliif_unet"):
         try:
             __import__(f"{__package__}.{optional}")

@@ -15,6 +15,7 @@ import numpy as np
 from ..engine.normalise import compute_stats, flat_channels_warning
 from ..engine.predictor import Predictor
 from ..models.card import ModelCard
+from ..models.zwindow import z_window
 from .arrays import Layout, layout_for, nan_fraction, to_channels_first
 from .region import Region
 from .view_cache import ViewCache
@@ -35,44 +36,83 @@ class StainResult:
 def context_margin(card: ModelCard, spatial_ndim: int) -> tuple[int, ...]:
     """Context read around a region: the model's tile overlap, per spatial axis.
 
-    A 2D model on a stack gets no margin along z: planes are independent for it.
+    A 2D model on a stack gets no margin along z: planes are independent for it; a 2.5D
+    model gets the planes its window reaches on either side.
     """
     overlap = list(card.overlap)
     if card.spatial_dims == 2 and spatial_ndim == 3:
-        overlap = [0] + overlap
+        window = z_window(card)
+        overlap = [0 if window is None else max(window.below, window.above)] + overlap
     return tuple(int(o) for o in overlap)
+
+
+def _read_box(card: ModelCard, region: Region, spatial: tuple[int, ...]) -> Region:
+    """The region plus its context margin; for a 2.5D model at least a window of planes deep."""
+    outer = region.grow(context_margin(card, len(spatial)), spatial)
+    window = z_window(card)
+    if window is None or len(spatial) != 3 or outer.shape[0] >= window.planes:
+        return outer
+    # Near an end of the stack the margin is cut off: take the missing planes from the other side
+    # (the stack holds them whenever it is deep enough for the model at all; the Predictor says so if not).
+    start = max(0, min(outer.start[0], spatial[0] - window.planes))
+    stop = min(spatial[0], max(outer.stop[0], start + window.planes))
+    return Region((start,) + outer.start[1:], (stop,) + outer.stop[1:])
+
+
+def edge_planes_warning(card: ModelCard, region: Region, spatial: tuple[int, ...]) -> str | None:
+    """A sentence when a 2.5D model predicted planes whose window reaches past the stack's ends."""
+    window = z_window(card)
+    if window is None or len(spatial) != 3 or spatial[0] < window.planes:
+        return None
+    short = [z for z in range(region.start[0], region.stop[0]) if not window.is_full(z, spatial[0])]
+    if not short:
+        return None
+    return (f"{len(short)} plane(s) near the ends of the stack ({', '.join(map(str, short[:6]))}"
+            f"{'...' if len(short) > 6 else ''}) lack the {window.below} plane(s) before or {window.above} after that "
+            "this 2.5D model reads: the end planes were repeated there, so those planes are less reliable.")
 
 
 def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str = "image",
               region: Region | None = None, stats: dict | None = None,
-              progress: Callable[[int, int], None] | None = None, cancel=None) -> StainResult:
+              progress: Callable[[int, int], None] | None = None, cancel=None, tta: bool | None = None) -> StainResult:
     """Predict the model's output channels for ``region`` of a layer's data (all of it by default).
 
     Normalisation statistics come from the whole image (or ``stats``, computed earlier for
-    it), so a region is predicted exactly as it would be in a whole-image run.
+    it), so a region is predicted exactly as it would be in a whole-image run. ``tta``:
+    test-time augmentation (default: the predictor's).
     """
     card = predictor.card
     layout = layout_for(layer_data, card, rgb, name)
     image = to_channels_first(layer_data, layout)
     spatial = tuple(image.shape[1:])
     region = region or Region.whole(spatial)
-    outer = region.grow(context_margin(card, len(spatial)), spatial)
+    outer = _read_box(card, region, spatial)
     if stats is None:
         stats = compute_stats(image, card.input_normalisation)
     block = image[(slice(None),) + outer.slices]
     if not isinstance(block, np.ndarray) and outer.shape != spatial:
         block = np.asarray(block)  # a view of a lazy array: small enough to hold
-    out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats)
-    inner = np.ascontiguousarray(np.asarray(out)[(slice(None),) + region.relative_to(outer)])
+    inner_box = region.relative_to(outer)
+    if z_window(card) is not None and len(spatial) == 3:
+        # The planes around the region are a 2.5D model's context only: predict just the region's planes.
+        out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats, tta=tta, planes=inner_box[0])
+        inner_box = (slice(None),) + inner_box[1:]
+    else:
+        out = predictor.predict(block, progress=progress, cancel=cancel, stats=stats, tta=tta)
+    inner = np.ascontiguousarray(np.asarray(out)[(slice(None),) + inner_box])
     frac = nan_fraction(block) if isinstance(block, np.ndarray) else 0.0
-    warnings = [w for w in [flat_channels_warning(stats, list(card.input_channels))] if w] + list(predictor.warnings)
+    warnings = [w for w in [flat_channels_warning(stats, list(card.input_channels)), edge_planes_warning(card, region, spatial)]
+                if w] + list(predictor.warnings)
     return StainResult(inner, list(card.output_channels), region, layout, card, frac, stats, warnings)
 
 
 def run_stain_reusing(predictor: Predictor, layer_data, cache: ViewCache, region: Region, *, rgb: bool = False,
                       name: str = "image", stats: dict | None = None,
-                      progress: Callable[[int, int], None] | None = None, cancel=None) -> StainResult:
+                      progress: Callable[[int, int], None] | None = None, cancel=None,
+                      tta: bool | None = None) -> StainResult:
     """:func:`run_stain` on ``region``, predicting only the pixels ``cache`` does not know yet.
+
+    ``cache`` must have been filled with the same ``tta`` (the caller keys it on its settings).
 
     Each missing box is predicted as its own region (real context, whole-image statistics),
     so the assembled view equals a fresh prediction of the whole view.
@@ -86,7 +126,7 @@ def run_stain_reusing(predictor: Predictor, layer_data, cache: ViewCache, region
             if progress is not None:
                 progress(k * 1000 + int(1000 * done / max(total, 1)), len(parts) * 1000)
         result = run_stain(predictor, layer_data, rgb=rgb, name=name, region=part, stats=stats,
-                           progress=part_progress, cancel=cancel)
+                           progress=part_progress, cancel=cancel, tta=tta)
         stats, warnings = result.stats, result.warnings
         frac = max(frac, result.nan_fraction)
         cache.store(part, result.data)

@@ -23,6 +23,13 @@
   have the patch's size, or the validation band's height where that is smaller (the
   networks are fully convolutional).
 
+- for a 2.5D model (``z_window``, see ``models.zwindow``) inputs are (C, Z, Y, X) stacks and
+  each pair becomes 2D pairs of a window of planes (as C x planes channels) and the target
+  plane at its centre: a (T, Y, X) target belongs to the centre of a stack exactly one window
+  deep, a (T, Z, Y, X) target gives one pair per plane whose window lies inside the stack.
+  Inputs are normalised per original channel over the whole stack, as the Predictor does
+  when it slides the window.
+
 Items are ``(x, y, mask)`` float32 tensors: x (C, *patch), y (T, *patch) with missing
 values set to 0, mask (T, *patch) with 1 where the target exists.
 """
@@ -39,6 +46,7 @@ import torch
 
 from ..engine.normalise import compute_stats, normalise
 from ..errors import InputError
+from ..models.zwindow import ZWindow
 from .masks import has_data, target_channels, valid_mask
 
 DEFAULT_INPUT_NORMALISATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
@@ -175,6 +183,51 @@ def _grid_starts(length: int, size: int) -> list[int]:
     return starts
 
 
+def window_pairs(inputs: Sequence, targets: Sequence, window: ZWindow, spec: dict,
+                 names: Sequence[str] | None = None) -> tuple[list, list, list[dict], list[str]]:
+    """2D pairs of a 2.5D model from stacks: (windows as channels, target planes, input stats, names).
+
+    The statistics are each stack's, per original channel, repeated for its planes, so a
+    window is normalised exactly as the Predictor normalises it inside a whole stack.
+    """
+    if len(inputs) != len(targets):
+        raise InputError(f"There are {len(inputs)} input images but {len(targets)} target sets: give one target set per input.")
+    xs, ys, stats, labels = [], [], [], []
+    for image, target, name in zip(inputs, targets, _names(names, len(inputs), "input")):
+        image = np.asarray(image)
+        if image.ndim == 3:
+            window.check_stack(None, f"'{name}'")  # one plane (C, Y, X): a sentence about stacks
+        if image.ndim != 4:
+            raise InputError(f"'{name}' has shape {_size(image.shape)}, but a 2.5D model needs (channels, Z, Y, X).")
+        window.check_stack(image.shape[1], f"'{name}'")
+        n_planes = image.shape[1]
+        channels = target_channels(target, 2) if not (hasattr(target, "ndim") and target.ndim == 4) else list(target)
+        kinds = {len(c.shape) for c in channels if c is not None}
+        if len(kinds) > 1:
+            raise InputError(f"The targets of '{name}' mix single planes and z-stacks: give all planes or all stacks.")
+        whole = compute_stats(image, spec)
+        repeated = {**whole, **{k: [v for v in whole[k] for _ in range(window.planes)] for k in ("low", "high")
+                               if isinstance(whole.get(k), list)}}
+        if kinds == {3}:  # a target stack: one pair per plane with a whole window
+            planes = [z for z in range(n_planes) if window.is_full(z, n_planes)]
+            for z in planes:
+                start = z - window.centre
+                xs.append(window.as_channels(image[:, start:start + window.planes]))
+                ys.append([None if c is None else c[z] for c in channels])
+                stats.append(repeated)
+                labels.append(f"{name} z{z}")
+            continue
+        if n_planes != window.planes:
+            raise InputError(f"The target of '{name}' is a single plane but the stack has {n_planes} planes and the "
+                             f"model reads {window.planes}: crop the stack to the {window.planes} planes around the "
+                             "target's plane (`virtual-stain train --target-plane Z` does it).")
+        xs.append(window.as_channels(image))
+        ys.append(channels)
+        stats.append(repeated)
+        labels.append(name)
+    return xs, ys, stats, labels
+
+
 class _Pair:
     """One image's normalised arrays, restricted to the region of this split."""
 
@@ -198,9 +251,15 @@ class PairedPatches(torch.utils.data.Dataset):
     def __init__(self, inputs: Sequence, targets: Sequence, patch: Sequence[int], spatial_dims: int,
                  augment: bool = True, split: str = "train", val_fraction: float = 0.15, seed: int = 0, *,
                  input_normalisation: dict | None = None, input_names: Sequence[str] | None = None,
-                 target_names: Sequence[str] | None = None, max_val_tiles: int | None = None):
+                 target_names: Sequence[str] | None = None, max_val_tiles: int | None = None,
+                 z_window: ZWindow | None = None):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+        self.input_spec = dict(input_normalisation or DEFAULT_INPUT_NORMALISATION)
+        self.z_window = z_window
+        given_stats = None
+        if z_window is not None:
+            inputs, targets, given_stats, input_names = window_pairs(inputs, targets, z_window, self.input_spec, input_names)
         channel_lists = validate_pairs(inputs, targets, patch, spatial_dims, input_names, target_names)
         self.patch = tuple(int(p) for p in patch)
         self.spatial_dims = spatial_dims
@@ -208,7 +267,6 @@ class PairedPatches(torch.utils.data.Dataset):
         self.augment = augment and split == "train"
         self.val_fraction = float(val_fraction)
         self.seed = seed
-        self.input_spec = dict(input_normalisation or DEFAULT_INPUT_NORMALISATION)
         self.input_names = _names(input_names, len(inputs), "input")
         self.target_names = _names(target_names, len(channel_lists[0]), "target")
         self.n_in = int(inputs[0].shape[0])
@@ -217,10 +275,10 @@ class PairedPatches(torch.utils.data.Dataset):
         self.input_stats: list[dict] = []
         self.target_stats: list[list[dict | None]] = []
         self.pairs: list[_Pair] = []
-        for image, channels, name in zip(inputs, channel_lists, self.input_names):
+        for i, (image, channels, name) in enumerate(zip(inputs, channel_lists, self.input_names)):
             train_region, val_region = split_regions(image.shape[1:], self.patch, self.val_fraction, name)
             region = train_region if split == "train" else val_region
-            stats = compute_stats(image, self.input_spec)
+            stats = given_stats[i] if given_stats is not None else compute_stats(image, self.input_spec)
             self.input_stats.append(stats)
             self.target_stats.append([None if c is None or not has_data(c) else compute_stats(np.asarray(c)[None], TARGET_NORMALISATION)
                                       for c in channels])
@@ -347,7 +405,8 @@ class PairedPatches(torch.utils.data.Dataset):
         return {"pairs": len(self.shapes), "shapes": [list(s) for s in self.shapes],
                 "input_names": self.input_names, "target_names": self.target_names,
                 "pairs_with_target": coverage, "patch": list(self.patch),
-                "val_fraction": self.val_fraction, "split_by": "region (last part of the Y axis)"}
+                "val_fraction": self.val_fraction, "split_by": "region (last part of the Y axis)",
+                **({"z_window": {"planes": self.z_window.planes, "centre": self.z_window.centre}} if self.z_window else {})}
 
     def get_state(self) -> dict:
         """The sampling state, JSON-able, so a resumed run draws new crops."""

@@ -40,6 +40,11 @@ def default_arch_args(arch: str, n_in: int, n_out: int, spatial_dims: int) -> di
                 # Batch norm: at prediction time it uses running statistics, so every tile
                 # is normalised alike and tiles blend without seams.
                 "norm": "batch", "activation": "sigmoid"}
+    if arch == "unet-2.5d":  # the 2D U-Net's defaults; planes/centre come from the data (layer_pairs.window_pair)
+        if spatial_dims != 2:
+            raise InputError("A 2.5D U-Net predicts 2D planes from a window of z planes; it has no 3D form.")
+        return {"in_channels": n_in, "out_channels": n_out, "planes": 5, "centre": 2, "depth": 4, "base": 32,
+                "norm": "batch", "activation": "sigmoid"}
     if arch == "resnet_generator":
         if spatial_dims != 2:
             raise InputError("The ResNet generator is 2D only; choose 'unet' for 3D stacks.")

@@ -37,6 +37,7 @@ from ..models.card import ModelCard
 from ..models.pix2pixhd import MultiscaleDiscriminator
 from . import adversarial
 from .config import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate
+from ..models.zwindow import z_window
 from .datasets import PairedPatches
 from .losses import make_loss
 from .pix2pixhd_loss import make_multiscale_critic, multiscale_gan_step
@@ -87,7 +88,7 @@ class Trainer(TrainerFiles):
                              f"({', '.join(card.input_channels)}) but the chosen input has {n_in}.")
         common = dict(patch=config.patch, spatial_dims=dims, val_fraction=config.val_fraction, seed=config.seed,
                       input_normalisation=card.input_normalisation, input_names=None,
-                      target_names=card.output_channels)
+                      target_names=card.output_channels, z_window=z_window(card))
         self.train_data = PairedPatches(inputs, targets, augment=config.augment, split="train", **common)
         if self.train_data.n_out != card.n_out:
             raise InputError(f"The model '{card.name}' predicts {card.n_out} channel(s) "
@@ -103,9 +104,9 @@ class Trainer(TrainerFiles):
         self.gan = config.gan
         if self.gan:
             if critic is None and config.critic == "multiscale":
-                critic = make_multiscale_critic(card.n_in, card.n_out, tuple(config.patch), ndf=config.critic_width)
+                critic = make_multiscale_critic(self.train_data.n_in, card.n_out, tuple(config.patch), ndf=config.critic_width)
             self.critic = (critic if critic is not None else adversarial.make_critic(
-                card.n_in, card.n_out, dims, tuple(config.patch), self.gan, ndf=config.critic_width)).to(self.device)
+                self.train_data.n_in, card.n_out, dims, tuple(config.patch), self.gan, ndf=config.critic_width)).to(self.device)
             self.gan_weight = config.gan_weight if config.gan_weight is not None else adversarial.DEFAULT_GAN_WEIGHT[self.gan]
             self.n_critic = config.n_critic or adversarial.DEFAULT_N_CRITIC[self.gan]
         else:

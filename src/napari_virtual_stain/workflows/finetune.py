@@ -19,10 +19,12 @@ from psygnal import evented
 from ..errors import InputError, VirtualStainError
 from ..training.config import DEFAULT_STEPS, TrainConfig, TrainResult
 from ..training.defaults import DEFAULT_PATCH_SIDE, patch_for
-from ..training.layer_pairs import TrainingImage, data_dims, training_pairs
+from ..training.layer_pairs import TrainingImage, WindowRequest, data_dims, training_pairs
 from .settings_files import Remembered
 
 NO_GAN = "none"
+# The architecture whose network reads a window of z planes (models.unet25d, models.zwindow).
+ARCH_2_5D = "unet-2.5d"
 
 
 @evented
@@ -35,7 +37,10 @@ class FineTuneSettings(Remembered):
     z-stack) or the model's. ``patch``: one side (``training.defaults.patch_for``) or every
     size. Length: ``steps``, ``epochs`` and/or ``minutes`` (whichever ends first; none: 500
     steps). ``val_every``/``preview_every`` None: about ten validations and twenty previews
-    per run.
+    per run. A 2.5D model (``arch`` unet-2.5d, or fine-tuning one) reads ``planes`` z
+    planes (None: the whole stack for a one-plane target, 5 for a target stack; a model
+    being fine-tuned keeps its own) and a one-plane target belongs to stack plane
+    ``target_plane`` (None: the middle); ``training.layer_pairs.window_for_pair`` places it.
     """
 
     arch: str | None = "unet"
@@ -64,15 +69,59 @@ class FineTuneSettings(Remembered):
     device: str = "auto"
     precision: str = "fp32"
     z_as_channels: bool = False
+    planes: int | None = None
+    target_plane: int | None = None
 
     # -- checks -------------------------------------------------------------------------------
     def model_dims(self) -> int | None:
         """The model's 2D/3D as far as the settings say (None: the data decides)."""
+        if self.arch == ARCH_2_5D and not self.from_model:
+            return 2  # a window of planes in, one plane out
         if self.spatial_dims is not None or not self.from_model:
             return self.spatial_dims
         from ..models.registry import model_card
 
         return model_card(self.from_model).spatial_dims
+
+    def start_window(self):
+        """The z window of the model being fine-tuned (None: a fresh network or not a 2.5D model)."""
+        if not self.from_model:
+            return None
+        from ..models.registry import model_card
+        from ..models.zwindow import z_window
+
+        return z_window(model_card(self.from_model))
+
+    def window_request(self) -> WindowRequest | None:
+        """What the pairs of a 2.5D run need (None: not a 2.5D run)."""
+        fixed = self.start_window()
+        if fixed is None and not (self.arch == ARCH_2_5D and not self.from_model):
+            return None
+        return WindowRequest(self.planes, self.target_plane, fixed)
+
+    def _window_problems(self, card) -> list[str]:
+        from ..models.zwindow import z_window
+
+        given = None if card is None else z_window(card)
+        two_and_a_half = (self.arch == ARCH_2_5D and not self.from_model) or given is not None
+        found = []
+        if not two_and_a_half:
+            if self.planes is not None or self.target_plane is not None:
+                found.append(f"Planes and a target plane are for 2.5D models: train one with the architecture "
+                             f"{ARCH_2_5D} (--arch {ARCH_2_5D}).")
+            return found
+        if self.z_as_channels:
+            found.append("A 2.5D model reads its planes from the stack itself: leave out --z-as-channels.")
+        if self.spatial_dims == 3:
+            found.append("A 2.5D model predicts 2D planes from a window of z planes; it has no 3D form.")
+        if self.planes is not None and self.planes < 2:
+            found.append(f"A 2.5D model reads at least 2 planes, not {self.planes} (one plane is a 2D U-Net's input).")
+        elif self.planes is not None and given is not None and given.planes != self.planes:
+            found.append(f"The model '{card.name}' reads {given.planes} planes; it cannot be fine-tuned "
+                         f"on windows of {self.planes}.")
+        if self.target_plane is not None and self.target_plane < 0:
+            found.append(f"The target plane is a plane of the stack (0 is the first), not {self.target_plane}.")
+        return found
 
     def problems(self) -> list[str]:
         """Sentences for what would stop a run, cheapest checks only (no network is built)."""
@@ -80,7 +129,7 @@ class FineTuneSettings(Remembered):
         from ..models.factory import ARCHITECTURES, _load_builtin_architectures
         from ..models.registry import model_card
 
-        found = []
+        found, card = [], None
         try:
             resolve_device(self.device)
         except VirtualStainError as err:
@@ -100,6 +149,7 @@ class FineTuneSettings(Remembered):
                 found.append(f"The model '{card.name}' is a {card.task} model; fine-tune a virtual staining model.")
             elif self.spatial_dims not in (None, card.spatial_dims):
                 found.append(f"The model '{card.name}' is {card.spatial_dims}D, not {self.spatial_dims}D.")
+        found += self._window_problems(card)
         if self.spatial_dims not in (None, 2, 3):
             found.append(f"A model is 2D or 3D, not {self.spatial_dims}D.")
         if not self.patch or any(int(p) < 1 for p in self.patch):
@@ -156,20 +206,31 @@ def prepare(settings: FineTuneSettings, image: TrainingImage, targets: Sequence[
         dims = load_checkpoint(resume)[1].spatial_dims
     if dims is None:
         dims = data_dims(image, settings.z_as_channels)
-    pairs = training_pairs(image, targets, dims, settings.z_as_channels)
+    window = settings.window_request()
+    if resume is not None:  # a resumed run keeps the window its card records
+        from ..models.registry import model_card
+        from ..models.zwindow import z_window
+
+        fixed = z_window(model_card(str(resume)))
+        window = None if fixed is None else WindowRequest(settings.planes, settings.target_plane, fixed)
+    pairs = training_pairs(image, targets, dims, settings.z_as_channels, z_window=window)
     if resume is not None:
         model, card = load_checkpoint(resume)
     else:
+        arch_args = settings.arch_args
+        if pairs.z_window is not None and not settings.from_model:  # the card records the window
+            arch_args = {**(arch_args or {}), "planes": pairs.z_window.planes, "centre": pairs.z_window.centre}
         # The fresh weights (a new network, a replaced head) come from the run's seed, so the
         # same settings train the same model whichever door started them.
         torch.manual_seed(settings.seed)
         model, card = model_for_training(
             from_model=settings.from_model or None, arch=None if settings.from_model else settings.arch,
             n_in=len(pairs.input_names), n_out=len(pairs.target_names), spatial_dims=pairs.spatial_dims,
-            input_names=pairs.input_names, output_names=pairs.target_names, arch_args=settings.arch_args,
+            input_names=pairs.input_names, output_names=pairs.target_names, arch_args=arch_args,
             name=settings.name)
     config = settings.train_config(pairs.spatial_dims, best_path=None if best_path is None else str(best_path))
     trainer = Trainer(model, card, pairs.inputs, pairs.targets, config)
+    trainer.source_planes = pairs.source_planes  # where the dock draws a pair's preview in a stack
     if resume is not None:
         trainer.resume(resume)
     return trainer

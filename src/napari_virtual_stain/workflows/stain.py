@@ -32,6 +32,9 @@ class StainSettings:
     tile: tuple[int, ...] | None = None  # None: the model's
     overlap: tuple[int, ...] | None = None
     batch_size: int | None = None
+    # Test-time augmentation: every tile predicted under the 8 flips/quarter turns of the
+    # plane and averaged (8x the work; engine.tta).
+    tta: bool = False
 
     def problems(self) -> list[str]:
         """Sentences for what would stop a run, cheapest checks only (no network is built)."""
@@ -105,16 +108,16 @@ def run(settings: StainSettings, data, *, rgb: bool = False, name: str = "image"
         stats: dict | None = None, view_cache: ViewCache | None = None, cache: PredictorCache = SHARED,
         load: Callable | None = None, progress=None, cancel=None) -> StainResult:
     """Stain ``region`` of ``data`` (all of it by default). With a ``view_cache`` (one image,
-    model and settings) a region predicts only the pixels earlier runs did not, and a
-    whole-image run fills it for later views."""
+    model and settings, ``tta`` included) a region predicts only the pixels earlier runs did
+    not, and a whole-image run fills it for later views."""
     settings.validate()
     predictor = predictor_for(settings, cache, load)
     with device_turn(predictor):
         if region is not None and view_cache is not None:
             return run_stain_reusing(predictor, data, view_cache, region, rgb=rgb, name=name, stats=stats,
-                                     progress=progress, cancel=cancel)
+                                     progress=progress, cancel=cancel, tta=settings.tta)
         result = run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
-                           progress=progress, cancel=cancel)
+                           progress=progress, cancel=cancel, tta=settings.tta)
         if view_cache is not None:
             view_cache.store(result.region, result.data)
         return result

@@ -22,6 +22,9 @@ from ..errors import InputError
 from ..io.ome_zarr_reader import ZARR_SUFFIXES, is_plate, is_zarr_folder, plate_fields
 from ..io.outputs import check_distinct, check_output_file, check_output_folder
 from ..io.tiff_reader import OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, image_suffix
+from ..models.zwindow import z_window
+from ..tasks.arrays import layout_for
+from ..tasks.region import Region
 from . import stain as workflow
 
 OUTPUT_FORMATS = {"tiff": ".tif", "ome-zarr": ".ome.zarr"}
@@ -122,6 +125,34 @@ def channels_first(image, card, channel: str | None):
     return data, rgb
 
 
+def one_window_region(card, data, rgb: bool = False, name: str = "image") -> Region | None:
+    """For a 2.5D model and a stack exactly one window deep: the region of the window's centre plane."""
+    window = z_window(card)
+    if window is None:
+        return None
+    spatial = layout_for(data, card, rgb, name).spatial_shape(tuple(data.shape))
+    if len(spatial) != 3 or spatial[0] != window.planes:
+        return None
+    return Region((window.centre, 0, 0), (window.centre + 1,) + tuple(int(n) for n in spatial[1:]))
+
+
+def stain_image(settings: workflow.StainSettings, data, *, rgb: bool, name: str, pixel_size=None,
+                progress=None, cancel=None):
+    """(result, pixel size) of staining a whole file's image, the same for one file and for many.
+
+    A 2.5D model on a stack exactly one window deep predicts the window's centre plane
+    (YX out); on a deeper stack it slides along z (ZYX out).
+    """
+    card = workflow.predictor_for(settings).card
+    region = one_window_region(card, data, rgb, name)
+    result = workflow.run(settings, data, rgb=rgb, name=name, region=region, progress=progress, cancel=cancel)
+    if region is not None:  # one window of planes in, its centre plane out
+        result.data = result.data[:, 0]
+        if pixel_size is not None and len(pixel_size) == 3:
+            pixel_size = pixel_size[-2:]
+    return result, pixel_size
+
+
 def stain_file(source: str, target: str, settings: dict, channel: str | None = None,
                axes: str | None = None) -> dict:
     """Stain one input file and write ``target`` (.tif or .ome.zarr) atomically: one task of a scale-out.
@@ -137,13 +168,13 @@ def stain_file(source: str, target: str, settings: dict, channel: str | None = N
     card = workflow.predictor_for(settings).card
     image = load_image(source, axes=axes)
     data, rgb = channels_first(image, card, channel)
-    result = workflow.run(settings, data, rgb=rgb, name=str(source))
+    result, size = stain_image(settings, data, rgb=rgb, name=str(source), pixel_size=image.pixel_size_um)
     spatial = "ZYX" if result.data.ndim == 4 else "YX"
     values = result.data.astype(np.float32)
     if str(target).lower().endswith(ZARR_SUFFIXES):
-        save_ome_zarr(target, values, "C" + spatial, result.channels, image.pixel_size_um)
+        save_ome_zarr(target, values, "C" + spatial, result.channels, size)
     else:
-        save_tiff(target, values, "C" + spatial, result.channels, image.pixel_size_um)
+        save_tiff(target, values, "C" + spatial, result.channels, size)
     return {"input": str(source), "output": str(target), "shape": tuple(int(v) for v in values.shape),
             "warnings": list(result.warnings), "nan_fraction": float(result.nan_fraction)}
 
