@@ -113,3 +113,61 @@ def test_the_dock_and_the_command_line_train_the_same_model_with_the_same_card(m
     assert comparable(dock_card) == comparable(cli_card)
     for (key, a), (_, b) in zip(cli_model.state_dict().items(), dock_model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+
+
+def test_a_z_window_is_checked_as_settings(user_models, tmp_path):
+    assert "for 2.5D models" in FineTuneSettings(device="cpu", planes=3).problems()[0]
+    assert "for 2.5D models" in FineTuneSettings(device="cpu", target_plane=1).problems()[0]
+    assert FineTuneSettings(device="cpu", arch="unet-2.5d", planes=3, target_plane=1).problems() == []
+    assert "--z-as-channels" in FineTuneSettings(device="cpu", arch="unet-2.5d", z_as_channels=True).problems()[0]
+    assert "no 3D form" in FineTuneSettings(device="cpu", arch="unet-2.5d", spatial_dims=3,
+                                            patch=(8, 16, 16)).problems()[0]
+    assert "at least 2 planes" in FineTuneSettings(device="cpu", arch="unet-2.5d", planes=1).problems()[0]
+    # Too few planes in the data: a sentence from the pairs, before any network is built.
+    stack = np.random.default_rng(2).random((3, 32, 32)).astype(np.float32)
+    with pytest.raises(InputError, match="fewer than the 5 planes"):
+        from napari_virtual_stain.workflows.finetune import prepare
+        prepare(FineTuneSettings(device="cpu", arch="unet-2.5d", planes=5), TrainingImage(stack, "bf"),
+                [TrainingImage(stack[1], "dapi")])
+
+
+def test_the_dock_and_the_command_line_train_the_same_2_5d_model_whose_card_records_the_window(
+        make_napari_viewer, qtbot, user_models, tmp_path):
+    """A 5-plane focal series and a DAPI plane of its plane 3; the dock takes the plane the viewer shows."""
+    from napari_virtual_stain.models.zwindow import ZWindow, z_window
+    from napari_virtual_stain.widgets.finetune_widget import FineTuneWidget
+
+    bf, nuclei = pair(3)
+    stack = np.stack([ndi.gaussian_filter(bf, 1 + abs(z - 3)) for z in range(5)]).astype(np.float32)
+    tifffile.imwrite(tmp_path / "bf.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "nuclei.tif", nuclei)
+    out = tmp_path / "cli-25d.pt"
+    assert main(["train", str(tmp_path / "bf.tif"), str(tmp_path / "nuclei.tif"), "--arch", "unet-2.5d",
+                 "--planes", "3", "--target-plane", "3", "--arch-args", '{"depth": 2, "base": 4}', "--patch", "32",
+                 "--steps", "4", "--device", "cpu", "--name", "same25", "-o", str(out)]) == 0
+
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="bf")
+    viewer.add_image(nuclei, name="nuclei")
+    viewer.dims.set_point(0, 3)
+    tune = FineTuneWidget(viewer)
+    tune.input.value, tune.targets.value = "bf", ["nuclei"]
+    assert not tune.planes.enabled  # planes are a 2.5D network's choice
+    tune.start.value = "new: U-Net 2.5D (z planes -> one plane)"
+    assert tune.planes.enabled
+    tune.planes.value, tune.patch.value, tune.steps.value, tune.name.value, tune.device.value = 3, 32, 4, "same25", "cpu"
+    tune.settings.arch_args = dict(TINY_ARGS)
+    assert tune.train_button.enabled, tune.train_button.tooltip
+    tune.train()
+    qtbot.waitUntil(lambda: tune.job is not None and not tune.job.running and tune.train_button.enabled,
+                    timeout=120000)
+    tune.save()
+
+    cli_model, cli_card = load_checkpoint(out)
+    dock_model, dock_card = load_checkpoint(user_models / "same25.pt")
+    # Plane 3 of 5 with 3 planes: stack planes 2-4, the target is the window's middle plane.
+    assert z_window(dock_card) == ZWindow(3, 1) and dock_card.architecture == "unet-2.5d"
+    assert dock_card.training["data"]["z_window"] == {"planes": 3, "centre": 1}
+    assert comparable(dock_card) == comparable(cli_card)
+    for (key, a), (_, b) in zip(cli_model.state_dict().items(), dock_model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)

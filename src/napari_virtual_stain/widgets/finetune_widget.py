@@ -26,7 +26,7 @@ from ..tasks.layers import overlay_tuples
 from ..training.layer_pairs import TrainingImage
 from ..training.trainer import Trainer
 from ..workflows import finetune as workflow
-from ..workflows.finetune import FineTuneSettings
+from ..workflows.finetune import ARCH_2_5D, FineTuneSettings
 from ..workflows.settings_files import settings_file
 from ._output_layers import publish
 from ._plot import LinePlot
@@ -37,6 +37,7 @@ from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_info
 ARCHITECTURES = {
     "new: U-Net (2D)": ("unet", 2),
     "new: U-Net (3D, for z-stacks)": ("unet", 3),
+    "new: U-Net 2.5D (z planes -> one plane)": ("unet-2.5d", 2),
     "new: pix2pix U-Net-256": ("pix2pix_unet", 2),
     "new: pix2pixHD (coarse-to-fine)": ("pix2pixhd", 2),
     "new: TransUNet": ("transunet", 2),
@@ -131,6 +132,10 @@ class FineTuneWidget(JobDockMixin, QWidget):
         self.name = LineEdit(label="save as", value=st.name)
         self.patch = SpinBox(label="patch", value=int(st.patch[0]) if len(st.patch) == 1 else 128, min=16, max=1024,
                              step=16, tooltip="training patch side: P x P in 2D; min(16, P/4) x P/2 x P/2 for 3D models")
+        self.planes = SpinBox(label="planes", value=st.planes or 0, min=0, max=64,
+                              tooltip="2.5D: z planes the model reads around the predicted plane (0 = the whole "
+                                      "stack for a one-plane target, 5 for a target stack); a one-plane target "
+                                      "belongs to the plane the viewer shows")
         self.steps = SpinBox(label="steps", value=st.steps or 500, min=1, max=1_000_000)
         self.minutes = FloatSpinBox(label="max minutes", value=st.minutes or 0.0, min=0.0, max=10_000, step=0.5,
                                     tooltip="0 = no time limit (the steps decide)")
@@ -152,7 +157,8 @@ class FineTuneWidget(JobDockMixin, QWidget):
         buttons = Container(widgets=[self.train_button, self.stop_button, self.resume_button, self.save_button,
                                      self.export_button],
                             layout="horizontal", labels=False)
-        self.container = Container(widgets=[self.input, self.targets, self.start, self.name, self.patch, self.steps,
+        self.container = Container(widgets=[self.input, self.targets, self.start, self.name, self.patch, self.planes,
+                                            self.steps,
                                             self.minutes, self.loss, self.gan, self.device, self.precision, buttons,
                                             self.progress, self.run_state_label, self.status])
         layout = QVBoxLayout(self)
@@ -190,6 +196,8 @@ class FineTuneWidget(JobDockMixin, QWidget):
         bind(self.patch, "patch", lambda v: (int(v),))
         bind(self.steps, "steps", int)
         bind(self.minutes, "minutes", lambda v: float(v) or None)
+        self.planes.changed.connect(lambda value: setattr(st, "planes", (int(value) or None) if self.planes.enabled
+                                                          else None))
         for widget, name in ((self.loss, "loss"), (self.gan, "gan"), (self.device, "device"),
                              (self.precision, "precision")):
             bind(widget, name)
@@ -199,12 +207,15 @@ class FineTuneWidget(JobDockMixin, QWidget):
 
     def _start_chosen(self, *_) -> None:
         start = self.start.value
-        with self.settings.events.blocked():  # one check once all three are set
+        with self.settings.events.blocked():  # one check once all are set
             if start in ARCHITECTURES:
                 self.settings.arch, self.settings.spatial_dims = ARCHITECTURES[start]
                 self.settings.from_model = None
             else:
                 self.settings.arch, self.settings.from_model, self.settings.spatial_dims = None, start, None
+            # Planes are chosen for a new 2.5D network only; a 2.5D model being fine-tuned keeps its own.
+            self.planes.enabled = self.settings.arch == ARCH_2_5D
+            self.settings.planes = (int(self.planes.value) or None) if self.planes.enabled else None
         self._check_settings()
 
     # -- choices ---------------------------------------------------------------------------
@@ -253,9 +264,19 @@ class FineTuneWidget(JobDockMixin, QWidget):
             snapshot.save(settings_file("finetune"))
         except OSError:  # remembering is a convenience, never a reason not to train
             pass
+        if snapshot.window_request() is not None and all(self.viewer.layers[t.name].ndim == 2 for t in targets):
+            # A one-plane target belongs to the plane the viewer shows now (not remembered).
+            snapshot.target_plane = self._current_plane(self.viewer.layers[source.name])
         trainer = workflow.prepare(snapshot, source, targets, resume=resume)
         trainer.source_layer = self.viewer.layers[source.name]  # where previews are drawn
         return trainer
+
+    def _current_plane(self, layer) -> int | None:
+        """The z plane of a stack layer the viewer shows (None for a plane or a colour image)."""
+        if layer.rgb or layer.ndim != 3:
+            return None
+        z = int(round(float(layer.world_to_data(self.viewer.dims.point)[0])))
+        return min(max(z, 0), int(layer.data.shape[0]) - 1)
 
     def train(self, *_):
         if self.job is not None and self.job.running:
@@ -392,8 +413,9 @@ class FineTuneWidget(JobDockMixin, QWidget):
             return
         data = trainer.val_data if trainer.val_data is not None and len(trainer.val_data) else trainer.train_data
         pair, start = data.fixed_patch_origin()
-        if source.ndim == 3 and trainer.card.spatial_dims == 2:  # pairs are the planes of the stack
-            start, preview = (pair,) + start, preview[:, None]
+        if source.ndim == 3 and trainer.card.spatial_dims == 2:  # pairs are planes of the stack (2D or 2.5D)
+            planes = getattr(trainer, "source_planes", None) or range(source.data.shape[0])
+            start, preview = (planes[pair],) + start, preview[:, None]
         names = [f"preview {c}" for c in trainer.card.output_channels]
         axes = spatial_axes(source, len(start))  # the preview covers the input's last spatial axes
         publish(self.viewer, overlay_tuples(preview, names, source.name, placement(source, axes, start),
