@@ -167,3 +167,17 @@ def test_our_exported_package_can_be_fine_tuned(exported, tmp_path):
     rc = main(["train", str(tmp_path / "in.tif"), str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--from",
                str(package), "-o", str(tmp_path / "tuned.pt"), "--steps", "2", "--patch", "32", "--device", "cpu"])
     assert rc == 0 and load_model(tmp_path / "tuned.pt")[1].training.get("started_from", "") != ""
+
+
+def test_a_2_5d_model_is_refused_with_one_sentence_and_nothing_written(tmp_path, capsys):
+    from napari_virtual_stain.models.checkpoint import save_checkpoint
+    from napari_virtual_stain.training.starting import model_for_training
+
+    net, card = model_for_training(arch="unet-2.5d", n_in=1, n_out=1, spatial_dims=2, input_names=["bf"],
+                                   output_names=["dapi"], name="focal",
+                                   arch_args={"planes": 3, "centre": 1, "depth": 2, "base": 4})
+    save_checkpoint(tmp_path / "focal.pt", net, card)
+    assert main(["export", str(tmp_path / "focal.pt"), "-o", str(tmp_path / "focal.zip")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "2.5D model (a window of 3 z planes" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "focal.zip").exists() and not list(tmp_path.glob(".focal*"))

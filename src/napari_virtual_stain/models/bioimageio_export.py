@@ -262,6 +262,12 @@ def export_model(model, card: ModelCard, output: str | os.PathLike, *, license: 
     from bioimageio.spec import ValidationContext, build_description as spec_build, save_bioimageio_package
     from bioimageio.spec.model import v0_5
 
+    from .zwindow import z_window
+
+    window = z_window(card)
+    if window is not None:  # its network takes C x planes channels; the description would name only C
+        raise CheckpointError(f"{card.name} is a 2.5D model (a window of {window.planes} z planes in, one plane "
+                              "out), which bioimage.io export cannot describe yet: share its .pt file instead.")
     license = license or card.extra.get("license") or DEFAULT_LICENSE
     _check_license(license)
     if card.architecture == "bioimageio":
