@@ -155,7 +155,7 @@ def test_bad_choices_become_sentences(dock, qtbot, model_dir):
     assert any("Only one marker" in str(m) for m in widget.messages)
 
 
-def test_train_imputers_for_all_markers_writes_a_model_per_marker(dock, qtbot, tmp_path):
+def test_train_imputers_writes_the_joint_imputer_for_every_marker(dock, qtbot, tmp_path):
     viewer, widget = dock
     for name, plane in zip(MARKERS[:3], good_stack()[:3]):
         viewer.add_image(plane, name=name)
@@ -163,8 +163,10 @@ def test_train_imputers_for_all_markers_writes_a_model_per_marker(dock, qtbot, t
     out = tmp_path / "trained"
     out.mkdir()
     widget.folder.value = str(out)
+    widget.minutes.value = 0
     widget.steps.value = 1
     widget.device.value = "cpu"
     click(widget, widget.train, qtbot, timeout=120000)
-    assert sorted(p.name for p in out.glob("*.pt")) == ["imputer-CD3.pt", "imputer-DAPI.pt", "imputer-Lap2.pt"]
+    assert sorted(p.name for p in out.glob("*.pt")) == ["joint-imputer.pt"]
     assert sorted(widget.target.choices) == ["CD3", "DAPI", "Lap2"]
+    assert "BL-Mean" in widget.info.value
