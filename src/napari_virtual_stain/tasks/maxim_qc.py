@@ -270,9 +270,11 @@ def judge_marker(marker: str, acquired_raw: np.ndarray, acquired: np.ndarray, im
     reasons, severity = [], 0.0
     assessable = expected["pcc"] >= settings.min_expected_pcc and expected.get("counts", True)
     low, high = raw_range(acquired_raw)
-    if high <= low:
+    if high <= low and assessable:  # constant while an imputer that counts expects it: missing
         reasons.append(f"blank: the acquired {marker} channel is constant ({low:g})")
         severity = math.inf
+    elif high <= low:
+        pass  # constant, and no imputer that earns trust says it should be there: not assessable
     elif assessable:
         threshold = settings.pcc_ratio * expected["pcc"]
         pcc = scores["pcc"] if math.isfinite(scores["pcc"]) else 0.0

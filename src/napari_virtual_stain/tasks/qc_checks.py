@@ -296,28 +296,57 @@ def check_stack(stack, names: Sequence[str], settings: Mapping[str, Any] | None 
 
         if tissue_level is None:
             continue
-        shift = best_shift(i, spectra, s.shape, partners, int(t["max_shift"]))
-        if shift is not None:
-            partner = names[shift.pop("partner")]
-            shift["partner"] = partner
-            result.measures["registration"] = shift
-            distance = math.hypot(shift["dy"], shift["dx"])
-            clear = shift["peak"] >= (t["min_shift_peak"] if shift["agree"] else t["min_shift_peak_alone"])
-            gone = shift["at_zero"] <= t["max_zero_share"] * shift["peak"]  # cells no longer overlap at no shift
-            if distance >= t["min_shift"] and clear and gone and shift["peak"] - shift["at_zero"] >= t["min_shift_gain"]:
-                result.findings.append(Finding(
-                    "misregistered", f"{name} is shifted by {shift['dy']:+d}, {shift['dx']:+d} px (y, x) against "
-                                     f"{partner} and the other markers (cell-scale correlation {shift['peak']:.2f} "
-                                     f"there, {shift['at_zero']:.2f} without shift): this round is misregistered",
-                    {k2: shift[k2] for k2 in ("dy", "dx", "peak", "at_zero", "partner", "agree")}))
-        partners = [j for j in informative if j != i]
-        areas, measures, why = find_low_areas(name, s, [signals[j] for j in partners], [names[j] for j in partners], t)
+        finding = _misregistration(name, i, spectra, s.shape, partners, names, t, result.measures)
+        if finding is not None:
+            result.findings.append(finding)
+        others_i = [j for j in informative if j != i]
+        areas, measures, why = find_low_areas(name, s, [signals[j] for j in others_i], [names[j] for j in others_i], t)
         result.measures.update(measures)
         if why:
             result.not_assessed.append(why)
         for area in areas:
             result.findings.append(Finding(area["kind"], _area_sentence(name, area), area["evidence"], area["box"]))
+    _settle_mutual_shifts(out, names, spectra, data.shape[1:], partners, t)
     return out
+
+
+def _misregistration(name, i, spectra, shape, partners, names, t, measures=None) -> Finding | None:
+    """A misregistered finding for marker ``i`` against ``partners`` (indices), or None."""
+    shift = best_shift(i, spectra, shape, partners, int(t["max_shift"]))
+    if shift is None:
+        return None
+    partner = names[shift.pop("partner")]
+    shift["partner"] = partner
+    if measures is not None:
+        measures["registration"] = shift
+    distance = math.hypot(shift["dy"], shift["dx"])
+    clear = shift["peak"] >= (t["min_shift_peak"] if shift["agree"] else t["min_shift_peak_alone"])
+    gone = shift["at_zero"] <= t["max_zero_share"] * shift["peak"]  # cells no longer overlap at no shift
+    if not (distance >= t["min_shift"] and clear and gone and shift["peak"] - shift["at_zero"] >= t["min_shift_gain"]):
+        return None
+    return Finding("misregistered", f"{name} is shifted by {shift['dy']:+d}, {shift['dx']:+d} px (y, x) against "
+                                    f"{partner} and the other markers (cell-scale correlation {shift['peak']:.2f} "
+                                    f"there, {shift['at_zero']:.2f} without shift): this round is misregistered",
+                   {k: shift[k] for k in ("dy", "dx", "peak", "at_zero", "partner", "agree")})
+
+
+def _settle_mutual_shifts(out, names, spectra, shape, partners, t) -> None:
+    """A shifted marker makes its best partners look shifted the other way. Where two findings
+    point at each other, each is judged again without the other as partner; one that no longer
+    shows the shift was only the partner of the shifted round."""
+    shifted = {n: f for n, r in out.items() for f in r.findings if f.kind == "misregistered"}
+    cleared = []
+    for n, f in shifted.items():
+        p = f.evidence["partner"]
+        g = shifted.get(p)
+        if g is None or abs(g.evidence["dy"] + f.evidence["dy"]) > 2 or abs(g.evidence["dx"] + f.evidence["dx"]) > 2:
+            continue
+        i, j = names.index(n), names.index(p)
+        if _misregistration(n, i, spectra, shape, [k for k in partners if k != j], names, t) is None:
+            cleared.append(n)
+    for n in cleared:
+        out[n].findings = [f for f in out[n].findings if f.kind != "misregistered"]
+        out[n].measures["registration_cleared"] = "its shift was against a misregistered partner only"
 
 
 def _area_sentence(name: str, area: Mapping[str, Any]) -> str:

@@ -48,10 +48,10 @@ REGION_DEFAULTS: dict[str, float] = {
     "min_predictability": 0.5,
     "min_expected_counts": 40.0,
     "min_expected_share": 0.25,
-    "dim_level": 0.45,
+    "dim_level": 0.29,
     "blank_level": 0.1,
     "max_contrast": 0.45,  # the area's lowest window is at most this share of the lowest level elsewhere
-    "min_rest_blank": 0.45,  # a blank area: elsewhere the marker never falls below this share of its expected level
+    "min_rest_blank": 0.58,  # a blank area: elsewhere the marker never falls below this share of its expected level
     "min_rest_dim": 0.72,  # ... a dimmed area (a milder dip needs a steadier marker around it)
 }
 
