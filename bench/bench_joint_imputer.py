@@ -100,7 +100,7 @@ def main():
     n_counts = sum(r[4] for r in imputer_rows)
     lines += ["", f"The imputation check counts for {n_counts} of {len(imputer_rows)} scored markers.",
               "Training: " + ", ".join(f"{f} {s:.0f} s ({n} steps)" for f, s, n in train_seconds)
-              + f"; QC of a clean field with the imputer: " + ", ".join(f"{s:.0f} s" for s in qc_seconds)
+              + "; QC of a clean field with the imputer: " + ", ".join(f"{s:.0f} s" for s in qc_seconds)
               + " (1 thread, shared machine).", "", "### Sabotage matrix on the judged fields", "",
               "| class | sabotaged markers | detected, training-free alone | detected, with the imputation check |",
               "|---|---|---|---|"]
