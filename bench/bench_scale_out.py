@@ -12,7 +12,6 @@ per-tile cost the script prints what N workers, each on its own GPU, would give 
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path

@@ -77,16 +77,43 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, model_dir, capsys):
     assert "more than once" in capsys.readouterr().err
 
 
-def test_train_imputers_writes_one_model_per_chosen_marker(tmp_path):
+def test_train_imputers_writes_the_joint_imputer_and_prints_its_held_out_errors(tmp_path, capsys):
     stack = _write(tmp_path / "s.tif", good_stack()[:3], MARKERS[:3])
     out = tmp_path / "trained"
-    assert main(["train-imputers", stack, "-o", str(out), "--markers", "CD3", "--steps", "1", "--patch", "32",
+    assert main(["train-imputers", stack, "-o", str(out), "--steps", "2", "--patch", "32",
                  "--batch-size", "2", "--device", "cpu", "--base", "4", "--depth", "2"]) == 0
-    assert sorted(p.name for p in out.glob("*.pt")) == ["imputer-CD3.pt"]
+    assert sorted(p.name for p in out.glob("*.pt")) == ["joint-imputer.pt"]
+    err = capsys.readouterr().err
+    for marker in MARKERS[:3]:
+        assert f"  {marker}: held-out MAE" in err and "mean of other markers" in err
     from napari_virtual_stain.models.checkpoint import read_checkpoint
 
-    card, _ = read_checkpoint(out / "imputer-CD3.pt")
-    assert card.arch_args["base"] == 4 and card.arch_args["max_width"] == 16 and card.input_channels == ["DAPI", "Lap2"]
+    card, _ = read_checkpoint(out / "joint-imputer.pt")
+    assert card.extra["joint"] and card.output_channels == MARKERS[:3] and card.arch_args["in_channels"] == 6
+    assert card.arch_args["base"] == 4 and set(card.scores["per_marker"]) == set(MARKERS[:3])
+    # a second run into the same folder needs --overwrite
+    assert main(["train-imputers", stack, "-o", str(out), "--steps", "1", "--patch", "32", "--device", "cpu"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_impute_with_a_missing_marker_the_stack_lacks_is_an_error(tmp_path, model_dir, capsys):
+    stack = _write(tmp_path / "s.tif", good_stack(), MARKERS)
+    out = tmp_path / "o.tif"
+    assert main(["impute", stack, "--models", str(model_dir), "--marker", "CD3", "--missing", "CD99",
+                 "-o", str(out)]) == 2
+    assert "no marker 'CD99'" in capsys.readouterr().err and not out.exists()
+
+
+def test_qc_names_an_imputer_file_that_does_not_load_and_still_runs(tmp_path, capsys):
+    stack = _write(tmp_path / "s.tif", good_stack(), MARKERS)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "joint-imputer.pt").write_bytes(b"not a checkpoint")
+    report = tmp_path / "r.json"
+    assert main(["qc", stack, "--models", str(models), "-o", str(report)]) == 0
+    assert "joint-imputer.pt" in capsys.readouterr().err
+    data = json.loads(report.read_text())
+    assert any("joint-imputer.pt" in w for w in data["warnings"]) and "flagged" in data
 
 
 def test_cell_scores_from_the_shell_equal_the_docks(tmp_path, model_dir):

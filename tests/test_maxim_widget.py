@@ -155,7 +155,7 @@ def test_bad_choices_become_sentences(dock, qtbot, model_dir):
     assert any("Only one marker" in str(m) for m in widget.messages)
 
 
-def test_train_imputers_for_all_markers_writes_a_model_per_marker(dock, qtbot, tmp_path):
+def test_train_imputers_writes_the_joint_imputer_for_every_marker(dock, qtbot, tmp_path):
     viewer, widget = dock
     for name, plane in zip(MARKERS[:3], good_stack()[:3]):
         viewer.add_image(plane, name=name)
@@ -163,8 +163,44 @@ def test_train_imputers_for_all_markers_writes_a_model_per_marker(dock, qtbot, t
     out = tmp_path / "trained"
     out.mkdir()
     widget.folder.value = str(out)
+    widget.minutes.value = 0
     widget.steps.value = 1
     widget.device.value = "cpu"
     click(widget, widget.train, qtbot, timeout=120000)
-    assert sorted(p.name for p in out.glob("*.pt")) == ["imputer-CD3.pt", "imputer-DAPI.pt", "imputer-Lap2.pt"]
+    assert sorted(p.name for p in out.glob("*.pt")) == ["joint-imputer.pt"]
     assert sorted(widget.target.choices) == ["CD3", "DAPI", "Lap2"]
+    assert "BL-Mean" in widget.info.value
+
+
+def test_a_blank_area_on_a_real_field_becomes_a_box_and_a_row_that_goes_there(dock, qtbot):
+    """Training-free QC of a real MIBI crop (DCIS Point2206, held out from calibration) with keratin
+    blanked in one area: the box is a Shapes layer labelled with its class, and its table row centres
+    the camera on it."""
+    import sys
+    from pathlib import Path
+
+    from conftest import DATA
+
+    if not (DATA / "mibi-dcis" / "Point2206_CYX.tif").exists():
+        pytest.skip("real data ../shared/data/mibi-dcis not present")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import qc_fields
+    from qc_sabotage import sabotage
+
+    stack, names = qc_fields.load_field("dcis-2206-q3", size=384)
+    bad, (y0, x0, y1, x1) = sabotage(stack, names, "PanKRT", "blank_region", seed=0)
+    viewer, widget = dock
+    viewer.add_image(bad, name="dcis", metadata={"channel_names": names})
+    widget.reset_choices()
+    widget.source.value = "dcis"
+    widget.folder.value = ""
+    click(widget, widget.qc, qtbot, timeout=120000)
+    assert widget.last_report.flagged == ["PanKRT"], widget.messages
+    shapes = viewer.layers["dcis · QC flagged regions"]
+    assert list(shapes.features["class"]) == ["blank_region"]
+    (by0, bx0), (by1, bx1) = shapes.data[0].min(0), shapes.data[0].max(0)
+    assert by0 < y1 and by1 > y0 and bx0 < x1 and bx1 > x0
+    widget.table.cellClicked.emit(0, 0)
+    cy, cx = viewer.camera.center[-2:]
+    assert by0 <= cy <= by1 and bx0 <= cx <= bx1
+    assert widget.table.item(0, 1).text() == "blank_region" and "observed" in widget.table.item(0, 3).text()

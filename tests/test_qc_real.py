@@ -1,9 +1,12 @@
-"""The training-free stain QC on real multiplex fields: clean fields flag nothing, sabotaged ones are found.
+"""The training-free stain QC on real multiplex fields: a sabotage matrix on crops of held-out fields.
 
-Fields are 256x256 centre crops of the EVALUATION fields of bench/qc_fields.py (MIBI DCIS
-Point2206, MIBI HER2+ breast fov8, DeepLIIF mpIF Lung1), none of which was used to fit the
-thresholds (bench/calibrate_qc.py fits them on DCIS Point2203, granuloma Point14 and
-synthetic seed 0). The full matrix with rates is bench/bench_qc.py.
+Fields are 384x384 centre crops of EVALUATION fields of bench/qc_fields.py (MIBI DCIS
+Point2206, MIBI HER2+ breast fov8 (three quadrants), DeepLIIF mpIF Lung1 and Bladder1), none of which was
+used to fit the thresholds (bench/calibrate_qc.py fits them on DCIS Point2203, granuloma
+Point14 and synthetic seed 0). Clean crops flag nothing; each of the five failure classes
+of bench/qc_sabotage.py is found on the right marker, with a box where it is, on at least
+three real fields (missing: on the two immunofluorescence fields; on sparse MIBI counts a
+missing stain is all zeros, like an absent marker, and is said to be not assessable). The full matrix with rates is bench/bench_qc.py.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import DATA
@@ -22,21 +24,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 pytestmark = pytest.mark.skipif(not (DATA / "mibi-dcis" / "Point2206_CYX.tif").exists(),
                                 reason="real data ../shared/data (mibi-dcis, mibi-breast, deepliif-sample) not present")
 
-FIELDS = {"dcis-2206-q3": ["CD44", "ECAD"], "breast-q2": ["ECadherin", "SMA"], "deepliif-lung1": ["DAPI", "Lap2"]}
+SIZE = 384
+CLEAN = ["dcis-2206-q3", "breast-q2", "deepliif-lung1", "deepliif-bladder1"]
 KNOWN_EMPTY = {"CD3", "CD4", "CD8", "CD20", "ER"}  # breast fov8: the data README says these carry no signal
+# (field, class) -> markers the class is applied to in turn; the class must be found on at least one.
+MATRIX = {  # marker k of a list gets sabotage seed k (bench/qc_sabotage.py: where the area goes, which shift)
+    "blank_region": {"deepliif-lung1": ["DAPI", "Hematoxylin"], "breast-q0": ["NaK_ATPase", "HH3"],
+                     "breast-q3": ["NaK_ATPase", "PanKeratin"], "dcis-2206-q3": ["PanKRT", "CK7"]},
+    "dim_region": {"deepliif-lung1": ["Hematoxylin", "DAPI"], "breast-q0": ["NaK_ATPase", "PanKeratin", "HH3"],
+                   "breast-q3": ["NaK_ATPase", "PanKeratin"], "dcis-2206-q3": ["PanKRT", "CK7"]},
+    "missing": {"deepliif-lung1": ["Ki67", "DAPI"], "deepliif-bladder1": ["Ki67", "DAPI"]},
+    "noise": {"deepliif-lung1": ["DAPI", "Lap2"], "breast-q2": ["ECadherin", "SMA"], "dcis-2206-q3": ["CD44", "ECAD"]},
+    "misregistered": {"deepliif-lung1": ["DAPI", "Lap2"], "breast-q2": ["ECadherin", "HH3"],
+                      "dcis-2206-q3": ["HH3", "PanKRT"]},
+}
+CASES = [(kind, name) for kind, fields in MATRIX.items() for name in fields]
 
 
 def _field(name):
     import qc_fields
 
-    return qc_fields.load_field(name, size=256)
+    return qc_fields.load_field(name, size=SIZE)
 
 
 def _overlaps(a, b):
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
-@pytest.mark.parametrize("name", list(FIELDS))
+@pytest.mark.parametrize("name", CLEAN)
 def test_a_clean_real_field_flags_nothing(name):
     from napari_virtual_stain.tasks.qc_checks import check_stack
 
@@ -51,36 +66,47 @@ def test_a_clean_real_field_flags_nothing(name):
             assert r.not_assessed and not [f for f in r.findings if f.kind != "saturated"]
 
 
-CASES = [(name, kind) for name in FIELDS for kind in ("noise", "misregistered", "blank_region")
-         # DCIS Point2206's markers have no background floor: blank areas there are not assessable
-         if (name, kind) != ("dcis-2206-q3", "blank_region")]
-
-
-@pytest.mark.parametrize("name, kind", CASES)
-def test_a_sabotaged_marker_is_flagged_with_its_class_and_place(name, kind):
+@pytest.mark.parametrize("kind, name", CASES)
+def test_a_sabotaged_marker_is_flagged_with_its_class_and_place(kind, name):
     from napari_virtual_stain.tasks.qc_checks import check_stack
     from qc_sabotage import sabotage
 
     stack, names = _field(name)
+    accepted = {kind, "noise"} if kind == "missing" else {kind}  # a missing stain over camera noise is noise
     hits = []
-    for seed, marker in enumerate(FIELDS[name]):
+    for seed, marker in enumerate(MATRIX[kind][name]):
         bad, box = sabotage(stack, names, marker, kind, seed=seed)
         found = check_stack(bad, names, only=[marker])[marker].findings
-        hits.append(any(f.kind == kind and (box is None or _overlaps(f.box, box)) for f in found))
+        hits.append(any(f.kind in accepted and (box is None or _overlaps(f.box, box)) for f in found))
         for f in found:
             assert f.evidence and f.sentence.startswith(marker)
-    assert any(hits), f"{kind} on {FIELDS[name]} of {name} not found"
+    assert any(hits), f"{kind} on {MATRIX[kind][name]} of {name} not found"
 
 
-def test_markers_without_a_floor_say_their_regions_cannot_be_judged():
+def test_a_marker_with_natural_gaps_is_not_blamed_for_them():
+    """HER2 in breast fov8 is absent from part of the tumour (a HER2-negative area where its membrane
+    partners are present): blank there, but it falls almost as low elsewhere, so no area is claimed."""
+    from napari_virtual_stain.tasks.qc_checks import check_stack, thresholds
+
+    stack, names = _field("breast-q2")
+    result = check_stack(stack, names, only=["HER2"])["HER2"]
+    t = thresholds()
+    assert result.measures["region_ratio_min"] < t["blank_level"]  # a blank-looking area exists...
+    assert result.measures["region_rest_min"] < t["min_rest_blank"]  # ...and the marker is that unsteady elsewhere
+    assert not result.findings
+
+
+def test_a_missing_stain_of_sparse_counts_is_said_to_be_not_assessable():
+    """Sparse MIBI counts: a missing stain is all zeros, like a marker absent from the field. Without an
+    imputer that counts for it, this is said, never flagged and never passed over in silence."""
     from napari_virtual_stain.tasks.qc_checks import check_stack
     from qc_sabotage import sabotage
 
-    stack, names = _field("dcis-2206-q3")
-    bad, _ = sabotage(stack, names, "ECAD", "blank_region", seed=0)
-    result = check_stack(bad, names, only=["ECAD"])["ECAD"]
-    assert not [f for f in result.findings if f.kind == "blank_region"]
-    assert any(n.startswith("regions:") and "biology" in n for n in result.not_assessed)
+    stack, names = _field("breast-q2")
+    bad, _ = sabotage(stack, names, "BetaTubulin", "missing")
+    result = check_stack(bad, names, only=["BetaTubulin"])["BetaTubulin"]
+    assert not result.assessable and not result.findings
+    assert "without a reference" in result.not_assessed[0]
 
 
 def test_the_report_names_class_evidence_and_region(tmp_path):
@@ -88,19 +114,20 @@ def test_the_report_names_class_evidence_and_region(tmp_path):
     from napari_virtual_stain.io.tiff_writer import save_tiff
     from qc_sabotage import sabotage
 
-    stack, names = _field("breast-q2")
-    bad, box = sabotage(stack, names, "ECadherin", "blank_region", seed=0)
+    stack, names = _field("dcis-2206-q3")
+    bad, box = sabotage(stack, names, "PanKRT", "blank_region", seed=0)
     path = tmp_path / "bad.tif"
     save_tiff(path, bad, "CYX", names)
     out = tmp_path / "report.json"
     assert main(["qc", str(path), "-o", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert "ECadherin" in report["flagged"]
-    entry = report["markers"]["ECadherin"]
+    assert report["flagged"] == ["PanKRT"]
+    entry = report["markers"]["PanKRT"]
     (region,) = [r for r in entry["regions"] if r["class"] == "blank_region"]
     y0, x0 = region["start"]
     y1, x1 = region["stop"]
     assert _overlaps((y0, x0, y1, x1), box)
+    assert region["evidence"]["observed"] < 0.1 * region["evidence"]["expected"]
     (finding,) = [f for f in entry["findings"] if f["class"] == "blank_region"]
-    assert finding["evidence"]["observed"] < 0.2 * finding["evidence"]["expected"]
-    assert report["thresholds"]["blank_level"] > 0
+    assert finding["evidence"]["lowest_ratio_elsewhere"] >= report["thresholds"]["min_rest_blank"]
+    assert finding["evidence"]["predicted_from"]

@@ -1,6 +1,6 @@
 """MAXIM from the shell: ``train-imputers``, ``impute`` and ``qc`` (batch QC of many stacks).
 
-    virtual-stain train-imputers STACK.tif -o MODELDIR [--markers A B] [--minutes M]
+    virtual-stain train-imputers STACK.tif -o MODELDIR [--minutes M]      (the joint imputer)
     virtual-stain impute STACK.tif --models MODELDIR --marker NAME -o OUT.tif
     virtual-stain qc STACK.tif [MORE.tif ...] [--models MODELDIR] -o REPORT.json
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 from ..io.outputs import JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file, check_output_folder
 from .common import add_axes_argument, non_negative_int, positive_float, positive_int, unit_interval
 from .progress import TextProgress
@@ -32,20 +32,21 @@ def _add_stack_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-imputers", help="train one MAXIM imputer per marker from a well-stained stack",
-                       description="Train a U-Net per target marker that imputes it from the other markers "
-                                   "(paper 003). One checkpoint with its model card per marker goes into MODELDIR.")
+    p = sub.add_parser("train-imputers", help="train the joint MAXIM imputer (every marker from the others) "
+                                              "on a well-stained stack",
+                       description="Train one U-Net that imputes any marker of the panel from the others, with "
+                                   "random channel masking; writes MODELDIR/joint-imputer.pt with its model card, "
+                                   "including each marker's held-out error against the mean-of-other-markers "
+                                   "baseline (which decides whether the QC's imputation check counts for it).")
     p.add_argument("stack", help="multiplex stack (TIFF/OME-TIFF with a channel axis)")
-    p.add_argument("-o", "--output", required=True, help="folder for the imputer-<marker>.pt files")
-    p.add_argument("--markers", nargs="+", default=None, help="target markers to train (default: all)")
-    p.add_argument("--minutes", type=positive_float, default=None, help="time budget for all markers together")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps per marker (default 2000, or by --minutes)")
-    p.add_argument("--patch", type=positive_int, default=128, help="training patch size (default 128)")
+    p.add_argument("-o", "--output", required=True, help="folder for joint-imputer.pt")
+    p.add_argument("--minutes", type=positive_float, default=None, help="training time (default 4, or by --steps)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: by --minutes)")
+    p.add_argument("--patch", type=positive_int, default=96, help="training patch size (default 96)")
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--adversarial", action="store_true", help="MAXIM-Adv: add pix2pix's PatchGAN loss")
-    p.add_argument("--base", type=positive_int, default=32, help="U-Net features at the first level (default 32, as paper 003)")
-    p.add_argument("--depth", type=positive_int, default=3, help="U-Net poolings (default 3: 4 levels, 32 to 256 features)")
-    p.add_argument("--overwrite", action="store_true", help="replace imputers already in MODELDIR for these markers")
+    p.add_argument("--base", type=positive_int, default=16, help="U-Net features at the first level (default 16)")
+    p.add_argument("--depth", type=positive_int, default=3, help="U-Net poolings (default 3)")
+    p.add_argument("--overwrite", action="store_true", help="replace a joint imputer already in MODELDIR")
     _add_stack_arguments(p)
     p.set_defaults(func=run_train)
 
@@ -110,33 +111,33 @@ def read_stack(path: str, names: list[str] | None, axes: str | None = None) -> t
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..training.imputers import ImputerConfig, imputer_file_name, train_imputers
-    from ..tasks.maxim import check_marker_stack, select_markers
+    from ..tasks.maxim import check_marker_stack
+    from ..tasks.maxim_joint import JOINT_FILE
+    from ..training.joint_imputer import JointImputerConfig, train_joint_imputer
 
     check_output_folder(args.output, inputs=[args.stack], label="imputer folder")
     stack, names, _ = read_stack(args.stack, args.names, args.axes)
     names = check_marker_stack(stack, names)
-    targets = select_markers(args.markers, names, "markers to train")
-    existing = [imputer_file_name(m) for m in targets if (Path(args.output) / imputer_file_name(m)).exists()]
-    if existing and not args.overwrite:
-        raise InputError(f"{args.output} already holds {', '.join(existing)}: choose another folder, or replace "
-                         "them with --overwrite.")
-    minutes = args.minutes / len(targets) if args.minutes else None
-    steps = args.steps if args.steps is not None else (None if minutes else 2000)
-    config = ImputerConfig(steps=steps, max_minutes=minutes, patch=args.patch, batch_size=args.batch_size,
-                           adversarial=args.adversarial, base=args.base, depth=args.depth,
-                           max_width=args.base * 2 ** args.depth, device=args.device)
+    if (Path(args.output) / JOINT_FILE).exists() and not args.overwrite:
+        raise InputError(f"{args.output} already holds {JOINT_FILE}: choose another folder, or replace it with "
+                         "--overwrite.")
+    minutes = args.minutes if args.minutes else (None if args.steps else 4.0)
+    config = JointImputerConfig(minutes=minutes, steps=args.steps, patch=args.patch, batch_size=args.batch_size,
+                                base=args.base, depth=args.depth, max_width=args.base * 2 ** args.depth,
+                                device=args.device)
     print(f"{args.stack}: {len(names)} markers ({', '.join(names)}), {stack.shape[1]}x{stack.shape[2]}; "
-          f"training {', '.join(targets)}", file=sys.stderr)
-
-    def done(result) -> None:
-        s = result.scores
-        print(f"\n{result.marker}: held-out SSIM {s['val']['ssim']:.3f} PCC {s['val']['pcc']:.3f} "
-              f"MAE {s['val']['mae']:.4f} (BL-Mean MAE {s['bl_mean']['mae']:.4f}, BL-Zero MAE "
-              f"{s['bl_zero']['mae']:.4f}) -> {result.path}", file=sys.stderr)
-
-    train_imputers(stack, names, args.output, markers=targets, config=config,
-                   progress=TextProgress("train-imputers"), on_marker=done)
+          "training the joint imputer", file=sys.stderr)
+    result = train_joint_imputer(stack, names, args.output, config=config, progress=TextProgress("train-imputers"))
+    print(f"\n{result.steps} steps in {result.seconds:.0f} s; held-out region {result.card.scores['heldout_region']}",
+          file=sys.stderr)
+    for marker, s in result.per_marker.items():
+        if "imputer" not in s:
+            print(f"  {marker}: not scored ({s.get('why')})", file=sys.stderr)
+            continue
+        print(f"  {marker}: held-out MAE {s['imputer']['mae']:.4f} PCC {s['imputer']['pcc']:.2f} (mean of other "
+              f"markers: MAE {s['bl_mean']['mae']:.4f} PCC {s['bl_mean']['pcc']:.2f}) -> imputation check "
+              f"{'counts' if s['counts'] else 'does not count (training-free checks only)'}", file=sys.stderr)
+    print(f"wrote {result.path}", file=sys.stderr)
     return 0
 
 
@@ -210,7 +211,15 @@ def run_qc_command(args: argparse.Namespace) -> int:
     if args.maps and not args.models:
         raise InputError("--maps writes the imputation disagreement maps: give --models with it.")
     problems: list[str] = []
-    imputers = load_imputers(args.models, problems) if args.models else {}
+    imputers = {}
+    if args.models:
+        try:
+            imputers = load_imputers(args.models, problems)
+        except CheckpointError as err:
+            if not problems:
+                raise
+            # nothing loadable: the training-free checks still run, and the report says why no imputer did
+            problems.append(f"no imputer could be used ({err}); only the training-free checks ran")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     maps_to_write = None

@@ -152,19 +152,23 @@ def check_model_fits(card: ModelCard, names: Sequence[str]) -> None:
 
 
 def find_imputers(model_dir: str | os.PathLike, problems: list[str] | None = None) -> dict[str, Path]:
-    """``{target marker: checkpoint path}`` for every imputer ``.pt`` file in ``model_dir``.
+    """``{target marker: checkpoint path}`` for every imputer in ``model_dir``.
 
-    Files that cannot be read are skipped (a stray file must not hide the good models beside
-    it), and each is reported in ``problems`` (one sentence per file) when a list is given:
-    the caller tells the user which imputer is missing from the run and why.
+    A folder holds either the joint imputer (``joint-imputer.pt``, every marker of its panel:
+    each marker maps to that one file) or the older one-file-per-marker imputers. Files that
+    cannot be read are skipped (a stray file must not hide the good models beside it), and
+    each is reported in ``problems`` (one sentence per file) when a list is given: the
+    caller tells the user which imputer is missing from the run and why.
     """
     from ..models.checkpoint import read_checkpoint
+    from .maxim_joint import JOINT_FILE, is_joint
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"There is no model folder at {model_dir}.")
     found: dict[str, Path] = {}
     unreadable: list[str] = []
+    joint: dict[str, Path] = {}
     for path in sorted(model_dir.glob("*.pt")):
         if path.name.endswith(".state.pt"):
             continue  # a trainer's resume state, not a model
@@ -175,35 +179,55 @@ def find_imputers(model_dir: str | os.PathLike, problems: list[str] | None = Non
             continue
         if card.task != "impute":
             continue
+        if is_joint(card):
+            joint = {m: path for m in card.output_channels}
+            continue
         target = imputer_target(card)
         if target in found:
             raise CheckpointError(f"{model_dir} holds two imputers for {target} ({found[target].name} and "
                                   f"{path.name}); keep one per marker.")
         found[target] = path
+    if joint:
+        if found:
+            unreadable.append(f"{model_dir} holds the joint imputer {JOINT_FILE} and per-marker imputers "
+                              f"({', '.join(p.name for p in found.values())}); only the joint imputer is used")
+        found = joint
+    if problems is not None:
+        problems.extend(f"skipped {message}" if not message.endswith("is used") else message for message in unreadable)
     if not found:
         detail = f" ({len(unreadable)} unreadable file(s), e.g. {unreadable[0]})" if unreadable else ""
         raise CheckpointError(f"{model_dir} holds no marker imputers{detail}; train them first (train-imputers).")
-    if problems is not None:
-        problems.extend(f"skipped {message}" for message in unreadable)
     return found
+
+
+def _load(paths: Mapping[str, Path]) -> dict[str, tuple]:
+    """``{marker: (model, card)}``; a joint file is loaded once and seen as one view per marker."""
+    from ..models.checkpoint import load_checkpoint
+    from .maxim_joint import is_joint, joint_views
+
+    out: dict[str, tuple] = {}
+    loaded: dict[Path, tuple] = {}
+    for marker, path in paths.items():
+        if path not in loaded:
+            loaded[path] = load_checkpoint(path)
+        model, card = loaded[path]
+        out[marker] = joint_views(model, card, [marker])[marker] if is_joint(card) else (model, card)
+    return out
 
 
 def load_imputers(model_dir: str | os.PathLike, problems: list[str] | None = None) -> dict[str, tuple]:
     """``{target marker: (model, card)}`` for every imputer in ``model_dir`` (see find_imputers)."""
-    from ..models.checkpoint import load_checkpoint
-
-    return {target: load_checkpoint(path) for target, path in find_imputers(model_dir, problems).items()}
+    return _load(find_imputers(model_dir, problems))
 
 
 def load_imputer(model_dir: str | os.PathLike, marker: str, problems: list[str] | None = None) -> tuple:
     """``(model, card)`` of the imputer of ``marker`` alone (a one-marker action loads one network)."""
-    from ..models.checkpoint import load_checkpoint
-
     found = find_imputers(model_dir, problems)
     lowered = {m.lower(): m for m in found}
     if marker.lower() not in lowered:
         raise InputError(f"{model_dir} has no imputer for {marker} (it has: {', '.join(found)}).")
-    return load_checkpoint(found[lowered[marker.lower()]])
+    key = lowered[marker.lower()]
+    return _load({key: found[key]})[key]
 
 
 # ---- imputation ---------------------------------------------------------------------

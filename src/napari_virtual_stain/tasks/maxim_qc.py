@@ -6,8 +6,9 @@ their thresholds come from clean real fields, never from the stack being judged.
 their findings names its class, a sentence, its evidence and, for areas, a box.
 
 With imputers, the imputation check below adds its verdict for the markers whose imputer
-is good enough on held-out data (``min_expected_pcc``); the others are still judged by the
-training-free checks. The brightness ratio against the imputers' training stack is kept
+is good enough on held-out data (``min_expected_pcc``; for the joint imputer of
+``training.joint_imputer`` also: it beat the mean-of-other-markers baseline there, the
+card's ``counts``); the others are still judged by the training-free checks. The brightness ratio against the imputers' training stack is kept
 as information only: ordinary variation between two regions of a slide reaches 3x, so it
 no longer flags anything.
 
@@ -153,6 +154,11 @@ def _expected(card: ModelCard, settings: QCSettings, missing: Sequence[str] = ()
            "mae": float(mae) if mae is not None and math.isfinite(mae) else settings.default_expected_mae}
     if local is not None and math.isfinite(local):
         out["local_error_p999"] = float(local)
+    if isinstance(card.scores, dict) and "counts" in card.scores:  # the joint imputer's held-out verdict
+        out["counts"] = bool(card.scores["counts"])
+        base = card.scores.get("bl_mean", {}).get("mae")
+        if base is not None and math.isfinite(base):
+            out["bl_mean_mae"] = float(base)
     return out
 
 
@@ -262,11 +268,13 @@ def judge_marker(marker: str, acquired_raw: np.ndarray, acquired: np.ndarray, im
     margin = {"ssim_vs_bl_zero": scores["ssim"] - s_zero["ssim"], "mae_vs_bl_zero": s_zero["mae"] - scores["mae"],
               "ssim_vs_bl_mean": scores["ssim"] - s_mean["ssim"], "mae_vs_bl_mean": s_mean["mae"] - scores["mae"]}
     reasons, severity = [], 0.0
-    assessable = expected["pcc"] >= settings.min_expected_pcc
+    assessable = expected["pcc"] >= settings.min_expected_pcc and expected.get("counts", True)
     low, high = raw_range(acquired_raw)
-    if high <= low:
+    if high <= low and assessable:  # constant while an imputer that counts expects it: missing
         reasons.append(f"blank: the acquired {marker} channel is constant ({low:g})")
         severity = math.inf
+    elif high <= low:
+        pass  # constant, and no imputer that earns trust says it should be there: not assessable
     elif assessable:
         threshold = settings.pcc_ratio * expected["pcc"]
         pcc = scores["pcc"] if math.isfinite(scores["pcc"]) else 0.0
@@ -289,7 +297,10 @@ def judge_marker(marker: str, acquired_raw: np.ndarray, acquired: np.ndarray, im
                    for b in boxes)
         severity = max(severity, peak / threshold)
     if not assessable and not reasons:
-        reasons.append(f"not assessable: its imputer reached only PCC {expected['pcc']:.2f} on good data")
+        against = (f" and MAE {expected['mae']:.3f} against {expected['bl_mean_mae']:.3f} for the mean of the other "
+                   "markers" if "bl_mean_mae" in expected else "")
+        reasons.append(f"not assessable: its imputer reached only PCC {expected['pcc']:.2f}{against} on held-out "
+                       "good data; the training-free checks still judge it")
     flagged = any(not r.startswith("not assessable") for r in reasons)
     return MarkerQC(marker, scores, s_zero, s_mean, margin, expected, brightness, flagged, reasons,
                     boxes if flagged else [], list(treated_missing), assessable, disagreement, imputed, severity)

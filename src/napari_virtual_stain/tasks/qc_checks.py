@@ -14,13 +14,11 @@ at single pixels. Per marker:
 - **tissue**: where tissue is, for judging marker m, comes from the *other* markers (each
   scaled by its own mean, summed, smoothed), so a failed marker cannot hide its own
   failure; nuclear markers take part like any other.
-- **blank / dimmed regions**: the marker's local rate (signal smoothed over about a cell
-  neighbourhood) divided by what the tissue there predicts at the marker's median rate.
-  Only markers with a *floor* (their level stays above ``min_floor`` in all but
-  ``floor_percentile`` % of the tissue) can be judged: markers naturally absent from whole
-  compartments (keratin in stroma, MIBI channels without background counts) cannot, and the
-  report says so. A connected area of at least ``min_region_px`` tissue pixels below
-  ``blank_level`` (or ``dim_level``) times that floor is flagged.
+- **blank / dimmed regions** (``tasks.qc_regions``): the marker's signal per block against
+  what its best-correlated partner markers predict there, and against its own level
+  elsewhere in the tissue: an area is flagged only where the marker is steady everywhere
+  else, so a marker with natural gaps (absent from a compartment or a cell-poor area) is
+  not blamed for them.
 - **noise**: the variance of the smoothed marker divided by that of the smoothed shuffled
   marker (same values, no spatial order). Stains have spatial structure (cells), pure
   noise has a ratio of 1.
@@ -45,6 +43,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .qc_regions import REGION_DEFAULTS, find_low_areas
+
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
 
 # Channels that are not stains of a marker: MIBI's elemental, mass-calibration and
@@ -58,12 +58,6 @@ DEFAULTS: dict[str, float] = {
     "rate_sigma": 5.0,  # px: the neighbourhood of a local rate (about a cell)
     "tissue_sigma": 12.0,
     "tissue_fraction_of_p75": 0.25,  # tissue = other markers above this share of their 75th percentile
-    "floor_percentile": 20.0,  # the marker's floor: this percentile of its level over the tissue
-    "min_floor": 0.3,  # markers whose floor is lower are absent from whole areas by nature
-    "blank_level": 0.1,  # an area whose level (in units of the floor) stays below this: blank
-    "dim_level": 0.45,  # ... below this: dimmed several-fold
-    "min_region_px": 3600,  # a 60x60 px area: several cells
-    "min_expected_counts": 40.0,  # expected signal in a region needed to call it blank
     "structure_sigma": 2.0,
     "min_structure": 1.25,  # smoothed variance / shuffled smoothed variance
     "missing_spread": 2.0,  # no structure and the 0.1-99.9th percentiles this close: background only
@@ -76,6 +70,7 @@ DEFAULTS: dict[str, float] = {
     "min_shift_gain": 0.1,  # ... above its correlation without shift
     "max_zero_share": 0.5,  # ... which is at most this share of the peak (the cells no longer overlap)
     "saturation_fraction": 0.01,
+    **REGION_DEFAULTS,
 }
 
 
@@ -301,75 +296,64 @@ def check_stack(stack, names: Sequence[str], settings: Mapping[str, Any] | None 
 
         if tissue_level is None:
             continue
-        shift = best_shift(i, spectra, s.shape, partners, int(t["max_shift"]))
-        if shift is not None:
-            partner = names[shift.pop("partner")]
-            shift["partner"] = partner
-            result.measures["registration"] = shift
-            distance = math.hypot(shift["dy"], shift["dx"])
-            clear = shift["peak"] >= (t["min_shift_peak"] if shift["agree"] else t["min_shift_peak_alone"])
-            gone = shift["at_zero"] <= t["max_zero_share"] * shift["peak"]  # cells no longer overlap at no shift
-            if distance >= t["min_shift"] and clear and gone and shift["peak"] - shift["at_zero"] >= t["min_shift_gain"]:
-                result.findings.append(Finding(
-                    "misregistered", f"{name} is shifted by {shift['dy']:+d}, {shift['dx']:+d} px (y, x) against "
-                                     f"{partner} and the other markers (cell-scale correlation {shift['peak']:.2f} "
-                                     f"there, {shift['at_zero']:.2f} without shift): this round is misregistered",
-                    {k2: shift[k2] for k2 in ("dy", "dx", "peak", "at_zero", "partner", "agree")}))
-        _regional(result, name, s, tissue_level, t)
+        finding = _misregistration(name, i, spectra, s.shape, partners, names, t, result.measures)
+        if finding is not None:
+            result.findings.append(finding)
+        others_i = [j for j in informative if j != i]
+        areas, measures, why = find_low_areas(name, s, [signals[j] for j in others_i], [names[j] for j in others_i], t)
+        result.measures.update(measures)
+        if why:
+            result.not_assessed.append(why)
+        for area in areas:
+            result.findings.append(Finding(area["kind"], _area_sentence(name, area), area["evidence"], area["box"]))
+    _settle_mutual_shifts(out, names, spectra, data.shape[1:], partners, t)
     return out
 
 
-def _regional(result: MarkerChecks, name: str, signal: np.ndarray, tissue_level: np.ndarray, t) -> None:
-    """Blank and dimmed areas: the marker's local rate against what the tissue there predicts."""
-    tissue = tissue_level > t["tissue_fraction_of_p75"] * float(np.percentile(tissue_level, 75))
-    result.measures["tissue_fraction"] = float(tissue.mean())
-    if tissue.sum() < t["min_region_px"]:
-        result.not_assessed.append("regions: too little tissue in the image to judge regions")
-        return
-    rate = ndimage.gaussian_filter(signal, t["rate_sigma"])
-    per_tissue = rate[tissue] / np.maximum(tissue_level[tissue], 1e-6)
-    median_rate = float(np.median(per_tissue))
-    if not median_rate > 0:
-        result.not_assessed.append("regions: the marker is absent from most of the tissue, so a blank area "
-                                   "cannot be told from its biology")
-        return
-    level = rate / np.maximum(median_rate * tissue_level, 1e-6)
-    floor = float(np.percentile(level[tissue], t["floor_percentile"]))
-    result.measures.update(rate_per_tissue=median_rate, floor=floor)
-    if floor < t["min_floor"]:
-        result.not_assessed.append(
-            f"regions: {name} is far below its usual level in more than {t['floor_percentile']:g}% of the tissue "
-            f"by nature ({floor:.2f}x there), so a blank or dim area cannot be told from its biology")
-        return
-    # The level an area of min_region_px never rises above: a blank or dim area stays low all over,
-    # a marker's natural gaps between positive cells do not.
-    width = max(3, int(round(math.sqrt(t["min_region_px"]))))
-    masked = np.where(tissue, level / floor, np.inf)
-    ceiling = ndimage.maximum_filter(masked, size=width, mode="constant", cval=np.inf)
-    lowest = float(ceiling.min())
-    result.measures["region_ceiling"] = lowest if math.isfinite(lowest) else None
-    low = ceiling < t["dim_level"]
-    labels, n = ndimage.label(ndimage.maximum_filter(low, size=width))  # back to the area the windows cover
-    for index, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
+def _misregistration(name, i, spectra, shape, partners, names, t, measures=None) -> Finding | None:
+    """A misregistered finding for marker ``i`` against ``partners`` (indices), or None."""
+    shift = best_shift(i, spectra, shape, partners, int(t["max_shift"]))
+    if shift is None:
+        return None
+    partner = names[shift.pop("partner")]
+    shift["partner"] = partner
+    if measures is not None:
+        measures["registration"] = shift
+    distance = math.hypot(shift["dy"], shift["dx"])
+    clear = shift["peak"] >= (t["min_shift_peak"] if shift["agree"] else t["min_shift_peak_alone"])
+    gone = shift["at_zero"] <= t["max_zero_share"] * shift["peak"]  # cells no longer overlap at no shift
+    if not (distance >= t["min_shift"] and clear and gone and shift["peak"] - shift["at_zero"] >= t["min_shift_gain"]):
+        return None
+    return Finding("misregistered", f"{name} is shifted by {shift['dy']:+d}, {shift['dx']:+d} px (y, x) against "
+                                    f"{partner} and the other markers (cell-scale correlation {shift['peak']:.2f} "
+                                    f"there, {shift['at_zero']:.2f} without shift): this round is misregistered",
+                   {k: shift[k] for k in ("dy", "dx", "peak", "at_zero", "partner", "agree")})
+
+
+def _settle_mutual_shifts(out, names, spectra, shape, partners, t) -> None:
+    """A shifted marker makes its best partners look shifted the other way. Where two findings
+    point at each other, each is judged again without the other as partner; one that no longer
+    shows the shift was only the partner of the shifted round."""
+    shifted = {n: f for n, r in out.items() for f in r.findings if f.kind == "misregistered"}
+    cleared = []
+    for n, f in shifted.items():
+        p = f.evidence["partner"]
+        g = shifted.get(p)
+        if g is None or abs(g.evidence["dy"] + f.evidence["dy"]) > 2 or abs(g.evidence["dx"] + f.evidence["dx"]) > 2:
             continue
-        inside = (labels[sl] == index) & tissue[sl]
-        area = int(inside.sum())
-        observed = float(signal[sl][inside].sum())
-        expected = float((median_rate * tissue_level[sl][inside]).sum())
-        if expected < t["min_expected_counts"]:
-            continue
-        region_ceiling = float(ceiling[sl][labels[sl] == index].min())
-        ratio = observed / expected if expected > 0 else 0.0
-        kind = "blank_region" if region_ceiling < t["blank_level"] else "dim_region"
-        box = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
-        if kind == "blank_region":
-            sentence = (f"{name} is blank over {area} tissue pixels ({observed:.0f} against {expected:.0f} expected "
-                        f"from the tissue there at its usual level)")
-        else:
-            sentence = (f"{name} is dimmed {1 / max(ratio, 1e-3):.1f}-fold over {area} tissue pixels "
-                        f"({observed:.0f} against {expected:.0f} expected from the tissue there)")
-        result.findings.append(Finding(kind, sentence, {
-            "area_px": area, "observed_over_expected": ratio, "observed": observed, "expected": expected,
-            "window_ceiling": region_ceiling, "limit": t["blank_level"] if kind == "blank_region" else t["dim_level"],
-            "floor": floor}, box))
+        i, j = names.index(n), names.index(p)
+        if _misregistration(n, i, spectra, shape, [k for k in partners if k != j], names, t) is None:
+            cleared.append(n)
+    for n in cleared:
+        out[n].findings = [f for f in out[n].findings if f.kind != "misregistered"]
+        out[n].measures["registration_cleared"] = "its shift was against a misregistered partner only"
+
+
+def _area_sentence(name: str, area: Mapping[str, Any]) -> str:
+    e = area["evidence"]
+    where = f"over {e['area_px']} px"
+    against = (f"{e['observed']:.0f} against {e['expected']:.0f} expected from {', '.join(e['predicted_from'][:3])} "
+               f"there; elsewhere it never falls below {e['lowest_ratio_elsewhere']:.2f}x of its expected level")
+    if area["kind"] == "blank_region":
+        return f"{name} is blank {where} ({against})"
+    return f"{name} is dimmed {1 / max(e['worst_window_ratio'], 1e-3):.1f}-fold {where} ({against})"

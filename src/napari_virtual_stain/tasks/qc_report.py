@@ -2,7 +2,7 @@
 
 ``to_dict`` is what ``virtual-stain qc`` writes to report.json: ``flagged`` (marker names),
 and per marker its ``findings`` (class, sentence, evidence, and ``start``/``stop`` for areas),
-``regions`` (``{"start": [y, x], "stop": [y, x], "class": ...}`` in whole-image pixels),
+``regions`` (``{"start": [y, x], "stop": [y, x], "class": ..., "evidence": {...}}`` in whole-image pixels),
 whether it could be judged at all (``assessable``, ``not_assessed``: why not) and the
 measures behind the checks. ``warnings`` names what the run could not use (an unreadable
 imputer file, a stack type the imputers were not trained on).
@@ -51,8 +51,8 @@ class QCReport:
         return out
 
     def regions(self, marker: str) -> list[dict[str, Any]]:
-        return [{"start": f["start"], "stop": f["stop"], "class": f["class"]} for f in self.findings(marker)
-                if "start" in f]
+        return [{"start": f["start"], "stop": f["stop"], "class": f["class"], "evidence": f["evidence"]}
+                for f in self.findings(marker) if "start" in f]
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per finding (marker, class, sentence, start, stop): the dock's table."""

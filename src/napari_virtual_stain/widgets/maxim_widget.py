@@ -2,8 +2,8 @@
 
 Markers come either as one grey layer per marker (what the reader's channel axis gives;
 default: every 2D grey layer of the same shape) or as one channels-first (C, Y, X) layer
-whose ``metadata["channel_names"]`` names the markers. The imputers are the
-``imputer-<marker>.pt`` files of a folder. Every action runs a core function in a worker
+whose ``metadata["channel_names"]`` names the markers. The imputers are a folder's
+joint imputer (``joint-imputer.pt``, trained here) or older ``imputer-<marker>.pt`` files. Every action runs a core function in a worker
 (tasks.maxim*, training.imputers) and turns its result into layers, a table or bars.
 """
 
@@ -42,14 +42,20 @@ def _impute(folder, stack_parts, target, region, device, progress=None, cancel=N
 def _qc(folder, stack_parts, region, device, progress=None, cancel=None):
     """Training-free checks always; the imputation check too when a folder of imputers is chosen.
     Imputer files that do not load are named in the report's warnings."""
-    from ..models.checkpoint import load_checkpoint
+    from ..errors import CheckpointError
+    from ..tasks.maxim import load_imputers
     from ..tasks.maxim_qc import run_qc
 
     stack, names = stack_parts()
     problems: list[str] = []
     imputers = {}
     if folder not in ("", ".") and any(Path(folder).glob("*.pt")):
-        imputers = {m: load_checkpoint(p) for m, p in find_imputers(folder, problems).items()}
+        try:
+            imputers = load_imputers(folder, problems)
+        except CheckpointError as err:
+            if not problems:
+                raise
+            problems.append(f"no imputer could be used ({err}); only the training-free checks ran")
     report = run_qc(stack, names, imputers, region=region, device=device, progress=progress, cancel=cancel)
     report.warnings[:0] = problems
     return report
@@ -73,15 +79,14 @@ def _cells(folder, stack_parts, target, labels, expand, threshold, device, progr
 
 
 def _train(folder, stack_parts, minutes, steps, device, progress=None, cancel=None):
-    from ..training.imputers import ImputerConfig, train_imputers
+    from ..training.joint_imputer import JointImputerConfig, train_joint_imputer
 
     stack, names = stack_parts()
     check_marker_stack(stack, names)
-    # The patch must leave room for a held-out region of its own height.
-    patch = int(min(128, max(16, (min(stack.shape[1:]) // 2) // 16 * 16)))
-    config = ImputerConfig(steps=steps or None, max_minutes=(minutes / len(names)) if minutes else None,
-                           patch=patch, device=device)
-    return train_imputers(stack, names, folder, config=config, progress=progress, cancel=cancel)
+    # The patch must leave room for a held-out region below it.
+    patch = int(min(96, max(16, (min(stack.shape[1:]) // 2) // 16 * 16)))
+    config = JointImputerConfig(minutes=minutes or None, steps=steps or None, patch=patch, device=device)
+    return train_joint_imputer(stack, names, folder, config=config, progress=progress, cancel=cancel)
 
 
 class MaximWidget(JobDockMixin, QWidget):
@@ -102,10 +107,10 @@ class MaximWidget(JobDockMixin, QWidget):
         self.labels = ComboBox(label="nuclei labels", choices=self._label_layers)
         self.expand = SpinBox(label="grow nuclei by (px)", value=0, min=0, max=50)
         self.threshold = FloatSpinBox(label="positive above (0 = Otsu)", value=0.0, min=0.0, max=1.0, step=0.01)
-        self.minutes = FloatSpinBox(label="training minutes (all markers)", value=10.0, min=0.0, max=10000.0)
-        self.steps = SpinBox(label="or steps per marker", value=0, min=0, max=1_000_000)
+        self.minutes = FloatSpinBox(label="training minutes", value=4.0, min=0.0, max=10000.0)
+        self.steps = SpinBox(label="or steps", value=0, min=0, max=1_000_000)
         self.buttons = {name: PushButton(text=name) for name in
-                        ("Impute", "QC all markers", "Attribution", "Cell evaluation", "Train imputers for all markers")}
+                        ("Impute", "QC all markers", "Attribution", "Cell evaluation", "Train the joint imputer")}
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.info = Label(value="")
@@ -117,7 +122,7 @@ class MaximWidget(JobDockMixin, QWidget):
             self.source, self.markers, self.folder, self.target, self.scope, self.device,
             Container(widgets=[b["Impute"], b["QC all markers"], b["Attribution"]], layout="horizontal", labels=False),
             self.labels, self.expand, self.threshold, b["Cell evaluation"],
-            self.minutes, self.steps, b["Train imputers for all markers"],
+            self.minutes, self.steps, b["Train the joint imputer"],
             self.cancel_button, self.progress, self.info, self.bars])
         layout = QVBoxLayout(self)
         layout.addWidget(self.container.native)
@@ -129,7 +134,7 @@ class MaximWidget(JobDockMixin, QWidget):
         b["QC all markers"].changed.connect(self.qc)
         b["Attribution"].changed.connect(self.attribute)
         b["Cell evaluation"].changed.connect(self.evaluate_cells)
-        b["Train imputers for all markers"].changed.connect(self.train)
+        b["Train the joint imputer"].changed.connect(self.train)
         self.cancel_button.changed.connect(self.cancel)
         self.relay.progressed.connect(self._on_progress)
         self.folder.changed.connect(lambda *_: self.target.reset_choices())
@@ -362,9 +367,11 @@ class MaximWidget(JobDockMixin, QWidget):
                            f"cell MAE {result.mae:.4f} (BL-Mean {base.get('mae', float('nan')):.4f}); "
                            f"AP {result.average_precision:.3f} (BL-Mean {base.get('average_precision', float('nan')):.3f})")
 
-    def _show_trained(self, run):
+    def _show_trained(self, result):
         self.target.reset_choices()
-        lines = [f"{m}: PCC {r.scores['val']['pcc']:.2f}, MAE {r.scores['val']['mae']:.3f} "
-                 f"(BL-Mean {r.scores['bl_mean']['mae']:.3f})" for m, r in run.results.items()]
-        self.info.value = "Trained: " + "; ".join(lines)
-        show_info(f"{len(run.results)} imputers written to {Path(str(self.folder.value))}.")
+        counted = [m for m, v in result.per_marker.items() if v.get("counts")]
+        lines = [f"{m}: MAE {v['imputer']['mae']:.3f} (BL-Mean {v['bl_mean']['mae']:.3f})"
+                 for m, v in result.per_marker.items() if "imputer" in v]
+        self.info.value = (f"Joint imputer, {result.steps} steps; imputation check counts for "
+                           f"{', '.join(counted) or 'no marker'}. Held out: " + "; ".join(lines))
+        show_info(f"Joint imputer written to {result.path}.")

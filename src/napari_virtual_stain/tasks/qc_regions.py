@@ -1,0 +1,176 @@
+"""Blank and dimmed areas of one marker: its signal per block against what the other markers predict there.
+
+A marker that is naturally absent from a compartment (keratin in stroma, CD8 outside T-cell
+areas) cannot be called blank there from its own level alone, and the tissue (sum of all
+other markers) does not say which compartment an area is. What does say it is the markers
+that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
+
+1. the field is cut into blocks (``block_px``) and each informative marker's signal (above
+   its background) is summed per block;
+2. the marker's block sums are predicted from the ``partners`` other markers whose block
+   sums correlate best with it, by a non-negative least-squares fit (a marker absent from
+   an area is predicted absent there when its partners are), robust to a failed area
+   (the blocks that fit worst are left out of the fit, ``trim``) and held out by space:
+   the blocks of one half of a checkerboard of ``fold_blocks``-wide cells are predicted
+   from a fit on the other half, so no block predicts itself;
+3. a marker whose held-out prediction correlates with it below ``min_predictability``
+   cannot be judged for areas (its partners do not tell where it belongs) and says so;
+4. every window of ``window_blocks`` x ``window_blocks`` blocks with an expected signal of
+   at least ``min_expected_counts`` (and at least ``min_expected_share`` of the marker's
+   typical window) gets observed / expected. The lowest window and the windows around it
+   that stay within twice its level are the candidate area;
+5. the candidate is flagged when it is below ``dim_level`` (``blank_level``: blank) *and*
+   the marker never falls that low elsewhere: the lowest window sharing no block with the
+   area is at least ``min_rest_dim`` (``min_rest_blank``) of its expected level and the
+   area at most ``max_contrast`` of that. This is the marker judged against its own
+   expression across the tissue: a marker with natural gaps (a HER2-negative duct, a
+   region without T cells) shows them in more than one place and is left alone.
+
+Thresholds come from ``qc_thresholds.json`` (calibrated on clean real fields, never on the
+stack being judged); the fit and the window statistics are of the stack itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import nnls
+
+REGION_DEFAULTS: dict[str, float] = {
+    "block_px": 16,
+    "window_blocks": 6,  # 96 x 96 px windows: many cells
+    "partners": 6,
+    "trim": 0.2,
+    "fold_blocks": 4,
+    "min_predictability": 0.5,
+    "min_expected_counts": 40.0,
+    "min_expected_share": 0.25,
+    "dim_level": 0.29,
+    "blank_level": 0.1,
+    "max_contrast": 0.45,  # the area's lowest window is at most this share of the lowest level elsewhere
+    "min_rest_blank": 0.58,  # a blank area: elsewhere the marker never falls below this share of its expected level
+    "min_rest_dim": 0.72,  # ... a dimmed area (a milder dip needs a steadier marker around it)
+}
+
+
+def block_sums(image: np.ndarray, block: int) -> np.ndarray:
+    """Sums of ``image`` over ``block`` x ``block`` tiles (edge tiles partial)."""
+    h, w = image.shape
+    rows = np.add.reduceat(image.astype(np.float64), np.arange(0, h, block), axis=0)
+    return np.add.reduceat(rows, np.arange(0, w, block), axis=1)
+
+
+def _fit(y: np.ndarray, X: np.ndarray, trim: float, iterations: int = 3) -> np.ndarray:
+    """Non-negative weights of ``X`` (blocks, features) for ``y``, leaving the worst-fitting blocks out."""
+    keep = np.ones(y.size, bool)
+    w = np.zeros(X.shape[1])
+    scale = float(np.mean(y)) + 1e-9
+    for _ in range(iterations):
+        if keep.sum() < X.shape[1] + 2:
+            break
+        w, _ = nnls(X[keep], y[keep])
+        # residuals in units that treat sparse and dense blocks alike (counts: variance ~ mean)
+        residual = np.abs(y - X @ w) / np.sqrt(X @ w + scale)
+        keep = residual <= np.quantile(residual, 1 - trim)
+    return w
+
+
+def predict_blocks(target: np.ndarray, others: np.ndarray, t: Mapping[str, Any]) -> tuple[np.ndarray, float, list[int]]:
+    """Held-out prediction of ``target`` block sums (by, bx) from ``others`` (K, by, bx): the
+    prediction, its correlation with the target (sqrt scale) and the partner indices used."""
+    ny, nx = target.shape
+    y = target.ravel()
+    feats = others.reshape(len(others), -1)
+    means = feats.mean(axis=1, keepdims=True)
+    feats = np.divide(feats, means, out=np.zeros_like(feats), where=means > 0)
+    root = np.sqrt(np.maximum(feats, 0))
+    ry = np.sqrt(np.maximum(y, 0))
+    corr = np.array([np.corrcoef(ry, r)[0, 1] if r.std() > 0 and ry.std() > 0 else -1.0 for r in root])
+    order = [int(k) for k in np.argsort(-corr) if corr[k] > 0][: int(t["partners"])]
+    if not order:
+        return np.zeros_like(target), 0.0, []
+    # no constant term: a constant would expect the marker everywhere, also where its partners say it is absent
+    X = feats[order].T
+    by, bx = np.indices((ny, nx))
+    fold = ((by // int(t["fold_blocks"])) + (bx // int(t["fold_blocks"]))).ravel() % 2
+    predicted = np.zeros_like(y)
+    for f in (0, 1):
+        w = _fit(y[fold != f], X[fold != f], float(t["trim"]))
+        predicted[fold == f] = X[fold == f] @ w
+    predicted = np.maximum(predicted, 0)
+    rp = np.sqrt(predicted)
+    predictability = float(np.corrcoef(ry, rp)[0, 1]) if rp.std() > 0 and ry.std() > 0 else 0.0
+    return predicted.reshape(ny, nx), predictability, order
+
+
+def window_ratios(observed: np.ndarray, expected: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Observed and expected sums over every ``size`` x ``size`` window of blocks (top-left indexed)."""
+    size = int(min(size, observed.shape[0], observed.shape[1]))
+
+    def sums(a):
+        c = np.pad(a, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+
+    return sums(observed), sums(expected)
+
+
+def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.ndarray], other_names: Sequence[str],
+                   t: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
+    """``(areas, measures, why not judged)`` for one marker's ``signal`` (above background).
+
+    Each area: {"kind": blank_region | dim_region, "box": (y0, x0, y1, x1), "evidence": {...}}.
+    """
+    block, size = int(t["block_px"]), int(t["window_blocks"])
+    target = block_sums(signal, block)
+    if min(target.shape) < size + 1 or not other_signals:
+        return [], {}, "regions: the image is too small (or has no other marker) to judge areas"
+    others = np.stack([block_sums(s, block) for s in other_signals])
+    predicted, predictability, used = predict_blocks(target, others, t)
+    measures: dict[str, Any] = {"region_predictability": predictability,
+                                "region_partners": [other_names[k] for k in used]}
+    if predictability < t["min_predictability"]:
+        return [], measures, (f"regions: the other markers do not tell where {name} belongs (held-out correlation "
+                              f"{predictability:.2f}, {t['min_predictability']:g} needed), so a blank or dim area "
+                              "cannot be told from its biology")
+    obs, exp = window_ratios(target, predicted, size)
+    typical = float(np.median(exp[exp > 0])) if (exp > 0).any() else 0.0
+    judged = (exp >= t["min_expected_counts"]) & (exp >= t["min_expected_share"] * typical)
+    measures["region_windows_judged"] = int(judged.sum())
+    if not judged.any():
+        return [], measures, f"regions: {name} is expected too sparsely anywhere to judge an area"
+    ratio = np.where(judged, obs / np.maximum(exp, 1e-9), np.inf)
+    worst = float(ratio.min())
+    # the candidate area: the windows around the lowest one that stay within twice its level
+    low = judged & (ratio <= max(2 * worst, 0.02))
+    covered = np.zeros(target.shape, bool)
+    labels_w, _ = ndimage.label(low)
+    at = np.unravel_index(int(np.argmin(ratio)), ratio.shape)
+    candidate = labels_w == labels_w[at]
+    for wy, wx in zip(*np.nonzero(candidate)):
+        covered[wy:wy + size, wx:wx + size] = True
+    # the rest: windows that share no block with the candidate area
+    cov = np.pad(covered, ((1, 0), (1, 0))).cumsum(0).cumsum(1).astype(np.int64)
+    touching = (cov[size:, size:] - cov[:-size, size:] - cov[size:, :-size] + cov[:-size, :-size]) > 0
+    rest = judged & ~touching
+    rest_min = float(ratio[rest].min()) if rest.any() else math.nan
+    measures.update(region_ratio_min=worst, region_rest_min=rest_min,
+                    region_rest_windows=int(rest.sum()), region_area_share=float(covered.mean()))
+    if not rest.any() or not worst < t["dim_level"] or worst > t["max_contrast"] * rest_min:
+        return [], measures, None
+    kind = "blank_region" if worst < t["blank_level"] else "dim_region"
+    # a marker that falls this low elsewhere too has natural gaps: this area may be one of them
+    if rest_min < (t["min_rest_blank"] if kind == "blank_region" else t["min_rest_dim"]):
+        return [], measures, None
+    o, e = float(target[covered].sum()), float(predicted[covered].sum())
+    h, w = signal.shape
+    ys, xs = np.nonzero(covered)
+    box = (int(ys.min()) * block, int(xs.min()) * block, min((int(ys.max()) + 1) * block, h),
+           min((int(xs.max()) + 1) * block, w))
+    return [{"kind": kind, "box": box, "evidence": {
+        "observed": o, "expected": e, "observed_over_expected": o / max(e, 1e-9), "worst_window_ratio": worst,
+        "lowest_ratio_elsewhere": rest_min, "limit": t["blank_level"] if kind == "blank_region" else t["dim_level"],
+        "predicted_from": [other_names[k] for k in used], "predictability": predictability,
+        "area_px": int(covered.sum()) * block * block}}], measures, None
