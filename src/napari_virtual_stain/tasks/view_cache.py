@@ -82,3 +82,25 @@ def _bounding_box(mask: np.ndarray, region: Region) -> Region:
     start = tuple(int(o + w.min()) for o, w in zip(region.start, where))
     stop = tuple(int(o + w.max() + 1) for o, w in zip(region.start, where))
     return Region(start, stop)
+
+
+class LevelViewCaches:
+    """One :class:`ViewCache` per pyramid level of an image (level 0 for a plain image).
+
+    A view predicted at one level is reused when the user pans or zooms back to that level;
+    levels never mix (their pixels are different sizes). Levels too big to cache give None.
+    """
+
+    def __init__(self, n_channels: int):
+        self.n_channels = int(n_channels)
+        self._caches: dict[int, ViewCache | None] = {}
+
+    def for_level(self, level: int, spatial_shape: Sequence[int]) -> ViewCache | None:
+        level = int(level)
+        if level not in self._caches:
+            fits = ViewCache.fits(self.n_channels, spatial_shape)
+            self._caches[level] = ViewCache(self.n_channels, spatial_shape) if fits else None
+        cache = self._caches[level]
+        if cache is not None and cache.shape != tuple(int(s) for s in spatial_shape):
+            raise ValueError(f"level {level} was cached with another shape")
+        return cache

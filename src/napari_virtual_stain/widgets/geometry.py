@@ -12,6 +12,12 @@ Every dock asks the same two questions:
 - *Where does a result go?* :func:`placement`: the layer arguments that put an array
   covering ``region`` of the layer's spatial axes exactly on those pixels, keeping the
   layer's rotation, shear and affine as well as its scale and translate.
+- *Which pyramid level is on screen?* :func:`displayed_level`: for a multiscale layer, the
+  level napari shows for the current camera (its own rule, applied to the camera rather
+  than to the last draw). A layer's data coordinates are those of its full resolution;
+  ``downsample`` (a level's factor per spatial axis) carries boxes into a level's pixels and
+  a level's pixels back: napari draws level pixel ``i`` centred on full-resolution
+  coordinate ``i * factor``, and so do the results placed here.
 
 Layer axes here are napari's (an RGB layer's colour axis is not one); "spatial axes" are
 the layer axes the core works on, in order (e.g. (1, 2) for a channels-first C, Y, X layer).
@@ -72,9 +78,63 @@ def visible_data_box(viewer, layer) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([corners.min(axis=0), corners.max(axis=0)]), current
 
 
-def visible_region(viewer, layer, axes: Sequence[int], spatial_shape: Sequence[int], z_extent: int = 1) -> Region:
-    """The visible box of the current plane over the layer ``axes`` (the core's spatial axes)."""
+def layer_levels(layer) -> list:
+    """The arrays of a layer: a multiscale layer's levels (full resolution first), or its one array."""
+    return list(layer.data) if getattr(layer, "multiscale", False) else [layer.data]
+
+
+def level_downsample(layer, axes: Sequence[int]) -> np.ndarray:
+    """(levels, len(axes)) factors of each level over the layer ``axes`` (ones for a plain layer)."""
+    if not getattr(layer, "multiscale", False):
+        return np.ones((1, len(axes)))
+    return np.asarray(layer.downsample_factors, dtype=float)[:, list(axes)]
+
+
+def displayed_level(viewer, layer) -> int:
+    """The pyramid level napari displays for the current camera (0 for a plain layer).
+
+    napari picks the coarsest level that still has a data pixel per screen pixel of the
+    visible box (``compute_multiscale_level``) when the canvas draws; computing it here from
+    the camera gives the level a run right after a programmatic zoom will be shown at.
+    A locked level is that level; a 3D view shows the coarsest.
+    """
+    if not getattr(layer, "multiscale", False):
+        return 0
+    if layer.locked_data_level is not None:
+        return int(layer.locked_data_level)
+    if viewer.dims.ndisplay == 3:
+        return len(layer.data) - 1
+    from napari.layers.utils.layer_utils import compute_multiscale_level
+
+    box, _ = visible_data_box(viewer, layer)
+    shown = list(displayed_layer_axes(viewer, layer))
+    requested = np.ceil(box[1, shown]) - np.floor(box[0, shown])
+    threshold = np.asarray(canvas_size(viewer), dtype=float)[-len(shown):]
+    factors = np.asarray(layer.downsample_factors, dtype=float)[:, shown]
+    return int(compute_multiscale_level(requested, threshold, factors))
+
+
+def layer_pixel_size_um(layer) -> float | None:
+    """The in-plane (X) pixel size of a layer's full resolution in micrometres, when its reader knew it."""
+    sizes = (getattr(layer, "metadata", None) or {}).get("pixel_size_um")
+    if not sizes:
+        return None
+    value = sizes[-1] if isinstance(sizes, (list, tuple)) else sizes
+    return float(value) if value else None
+
+
+def visible_region(viewer, layer, axes: Sequence[int], spatial_shape: Sequence[int], z_extent: int = 1,
+                   downsample: Sequence[float] | None = None) -> Region:
+    """The visible box of the current plane over the layer ``axes`` (the core's spatial axes).
+
+    With ``downsample`` (a pyramid level's factor per axis in ``axes``) the box is in that
+    level's pixels and ``spatial_shape`` is the level's.
+    """
     box, current = visible_data_box(viewer, layer)
+    if downsample is not None:  # full-resolution coordinates -> the level's (pixel i sits at i * factor)
+        factors = np.ones(layer.ndim)
+        factors[list(axes)] = np.asarray(downsample, dtype=float)
+        box, current = box / factors, current / factors
     axes = list(axes)
     shown = [axes.index(a) for a in displayed_layer_axes(viewer, layer) if a in axes]
     return view_region(box[:, axes], tuple(current[axes]), tuple(int(s) for s in spatial_shape), tuple(shown),
@@ -98,11 +158,17 @@ def _data_to_world_affine(layer, axes: Sequence[int]) -> np.ndarray:
     return matrix
 
 
-def placement(layer, axes: Sequence[int], start: Sequence[int]) -> dict:
+def placement(layer, axes: Sequence[int], start: Sequence[int], downsample: Sequence[float] | None = None) -> dict:
     """Layer arguments (``scale`` and ``translate``, plus ``affine`` when the layer is rotated,
-    sheared or has an affine) that place an array covering the layer ``axes`` from ``start``."""
+    sheared or has an affine) that place an array covering the layer ``axes`` from ``start``.
+
+    With ``downsample``, ``start`` and the array are in a pyramid level's pixels: the output's
+    scale is the layer's times the level's factors, so it overlays the level napari draws.
+    """
     matrix = _data_to_world_affine(layer, axes)
     linear = matrix[:-1, :-1]
+    if downsample is not None:
+        linear = linear @ np.diag(np.asarray(downsample, dtype=float))
     translate = matrix[:-1, -1] + linear @ np.asarray(start, dtype=float)
     scale = np.diag(linear).copy()
     if np.allclose(linear, np.diag(scale)):  # only scale and translate: keep them readable

@@ -1,7 +1,13 @@
 """The Virtual Stain dock: pick a layer and a model, run on the current view or everything.
 
 Thin by design: it reads choices, computes the visible box, and hands a core function
-(tasks.stain.run_stain) to a worker thread; results come back as LayerDataTuples.
+(workflows.stain.run_level) to a worker thread; results come back as LayerDataTuples.
+
+A multiscale (pyramid) layer is predicted at one level: the current view at the level
+napari displays or a coarser one nearer the model's pixel size (tasks.pyramid.choose_level),
+the whole image at the level nearest the model's pixel size. The output is a single-scale
+layer of that level's pixels, scaled to overlay the input; each level keeps its own
+predicted pixels for later views.
 """
 
 from __future__ import annotations
@@ -21,23 +27,25 @@ from ..engine.predictor_cache import SHARED
 from ..models.registry import list_models, load_model, model_card, program_notice, subscribe
 from ..tasks.arrays import layout_for
 from ..tasks.layers import overlay_tuples
-from ..tasks.view_cache import ViewCache
+from ..tasks.pyramid import choose_level
+from ..tasks.view_cache import LevelViewCaches, ViewCache
 from ..workflows import stain as stain_workflow
 from ..workflows.settings_files import settings_file
 from ..workflows.stain import StainSettings
 from ._output_layers import publish
-from .geometry import placement, spatial_axes, visible_region
+from .geometry import (displayed_level, layer_levels, layer_pixel_size_um, level_downsample, placement,
+                       spatial_axes, visible_region)
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 CURRENT_VIEW = "current view"
 WHOLE = "whole image / stack"
 
 
-def _predict(settings: StainSettings, data, rgb: bool, name: str, region, stats=None,
+def _predict(settings: StainSettings, levels, level: int, rgb: bool, name: str, region, stats=None,
              view_cache: ViewCache | None = None, progress=None, cancel=None):
     """Worker body: the staining workflow with a snapshot of the dock's settings. Touches no Qt."""
-    return stain_workflow.run(settings, data, rgb=rgb, name=name, region=region, stats=stats, view_cache=view_cache,
-                              load=load_model, progress=progress, cancel=cancel)
+    return stain_workflow.run_level(settings, levels, level, rgb=rgb, name=name, region=region, stats=stats,
+                                    view_cache=view_cache, load=load_model, progress=progress, cancel=cancel)
 
 
 class VirtualStainWidget(JobDockMixin, QWidget):
@@ -49,7 +57,9 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         # remembered between launches of napari.
         self.settings = StainSettings.load(settings_file("stain"))
         self._stats: dict = {}
-        self._view_cache: tuple | None = None  # (key, ViewCache): pixels predicted so far, reused by later views
+        self._level_note: str | None = None  # a sentence when the pyramid has no level at the model's scale
+        # (key, LevelViewCaches): pixels predicted so far at each pyramid level, reused by later views
+        self._view_cache: tuple | None = None
         self.job: Job | None = None
         self.relay = ProgressRelay()
 
@@ -165,15 +175,27 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self.info.tooltip = card.description
 
     # -- running ---------------------------------------------------------------------------
-    def _region_for(self, layer, card):
-        """The visible box of the current plane, in the core's spatial axes (or None: all)."""
-        if self.scope.value == WHOLE or self.viewer.dims.ndisplay == 3:
-            return None  # in a 3D view everything is "visible"
-        layout = layout_for(layer.data, card, layer.rgb, layer.name)
-        spatial_shape = layout.spatial_shape(tuple(layer.data.shape))
-        axes = spatial_axes(layer, len(spatial_shape), None if layout.rgb else layout.channel_axis)
+    def _level_and_region(self, layer, card):
+        """(pyramid level, its downsample per spatial axis, the visible box at that level or None: all)."""
+        levels = layer_levels(layer)
+        layout = layout_for(levels[0], card, layer.rgb, layer.name)
+        axes = spatial_axes(layer, layout.spatial_ndim, None if layout.rgb else layout.channel_axis)
+        downsample = level_downsample(layer, axes)
+        whole = self.scope.value == WHOLE or self.viewer.dims.ndisplay == 3  # in 3D everything is "visible"
+        shown = 0 if whole else displayed_level(self.viewer, layer)
+        choice = choose_level(downsample, shown, layer_pixel_size_um(layer), card.pixel_size_um)
+        self._level_note = choice.note
+        if whole:
+            return choice.level, downsample[choice.level], None
+        spatial_shape = layout.spatial_shape(tuple(levels[choice.level].shape))
         z_extent = card.tile[0] if card.spatial_dims == 3 else 1
-        return visible_region(self.viewer, layer, axes, spatial_shape, z_extent=z_extent)
+        region = visible_region(self.viewer, layer, axes, spatial_shape, z_extent=z_extent,
+                                downsample=downsample[choice.level])
+        return choice.level, downsample[choice.level], region
+
+    def _region_for(self, layer, card):
+        """The visible box of the current plane at the level a run predicts at (None: all)."""
+        return self._level_and_region(layer, card)[2]
 
     def _check_settings(self, *_) -> list[str]:
         """Run is enabled only with settings that can run; the first problem is its tooltip."""
@@ -200,22 +222,23 @@ class VirtualStainWidget(JobDockMixin, QWidget):
             return
         try:
             card = model_card(model_name)
-            region = self._region_for(layer, card)
-            view_cache = self._view_cache_for(layer, card, model_name)
+            level, downsample, region = self._level_and_region(layer, card)
+            view_cache = self._view_cache_for(layer, card, model_name, level)
         except Exception as err:  # user errors become notifications, not tracebacks
             report_error(err, "Virtual staining")
             return
-        # Whole-image normalisation statistics, computed once per layer data and model:
-        # panning in "follow the view" mode then costs only the network.
+        # Whole-image normalisation statistics, computed once per layer data and model (from a
+        # low-resolution level of a pyramid), shared by every level: panning in "follow the view"
+        # mode then costs only the network.
         stats_key = (id(layer.data), model_name)
         stats = self._stats.get(stats_key)
-        self._run_context = (layer, card, stats_key)
+        self._run_context = (layer, card, stats_key, level, downsample)
         snapshot = StainSettings(**asdict(self.settings))  # the worker's own copy: the user may change the dock
         try:
             snapshot.save(settings_file("stain"))
         except OSError:  # remembering is a convenience, never a reason not to run
             pass
-        self.job = Job(_predict, snapshot, layer.data, layer.rgb, layer.name, region, stats, view_cache,
+        self.job = Job(_predict, snapshot, layer_levels(layer), level, layer.rgb, layer.name, region, stats, view_cache,
                        on_result=self._on_result, on_done=self._on_done,
                        action="Virtual staining", relay=self.relay, inputs=(layer,))
         self.run_button.enabled, self.cancel_button.enabled = False, True
@@ -223,30 +246,33 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self._started = time.perf_counter()
         self.launch(self.job)
 
-    def _view_cache_for(self, layer, card, model_name) -> ViewCache | None:
-        """The predicted pixels of this layer with this model and settings (a new cache when any changed)."""
+    def _view_cache_for(self, layer, card, model_name, level: int) -> ViewCache | None:
+        """The predicted pixels of this layer's ``level`` with this model and settings (new caches when any changed)."""
         # TTA changes every pixel: cached plain pixels must never fill a TTA view, or the reverse.
         key = (id(layer.data), model_name, self.settings.device, self.settings.precision, self.settings.tta)
         if self._view_cache is None or self._view_cache[0] != key:
-            spatial = layout_for(layer.data, card, layer.rgb, layer.name).spatial_shape(tuple(layer.data.shape))
-            self._view_cache = (key, ViewCache(card.n_out, spatial) if ViewCache.fits(card.n_out, spatial) else None)
-        return self._view_cache[1]
+            self._view_cache = (key, LevelViewCaches(card.n_out))
+        data = layer_levels(layer)[level]
+        spatial = layout_for(data, card, layer.rgb, layer.name).spatial_shape(tuple(data.shape))
+        return self._view_cache[1].for_level(level, spatial)
 
     def _on_result(self, result):
-        layer, _, stats_key = self._run_context
+        layer, _, stats_key, level, downsample = self._run_context
         self._stats = {stats_key: result.stats}
         layout = result.layout
         axes = spatial_axes(layer, len(result.region.start), None if layout.rgb else layout.channel_axis)
         limits = None if result.card.output_activation == "none" else [(0.0, 1.0)] * len(result.channels)
-        tuples = overlay_tuples(result.data, result.channels, layer.name, placement(layer, axes, result.region.start),
-                                metadata={"model": result.card.name}, contrast=limits)
+        place = placement(layer, axes, result.region.start, downsample if layer.multiscale else None)
+        tuples = overlay_tuples(result.data, result.channels, layer.name, place,
+                                metadata={"model": result.card.name, "pyramid_level": level}, contrast=limits)
         publish(self.viewer, tuples)
         if result.nan_fraction > 0:
             show_warning(f"{result.nan_fraction:.1%} of the input pixels were NaN or infinite; they were treated as 0.")
-        for warning in result.warnings:  # flat channels, thin overlaps: said, never silent
-            show_warning(warning)
+        for warning in result.warnings + ([self._level_note] if self._level_note else []):
+            show_warning(warning)  # flat channels, thin overlaps, a pyramid off the model's scale: said, never silent
         size = "x".join(str(n) for n in result.region.shape)
-        self.info.value = (f"{result.card.name}: {len(result.channels)} channels, {size} px "
+        at = f" at level {level}" if layer.multiscale else ""
+        self.info.value = (f"{result.card.name}: {len(result.channels)} channels, {size} px{at} "
                            f"in {time.perf_counter() - self._started:.2f} s")
 
     def _on_done(self):

@@ -14,6 +14,7 @@ from ..engine.device import resolve_device, resolve_precision
 from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
 from ..errors import InputError, VirtualStainError
 from ..io.outputs import write_json_atomic
+from ..tasks.pyramid import pyramid_stats
 from ..tasks.region import Region
 from ..tasks.stain import StainResult, run_stain, run_stain_reusing
 from ..tasks.view_cache import ViewCache
@@ -121,3 +122,26 @@ def run(settings: StainSettings, data, *, rgb: bool = False, name: str = "image"
         if view_cache is not None:
             view_cache.store(result.region, result.data)
         return result
+
+
+def run_level(settings: StainSettings, levels, level: int, *, rgb: bool = False, name: str = "image",
+              region: Region | None = None, stats: dict | None = None, view_cache: ViewCache | None = None,
+              cache: PredictorCache = SHARED, load: Callable | None = None, progress=None,
+              cancel=None) -> StainResult:
+    """:func:`run` on one level of a pyramid (``levels``: full resolution first; one array for
+    a plain image), ``region`` in that level's pixels, ``view_cache`` that level's.
+
+    Statistics (when not given) are the whole image's, from a low-resolution level
+    (``tasks.pyramid.pyramid_stats``): no level but ``levels[level]`` (the region and its
+    margin only) and the small statistics level is read, so a zoomed-out view of a slide never
+    touches its full resolution.
+    """
+    from ..models.registry import model_card
+
+    settings.validate()
+    if not 0 <= level < len(levels):
+        raise InputError(f"The image has {len(levels)} pyramid level(s); level {level} does not exist.")
+    if stats is None:
+        stats = pyramid_stats(levels, model_card(settings.model), rgb=rgb, name=name)
+    return run(settings, levels[level], rgb=rgb, name=name, region=region, stats=stats, view_cache=view_cache,
+               cache=cache, load=load, progress=progress, cancel=cancel)
