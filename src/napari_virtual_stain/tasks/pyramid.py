@@ -66,11 +66,14 @@ def choose_level(downsample: Sequence[Sequence[float]], displayed: int, image_pi
     level = min(range(displayed, n), key=lambda k: abs(math.log(sizes[k] / model_pixel_size_um)))
     note = None
     ratio = sizes[level] / model_pixel_size_um
-    if ratio > PIXEL_SIZE_TOLERANCE:
+    if ratio > PIXEL_SIZE_TOLERANCE and level > 0:  # then level == displayed: coarser ones are further still
         note = (f"The view was predicted at pyramid level {level} ({sizes[level]:.3g} µm per pixel) while the model "
                 f"expects {model_pixel_size_um:.3g} µm per pixel: zoom in for a prediction at the model's scale.")
+    elif ratio > PIXEL_SIZE_TOLERANCE:
+        note = (f"The image's finest level has {sizes[level]:.3g} µm pixels, coarser than the model's "
+                f"{model_pixel_size_um:.3g} µm: the pyramid has no level at the model's scale.")
     elif ratio < 1 / PIXEL_SIZE_TOLERANCE:
-        note = (f"The image's finest level has {sizes[level]:.3g} µm pixels while the model expects "
+        note = (f"The pyramid's coarsest level has {sizes[level]:.3g} µm pixels, finer than the model's "
                 f"{model_pixel_size_um:.3g} µm: the pyramid has no level at the model's scale.")
     return LevelChoice(level, sizes[level], note)
 

@@ -26,11 +26,14 @@ the layer axes the core works on, in order (e.g. (1, 2) for a channels-first C, 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from ..tasks.arrays import layout_for
+from ..tasks.pyramid import choose_level
 from ..tasks.region import Region, view_region
 
 
@@ -176,3 +179,36 @@ def placement(layer, axes: Sequence[int], start: Sequence[int], downsample: Sequ
     affine = np.eye(len(axes) + 1)
     affine[:-1, :-1], affine[:-1, -1] = linear, translate
     return {"scale": (1.0,) * len(axes), "translate": (0.0,) * len(axes), "affine": affine}
+
+
+@dataclass(frozen=True)
+class LevelView:
+    """What a run on a (possibly multiscale) layer covers: a level, and a box of it."""
+
+    level: int  # 0 for a plain layer
+    downsample: tuple[float, ...]  # the level's factor per spatial axis
+    region: Region | None  # in the level's pixels; None: all of it
+    note: str | None = None  # a sentence when the pyramid has no level at the model's scale
+
+
+def level_view(viewer, layer, card, whole: bool = False) -> LevelView:
+    """The level a run of ``card`` predicts at and its visible box (``whole``: all of that level).
+
+    The current view uses the displayed level or a coarser one nearer the model's pixel size;
+    a whole-image run the level nearest the model's pixel size (the full resolution without one).
+    In a 3D view everything is "visible": the whole level.
+    """
+    levels = layer_levels(layer)
+    layout = layout_for(levels[0], card, layer.rgb, layer.name)
+    axes = spatial_axes(layer, layout.spatial_ndim, None if layout.rgb else layout.channel_axis)
+    downsample = level_downsample(layer, axes)
+    whole = whole or viewer.dims.ndisplay == 3
+    choice = choose_level(downsample, 0 if whole else displayed_level(viewer, layer), layer_pixel_size_um(layer),
+                          card.pixel_size_um)
+    factors = tuple(float(f) for f in downsample[choice.level])
+    if whole:
+        return LevelView(choice.level, factors, None, choice.note)
+    spatial_shape = layout.spatial_shape(tuple(levels[choice.level].shape))
+    z_extent = card.tile[0] if card.spatial_dims == 3 else 1
+    region = visible_region(viewer, layer, axes, spatial_shape, z_extent=z_extent, downsample=factors)
+    return LevelView(choice.level, factors, region, choice.note)

@@ -27,14 +27,12 @@ from ..engine.predictor_cache import SHARED
 from ..models.registry import list_models, load_model, model_card, program_notice, subscribe
 from ..tasks.arrays import layout_for
 from ..tasks.layers import overlay_tuples
-from ..tasks.pyramid import choose_level
 from ..tasks.view_cache import LevelViewCaches, ViewCache
 from ..workflows import stain as stain_workflow
 from ..workflows.settings_files import settings_file
 from ..workflows.stain import StainSettings
 from ._output_layers import publish
-from .geometry import (displayed_level, layer_levels, layer_pixel_size_um, level_downsample, placement,
-                       spatial_axes, visible_region)
+from .geometry import layer_levels, level_view, placement, spatial_axes
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 CURRENT_VIEW = "current view"
@@ -175,27 +173,9 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self.info.tooltip = card.description
 
     # -- running ---------------------------------------------------------------------------
-    def _level_and_region(self, layer, card):
-        """(pyramid level, its downsample per spatial axis, the visible box at that level or None: all)."""
-        levels = layer_levels(layer)
-        layout = layout_for(levels[0], card, layer.rgb, layer.name)
-        axes = spatial_axes(layer, layout.spatial_ndim, None if layout.rgb else layout.channel_axis)
-        downsample = level_downsample(layer, axes)
-        whole = self.scope.value == WHOLE or self.viewer.dims.ndisplay == 3  # in 3D everything is "visible"
-        shown = 0 if whole else displayed_level(self.viewer, layer)
-        choice = choose_level(downsample, shown, layer_pixel_size_um(layer), card.pixel_size_um)
-        self._level_note = choice.note
-        if whole:
-            return choice.level, downsample[choice.level], None
-        spatial_shape = layout.spatial_shape(tuple(levels[choice.level].shape))
-        z_extent = card.tile[0] if card.spatial_dims == 3 else 1
-        region = visible_region(self.viewer, layer, axes, spatial_shape, z_extent=z_extent,
-                                downsample=downsample[choice.level])
-        return choice.level, downsample[choice.level], region
-
     def _region_for(self, layer, card):
         """The visible box of the current plane at the level a run predicts at (None: all)."""
-        return self._level_and_region(layer, card)[2]
+        return level_view(self.viewer, layer, card, whole=self.scope.value == WHOLE).region
 
     def _check_settings(self, *_) -> list[str]:
         """Run is enabled only with settings that can run; the first problem is its tooltip."""
@@ -222,7 +202,9 @@ class VirtualStainWidget(JobDockMixin, QWidget):
             return
         try:
             card = model_card(model_name)
-            level, downsample, region = self._level_and_region(layer, card)
+            view = level_view(self.viewer, layer, card, whole=self.scope.value == WHOLE)
+            level, downsample, region = view.level, view.downsample, view.region
+            self._level_note = view.note
             view_cache = self._view_cache_for(layer, card, model_name, level)
         except Exception as err:  # user errors become notifications, not tracebacks
             report_error(err, "Virtual staining")
