@@ -8,6 +8,7 @@ from napari_virtual_stain.models.registry import load_model
 from napari_virtual_stain.tasks.region import Region
 from napari_virtual_stain.tasks.stain import run_stain
 from napari_virtual_stain.widgets import _worker
+from napari_virtual_stain.widgets.geometry import displayed_level
 from napari_virtual_stain.widgets.stain_widget import CURRENT_VIEW, WHOLE, VirtualStainWidget
 
 from conftest import save_tiny_model
@@ -233,3 +234,53 @@ def test_tta_checkbox_reaches_the_run_and_never_reuses_plain_pixels(dock, qtbot,
     with_tta = run_stain(Predictor(model, card, device="cpu", precision="fp32"), data, region=region, tta=True).data[0]
     np.testing.assert_allclose(out.data, with_tta, atol=1e-5)
     assert np.abs(out.data - plain).max() > 1e-3  # the tiny model is not equivariant: TTA changed the view
+
+
+def napari_draws(viewer, layer) -> int:
+    """The level napari itself picks on a draw (the test viewer's window is hidden: draw by hand)."""
+    viewer.window._qt_viewer.canvas.on_draw(None)
+    return layer.data_level
+
+
+def test_current_view_of_a_multiscale_layer_follows_the_displayed_level(dock, qtbot):
+    viewer, widget = dock
+    rng = np.random.default_rng(5)
+    full = rng.random((512, 512)).astype(np.float32)
+    levels = [full, full[::2, ::2].copy(), full[::4, ::4].copy()]  # 512 / 256 / 128
+    layer = viewer.add_image(levels, multiscale=True, name="slide", scale=(0.5, 0.5), translate=(3.0, -8.0))
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "slide", "tiny-2d", CURRENT_VIEW
+    viewer.reset_view()
+    viewer.camera.zoom /= 8  # far out: napari shows the coarsest level
+    drawn_level = napari_draws(viewer, layer)
+    assert drawn_level == displayed_level(viewer, layer) == 2  # the dock's level is napari's
+    run_and_wait(widget, qtbot)
+    out = viewer.layers["slide · nuclei"]
+    assert out.data.shape == (128, 128) and out.metadata["pyramid_level"] == 2
+    assert tuple(out.scale) == (2.0, 2.0) and tuple(out.translate) == (3.0, -8.0)  # level pixel q sits at q * 4
+    model, card = load_model("tiny-2d")
+    stats = run_stain(Predictor(model, card, device="cpu", precision="fp32"), full).stats  # whole-image statistics
+    reference = run_stain(Predictor(model, card, device="cpu", precision="fp32"), levels[2], stats=stats).data
+    np.testing.assert_allclose(out.data, reference[0], atol=1e-5)
+    assert "level 2" in widget.info.value
+
+    viewer.camera.center, viewer.camera.zoom = (3.0 + 0.5 * 200, -8.0 + 0.5 * 300), 8.0  # in: full resolution
+    assert napari_draws(viewer, layer) == displayed_level(viewer, layer) == 0
+    run_and_wait(widget, qtbot)
+    assert out.metadata["pyramid_level"] == 0 and tuple(out.scale) == (0.5, 0.5)
+    start = ((np.asarray(out.translate) - (3.0, -8.0)) / 0.5).round().astype(int)
+    h, w = out.data.shape
+    assert h < 512 and w < 512 and abs(start[0] + h / 2 - 200) <= 1 and abs(start[1] + w / 2 - 300) <= 1
+    region = Region(tuple(start), (start[0] + h, start[1] + w))
+    np.testing.assert_allclose(out.data, expected(full, region)[0], atol=1e-5)
+
+    # back out: the coarse view comes from the level's cache, not from the network
+    calls = []
+    widget.relay.progressed.connect(lambda *args: calls.append(args))
+    viewer.reset_view()
+    viewer.camera.zoom /= 8
+    run_and_wait(widget, qtbot)
+    assert out.metadata["pyramid_level"] == 2 and out.data.shape == (128, 128)
+    np.testing.assert_allclose(out.data, reference[0], atol=1e-5)
+    assert not calls
+    np.testing.assert_array_equal(layer.data[0], full)  # the input is never modified
