@@ -1,7 +1,6 @@
 """The current view of a multiscale layer: predicted at the right level, only its visible box,
 placed over the input exactly, and reused per level (a headless viewer model: no canvas)."""
 
-import dask.array as da
 import numpy as np
 import pytest
 from napari.components import ViewerModel
