@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine  # noqa: E402
+from _common import machine, update_results  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -117,14 +117,7 @@ def main():
     text = "\n".join(lines)
     print(text)
     title = f"Stain QC sabotage matrix, {args.fields} fields (bench_qc.py)"
-    body = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    begin, end = f"<!-- begin {title} -->", f"<!-- end {title} -->"
-    section = f"{begin}\n## {title}\n\n{text}\n{end}"
-    if begin in body:
-        body = body[:body.index(begin)] + section + body[body.index(end) + len(end):]
-    else:
-        body = body.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(body)
+    update_results(title, text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import InputError
 from .ome_zarr_reader import ZARR_SUFFIXES, is_zarr_folder
 from .outputs import _check_not_an_input, _check_writable_place
-from .tiff_metadata import CANONICAL_ORDER, SPATIAL_AXES, positive_number, to_canonical_order
+from .tiff_metadata import bool_as_uint8, output_layout
 
 # Pyramid levels are added (each half the size in Y and X) until the largest side fits this.
 SMALLEST_LEVEL_SIDE = 256
@@ -82,30 +82,16 @@ def save_ome_zarr(path: str | os.PathLike, data: Any, axes: str, channel_names: 
     from ome_zarr.writer import write_image
 
     path = Path(path)
-    axes = axes.upper()
-    data = np.asarray(data)
-    if "S" in axes:
+    if "S" in axes.upper():
         raise InputError("OME-Zarr has no colour-sample axis: write RGB results as TIFF.")
-    if len(axes) != data.ndim or len(set(axes)) != len(axes) or set(axes) - set(CANONICAL_ORDER):
-        raise InputError(f"Axes {axes!r} do not describe an array of shape {data.shape}.")
-    if data.size == 0:
-        raise InputError("There is nothing to save: the image is empty.")
     if version not in FORMATS:
         raise InputError(f"Unknown OME-Zarr version {version!r}: use {' or '.join(FORMATS)}.")
-    data, axes = to_canonical_order(data, axes)
-    if data.dtype == bool:
-        data = data.astype(np.uint8)
-    elif data.dtype.kind == "f":
+    data, axes, names, size_of = output_layout(data, axes, channel_names, pixel_size_um)
+    data = bool_as_uint8(data)
+    if data.dtype.kind == "f":
         data = data.astype(np.float32, copy=False)
-    n_channels = data.shape[axes.index("C")] if "C" in axes else 0
-    names = [str(n) for n in channel_names] if channel_names else [f"C{i}" for i in range(n_channels)]
-    if n_channels and len(names) != n_channels:
-        raise InputError(f"{len(names)} channel names were given for {n_channels} channels.")
-
-    spatial = "".join(a for a in axes if a in SPATIAL_AXES)
-    sizes = list(pixel_size_um or [])[-len(spatial):] if pixel_size_um else []
-    sizes = [None] * (len(spatial) - len(sizes)) + [positive_number(s) for s in sizes]
-    size_of = dict(zip(spatial, sizes))
+    n_channels = len(names) if "C" in axes else 0
+    spatial = "".join(size_of)
     scale = {a.lower(): float(size_of.get(a) or 1.0) for a in axes}
     units = {a.lower(): "micrometer" for a in spatial if size_of.get(a)}
     factors = pyramid_factors(data.shape[-2:], n_levels)

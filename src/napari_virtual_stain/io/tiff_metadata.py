@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import tifffile
 
-from ..errors import ReaderError
+from ..errors import InputError, ReaderError
 
 CANONICAL_ORDER = "TCZYXS"
 SPATIAL_AXES = "ZYX"
@@ -209,3 +209,26 @@ def page_names(pages: Sequence[Any]) -> list[str] | None:
 def bool_as_uint8(data: Any) -> Any:
     """Binary images (masks) as 0/1 uint8: every later step does arithmetic on pixels."""
     return data.astype(np.uint8) if data.dtype == bool else data
+
+
+def output_layout(data, axes: str, channel_names, pixel_size_um):
+    """What every writer checks first: (data, axes) in canonical order, channel names and the
+    pixel size per spatial axis (``pixel_size_um`` aligned from the right with the Z, Y, X axes
+    present; None = unknown). Sentences for axes that do not fit, empty data or names that do
+    not match the channels."""
+    axes = axes.upper()
+    data = np.asarray(data)
+    if len(axes) != data.ndim or len(set(axes)) != len(axes) or set(axes) - set(CANONICAL_ORDER):
+        raise InputError(f"Axes {axes!r} do not describe an array of shape {data.shape}.")
+    if data.size == 0:
+        raise InputError("There is nothing to save: the image is empty.")
+    data, axes = to_canonical_order(data, axes)
+    n_channels = data.shape[axes.index("C")] if "C" in axes else 0
+    names = [str(n) for n in channel_names] if channel_names else [f"C{i}" for i in range(n_channels)]
+    if n_channels and len(names) != n_channels:
+        raise InputError(f"{len(names)} channel names were given for {n_channels} channels.")
+    spatial = "".join(a for a in axes if a in SPATIAL_AXES)
+    sizes = list(pixel_size_um or [])[-len(spatial):] if pixel_size_um else []
+    sizes = [None] * (len(spatial) - len(sizes)) + [positive_number(s) for s in sizes]
+    return data, axes, names, dict(zip(spatial, sizes))
+

@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 
 from ..errors import InputError
-from .tiff_metadata import CANONICAL_ORDER, SPATIAL_AXES, bool_as_uint8, positive_number, to_canonical_order
+from .tiff_metadata import bool_as_uint8, output_layout
 
 
 def _writable(data: np.ndarray, imagej: bool) -> np.ndarray:
@@ -49,23 +49,9 @@ def save_tiff(
     :func:`load_image` reads the file back with the same data, axes, names and pixel size.
     """
     path = Path(path)
-    axes = axes.upper()
-    data = np.asarray(data)
-    if len(axes) != data.ndim or len(set(axes)) != len(axes) or set(axes) - set(CANONICAL_ORDER):
-        raise InputError(f"Axes {axes!r} do not describe an array of shape {data.shape}.")
-    if data.size == 0:
-        raise InputError("There is nothing to save: the image is empty.")
-    data, axes = to_canonical_order(data, axes)
+    data, axes, names, size_of = output_layout(data, axes, channel_names, pixel_size_um)
     data = bool_as_uint8(data)
-    n_channels = data.shape[axes.index("C")] if "C" in axes else 0
-    names = [str(n) for n in channel_names] if channel_names else [f"C{i}" for i in range(n_channels)]
-    if n_channels and len(names) != n_channels:
-        raise InputError(f"{len(names)} channel names were given for {n_channels} channels.")
-
-    spatial = "".join(a for a in axes if a in SPATIAL_AXES)
-    sizes = list(pixel_size_um or [])[-len(spatial):] if pixel_size_um else []
-    sizes = [None] * (len(spatial) - len(sizes)) + [positive_number(s) for s in sizes]
-    size_of = dict(zip(spatial, sizes))
+    n_channels = len(names) if "C" in axes else 0
 
     if format == "auto":
         is_ome_name = path.name.lower().endswith((".ome.tif", ".ome.tiff"))
