@@ -72,7 +72,8 @@ def test_the_command_line_and_the_workflow_give_the_same_maps_and_counts(tiny, t
 
 
 def test_a_model_says_what_it_was_trained_on_and_a_release_says_it_is_official(tmp_path):
-    bundled = describe_model(model_card("deepliif-small"))
-    assert "Bladder1.png, Lung1.png" in bundled and "1332 steps" in bundled
+    card = model_card("deepliif-small")
+    bundled = describe_model(card)
+    assert ", ".join(card.training["data"]) in bundled and f"{card.training['steps']} steps" in bundled
     official = describe_model(model_card(release_folder(tmp_path / "DeepLIIF_Latest_Model")))
     assert official.startswith("Official DeepLIIF release 'DeepLIIF_Latest_Model'") and "unet_512" in official
