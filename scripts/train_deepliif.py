@@ -45,7 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FIXTURE_MAPS = SHARED / "fixtures" / "deepliif-official" / "postprocess"
-SEG_CLASS_WEIGHTS = (1.0, 1.0, 2.0, 1.5)  # background, negative, positive (rarer), border (splits cells)
+SEG_CLASS_WEIGHTS = (1.0, 1.0, 2.0)  # background, negative, positive (rarer); the border's is --border-weight
 MODALITY_WEIGHT = 5.0
 SMOOTH_L1_BETA = 0.5  # paper 001 eq. 3: quadratic below 0.5
 
@@ -105,7 +105,7 @@ def train(args, real, synthetic) -> tuple[torch.nn.Module, dict]:
                              "it cannot start this network")
         model.load_state_dict(state)
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
-    weights = torch.tensor(SEG_CLASS_WEIGHTS)
+    weights = torch.tensor(SEG_CLASS_WEIGHTS[:3] + (args.border_weight,))
     settings = SampleSettings(crop=args.crop, synthetic_fraction=args.synthetic_fraction)
     start, history = time.monotonic(), []
     model.train()
@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--base", type=int, default=16)
     p.add_argument("--max-width", type=int, default=128)
+    p.add_argument("--border-weight", type=float, default=1.5,
+                   help="cross-entropy weight of the border class (higher splits touching nuclei more)")
     p.add_argument("--synthetic", type=int, default=24, help="synthetic IHC fields (256 x 256) to train on")
     p.add_argument("--synthetic-fraction", type=float, default=0.25)
     p.add_argument("--val-rows", type=int, default=128, help="bottom rows of each real image held out for scoring")
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             "lr": args.lr, "data": [s.name for s in real], "continued_from": str(args.init or ""), "synthetic_fields": args.synthetic,
             "synthetic_fraction": args.synthetic_fraction,
             "held_out": f"bottom {args.val_rows} rows of each real image (never cropped for training)",
-            "loss": f"cross-entropy (classes weighted {list(SEG_CLASS_WEIGHTS)}) + {MODALITY_WEIGHT} x smooth L1 "
+            "loss": f"cross-entropy (classes weighted {list(SEG_CLASS_WEIGHTS) + [args.border_weight]}) + "
+                    f"{MODALITY_WEIGHT} x smooth L1 "
                     "on the modalities (real crops only)",
             "augmentation": "optical-density re-staining (H, DAB, residual scaled 0.35-2x / 0.5-1.5x, stain vectors "
                             "tilted), brightness/contrast/gamma, blur, noise, JPEG, scale 0.5-2x, flips, rot90"})
