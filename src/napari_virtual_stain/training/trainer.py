@@ -303,7 +303,7 @@ class Trainer(TrainerFiles):
             self._validated_once = True
 
         self.reason = "steps"
-        self._stop_reason = None
+        self._stop_reason = None  # as before callbacks: the validation before the first step never stops a run
         bad_in_a_row = 0
         while True:
             elapsed = time.perf_counter() - start
