@@ -13,6 +13,7 @@ from napari_virtual_stain.models.factory import build_model
 from napari_virtual_stain.models.pix2pixhd import MultiscaleDiscriminator, Pix2PixHDGenerator
 from napari_virtual_stain.training import pix2pixhd_loss as hd
 from napari_virtual_stain.training.adversarial import mask_for_critic
+from napari_virtual_stain.training.strategies import Pix2PixHDFeatureMatching
 from napari_virtual_stain.training.starting import model_for_training
 from napari_virtual_stain.training.trainer import TrainConfig, Trainer
 
@@ -229,14 +230,16 @@ def test_the_full_pix2pixhd_objective_trains_through_the_trainer():
     critic = hd.make_multiscale_critic(1, 2, (32, 32), num_D=2, ndf=8)
     trainer = _hd_trainer(steps=30, critic=critic)
     before = [p.detach().clone() for p in critic.parameters()]
+    assert isinstance(trainer.strategy, Pix2PixHDFeatureMatching)  # chosen for the multi-scale critic
     records = []
 
-    def step():  # what Trainer._gan_step would do for a MultiscaleDiscriminator
-        out = hd.multiscale_gan_step(trainer)
-        records.append(out)
-        return out
+    class Recording(Pix2PixHDFeatureMatching):
+        def step(self, trainer, batch):
+            out = super().step(trainer, batch)
+            records.append(out)
+            return out
 
-    trainer._gan_step = step
+    trainer.strategy = Recording()
     result = trainer.run()
     assert len(records) == 30
     assert all(np.isfinite([r["critic_loss"], r["gen_adv_loss"], r["feature_matching"]]).all() for r in records)

@@ -125,7 +125,7 @@ class TrainUpdate:
 @dataclass
 class TrainResult:
     stopped: bool  # True when the user stopped the run
-    reason: str  # "steps", "minutes", "early_stopping" or "stopped"
+    reason: str  # "steps", "minutes", "early_stopping", "stopped" or a callback's request_stop reason
     steps: int
     best_step: int
     best_val_loss: float | None

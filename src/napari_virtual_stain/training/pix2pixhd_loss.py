@@ -16,9 +16,8 @@ real target and the prediction are masked with ``adversarial.mask_for_critic`` b
 critic sees them, so what the network predicts where the target is missing cannot change
 any of these losses, and a batch without any target gives a feature-matching loss of 0.
 
-``multiscale_gan_step(trainer)`` is one training step of a ``training.trainer.Trainer``
-whose critic is a ``MultiscaleDiscriminator``: the critic update, then the generator update
-on ``reconstruction + gan_weight * (GAN + feature matching)``.
+``strategies.Pix2PixHDFeatureMatching`` is the Trainer's step with these losses: the critic
+update, then the generator update on ``reconstruction + gan_weight * (GAN + feature matching)``.
 """
 
 from __future__ import annotations
@@ -26,9 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine.device import autocast_context
 from . import adversarial
-from .adversarial import critic_layers_for, mask_for_critic
+from .adversarial import critic_layers_for
 
 MultiscaleOutputs = list  # list (per scale) of lists of feature maps, the scores last
 MULTISCALE_GAN_KINDS = ("vanilla", "lsgan")
@@ -94,53 +92,3 @@ def make_multiscale_critic(in_channels: int, out_channels: int, patch: tuple[int
     coarsest = -(-smallest // 2 ** (scales - 1))
     layers = critic_layers_for((coarsest,), n_layers)
     return MultiscaleDiscriminator(in_channels + out_channels, ndf=ndf, n_layers=layers, num_D=scales, norm="instance")
-
-
-def _critic_outputs(trainer, x: torch.Tensor, y: torch.Tensor) -> MultiscaleOutputs:
-    with autocast_context(trainer.device, trainer.precision):
-        outputs = trainer.critic(torch.cat([x, y], dim=1))
-    return [[f.float() for f in scale] for scale in outputs]
-
-
-def multiscale_gan_step(trainer, lambda_feat: float = DEFAULT_LAMBDA_FEAT) -> dict[str, float]:
-    """One pix2pixHD step of ``trainer`` (a ``Trainer`` whose critic is a MultiscaleDiscriminator).
-
-    Mirrors ``Trainer._gan_step``: ``n_critic`` critic updates on fresh batches, then one
-    generator update on the last batch, with the critic frozen. Returns the losses the
-    Trainer records (train_loss is the reconstruction loss), plus ``feature_matching``.
-    """
-    kind = trainer.gan
-    _check_kind(kind)
-    critic = trainer.critic
-    critic.train()
-    critic.requires_grad_(True)
-    out: dict[str, float] = {}
-    for _ in range(trainer.n_critic):
-        x, y, mask = trainer.next_batch()
-        with torch.no_grad():
-            fake = mask_for_critic(trainer.generate(x), mask)
-        real = mask_for_critic(y, mask)
-        loss = multiscale_critic_loss(kind, _critic_outputs(trainer, x, real), _critic_outputs(trainer, x, fake))
-        trainer.critic_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.apply_step(trainer.critic_optimizer, critic, loss)  # the Trainer's non-finite guard
-        out["critic_loss"] = float(loss.detach())
-    critic.requires_grad_(False)
-    try:
-        pred = trainer.generate(x)
-        recon = trainer.loss_fn(pred, y, mask)
-        fake_outputs = _critic_outputs(trainer, x, mask_for_critic(pred, mask))
-        with torch.no_grad():
-            real_outputs = _critic_outputs(trainer, x, real)
-        adv = multiscale_generator_loss(kind, fake_outputs)
-        feat = feature_matching_loss(fake_outputs, real_outputs, lambda_feat)
-        loss = recon + trainer.gan_weight * (adv + feat)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        out["skipped"] = not trainer.apply_step(trainer.optimizer, trainer.model, loss)
-    finally:
-        critic.requires_grad_(True)
-    out["train_loss"] = float(recon.detach())
-    out["gen_adv_loss"] = float(adv.detach())
-    out["feature_matching"] = float(feat.detach())
-    return out

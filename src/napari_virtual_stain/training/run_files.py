@@ -80,7 +80,8 @@ class TrainerFiles:
         }
         return card
 
-    def _save_model(self, path: Path, state: dict) -> None:
+    def save_model(self, path: Path, state: dict) -> None:
+        """Write ``state`` (weights) as a model with the trained card, atomically."""
         model = copy.deepcopy(self.model).cpu()
         model.load_state_dict(state)
         save_checkpoint(path, model, self.trained_card())
@@ -89,7 +90,7 @@ class TrainerFiles:
         """Write the model (best weights, or the current ones with ``best=False``) and its resume state."""
         path = Path(path)
         state = self.best_state if best else (self.last_state if self.last_state is not None else cpu_state(self.model))
-        self._save_model(path, state)
+        self.save_model(path, state)
         last = self.last_state if self.last_state is not None else cpu_state(self.model)
         payload = {
             "format": STATE_FORMAT,

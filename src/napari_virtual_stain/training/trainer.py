@@ -14,6 +14,11 @@ Stop is a normal end: when the cancel event is set the loop ends after the curre
 the best weights are put back into the model and ``run`` returns
 ``TrainResult(stopped=True)``. ``save(path)`` / ``resume(path)`` (``run_files``) write and
 read the best model and the resume state; ``TrainConfig`` and the records are in ``config``.
+
+Extension points: what a step does is a ``strategies.StepStrategy`` (picked from the config,
+or given as ``strategy=``), what happens around the steps are ``callbacks.Callback`` objects
+(built from the config and ``run``'s arguments, plus ``run(callbacks=...)``), and what a step
+sees comes from ``next_batch`` (override it).
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ import math
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -34,15 +38,16 @@ from ..engine.device import autocast_context, resolve_device, resolve_precision
 from ..errors import InputError
 from ..metrics import tiled_channel_scores
 from ..models.card import ModelCard
-from ..models.pix2pixhd import MultiscaleDiscriminator
-from . import adversarial
-from .config import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate
 from ..models.zwindow import z_window
+from . import adversarial
+from .callbacks import Callback, StepInfo, ValidationInfo, default_callbacks
+from .config import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate
 from .datasets import PairedPatches
 from .losses import make_loss
-from .pix2pixhd_loss import make_multiscale_critic, multiscale_gan_step
+from .pix2pixhd_loss import is_multiscale, make_multiscale_critic
 from .run_files import TrainerFiles, cpu_state
 from .schedules import EarlyStopping, lr_factor
+from .strategies import StepStrategy, strategy_for
 
 # A step whose loss or gradients are not finite is skipped (no weight update), as a
 # gradient scaler does: a rare overflow (seen with bf16 autocast in 3D) must not poison
@@ -73,11 +78,13 @@ class Trainer(TrainerFiles):
     ``inputs``: list of (C, Y, X) or (C, Z, Y, X) arrays; ``targets``: per pair a (T, ...)
     array or a list of T arrays/None (NaN = missing pixel). ``critic``: a conditional
     critic taking C + T channels; built automatically (``adversarial.make_critic``) when
-    ``config.gan`` is set and none is given.
+    ``config.gan`` is set and none is given. ``strategy``: what one step does (default: the
+    built-in strategy for the config, ``strategies.strategy_for``).
     """
 
     def __init__(self, model: nn.Module, card: ModelCard, inputs: Sequence, targets: Sequence,
-                 config: TrainConfig | None = None, critic: nn.Module | None = None):
+                 config: TrainConfig | None = None, critic: nn.Module | None = None,
+                 strategy: StepStrategy | None = None):
         self.config = config = config or TrainConfig()
         config.check(card.spatial_dims)
         self.card = card
@@ -114,6 +121,7 @@ class Trainer(TrainerFiles):
         self.base_lr = config.lr if config.lr is not None else (5e-5 if self.gan == "wgan-gp" else 2e-4)
         self.optimizer = self._optimizer(self.model)
         self.critic_optimizer = self._optimizer(self.critic) if self.critic is not None else None
+        self.strategy = strategy if strategy is not None else strategy_for(self.gan, self.critic)
 
         self.steps_per_epoch = max(1, math.ceil(len(self.train_data) / config.batch_size))
         if config.steps is not None:
@@ -135,6 +143,8 @@ class Trainer(TrainerFiles):
         self.best_scores: dict = {}
         self.reason = "not started"
         self._validated_once = False
+        self._stop_reason: str | None = None  # set by request_stop (a callback ending the run)
+        self._generator_updates: list[bool] = []  # the guard's verdicts on this step's generator updates
         # Ties a resume state to the model file of the same run (both carry it), so --resume
         # never continues another run's optimiser and history on this model.
         self.run_id = uuid.uuid4().hex
@@ -155,7 +165,7 @@ class Trainer(TrainerFiles):
                     group["lr"] = lr
         return lr
 
-    # ---- extension points: what step strategies (GAN, pix2pixHD, masked imputation) build on ----
+    # ---- the services every step strategy goes through ------------------------------------
 
     def next_batch(self):
         """``(x, y, mask)`` on the device: one training batch (override to change what a step sees)."""
@@ -167,28 +177,29 @@ class Trainer(TrainerFiles):
             pred = self.model(x)
         return _to_unit(pred.float(), self.card.output_activation)
 
-    def _critic(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def critique(self, x: torch.Tensor, y: torch.Tensor):
+        """The critic's scores (a multi-scale critic: its per-scale feature lists) for input ``x``
+        and target ``y``, under the run's precision policy, as float32."""
         with autocast_context(self.device, self.precision):
-            scores = self.critic(torch.cat([x, y], dim=1))
-        return scores.float()
+            outputs = self.critic(torch.cat([x, y], dim=1))
+        if is_multiscale(outputs):
+            return [[f.float() for f in scale] for scale in outputs]
+        return outputs.float()
 
-    # ---- one step --------------------------------------------------------------------------
-
-    def _train_step(self) -> dict[str, float]:
-        self.model.train()
-        if not self.gan:
-            x, y, mask = self.next_batch()
-            loss = self.loss_fn(self.generate(x), y, mask)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            applied = self.apply_step(self.optimizer, self.model, loss)
-            return {"train_loss": float(loss.detach()), "skipped": not applied}
-        return self._gan_step()
+    def update(self, optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor) -> bool:
+        """Backpropagate ``loss`` and step ``optimizer`` through the non-finite guard; returns
+        whether the step was applied. The one way a strategy changes weights."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        applied = self.apply_step(optimizer, module, loss)
+        if optimizer is self.optimizer:
+            self._generator_updates.append(applied)
+        return applied
 
     @staticmethod
     def apply_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor) -> bool:
-        """Take the optimiser step only when the loss and every gradient are finite (every step
-        strategy goes through here: a non-finite step is skipped and counted, never applied)."""
+        """Take the optimiser step only when the loss and every gradient are finite (a
+        non-finite step is skipped and counted, never applied)."""
         finite = bool(torch.isfinite(loss.detach()))
         if finite:
             finite = all(bool(torch.isfinite(p.grad).all()) for p in module.parameters() if p.grad is not None)
@@ -198,42 +209,19 @@ class Trainer(TrainerFiles):
             optimizer.zero_grad(set_to_none=True)
         return finite
 
-    def _gan_step(self) -> dict[str, float]:
-        if isinstance(self.critic, MultiscaleDiscriminator):  # pix2pixHD: all scales + feature matching
-            return multiscale_gan_step(self)
-        kind = self.gan
-        self.critic.train()
-        self.critic.requires_grad_(True)
-        out: dict[str, float] = {}
-        for _ in range(self.n_critic):
-            x, y, mask = self.next_batch()  # a fresh batch per critic step (paper 002, algorithm 1)
-            with torch.no_grad():
-                fake = adversarial.mask_for_critic(self.generate(x), mask)
-            real = adversarial.mask_for_critic(y, mask)
-            real_scores, fake_scores = self._critic(x, real), self._critic(x, fake)
-            loss = adversarial.critic_loss(kind, real_scores, fake_scores)
-            if kind == "wgan-gp":
-                penalty = adversarial.gradient_penalty(self.critic, x, real, fake)
-                out["wasserstein"] = float((real_scores.mean() - fake_scores.mean()).detach())
-                out["gradient_penalty"] = float(penalty.detach())
-                loss = loss + self.config.lambda_gp * penalty
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.apply_step(self.critic_optimizer, self.critic, loss)
-            out["critic_loss"] = float(loss.detach())
-        # Generator step on the last batch; the critic's weights are not trained here.
-        self.critic.requires_grad_(False)
-        pred = self.generate(x)
-        recon = self.loss_fn(pred, y, mask)
-        adv = adversarial.generator_adversarial_loss(kind, self._critic(x, adversarial.mask_for_critic(pred, mask)))
-        loss = recon + self.gan_weight * adv
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        out["skipped"] = not self.apply_step(self.optimizer, self.model, loss)
-        self.critic.requires_grad_(True)
-        out["train_loss"] = float(recon.detach())
-        out["gen_adv_loss"] = float(adv.detach())
-        return out
+    def train_step(self) -> dict[str, float]:
+        """One step of ``self.strategy`` on a fresh batch; ``skipped`` unless the guard let a
+        generator update through (a strategy cannot report a refused step as taken)."""
+        self.model.train()
+        self._generator_updates = []
+        losses = dict(self.strategy.step(self, self.next_batch()))
+        losses.setdefault("train_loss", float("nan"))
+        losses["skipped"] = not (self._generator_updates and all(self._generator_updates))
+        return losses
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after the current step (for callbacks); ``reason`` is recorded."""
+        self._stop_reason = reason
 
     # ---- validation --------------------------------------------------------------------------
 
@@ -280,39 +268,42 @@ class Trainer(TrainerFiles):
         x, _, _ = data.fixed_patch()
         return self.predict_patches(x[None])[0].cpu().numpy()
 
-    def _on_validation(self, loss: float, scores: dict) -> bool:
-        """Record a validation; keep the weights if they are the best. Returns should_stop."""
+    def _validated(self, callbacks: Sequence[Callback]) -> tuple[float, dict]:
+        """Validate, record it, keep the weights if they are the best, tell the callbacks."""
+        loss, scores = self.validate()
         self.history["val"].append((self.step, loss))
-        improved, stop = self.stopper.update(loss, self.step)
+        improved, _ = self.stopper.update(loss, self.step)  # stopping is EarlyStop's (callbacks)
         if improved:
             self.best_state = cpu_state(self.model)
             self.best_scores = scores
-            # Not before the first trained step: the file at best_path (a model the user had, with
-            # --overwrite) is kept until this run has trained weights to put in its place.
-            if self.config.best_path and self.step > 0:
-                self._save_model(Path(self.config.best_path), self.best_state)
-        return stop
+        info = ValidationInfo(step=self.step, loss=loss, scores=scores, improved=improved)
+        for callback in callbacks:
+            callback.on_validation(self, info)
+        return loss, scores
 
     # ---- the loop --------------------------------------------------------------------------
 
     def run(self, progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-            on_update: Callable[[TrainUpdate], None] | None = None) -> TrainResult:
-        """Train until the planned steps/minutes, early stopping or Stop; see the module docstring."""
+            on_update: Callable[[TrainUpdate], None] | None = None,
+            callbacks: Iterable[Callback] = ()) -> TrainResult:
+        """Train until the planned steps/minutes, early stopping, Stop or a callback's
+        ``request_stop``; ``callbacks`` run after the built-in ones (``callbacks.default_callbacks``)."""
         config = self.config
+        callbacks = default_callbacks(config, progress, on_update) + list(callbacks)
         start = time.perf_counter()
         max_seconds = config.max_minutes * 60.0 if config.max_minutes is not None else None
         first_step = self.step
-        val_loss, val_step, scores = None, None, None
+        val_loss, val_step = None, None
         if self.history["val"]:
             val_step, val_loss = self.history["val"][-1]
 
         if self.val_data is not None and not self._validated_once and self.step == 0:
-            val_loss, scores = self.validate()
+            val_loss, _ = self._validated(callbacks)
             val_step = 0
             self._validated_once = True
-            self._on_validation(val_loss, scores)
 
         self.reason = "steps"
+        self._stop_reason = None  # as before callbacks: the validation before the first step never stops a run
         bad_in_a_row = 0
         while True:
             elapsed = time.perf_counter() - start
@@ -325,10 +316,9 @@ class Trainer(TrainerFiles):
             if max_seconds is not None and elapsed >= max_seconds:
                 self.reason = "minutes"
                 break
-            fraction = self._progress_fraction(elapsed, max_seconds)
-            lr = self._set_lr(fraction)
-            losses = self._train_step()
-            if losses.get("skipped"):
+            lr = self._set_lr(self._progress_fraction(elapsed, max_seconds))
+            losses = self.train_step()
+            if losses["skipped"]:
                 self.skipped_steps += 1
                 bad_in_a_row += 1
                 if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
@@ -341,43 +331,26 @@ class Trainer(TrainerFiles):
                 self.history["train"].append((self.step, losses["train_loss"]))
 
             scores = None
-            should_stop = False
             if self.val_data is not None and self.step % config.val_every == 0:
-                val_loss, scores = self.validate()
+                val_loss, scores = self._validated(callbacks)
                 val_step = self.step
-                should_stop = self._on_validation(val_loss, scores)
-            if config.checkpoint_every and config.last_path and self.step % config.checkpoint_every == 0:
-                self.save(config.last_path, best=False)
-
             elapsed = time.perf_counter() - start
             per_step = elapsed / max(1, self.step - first_step)
-            eta = self._eta(per_step, elapsed, max_seconds)
-            if progress is not None:
-                done_fraction = self._progress_fraction(elapsed, max_seconds)
-                if self.total_steps is not None and max_seconds is None:
-                    progress(self.step, self.total_steps)
-                else:
-                    progress(int(round(1000 * done_fraction)), 1000)
-            if on_update is not None:
-                preview = self.preview() if self.step % config.preview_every == 0 else None
-                on_update(TrainUpdate(
-                    step=self.step, total_steps=self.total_steps, train_loss=losses["train_loss"],
-                    val_loss=val_loss, val_step=val_step,
-                    best_val_loss=self.stopper.best if math.isfinite(self.stopper.best) else None,
-                    sec_per_step=per_step, eta_s=eta, elapsed_s=elapsed, lr=lr,
-                    critic_loss=losses.get("critic_loss"), gen_adv_loss=losses.get("gen_adv_loss"),
-                    wasserstein=losses.get("wasserstein"), gradient_penalty=losses.get("gradient_penalty"),
-                    preview=preview, scores=scores, skipped=bool(losses.get("skipped", False))))
-            if should_stop:
-                self.reason = "early_stopping"
+            info = StepInfo(step=self.step, total_steps=self.total_steps, losses=losses, lr=lr, elapsed_s=elapsed,
+                            sec_per_step=per_step, eta_s=self._eta(per_step, elapsed, max_seconds),
+                            fraction=self._progress_fraction(elapsed, max_seconds),
+                            time_limited=max_seconds is not None, val_loss=val_loss, val_step=val_step, scores=scores)
+            for callback in callbacks:
+                callback.on_step(self, info)
+            if self._stop_reason is not None:
+                self.reason = self._stop_reason
                 break
 
         # A final validation unless the user asked to stop (Stop must be prompt) or the
         # last step was just validated.
         if (self.reason != "stopped" and self.val_data is not None and self.history["val"]
                 and self.history["val"][-1][0] != self.step):
-            val_loss, scores = self.validate()
-            self._on_validation(val_loss, scores)
+            self._validated(callbacks)
         self.seconds_before += time.perf_counter() - start
         self.last_state = cpu_state(self.model)
         if self.val_data is None:
@@ -388,9 +361,12 @@ class Trainer(TrainerFiles):
         if config.last_path:
             self.save(config.last_path, best=False)
         best_loss = self.stopper.best if math.isfinite(self.stopper.best) else None
-        return TrainResult(stopped=self.reason == "stopped", reason=self.reason, steps=self.step,
-                           best_step=self.stopper.best_step, best_val_loss=best_loss, seconds=self.seconds_before,
-                           scores=self.best_scores, history=copy.deepcopy(self.history), card=self.trained_card())
+        result = TrainResult(stopped=self.reason == "stopped", reason=self.reason, steps=self.step,
+                             best_step=self.stopper.best_step, best_val_loss=best_loss, seconds=self.seconds_before,
+                             scores=self.best_scores, history=copy.deepcopy(self.history), card=self.trained_card())
+        for callback in callbacks:
+            callback.on_end(self, result)
+        return result
 
     def _progress_fraction(self, elapsed: float, max_seconds: float | None) -> float:
         fractions = []
