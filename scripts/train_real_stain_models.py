@@ -268,7 +268,7 @@ def results_rows(scores: dict) -> list[list[str]]:
         for label, key in ((NAME + " (untuned)", "new"), (DEMO + " nuclei (untuned)", "demo"),
                            ("normalised input (BL-Mean)", "input")):
             v = scores[key][region]
-            rows.append([region, label] + [f"{v[m]:.3f}" for m in METRICS])
+            rows.append([region, label] + [f"{v[m]:.3f}" for m in METRICS] + [f"{max(v['pcc_per_plane']):.3f}"])
     return rows
 
 
@@ -281,9 +281,10 @@ def write_results(scores: dict, finetune: dict | None, command: str, training: d
             f"({training['minutes']} min, {training['precision']}) on sephace set1 left half (6 planes), fnet-3d left "
             "half (32 planes, 2x upsampled), 12 synthetic fields; augmentation: scale 0.5-2x, turns, flips, contrast "
             "inversion, gamma, halos, defocus blur, shading, noise. Scored through the Predictor at native pixel size "
-            "on regions never trained on, mean over planes, against the real stain scaled to [0, 1]. "
+            "on regions never trained on, mean over planes (and the best single plane: the input's PCC changes sign "
+            "with focus, so its mean hides its best plane), against the real stain scaled to [0, 1]. "
             f"{'Saved as the bundled model.' if saved else 'NOT saved: it did not beat the demo model.'}\n\n"
-            + table(["held-out region", "prediction", "PCC", "SSIM", "MAE"], results_rows(scores)))
+            + table(["held-out region", "prediction", "PCC", "SSIM", "MAE", "PCC best plane"], results_rows(scores)))
     if finetune:
         rows = [[f"from {k}" if k != "input" else "normalised input (BL-Mean)"] + [f"{finetune[k][m]:.3f}" for m in METRICS]
                 + [f"{finetune[k]['steps']} steps, {finetune[k]['minutes']} min, lr {finetune[k]['lr']}" if k != "input" else ""]
@@ -304,7 +305,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", type=Path, default=BUNDLED)
     p.add_argument("--save", choices=["auto", "never"], default="auto",
-                   help="auto: save only if it beats the demo model on the held-out real fields")
+                   help="auto: save only if its mean PCC over the held-out regions beats the demo model's")
     p.add_argument("--pilot-only", action="store_true", help="run the pilot (--start auto) and stop")
     p.add_argument("--pilot-note", default="", help="what an earlier pilot found, for the card (with --start demo/scratch)")
     p.add_argument("--json", type=Path, help="also write every number here")
@@ -335,7 +336,9 @@ def main(argv=None) -> int:
     for region in regions:
         log(region, {k: round(scores[k][region]["pcc"], 3) for k in scores})
     mean_pcc = {k: float(np.mean([scores[k][r]["pcc"] for r in regions])) for k in scores}
-    beats = all(scores["new"][r]["pcc"] > scores["demo"][r]["pcc"] for r in regions)
+    # Saved when its PCC, averaged over the held-out regions, beats the demo model's (the
+    # per-region numbers, including any region where it does not, go into the card and table).
+    beats = mean_pcc["new"] > mean_pcc["demo"]
     saved = args.save == "auto" and beats
     training = {
         "data": (f"sephace-brightfield-dapi set1 x < {SEPHACE_SPLIT_X} (6 focal planes, each paired with the DAPI); "
@@ -379,7 +382,7 @@ def main(argv=None) -> int:
         load_checkpoint(out_path)  # proves it loads
         log(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.1f} MB)")
     else:
-        log(f"not saved (beats the demo model on every held-out region: {beats}; --save {args.save})")
+        log(f"not saved (mean held-out PCC {mean_pcc['new']:.3f} vs the demo model's {mean_pcc['demo']:.3f}; --save {args.save})")
     finetune = None
     if args.finetune_steps:
         finetune = finetune_comparison(out_path if saved else None, trainer.model, card, args.finetune_steps)
