@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_virtual_stain.engine.predictor import Predictor
     from napari_virtual_stain.models.checkpoint import load_checkpoint, save_checkpoint
     from napari_virtual_stain.models.deepliif_net import deepliif_card
-    from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, classical_method, network_method
+    from napari_virtual_stain.tasks.deepliif_classical import classical_maps
+    from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, network_method
     from napari_virtual_stain.training.deepliif_samples import synthetic_sources
 
     torch.set_num_threads(args.threads)
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(args.out, model, card)
         print(f"saved {args.out}", flush=True)
 
-    methods = {CLASSICAL: classical_method(),
+    methods = {CLASSICAL: classical_maps,
                f"{card.name} (this model)": network_method(Predictor(model, card, device="cpu", precision="fp32"))}
     for other in args.compare:
         other_model, other_card = load_checkpoint(other)

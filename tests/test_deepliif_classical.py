@@ -10,7 +10,7 @@ from napari_virtual_stain.cli import main
 from napari_virtual_stain.io.synthetic_ihc import make_ihc
 from napari_virtual_stain.seg_metrics import classified_mask_scores
 from napari_virtual_stain.tasks.deepliif_classical import classical_maps
-from napari_virtual_stain.tasks.deepliif_evaluation import (CLASSICAL, classical_method, format_table, refined_mask,
+from napari_virtual_stain.tasks.deepliif_evaluation import (CLASSICAL, format_table, refined_mask,
                                                             score_table, summarise)
 from napari_virtual_stain.training.deepliif_samples import classes_from_labels
 
@@ -56,7 +56,7 @@ def test_score_table_scores_every_method_on_the_held_out_rows_only(field):
     perfect = lambda rgb: (truth, np.zeros_like(truth))  # noqa: E731 - a method that knows the answer
     empty = lambda rgb: (np.zeros_like(truth), np.zeros_like(truth))  # noqa: E731
     rows = slice(128, None)
-    table = score_table({"perfect": perfect, "empty": empty, CLASSICAL: classical_method()},
+    table = score_table({"perfect": perfect, "empty": empty, CLASSICAL: classical_maps},
                         {"f": (field["rgb"], truth, rows)})
     assert table["perfect"]["mean"]["dice"] > 0.9  # deepliif redraws the borders: not exactly 1
     assert table["empty"]["mean"]["cells_pred"] == 0 and table["empty"]["mean"]["dice"] == 0

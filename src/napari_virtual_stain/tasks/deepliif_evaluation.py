@@ -19,7 +19,6 @@ import numpy as np
 
 from ..seg_metrics import classified_mask_scores
 from .deepliif_cells import Thresholds, analyse_cells
-from .deepliif_classical import classical_maps
 from .deepliif_render import render_refined
 
 Method = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # IHC -> (segmentation RGB, marker RGB)
@@ -80,7 +79,3 @@ def format_table(table: dict, title: str = "") -> str:
         lines.append(f"| {label} | {m['dice']:.3f} | {m['aji']:.3f} | {m['percent_positive_diff']:.1f} | "
                      f"{m['cells_pred']} / {m['cells_true']} |")
     return "\n".join(lines)
-
-
-def classical_method() -> Method:
-    return classical_maps
