@@ -115,3 +115,28 @@ def test_qc_with_the_joint_imputer_flags_a_blanked_area_where_the_check_counts(t
     # one-marker actions use the same joint file
     model, card = load_imputer(folder, "B")
     assert card.input_channels == ["A", "C"] and impute_marker(model, card, stack, NAMES, device="cpu").data.shape == (96, 96)
+
+
+def test_a_non_finite_step_of_the_joint_imputer_is_skipped_and_counted(monkeypatch):
+    """The joint imputer steps through the Trainer's guard: a NaN loss never reaches the weights."""
+    from napari_virtual_stain.training import joint_imputer
+
+    built = {}
+
+    def poisoned(architecture, arch_args):
+        from napari_virtual_stain.models.factory import build_model
+
+        net = build_model(architecture, arch_args)
+        built["before"] = {k: v.clone() for k, v in net.state_dict().items()}
+        net.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+        built["net"] = net
+        return net
+
+    monkeypatch.setattr(joint_imputer, "build_model", poisoned)
+    config = JointImputerConfig(minutes=None, steps=3, patch=32, batch_size=2, depth=2, base=4, max_width=8,
+                                device="cpu")
+    result = train_joint_imputer(twin_stack((64, 64)), NAMES, None, config=config)
+    assert result.card.training["skipped_steps"] == 3 and result.card.training["final_loss"] is None
+    after = built["net"].state_dict()
+    assert all(torch.equal(built["before"][k], after[k]) for k in after if after[k].dtype.is_floating_point
+               and "running" not in k)  # batch-norm running statistics move in forward, not in the step

@@ -38,6 +38,7 @@ from ..models.factory import build_model
 from ..tasks.maxim import check_marker_stack, normalise_marker, stack_marker_stats
 from ..tasks.maxim_joint import JOINT_FILE, joint_forward, signal_fractions
 from ..tasks.maxim_qc import local_error_level
+from .trainer import Trainer
 
 
 @dataclass
@@ -186,7 +187,7 @@ def train_joint_imputer(stack, names: Sequence[str], out_dir: str | os.PathLike 
     limit = config.steps or math.inf
     if budget == math.inf and limit == math.inf:
         raise InputError("Give the joint imputer a time budget (minutes) or a number of steps.")
-    step, losses = 0, []
+    step, skipped, losses = 0, 0, []
     model.train()
     while step < limit and time.perf_counter() - start < budget:
         if cancel is not None and cancel.is_set():
@@ -201,8 +202,10 @@ def train_joint_imputer(stack, names: Sequence[str], out_dir: str | os.PathLike 
         loss = (torch.abs(pred - xt) * scored).sum() / scored.sum().clamp(min=1)
         optimiser.zero_grad()
         loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+        if Trainer.apply_step(optimiser, model, loss):  # the guard every training step shares
+            losses.append(loss.item())
+        else:
+            skipped += 1
         step += 1
         if progress is not None:
             done = (time.perf_counter() - start) / budget if budget < math.inf else step / limit
@@ -212,7 +215,8 @@ def train_joint_imputer(stack, names: Sequence[str], out_dir: str | os.PathLike 
     per_marker = score_per_marker(model, card, normalised, slice(train_rows, h), config, cancel)
     model = model.cpu()
     card.training = {"steps": step, "seconds": round(seconds, 1), "patch": patch, "batch_size": config.batch_size,
-                     "lr": config.lr, "loss": "l1 on hidden markers", "final_loss": float(np.mean(losses[-20:]))}
+                     "lr": config.lr, "loss": "l1 on hidden markers", "skipped_steps": skipped,
+                     "final_loss": float(np.mean(losses[-20:])) if losses else None}
     card.scores = {"per_marker": per_marker, "heldout_region": {"start": [train_rows, 0], "stop": [h, w]},
                    "min_gain": config.min_gain, "min_pcc": config.min_pcc}
     path = None

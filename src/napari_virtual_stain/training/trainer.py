@@ -200,9 +200,11 @@ class Trainer(TrainerFiles):
     def apply_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor) -> bool:
         """Take the optimiser step only when the loss and every gradient are finite (a
         non-finite step is skipped and counted, never applied)."""
-        finite = bool(torch.isfinite(loss.detach()))
-        if finite:
-            finite = all(bool(torch.isfinite(p.grad).all()) for p in module.parameters() if p.grad is not None)
+        # one host sync for the loss and all gradients together (not one per parameter: on a GPU
+        # each bool() waits for the device)
+        checks = [torch.isfinite(loss.detach()).all()]
+        checks += [torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None]
+        finite = bool(torch.stack(checks).all())
         if finite:
             optimizer.step()
         else:
