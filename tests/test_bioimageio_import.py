@@ -21,7 +21,6 @@ from napari_virtual_stain.models.registry import BIOIMAGEIO, load_model, model_k
 from conftest import DATA  # noqa: E402
 
 NUCLEI = DATA / "bioimageio-unet2d-nuclei-broad"
-needs_nuclei = pytest.mark.skipif(not NUCLEI.is_dir(), reason="shared/data/bioimageio-unet2d-nuclei-broad is missing")
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +44,6 @@ def _copy(tmp_path, skip=()):
     return folder
 
 
-@needs_nuclei
 @pytest.mark.parametrize("weights", ["torchscript", "onnx"])
 def test_shared_package_reproduces_its_test_tensor_through_our_predictor(weights):
     result = reproduce(NUCLEI, weights, device="cpu")
@@ -54,7 +52,6 @@ def test_shared_package_reproduces_its_test_tensor_through_our_predictor(weights
     assert result.max_abs_error < 1e-4  # measured 1.2e-6 (torchscript) and 1.3e-6 (onnx)
 
 
-@needs_nuclei
 def test_shared_package_card_and_fixed_tiles(tmp_path):
     model, card = load_model(NUCLEI / "bioimageio.yaml")
     assert model_kind(NUCLEI) == BIOIMAGEIO
@@ -70,7 +67,6 @@ def test_shared_package_card_and_fixed_tiles(tmp_path):
     assert out.shape == (1, 100, 700) and np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
 
 
-@needs_nuclei
 def test_zip_folder_and_description_load_alike(tmp_path):
     archive = tmp_path / "nuclei.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -81,18 +77,15 @@ def test_zip_folder_and_description_load_alike(tmp_path):
     assert load_model(NUCLEI)[1].name == load_model(archive)[1].name == "UNet 2D Nuclei Broad"
 
 
-@needs_nuclei
 def test_torchscript_is_announced_as_a_program():
     assert "TorchScript is a program" in program_notice(NUCLEI)
 
 
-@needs_nuclei
 def test_url_only_weights_are_not_downloaded_and_named():
     with pytest.raises(CheckpointError, match=r"only online \(http://files\.ilastik\.org.*nothing is downloaded"):
         load_model(NUCLEI, "pytorch_state_dict")
 
 
-@needs_nuclei
 def test_missing_local_weights_fall_back_then_say_which_file(tmp_path):
     folder = _copy(tmp_path, skip=("weights.pt",))
     assert load_model(folder)[1].extra["bioimageio"]["weights"] == "onnx"  # the next local format (onnxruntime: testing extra)
@@ -102,7 +95,6 @@ def test_missing_local_weights_fall_back_then_say_which_file(tmp_path):
     assert "weights.onnx" in str(err.value) and "only online" in str(err.value)
 
 
-@needs_nuclei
 def test_a_changed_weight_file_is_refused(tmp_path):
     folder = _copy(tmp_path)
     data = bytearray((folder / "weights.pt").read_bytes())

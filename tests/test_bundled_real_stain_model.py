@@ -8,7 +8,6 @@ focal plane, goes through the Predictor and is compared with the real DAPI of th
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tifffile
 
 from napari_virtual_stain.engine.normalise import compute_stats, normalise
@@ -31,7 +30,6 @@ def test_card_says_what_it_is():
     assert card.scores["held_out"]["regions"]  # what it scored, per held-out region
 
 
-@pytest.mark.skipif(not (DATA / "set2_dapi_YX.tif").exists(), reason=f"{DATA} is not on this machine")
 def test_prediction_on_an_unseen_field_beats_the_normalised_input():
     model, card = load_model(MODEL)
     planes = tifffile.imread(DATA / "set2_brightfield_ZYX.tif")[(slice(None),) + CROP].astype(np.float32)

@@ -17,12 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-pytestmark = pytest.mark.skipif(not (DATA / "mibi-dcis" / "Point2206_CYX.tif").exists(),
-                                reason="real data ../shared/data (mibi-dcis, mibi-breast, deepliif-sample) not present")
 
 SIZE = 384
 CLEAN = ["dcis-2206-q3", "breast-q2", "deepliif-lung1", "deepliif-bladder1"]

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.memory import require_memory
-from ..errors import InputError
 from ..io.outputs import check_output_file
 from ..io.tiff_reader import load_image
 from ..io.tiff_writer import save_tiff
@@ -40,26 +39,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def select_channel(data, axes: str, names: list[str], wanted: str | None):
-    """Drop the C axis of a multi-channel file by picking one channel (by name or index)."""
-    if "C" not in axes:
-        return data, axes
-    c = axes.index("C")
-    n = data.shape[c]
-    if wanted is None:
-        if n == 1:
-            return np.take(data, 0, axis=c), axes.replace("C", "")
-        raise InputError(f"The file has {n} channels ({', '.join(names[:8])}{'...' if n > 8 else ''}) "
-                         "but the model takes one: choose it with --channel NAME.")
-    index = names.index(wanted) if wanted in names else (int(wanted) if wanted.isdigit() else -1)
-    if not 0 <= index < n:
-        raise InputError(f"There is no channel {wanted!r} in the file (channels: {', '.join(names)}).")
-    return np.take(data, index, axis=c), axes.replace("C", "")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..workflows import stain as workflow
-    from ..workflows.stain_files import stain_image
+    from ..workflows.stain_files import channels_first, stain_image
 
     if wants_scale_out(args):  # many inputs, a plate, an OME-Zarr output or --cluster
         return predict_many(args)
@@ -69,12 +51,11 @@ def run(args: argparse.Namespace) -> int:
     settings.validate()
     card = workflow.predictor_for(settings).card  # loads the model once: tile sizes are checked here
     image = load_image(args.input, axes=args.axes)
-    data, axes = image.data, image.axes
-    rgb = axes.endswith("S")
+    data, rgb = channels_first(image, card, args.channel)  # the same choice as each file of a many-file run
+    axes = image.axes
     if card.n_in == 1 and not rgb:
-        data, axes = select_channel(data, axes, image.channel_names, args.channel)
-    elif "C" in axes and axes.index("C") != 0:
-        data = np.moveaxis(np.asarray(data), axes.index("C"), 0)
+        axes = axes.replace("C", "")
+    elif "C" in axes:
         axes = "C" + axes.replace("C", "")
     print(f"{args.input}: {axes} {tuple(data.shape)} {data.dtype} -> {card.summary()}", file=sys.stderr)
     spatial_size = math.prod(int(n) for n, a in zip(data.shape, axes) if a in "ZYX")
