@@ -11,6 +11,12 @@ together give different results than each alone. :class:`OfficialDeepLIIF` there
 runs each sample of a batch on its own, and its card says ``batch_independent=False`` so
 the Predictor sends one tile at a time anyway.
 
+Two shortcuts deepliif's own inference takes are taken here too, with the same answers:
+a tile without tissue (deepliif's ``is_empty``: the grey levels, pure black and white left
+out, vary by less than 9) is not run through the networks but filled with deepliif's
+background colours and an empty segmentation; and a segmentation network whose fusion
+weight is 0 (the released model fuses only the IHC and marker segmentations) is not run.
+
 TorchScript files are programs, not plain weights: load only folders you trust (the
 released DeepLIIF models, or your own).
 """
@@ -36,6 +42,36 @@ def is_release_folder(path: str | os.PathLike) -> bool:
     return path.is_dir() and ((path / OPTIONS_FILE).exists() or any(path.glob("G*.pt")))
 
 
+# deepliif.models.is_empty: below this variance of a tile's grey levels there is no tissue.
+EMPTY_TILE_VARIANCE = 9.0
+# deepliif's ``background_colors`` for DeepLIIF models (hematoxylin, DAPI, Lap2, marker), 8-bit RGB.
+BACKGROUND_COLOURS = ((201, 211, 208), (10, 10, 10), (0, 0, 0), (10, 10, 10))
+
+
+def is_empty_tile(x: torch.Tensor) -> bool:
+    """deepliif's empty-tile rule on one tile (1, 3, H, W) normalised to [-1, 1] from 8-bit RGB.
+
+    deepliif converts the tile to PIL's "L" grey levels, drops pure black and pure white
+    pixels, and calls the tile empty when the rest has a (population) variance under 9.
+    """
+    rgb = torch.round((x[0, :3].float() + 1) * 127.5).clamp_(0, 255).to(torch.int64)
+    grey = (rgb[0] * 19595 + rgb[1] * 38470 + rgb[2] * 7471 + 0x8000) >> 16  # PIL's integer ITU-R 601 luma
+    values = grey[(grey != 0) & (grey != 255)].double()
+    return values.numel() == 0 or float(values.var(unbiased=False)) < EMPTY_TILE_VARIANCE
+
+
+def background_colours(raw_options: dict) -> tuple[tuple[int, int, int], ...]:
+    """The background colours a release's options name (``background_colors``), else deepliif's defaults."""
+    given = raw_options.get("background_colors")
+    try:
+        colours = tuple(tuple(int(v) for v in c) for c in given)
+        if len(colours) == len(BACKGROUND_COLOURS) and all(len(c) == 3 for c in colours):
+            return colours
+    except (TypeError, ValueError):
+        pass
+    return BACKGROUND_COLOURS
+
+
 class OfficialDeepLIIF(nn.Module):
     """The nine released generators composed as DeepLIIF does, one sample at a time.
 
@@ -43,17 +79,33 @@ class OfficialDeepLIIF(nn.Module):
     """
 
     def __init__(self, translators: list[nn.Module], segmenters: list[nn.Module], seg_weights: list[float],
-                 size_multiple: int = 512):
+                 size_multiple: int = 512, background: tuple = BACKGROUND_COLOURS, skip_empty: bool = True):
         super().__init__()
         self.translators = nn.ModuleList(translators)
         self.segmenters = nn.ModuleList(segmenters)
         self.seg_weights = [float(w) for w in seg_weights]
         self.size_multiple = int(size_multiple)
+        self.skip_empty = bool(skip_empty)
+        # +0.5: the outputs are written as uint8 by truncation, so the colour must land inside its level.
+        levels = torch.tensor([c for colour in background for c in colour], dtype=torch.float32)
+        self.register_buffer("background", ((levels + 0.5) / 127.5 - 1).view(1, -1, 1, 1), persistent=False)
+
+    def _empty(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        modalities = self.background.to(x.device).expand(n, -1, h, w)
+        return torch.cat([modalities, torch.full((n, 3, h, w), -1.0, device=x.device)], dim=1)
 
     def _one(self, x: torch.Tensor) -> torch.Tensor:
+        if self.skip_empty and is_empty_tile(x):
+            return self._empty(x)
         modalities = [g(x) for g in self.translators]
-        segs = [self.segmenters[0](x)] + [g(m) for g, m in zip(self.segmenters[1:], modalities)]
-        return torch.cat(modalities + [fuse(segs, self.seg_weights)], dim=1)
+        inputs = [x] + modalities
+        # Only the segmentations the fusion uses, as deepliif does (a weight of 0 adds nothing).
+        used = [i for i, w in enumerate(self.seg_weights) if w != 0]
+        if not used:  # all weights 0: the fused map is 0 everywhere
+            return torch.cat(modalities + [torch.zeros_like(modalities[0])], dim=1)
+        segs = [self.segmenters[i](inputs[i]) for i in used]
+        return torch.cat(modalities + [fuse(segs, [self.seg_weights[i] for i in used])], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Each sample alone: these networks normalise with the statistics of their batch.
@@ -117,6 +169,7 @@ def load_release_folder(folder: str | os.PathLike, overlap: int = 64):
     opts = release_options(folder)
     translators = [_load_script(folder / f"{name}.pt") for name in opts.translators]
     segmenters = [_load_script(folder / f"{name}.pt") for name in opts.segmenters]
-    model = OfficialDeepLIIF(translators, segmenters, opts.seg_weights, size_multiple=opts.seg_size)
+    model = OfficialDeepLIIF(translators, segmenters, opts.seg_weights, size_multiple=opts.seg_size,
+                             background=background_colours(opts.raw))
     model.eval()
     return model, card
