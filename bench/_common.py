@@ -31,7 +31,7 @@ def machine() -> str:
         flags = set(re.search(r"flags\s*:\s*(.+)", text).group(1).split())
     except (OSError, AttributeError):
         pass
-    isa = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "no AVX512"
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "no AVX2"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "

@@ -1,6 +1,6 @@
 """DeepLIIF pipeline timings: networks vs cell post-processing, small and full-size networks.
 
-    python bench/bench_deepliif.py [--quick] [--threads N]
+    python bench/bench_deepliif.py [--quick] [--threads N] [--official | --official-only]
 
 On the three real IHC regions of ``deepliif-sample/ihc-regions`` (ROI_1 1381x949, ROI_7
 1250x995, ROI_127 1404x1179), in one run on this machine:
@@ -16,6 +16,11 @@ On the three real IHC regions of ``deepliif-sample/ihc-regions`` (ROI_1 1381x949
   when a threshold moves (size/marker: table only; segmentation: relabel);
 - DeepLIIF's official tool (ANCHORS.md, same kind of machine, idle): 142.6 s for ROI_1,
   12.4 s per 512 tile, post-processing < 0.1 s after a ~10 s numba start.
+
+With ``--official`` (or ``--official-only``), when the official tool's venv exists
+(``../shared/peer-deepliif/setup.sh``; found at $DEEPLIIF_PEER_VENV, ../shared/peer-deepliif/venv
+or /tmp/peer-venv): both tools as whole processes on ROI_1 with the same full-size release
+folder, the ratio, and where our time goes (``_deepliif_peer.py``), in their own section.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 
 from _common import DATA, machine, table, update_results
+import _deepliif_peer as peer
 
 from napari_virtual_stain.engine.predictor import Predictor
 from napari_virtual_stain.engine.tiling import n_tiles
@@ -87,7 +93,14 @@ def main() -> None:
                         help="side of the synthetic square region for the post-processing memory test (0: skip)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest when the 2 cores are shared with others)")
+    parser.add_argument("--official", action="store_true",
+                        help="also run DeepLIIF's official tool on ROI_1, full-size networks, and compare")
+    parser.add_argument("--official-only", action="store_true", help="only the comparison with the official tool")
     args = parser.parse_args()
+    if args.official or args.official_only:
+        official_comparison()
+        if args.official_only:
+            return
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     images = {name: load_image(DATA / "deepliif-sample" / "ihc-regions" / f"{name}.png").data[..., :3]
@@ -178,6 +191,46 @@ def main() -> None:
     )
     print(body)
     update_results("DeepLIIF pipeline (bench_deepliif.py)", body)
+
+
+def official_comparison() -> None:
+    """Both tools, whole processes, full-size networks, ROI_1; then our time split by part."""
+    python = peer.peer_python()
+    if python is None:
+        print("The official DeepLIIF tool is not set up here (run ../shared/peer-deepliif/setup.sh): "
+              "no comparison was run.")
+        return
+    started = time.perf_counter()
+    header = f"Machine: {machine()} (both tools use torch's default threads).\n"
+    model = peer.full_size_release(python)
+    image = DATA / "deepliif-sample" / "ihc-regions" / "ROI_1.png"
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as work:
+        times = peer.whole_processes(image, model, python, Path(work))
+        diffs = peer.modality_differences(image, Path(work))
+    parts, tiles = peer.where_the_time_goes(image, model)
+    ratio = times["official"] / times["ours"]
+    body = (
+        header
+        + "Command: `python bench/bench_deepliif.py --official-only` "
+        f"({time.perf_counter() - started:.0f} s in all). Same full-size release folder (deepliif 1.2.7's own "
+        "`make_model.py`: 4 x ResNet-9blocks ngf 64 + 5 x U-Net-512, random weights, seed 0), same image, "
+        "one process each, from start to the files on disk.\n\n"
+        + table(["tool", "command", "whole process s", "official / ours"], [
+            ["ours", "`virtual-stain deepliif ROI_1.png --model FOLDER -o OUT --precision fp32`",
+             f"{times['ours']:.1f}", f"{ratio:.2f}x"],
+            ["official deepliif 1.2.7", "`deepliif test --input-dir D --model-dir FOLDER --tile-size 512`",
+             f"{times['official']:.1f}", "1.00x"]])
+        + "\n\nLargest difference between the two tools' files, 8-bit levels (deepliif pastes tile centres, we "
+          "blend overlapping tiles; random weights, so the values are no quality measure): "
+        + ", ".join(f"{k} {v}" for k, v in diffs.items()) + ".\n\n"
+        + f"### Where our time goes (same image and folder, in one process, {tiles} tiles of 512, overlap 64)\n"
+        + table(["part", "seconds"], parts)
+    )
+    print(body)
+    update_results("DeepLIIF full-size: ours vs the official tool (bench_deepliif.py --official)", body)
 
 
 if __name__ == "__main__":
