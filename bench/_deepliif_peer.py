@@ -103,7 +103,7 @@ class _Timed(torch.nn.Module):
 
 def where_the_time_goes(image_path: Path, model_dir: Path) -> tuple[list[list[object]], int]:
     """Our pipeline in this process, split: reading, each network over all tiles, cells, writing."""
-    from napari_virtual_stain.cli.deepliif import FILE_SUFFIX
+    from napari_virtual_stain.workflows.deepliif_files import FILE_SUFFIX
     from napari_virtual_stain.engine.predictor import Predictor
     from napari_virtual_stain.io.tiff_reader import load_image
     from napari_virtual_stain.models.deepliif_official import load_release_folder

@@ -12,29 +12,30 @@ Writes into OUTDIR, for an input ``ROI_1.png``:
 The cell thresholds and their defaults are deepliif 1.2.7's (seg 120, automatic size rule, no
 marker rule, magnification from the tile size). All arguments, the input image and the output
 folder are checked before any network runs; the files appear together at the end, or not at all.
+
+Several inputs, a folder or a glob (``virtual-stain deepliif slides/*.png -o OUT``) write each
+input's files into OUT, one task per input, here or with ``--cluster local:N`` / ``tcp://HOST:PORT``
+on dask.distributed workers (each loads the model once).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
-import time
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import InputError
 from .common import _ints
 from .deepliif_args import add_threshold_arguments, thresholds_from
 from .progress import TextProgress
-
-FILE_SUFFIX = {"Hematoxylin": "Hema", "DAPI": "DAPI", "Lap2": "Lap2", "Marker": "Marker", "Segmentation": "Seg"}
 
 
 def register(sub) -> None:
     p = sub.add_parser("deepliif", help="IHC image -> mpIF modalities, classified cells and counts (DeepLIIF)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="brightfield IHC image: PNG, JPEG or TIFF, 8-bit RGB")
+    p.add_argument("input", help="brightfield IHC image: PNG, JPEG or TIFF, 8-bit RGB; or a folder or a glob")
+    p.add_argument("more_inputs", nargs="*", metavar="MORE", help="more IHC images (each writes its own files)")
     p.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     p.add_argument("--model", default="deepliif-small",
                    help="model name, .pt file, a DeepLIIF release folder (G1.pt..G55.pt + train_opt.txt) or a "
@@ -45,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
                    help="default fp32: bf16 moves segmentation pixels across the threshold and changes cell "
                         "counts by a few percent (bench/RESULTS.md)")
+    p.add_argument("--cluster", default=None, metavar="WHERE",
+                   help="one task per input on local:N (N worker processes here) or tcp://HOST:PORT (an existing "
+                        "dask scheduler; workers need this package and the model)")
     add_threshold_arguments(p)
     p.set_defaults(func=run)
 
@@ -60,60 +64,43 @@ def settings_from(args: argparse.Namespace):
                             marker=args.marker_thresh, resolution=args.resolution)
 
 
-def read_input(path: str, name: str):
-    """The input image as (Y, X, 3) uint8 data (lazy for big TIFFs), checked, and its LoadedImage."""
-    from ..io.tiff_reader import load_image
-    from ..tasks.deepliif import MIN_SIDE, as_rgb8
-
-    image = load_image(path)
-    data = image.data
-    if image.axes == "CYX" and data.shape[0] in (3, 4):  # a TIFF storing colour as channels
-        data = np.moveaxis(np.asarray(data), 0, -1)
-    data = as_rgb8(data, name)
-    if min(data.shape[:2]) < MIN_SIDE:
-        raise InputError(f"{Path(path).name} is only {data.shape[1]} x {data.shape[0]} pixels; DeepLIIF needs at "
-                         f"least {MIN_SIDE} x {MIN_SIDE} to find cells.")
-    return data, image
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..io.outputs import StagedOutputs, check_output_folder
-    from ..tasks.deepliif import needs_store
-    from ..tasks.deepliif_files import write_cell_files, write_png
-    from ..workflows import deepliif as workflow
+    from ..io.outputs import check_output_folder
+    from ..workflows.deepliif_files import deepliif_file
 
     # Everything the user gave is checked before any network runs or any file is written.
     thresholds_from(args)  # the sentences name the command's own arguments
     settings = settings_from(args)
     settings.validate()
+    if wants_scale_out(args):
+        return run_many(args, settings)
     out_dir = check_output_folder(args.output, inputs=[args.input])
-    stem = Path(args.input).stem
-    data, image = read_input(args.input, stem)
-    predictor = workflow.predictor_for(settings)  # loads the model: a wrong release folder is said here
-    print(f"{args.input}: {tuple(data.shape)} {data.dtype} -> {predictor.card.name}", file=sys.stderr)
-    with StagedOutputs(out_dir) as out:
-        store = out.path(f"{stem}.zarr") if needs_store(data.shape[:2]) else None
-        t0 = time.perf_counter()
-        result = workflow.run(settings, data, name=stem, store=store, analyse=False, progress=TextProgress("deepliif"))
-        t1 = time.perf_counter()
-        cells = result.analyse(settings.seg_threshold, settings.resolution_for(
-            settings.tile[0] if settings.tile else predictor.card.tile[0]))
-        classes = cells.classify(settings.thresholds())
-        t2 = time.perf_counter()
-        for name, suffix in FILE_SUFFIX.items():
-            write_png(out.path(f"{stem}_{suffix}.png"), result.images[name])
-        info = {"model": predictor.card.name,
-                "region": {"start": list(result.region.start), "stop": list(result.region.stop)},
-                "timing_s": {"networks": round(t1 - t0, 3), "cells": round(t2 - t1, 3)}}
-        info = write_cell_files(out.path, stem, cells, classes, info, ihc=data, pixel_size_um=pixel_size(image))
-    print(f"{stem}: {info['num_total']} cells, {info['num_pos']} positive, {info['num_neg']} negative, "
-          f"{info['percent_pos']:.1f}% positive -> {out_dir}", file=sys.stderr)
+    info = deepliif_file(args.input, str(out_dir), asdict(settings), progress=TextProgress("deepliif"),
+                         log=lambda line: print(line, file=sys.stderr))
+    _say(info, out_dir)
     return 0
 
 
-def pixel_size(image) -> float | None:
-    size = image.pixel_size_um
-    if size is None:
-        return None
-    values = [v for v in (size if isinstance(size, (list, tuple)) else [size]) if v]
-    return float(values[-1]) if values else None
+def _say(info: dict, out_dir) -> None:
+    print(f"{info['stem']}: {info['num_total']} cells, {info['num_pos']} positive, {info['num_neg']} negative, "
+          f"{info['percent_pos']:.1f}% positive -> {out_dir}", file=sys.stderr)
+
+
+def wants_scale_out(args: argparse.Namespace) -> bool:
+    """Several inputs, a folder or a pattern, or a cluster: one task per input."""
+    if args.more_inputs or args.cluster:
+        return True
+    source = Path(str(args.input)).expanduser()
+    return source.is_dir() if source.exists() else glob.has_magic(str(args.input))
+
+
+def run_many(args: argparse.Namespace, settings) -> int:
+    from ..workflows.deepliif_files import deepliif_many
+    from ..workflows.stain_files import expand_inputs
+
+    sources = expand_inputs([args.input, *args.more_inputs])
+    print(f"{len(sources)} IHC image(s) -> {args.output} on {args.cluster or 'this process'}", file=sys.stderr)
+    results = deepliif_many(settings, sources, args.output, cluster=args.cluster, progress=TextProgress("deepliif"))
+    for info in results:
+        _say(info, args.output)
+    return 0

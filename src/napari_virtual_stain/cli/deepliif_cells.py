@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .deepliif import pixel_size, read_input
+from ..workflows.deepliif_files import pixel_size, read_input
 from .deepliif_args import DEEPLIIF_TILE, add_threshold_arguments, resolution_from, thresholds_from
 
 
