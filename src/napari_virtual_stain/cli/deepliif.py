@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from .common import _ints
-from .deepliif_args import add_threshold_arguments, thresholds_from
+from .deepliif_args import add_threshold_arguments
 from .progress import TextProgress
 
 FILE_SUFFIX = {"Hematoxylin": "Hema", "DAPI": "DAPI", "Lap2": "Lap2", "Marker": "Marker", "Segmentation": "Seg"}
@@ -83,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     from ..workflows import deepliif as workflow
 
     # Everything the user gave is checked before any network runs or any file is written.
-    thresholds_from(args)  # the sentences name the command's own arguments
     settings = settings_from(args)
     settings.validate()
     out_dir = check_output_folder(args.output, inputs=[args.input])
