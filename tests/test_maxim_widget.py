@@ -200,3 +200,24 @@ def test_a_blank_area_on_a_real_field_becomes_a_box_and_a_row_that_goes_there(do
     cy, cx = viewer.camera.center[-2:]
     assert by0 <= cy <= by1 and bx0 <= cx <= bx1
     assert widget.table.item(0, 1).text() == "blank_region" and "observed" in widget.table.item(0, 3).text()
+
+
+def test_actions_are_disabled_with_the_reason_and_settings_are_remembered(dock, qtbot, model_dir):
+    viewer, widget = dock
+    for name, plane in zip(MARKERS, good_stack()):
+        viewer.add_image(plane, name=name)
+    widget.reset_choices()
+    widget.folder.value = ""
+    impute, qc = widget.buttons["Imputation"], widget.buttons["Stain QC"]
+    assert not impute.enabled and impute.tooltip == "Choose a folder of imputers and the target marker first."
+    assert qc.enabled and not widget.buttons["Cell evaluation"].enabled
+    widget.markers.value = ["DAPI"]
+    assert not qc.enabled and "Only one marker" in qc.tooltip
+    widget.markers.value = MARKERS
+    widget.folder.value = str(model_dir)
+    widget.target.value = "CD3"
+    assert impute.enabled and not impute.tooltip
+    click(widget, widget.impute, qtbot)
+    assert widget.run_state_label.value == "state: done" and "MAXIM · CD3 (imputed)" in viewer.layers
+    again = MaximWidget(viewer)  # a new launch remembers what ran
+    assert str(again.folder.value) == str(model_dir) and again.target.value == "CD3"

@@ -79,3 +79,23 @@ def test_finetune_dock_exports_a_package_next_to_save(make_napari_viewer, user_m
     original.load_state_dict(tune.trainer.best_state)
     np.testing.assert_array_equal(Predictor(model, card, device="cpu", precision="fp32").predict(image),
                                   Predictor(original, ours, device="cpu", precision="fp32").predict(image))
+
+
+def test_finetune_dock_disables_export_of_a_2_5d_model_with_the_reason(make_napari_viewer, user_models, qtbot,
+                                                                       messages):
+    viewer = make_napari_viewer()
+    x = ndi.gaussian_filter(np.random.default_rng(0).random((5, 96, 96)), 2).astype(np.float32)
+    viewer.add_image(x, name="bf")
+    viewer.add_image(np.clip(x - x.mean(), 0, None) * 4, name="nuclei")
+    tune = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(tune)
+    tune.input.value, tune.targets.value = "bf", ["nuclei"]
+    tune.start.value, tune.patch.value, tune.steps.value, tune.planes.value = (
+        "new: U-Net 2.5D (z planes -> one plane)", 32, 2, 3)
+    assert "2.5D model" in tune.export_button.tooltip  # said before anything is trained
+    tune.train()
+    qtbot.waitUntil(lambda: tune.job is not None and not tune.job.running and tune.train_button.enabled, timeout=120000)
+    assert tune.trainer.step == 2 and tune.save_button.enabled, messages
+    assert not tune.export_button.enabled and "window of 3 z planes" in tune.export_button.tooltip
+    tune.start.value = "new: U-Net (2D)"  # what the trained model is decides, not what the next run would be
+    assert not tune.export_button.enabled and "window of 3 z planes" in tune.export_button.tooltip

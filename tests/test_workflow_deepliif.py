@@ -77,3 +77,27 @@ def test_a_model_says_what_it_was_trained_on_and_a_release_says_it_is_official(t
     assert ", ".join(card.training["data"]) in bundled and f"{card.training['steps']} steps" in bundled
     official = describe_model(model_card(release_folder(tmp_path / "DeepLIIF_Latest_Model")))
     assert official.startswith("Official DeepLIIF release 'DeepLIIF_Latest_Model'") and "unet_512" in official
+
+
+def test_counting_existing_maps_uses_the_same_settings_from_the_shell_and_the_dock(tmp_path):
+    ihc = np.full((40, 40, 3), 200, np.uint8)
+    seg = np.zeros((40, 40, 3), np.uint8)
+    seg[5:15, 5:15] = (255, 0, 0)
+    seg[25:35, 20:32] = (0, 0, 255)
+    marker = np.zeros((40, 40, 3), np.uint8)
+    for name, image in (("roi.png", ihc), ("roi_Seg.png", seg), ("roi_Marker.png", marker)):
+        iio.imwrite(tmp_path / name, image)
+    assert main(["deepliif-cells", str(tmp_path / "roi.png"), "--seg", str(tmp_path / "roi_Seg.png"), "--marker",
+                 str(tmp_path / "roi_Marker.png"), "--size-thresh", "10", "--tile-size", "256",
+                 "-o", str(tmp_path / "out")]) == 0
+    written = json.loads((tmp_path / "out" / "roi.json").read_text())
+    settings = DeepLIIFSettings(size=10, tile=(256,))  # what the command built from its arguments
+    assert settings.cell_problems() == [] and settings.resolution_for(256) == written["resolution"] == "20x"
+    result = workflow.count_maps(ihc, seg, marker, ("IHC", "Seg", "Marker"), settings)
+    counted = workflow.classify(result, settings)
+    assert (written["num_total"], written["num_pos"], written["num_neg"]) == (counted.total, counted.positive,
+                                                                            counted.negative) == (2, 1, 1)
+    # The dock's count takes deepliif's 512 tile (40x) unless told otherwise; no model is needed for it.
+    assert workflow.reanalyse(result, DeepLIIFSettings(model="")).resolution == "40x"
+    assert "upper size threshold" in DeepLIIFSettings(model="", size=50, size_upper=20).cell_problems()[0]
+    assert "tile size must be positive" in DeepLIIFSettings(tile=(0,)).cell_problems()[0]

@@ -171,3 +171,23 @@ def test_the_dock_and_the_command_line_train_the_same_2_5d_model_whose_card_reco
     assert comparable(dock_card) == comparable(cli_card)
     for (key, a), (_, b) in zip(cli_model.state_dict().items(), dock_model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+
+
+def test_a_2_5d_model_says_before_and_after_training_why_it_cannot_be_exported(user_models):
+    """The Fine-tune dock's Export is disabled with this sentence; the export itself refuses with the same one."""
+    from napari_virtual_stain.errors import CheckpointError
+    from napari_virtual_stain.models.bioimageio_export import export_model
+    from napari_virtual_stain.workflows import finetune as workflow
+    from napari_virtual_stain.workflows.finetune_outputs import export_problems
+
+    assert FineTuneSettings(device="cpu").export_problems() == []
+    settings = FineTuneSettings(device="cpu", arch="unet-2.5d", arch_args=TINY_ARGS, planes=3, patch=(16,), steps=1)
+    assert "2.5D model" in settings.export_problems()[0]
+    bf, nuclei = pair(shape=(64, 64))
+    stack = np.stack([bf] * 5)
+    trainer = workflow.prepare(settings, TrainingImage(stack, "bf"), [TrainingImage(np.stack([nuclei] * 5), "nuclei")])
+    (problem,) = settings.export_problems(trainer.card)
+    assert "window of 3 z planes" in problem
+    with pytest.raises(CheckpointError) as refused:
+        export_model(trainer.model, trainer.card, user_models / "x.zip")
+    assert str(refused.value) == problem == export_problems(trainer.card)[0]

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .common import _ints
-from .deepliif_args import add_threshold_arguments, thresholds_from
+from .deepliif_args import add_threshold_arguments
 from .progress import TextProgress
 
 
@@ -69,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
     from ..workflows.deepliif_files import deepliif_file
 
     # Everything the user gave is checked before any network runs or any file is written.
-    thresholds_from(args)  # the sentences name the command's own arguments
     settings = settings_from(args)
     settings.validate()
     if wants_scale_out(args):

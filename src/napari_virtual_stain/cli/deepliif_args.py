@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..tasks.deepliif_cells import AUTO, RESOLUTIONS, SEG_THRESHOLD_DEFAULT, Thresholds, check_thresholds
+from ..tasks.deepliif_cells import AUTO, RESOLUTIONS, SEG_THRESHOLD_DEFAULT
 from ..workflows.deepliif import DEEPLIIF_TILE, DeepLIIFSettings
 
 
@@ -49,10 +49,9 @@ def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
                         f"the tile size (40x above 384 px, 20x above 192, else 10x; {DEEPLIIF_TILE} -> 40x)")
 
 
-def thresholds_from(args: argparse.Namespace) -> Thresholds:
-    """The thresholds the arguments ask for, checked (an InputError sentence if one cannot be used)."""
-    return check_thresholds(Thresholds(args.seg_thresh, args.size_thresh, args.size_thresh_upper, args.marker_thresh))
-
-
-def resolution_from(args: argparse.Namespace, tile: int | None) -> str:
-    return DeepLIIFSettings(resolution=args.resolution).resolution_for(tile)
+def cell_settings_from(args: argparse.Namespace, tile: int | None = None) -> DeepLIIFSettings:
+    """The workflow's settings for the cell arguments (what the DeepLIIF dock's sliders build);
+    ``tile``: the tile size deepliif ran with (it sets the automatic magnification)."""
+    return DeepLIIFSettings(seg_threshold=args.seg_thresh, size=args.size_thresh, size_upper=args.size_thresh_upper,
+                            marker=args.marker_thresh, resolution=args.resolution,
+                            tile=None if tile is None else (int(tile),))

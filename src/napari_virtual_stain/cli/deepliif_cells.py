@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..workflows.deepliif_files import pixel_size, read_input
-from .deepliif_args import DEEPLIIF_TILE, add_threshold_arguments, resolution_from, thresholds_from
+from .deepliif_args import DEEPLIIF_TILE, add_threshold_arguments, cell_settings_from
 
 
 def register(sub) -> None:
@@ -34,22 +34,21 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io.outputs import StagedOutputs, check_output_folder
-    from ..tasks.deepliif_cells import analyse_cells
-    from ..tasks.deepliif_files import check_maps, write_cell_files
+    from ..tasks.deepliif_files import write_cell_files
+    from ..workflows import deepliif as workflow
 
-    thresholds = thresholds_from(args)
-    resolution = resolution_from(args, args.tile_size)
+    settings = cell_settings_from(args, args.tile_size)  # the settings the dock's "Count existing maps" uses
+    settings.validate_cells()
     out_dir = check_output_folder(args.output, inputs=[args.input, args.seg, args.marker])
     stem = Path(args.input).stem
-    ihc, image = read_input(args.input, Path(args.input).name)
-    seg, _ = read_input(args.seg, Path(args.seg).name)
-    marker, _ = read_input(args.marker, Path(args.marker).name)
-    ihc, seg, marker = check_maps(ihc, seg, marker, (Path(args.input).name, Path(args.seg).name,
-                                                      Path(args.marker).name))
-    cells = analyse_cells(seg, marker, {"marker": marker}, thresholds.segmentation, resolution)
-    classes = cells.classify(thresholds)
+    names = (Path(args.input).name, Path(args.seg).name, Path(args.marker).name)
+    ihc, image = read_input(args.input, names[0])
+    seg, _ = read_input(args.seg, names[1])
+    marker, _ = read_input(args.marker, names[2])
+    result = workflow.count_maps(ihc, seg, marker, names, settings)
+    classes = result.cells.classify(settings.thresholds())
     with StagedOutputs(out_dir) as out:
-        info = write_cell_files(out.path, stem, cells, classes, {"seg": str(args.seg), "marker": str(args.marker)},
+        info = write_cell_files(out.path, stem, result.cells, classes, {"seg": str(args.seg), "marker": str(args.marker)},
                                 ihc=ihc, pixel_size_um=pixel_size(image))
     print(f"{stem}: {info['num_total']} cells, {info['num_pos']} positive, {info['num_neg']} negative, "
           f"{info['percent_pos']:.1f}% positive -> {out_dir}", file=sys.stderr)

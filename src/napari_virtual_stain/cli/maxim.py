@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError
+from ..errors import InputError
 from ..io.outputs import JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file, check_output_folder
 from .common import add_axes_argument, non_negative_int, positive_float, positive_int, unit_interval
 from .progress import TextProgress
@@ -42,7 +42,9 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for joint-imputer.pt")
     p.add_argument("--minutes", type=positive_float, default=None, help="training time (default 4, or by --steps)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: by --minutes)")
-    p.add_argument("--patch", type=positive_int, default=96, help="training patch size (default 96)")
+    p.add_argument("--patch", type=positive_int, default=None,
+                   help="training patch size (default 96, or half the shorter side for a stack under 192 pixels, "
+                        "as the MAXIM dock trains)")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--base", type=positive_int, default=16, help="U-Net features at the first level (default 16)")
     p.add_argument("--depth", type=positive_int, default=3, help="U-Net poolings (default 3)")
@@ -110,24 +112,44 @@ def read_stack(path: str, names: list[str] | None, axes: str | None = None) -> t
     return data, names, image.pixel_size_um
 
 
+def settings_from(args: argparse.Namespace, models: str | None = None):
+    """The workflow's settings for these arguments (what the MAXIM dock builds from its fields)."""
+    from ..workflows.maxim import MaximSettings
+
+    values = {k: getattr(args, k) for k in ("marker", "device", "expand", "threshold", "steps", "patch", "batch_size",
+                                            "base", "depth") if getattr(args, k, None) is not None}
+    if getattr(args, "missing", None):
+        values["missing"] = tuple(args.missing)
+    if hasattr(args, "minutes"):  # train-imputers: 4 minutes unless only steps bound the run
+        values["minutes"] = args.minutes if args.minutes else (None if args.steps else 4.0)
+    return MaximSettings(folder=models or "", **values)
+
+
+def _markers(path: str, args: argparse.Namespace):
+    from ..workflows.maxim import MarkerInput
+
+    stack, names, pixel_size = read_stack(path, args.names, args.axes)
+    return MarkerInput.from_stack(stack, names), pixel_size
+
+
+def _warn(problems: list[str]) -> None:
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from ..tasks.maxim import check_marker_stack
-    from ..tasks.maxim_joint import JOINT_FILE
-    from ..training.joint_imputer import JointImputerConfig, train_joint_imputer
+    from ..workflows import maxim as workflow
 
     check_output_folder(args.output, inputs=[args.stack], label="imputer folder")
-    stack, names, _ = read_stack(args.stack, args.names, args.axes)
-    names = check_marker_stack(stack, names)
-    if (Path(args.output) / JOINT_FILE).exists() and not args.overwrite:
-        raise InputError(f"{args.output} already holds {JOINT_FILE}: choose another folder, or replace it with "
-                         "--overwrite.")
-    minutes = args.minutes if args.minutes else (None if args.steps else 4.0)
-    config = JointImputerConfig(minutes=minutes, steps=args.steps, patch=args.patch, batch_size=args.batch_size,
-                                base=args.base, depth=args.depth, max_width=args.base * 2 ** args.depth,
-                                device=args.device)
+    settings = settings_from(args, args.output)
+    settings.validate(workflow.TRAIN)
+    markers, _ = _markers(args.stack, args)
+    names = markers.check()
+    workflow.check_overwrite(settings, args.overwrite)
+    stack = markers.data
     print(f"{args.stack}: {len(names)} markers ({', '.join(names)}), {stack.shape[1]}x{stack.shape[2]}; "
           "training the joint imputer", file=sys.stderr)
-    result = train_joint_imputer(stack, names, args.output, config=config, progress=TextProgress("train-imputers"))
+    result = workflow.train(settings, markers, overwrite=args.overwrite, progress=TextProgress("train-imputers"))
     print(f"\n{result.steps} steps in {result.seconds:.0f} s; held-out region {result.card.scores['heldout_region']}",
           file=sys.stderr)
     for marker, s in result.per_marker.items():
@@ -143,43 +165,39 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_impute(args: argparse.Namespace) -> int:
     from ..io.tiff_writer import save_tiff
-    from ..tasks.maxim import impute_marker, load_imputer
+    from ..workflows import maxim as workflow
 
     output = check_output_file(args.output, inputs=[args.stack])
-    stack, names, pixel_size = read_stack(args.stack, args.names, args.axes)
+    settings = settings_from(args, args.models)
+    settings.validate(workflow.IMPUTE)
+    markers, pixel_size = _markers(args.stack, args)
     problems: list[str] = []
-    model, card = load_imputer(args.models, args.marker, problems)
-    for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    result = impute_marker(model, card, stack, names, missing=args.missing, device=args.device,
-                           progress=TextProgress("impute"))
-    channel = f"{card.output_channels[0]} (imputed)"
+    result = workflow.impute(settings, markers, problems=problems, progress=TextProgress("impute"))
+    _warn(problems)
     # One plane: written as Y, X (a one-entry channel axis does not survive a round trip).
     save_tiff(output, result.data.astype(np.float32), "YX", None, pixel_size)
-    print(f"wrote {args.output}: {channel} {result.data.shape}", file=sys.stderr)
+    print(f"wrote {args.output}: {result.target} (imputed) {result.data.shape}", file=sys.stderr)
     return 0
 
 
 def run_cell_scores(args: argparse.Namespace) -> int:
     from ..io.tiff_reader import load_image
-    from ..tasks.maxim import load_imputer
-    from ..tasks.maxim_cells import score_imputer_on_cells
+    from ..workflows import maxim as workflow
 
     check_output_file(args.output, inputs=[args.stack, args.labels], suffixes=JSON_OUTPUT_SUFFIXES, label="scores file")
-    stack, names, _ = read_stack(args.stack, args.names, args.axes)
+    settings = settings_from(args, args.models)
+    settings.validate(workflow.CELLS)
+    markers, _ = _markers(args.stack, args)
     labels = np.asarray(load_image(args.labels).data)
     problems: list[str] = []
-    model, card = load_imputer(args.models, args.marker, problems)
-    for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    result = score_imputer_on_cells(model, card, stack, names, labels, expand_px=args.expand,
-                                    threshold=args.threshold, device=args.device, progress=TextProgress("cell-scores"))
+    result = workflow.evaluate_cells(settings, markers, labels, problems=problems, progress=TextProgress("cell-scores"))
+    _warn(problems)
+    target = result.marker
     summary = {k: float(v) for k, v in result.summary().items()}
     summary = {k: (v if np.isfinite(v) else None) for k, v in summary.items()}  # strict JSON: no NaN
     with OutputTransaction() as tx:
-        tx.write_text(args.output, json.dumps({"marker": card.output_channels[0], **summary}, indent=1))
-    print(f"{card.output_channels[0]}: {int(summary['cells'])} cells, MAE {summary['mae']:.4f} -> {args.output}",
-          file=sys.stderr)
+        tx.write_text(args.output, json.dumps({"marker": target, **summary}, indent=1))
+    print(f"{target}: {int(summary['cells'])} cells, MAE {summary['mae']:.4f} -> {args.output}", file=sys.stderr)
     return 0
 
 
@@ -199,8 +217,7 @@ def _summary_line(path: str, report) -> str:
 
 
 def run_qc_command(args: argparse.Namespace) -> int:
-    from ..tasks.maxim import load_imputers
-    from ..tasks.maxim_qc import run_qc
+    from ..workflows import maxim as workflow
 
     if args.maps and len(args.stacks) > 1:
         raise InputError("--maps writes the maps of one stack; give a single stack with it.")
@@ -210,25 +227,17 @@ def run_qc_command(args: argparse.Namespace) -> int:
     check_distinct({"report": args.output, "maps file": args.maps})
     if args.maps and not args.models:
         raise InputError("--maps writes the imputation disagreement maps: give --models with it.")
-    problems: list[str] = []
-    imputers = {}
-    if args.models:
-        try:
-            imputers = load_imputers(args.models, problems)
-        except CheckpointError as err:
-            if not problems:
-                raise
-            # nothing loadable: the training-free checks still run, and the report says why no imputer did
-            problems.append(f"no imputer could be used ({err}); only the training-free checks ran")
-    for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
+    settings = settings_from(args, args.models)
+    settings.validate(workflow.QC)
+    imputers = workflow.load_qc_imputers(settings)  # once for every stack
+    problems = imputers[1]
+    _warn(problems)
     maps_to_write = None
     reports = {}
     any_flag = False
     for path in args.stacks:
-        stack, names, pixel_size = read_stack(path, args.names, args.axes)
-        report = run_qc(stack, names, imputers, device=args.device, progress=TextProgress(f"qc {Path(path).name}"))
-        report.warnings[:0] = problems  # an imputer file that did not load is named in every report
+        markers, pixel_size = _markers(path, args)
+        report = workflow.qc(settings, markers, imputers=imputers, progress=TextProgress(f"qc {Path(path).name}"))
         reports[path] = report.to_dict()
         any_flag = any_flag or bool(report.flagged)
         print(_summary_line(path, report), file=sys.stderr)

@@ -81,8 +81,9 @@ def check_marker_stack(stack, names: Sequence[str]) -> list[str]:
     return check_marker_names(names, shape[0])
 
 
-def stack_from_channels(channels: Sequence, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """One (C, Y, X) stack from one 2D array per marker (e.g. one napari layer per marker).
+def check_channels(channels: Sequence, names: Sequence[str]) -> list[str]:
+    """Check one 2D image per marker from their shapes and dtypes alone (nothing is read):
+    the names as a list of str, or an InputError sentence.
 
     All markers must share shape and dtype: markers of one acquisition do. Different
     dtypes mean the layers come from different files or conversions, whose pixels are
@@ -95,23 +96,28 @@ def stack_from_channels(channels: Sequence, names: Sequence[str]) -> tuple[np.nd
     if len(channels) < 2:
         raise InputError("Only one marker was chosen: imputing a marker needs at least one other marker "
                          "to impute it from.")
-    arrays = [np.asarray(c) for c in channels]
-    for a, n in zip(arrays, names):
-        if a.ndim != 2:
-            raise InputError(f"The marker '{n}' has shape {'x'.join(map(str, a.shape))}; "
+    shapes = [tuple(int(s) for s in np.shape(c)) for c in channels]
+    for shape, n in zip(shapes, names):
+        if len(shape) != 2:
+            raise InputError(f"The marker '{n}' has shape {'x'.join(map(str, shape))}; "
                              "each marker must be a single 2D image (Y, X).")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        described = "; ".join(f"{n} {a.shape[0]}x{a.shape[1]}" for n, a in zip(names, arrays))
+    if len(set(shapes)) > 1:
+        described = "; ".join(f"{n} {s[0]}x{s[1]}" for n, s in zip(names, shapes))
         raise InputError(f"The markers differ in size ({described}): all markers must come from the same "
                          "co-registered acquisition.")
-    dtypes = {a.dtype for a in arrays}
-    if len(dtypes) > 1:
-        described = "; ".join(f"{n} {a.dtype}" for n, a in zip(names, arrays))
+    dtypes = [np.dtype(c.dtype if hasattr(c, "dtype") else np.asarray(c).dtype) for c in channels]
+    if len(set(dtypes)) > 1:
+        described = "; ".join(f"{n} {d}" for n, d in zip(names, dtypes))
         raise InputError(f"The markers have different pixel types ({described}): markers of one acquisition "
                          "share one type; convert them together or choose markers from the same file.")
-    names = check_marker_names(names, len(arrays))
-    return np.stack(arrays), names
+    return check_marker_names(names, len(channels))
+
+
+def stack_from_channels(channels: Sequence, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """One (C, Y, X) stack from one 2D array per marker (e.g. one napari layer per marker),
+    checked by :func:`check_channels` before anything is read."""
+    names = check_channels(channels, names)
+    return np.stack([np.asarray(c) for c in channels]), names
 
 
 def normalise_marker(channel) -> np.ndarray:

@@ -37,6 +37,7 @@ class CellEvaluation:
     precision: np.ndarray
     recall: np.ndarray
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    marker: str = ""  # the imputed marker, as its imputer names it (set by score_imputer_on_cells)
 
     def summary(self) -> dict[str, float]:
         return {"cells": self.n_cells, "positive": self.n_positive, "threshold": self.threshold,
@@ -130,4 +131,6 @@ def score_imputer_on_cells(model, card, stack, names, labels: np.ndarray, *, exp
     imputed = impute_marker(model, card, stack, names, device=device, progress=progress, cancel=cancel).data
     acquired = normalise_marker(stack[channel_index(names, imputer_target(card))])
     baselines = {"BL-Mean": bl_mean(stack, names, card), "BL-Zero": np.zeros_like(acquired)}
-    return evaluate_cells(acquired, imputed, labels, expand_px=expand_px, threshold=threshold, baselines=baselines)
+    result = evaluate_cells(acquired, imputed, labels, expand_px=expand_px, threshold=threshold, baselines=baselines)
+    result.marker = imputer_target(card)
+    return result

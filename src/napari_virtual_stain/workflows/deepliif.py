@@ -64,6 +64,25 @@ class DeepLIIFSettings(Remembered):
             raise InputError(f"The tile size must be positive, not {tile}.")
         return resolution_for_tile(tile)
 
+    def cell_problems(self) -> list[str]:
+        """What would stop counting cells: the thresholds and the magnification (no model needed,
+        so this is all that counting existing maps checks)."""
+        found = []
+        try:
+            check_thresholds(self.thresholds())
+        except VirtualStainError as err:
+            found.append(str(err))
+        if self.resolution not in (AUTO, *RESOLUTIONS):
+            found.append(f"The magnification must be {', '.join(RESOLUTIONS)} or automatic, not {self.resolution!r}.")
+        elif self.tile and int(self.tile[0]) <= 0:
+            found.append(f"The tile size must be positive, not {self.tile[0]}.")
+        return found
+
+    def validate_cells(self) -> None:
+        problems = self.cell_problems()
+        if problems:
+            raise InputError(problems[0])
+
     def problems(self) -> list[str]:
         """Sentences for what would stop a run, cheapest checks only (no network is read)."""
         from ..models.registry import model_card
@@ -73,12 +92,7 @@ class DeepLIIFSettings(Remembered):
             resolve_precision(resolve_device(self.device), self.precision)
         except VirtualStainError as err:
             found.append(str(err))
-        try:
-            check_thresholds(self.thresholds())
-        except VirtualStainError as err:
-            found.append(str(err))
-        if self.resolution not in (AUTO, *RESOLUTIONS):
-            found.append(f"The magnification must be {', '.join(RESOLUTIONS)} or automatic, not {self.resolution!r}.")
+        found += self.cell_problems()
         for what, values in (("tile size", self.tile), ("overlap", self.overlap)):
             if values is not None and len(values) not in (1, 2):
                 found.append(f"The {what} needs 1 or 2 numbers, not {len(values)}.")
@@ -155,13 +169,32 @@ def run_in_temporary_store(settings: DeepLIIFSettings, data, name: str = "image"
 
 
 def count_maps(ihc, seg, marker, names, settings: DeepLIIFSettings, cancel=None) -> DeepLIIFResult:
-    """Cells from maps a user brought (deepliif's Seg and Marker images): no network runs."""
+    """Cells from maps a user brought (deepliif's Seg and Marker images): no network runs.
+
+    The dock's "Count existing maps" and ``virtual-stain deepliif-cells`` both come here:
+    the settings' thresholds, and the magnification chosen or inferred from the tile size
+    deepliif ran with (``tile``; none: deepliif's 512, 40x). ``result.cells.classify(
+    settings.thresholds())`` classifies them."""
     from ..tasks.deepliif_files import check_maps
 
+    settings.validate_cells()
     ihc, seg, marker = check_maps(ihc, seg, marker, names)
     result = DeepLIIFResult({task.SEGMENTATION: seg, "Marker": marker}, Region.whole(tuple(seg.shape[:2])), None)
-    result.analyse(settings.seg_threshold, settings.resolution_for(DEEPLIIF_TILE))  # deepliif's 512 tile: 40x
+    reanalyse(result, settings)
     return result
+
+
+def reanalyse(result: DeepLIIFResult, settings: DeepLIIFSettings):
+    """Cells again from the stored maps at the settings' segmentation threshold and
+    magnification (no network runs): the tile the run used (the settings', else the
+    model's; maps a user brought: deepliif's 512) sets the automatic magnification, as in :func:`run`."""
+    tile = settings.tile[0] if settings.tile else (result.card.tile[0] if result.card is not None else DEEPLIIF_TILE)
+    return result.analyse(settings.seg_threshold, settings.resolution_for(tile))
+
+
+def classify(result: DeepLIIFResult, settings: DeepLIIFSettings):
+    """The cells' classes under the settings' thresholds (an InputError sentence if one cannot be used)."""
+    return result.cells.classify(check_thresholds(settings.thresholds()))
 
 
 def modality_tuples(result: DeepLIIFResult, source: str, place: dict) -> list[tuple]:
@@ -169,6 +202,20 @@ def modality_tuples(result: DeepLIIFResult, source: str, place: dict) -> list[tu
     return [(result.images[m], {"name": output_layer_name(source, m), "rgb": True, **place, "blending": "additive",
                                 "visible": False, "metadata": {"source_layer": source, "channel": m}}, "image")
             for m in MODALITIES]
+
+
+def model_summary(model: str | None) -> tuple[str, str]:
+    """(a line, a tooltip) saying which model is active and what it learnt from, or why it
+    cannot be used (a wrong folder: its sentence, not a traceback)."""
+    from ..models.registry import model_card
+
+    if not model:
+        return "No DeepLIIF model chosen.", ""
+    try:
+        card = model_card(model)
+    except Exception as err:
+        return f"This model cannot be used: {err}", ""
+    return describe_model(card), card.description
 
 
 def describe_model(card) -> str:

@@ -25,6 +25,16 @@ from .settings_files import Remembered
 NO_GAN = "none"
 # The architecture whose network reads a window of z planes (models.unet25d, models.zwindow).
 ARCH_2_5D = "unet-2.5d"
+# The fresh networks the Fine-tune dock offers to start from: label -> (architecture, spatial dims).
+FRESH_NETWORKS = {
+    "new: U-Net (2D)": ("unet", 2),
+    "new: U-Net (3D, for z-stacks)": ("unet", 3),
+    "new: U-Net 2.5D (z planes -> one plane)": (ARCH_2_5D, 2),
+    "new: pix2pix U-Net-256": ("pix2pix_unet", 2),
+    "new: pix2pixHD (coarse-to-fine)": ("pix2pixhd", 2),
+    "new: TransUNet": ("transunet", 2),
+    "new: ResNet generator": ("resnet_generator", 2),
+}
 
 
 @evented
@@ -71,6 +81,28 @@ class FineTuneSettings(Remembered):
     z_as_channels: bool = False
     planes: int | None = None
     target_plane: int | None = None
+
+    # -- where to start -----------------------------------------------------------------------
+    def choose_start(self, start: str | None) -> None:
+        """Start from a :data:`FRESH_NETWORKS` label (a new network) or a model's name (fine-tune it)."""
+        if start in FRESH_NETWORKS:
+            (self.arch, self.spatial_dims), self.from_model = FRESH_NETWORKS[start], None
+        else:
+            self.arch, self.from_model, self.spatial_dims = None, start, None
+
+    def start_label(self, choices) -> str | None:
+        """The entry of ``choices`` that shows these settings' starting point (None: none does)."""
+        if self.from_model:
+            return self.from_model if self.from_model in choices else None
+        return next((label for label, (arch, dims) in FRESH_NETWORKS.items()
+                     if arch == self.arch and dims == (self.spatial_dims or 2)), None)
+
+    def for_plane(self, plane: int | None, targets_are_planes: bool) -> "FineTuneSettings":
+        """These settings for a run whose one-plane targets belong to stack plane ``plane``
+        (the plane the viewer shows; a 2.5D run only, and never remembered)."""
+        if self.window_request() is not None and targets_are_planes:
+            self.target_plane = plane
+        return self
 
     # -- checks -------------------------------------------------------------------------------
     def model_dims(self) -> int | None:
@@ -169,6 +201,20 @@ class FineTuneSettings(Remembered):
         if problems:
             raise InputError(problems[0])
 
+    def export_problems(self, card=None) -> list[str]:
+        """What stops a bioimage.io export of the model these settings train (``card``: the
+        trained one's, when there is one): a 2.5D model cannot be described yet."""
+        from .finetune_outputs import export_problems
+
+        if card is not None:
+            return export_problems(card)
+        try:
+            two_and_a_half = self.window_request() is not None
+        except VirtualStainError:  # a model that cannot be read: problems() says so
+            return []
+        return (["A 2.5D model (a window of z planes in, one plane out) cannot be exported as a bioimage.io "
+                 "package yet: share its .pt file instead."] if two_and_a_half else [])
+
     # -- what the Trainer gets ------------------------------------------------------------------
     def train_config(self, spatial_dims: int, best_path: str | None = None) -> TrainConfig:
         steps = self.steps
@@ -234,6 +280,12 @@ def prepare(settings: FineTuneSettings, image: TrainingImage, targets: Sequence[
     if resume is not None:
         trainer.resume(resume)
     return trainer
+
+
+def continue_for(trainer, steps: int) -> None:
+    """A finished run resumed goes on for ``steps`` more steps (an unfinished one continues its plan)."""
+    if trainer.total_steps is not None and trainer.step >= trainer.total_steps:
+        trainer.total_steps = trainer.step + int(steps)
 
 
 def run(trainer, progress=None, cancel=None, on_update=None) -> TrainResult:

@@ -52,3 +52,14 @@ class Remembered:
     def copy(self):
         """An independent snapshot (a worker's own: the user may change the dock meanwhile)."""
         return type(self)(**asdict(self))
+
+    def remember(self, workflow: str):
+        """A snapshot for a run (the worker's own: the user may change the dock meanwhile),
+        saved as the ``workflow``'s last settings; a folder that cannot be written is no
+        reason not to run."""
+        snapshot = self.copy()
+        try:
+            snapshot.save(settings_file(workflow))
+        except OSError:
+            pass
+        return snapshot

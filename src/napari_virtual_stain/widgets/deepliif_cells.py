@@ -1,0 +1,164 @@
+"""The DeepLIIF dock's cell controls: live thresholds, the cell layer, clicks and exports.
+
+Everything here works on the stored maps of the last result (no network): moving the size
+or marker slider reclassifies from the per-cell table (microseconds), moving the
+segmentation slider relabels the stored segmentation, and clicking a cell flips it
+(Shift-click excludes it). The fields write :class:`DeepLIIFSettings`' cell values, the
+ones ``virtual-stain deepliif-cells`` takes as arguments; the classes, colours, counts and
+files come from the workflow (``workflows.deepliif``, ``workflows.deepliif_results``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Slider
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtCore import QTimer
+
+from ..tasks.deepliif import summary
+from ..tasks.deepliif_cells import AUTO, RESOLUTIONS
+from ..tasks.layers import output_layer_name
+from ..workflows import deepliif as workflow
+from ..workflows import deepliif_results as shown
+from ._worker import report_error, show_warning
+
+CELLS = "cells"
+MARKER_OFF, MARKER_AUTO, MARKER_MANUAL = "none (deepliif's default)", "automatic", "manual"
+RESOLUTION_AUTO = "from tile size"
+
+
+class CellControls:
+    """Mixed into the DeepLIIF dock, which provides ``viewer``, ``settings``, ``result`` and
+    ``_source`` (the input layer of the last result) and its placement (``_placement``)."""
+
+    def _cell_widgets(self, st) -> list:
+        self.classification = None
+        self.cell_layer = None
+        self._updating = False  # set while recount writes the automatic values into the sliders
+        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=min(max(int(st.seg_threshold), 0), 510),
+                                 tooltip="red + blue above this is cell (deepliif: 120)")
+        manual_size = isinstance(st.size, int) and 0 <= st.size <= 2000
+        self.size_slider = Slider(label="min cell size (px)", min=0, max=2000, value=st.size if manual_size else 0,
+                                  enabled=manual_size)
+        self.size_auto = CheckBox(text="automatic size (deepliif's rule)", value=not manual_size)
+        self.upper_slider = Slider(label="max cell size (px, 0 = none)", min=0, max=20000,
+                                   value=min(max(int(st.size_upper or 0), 0), 20000))
+        mode = (MARKER_AUTO if st.marker == AUTO else MARKER_MANUAL
+                if isinstance(st.marker, int) and 0 <= st.marker <= 255 else MARKER_OFF)
+        self.marker_mode = ComboBox(label="marker rule", choices=[MARKER_OFF, MARKER_AUTO, MARKER_MANUAL], value=mode,
+                                    tooltip="a cell whose brightest marker pixel is above the marker threshold is "
+                                            "positive; deepliif uses no marker rule by default")
+        self.marker_slider = Slider(label="marker", min=0, max=255, enabled=mode == MARKER_MANUAL,
+                                    value=st.marker if mode == MARKER_MANUAL else 255)
+        self.resolution = ComboBox(label="magnification", choices=[RESOLUTION_AUTO, *RESOLUTIONS],
+                                   value=st.resolution if st.resolution in RESOLUTIONS else RESOLUTION_AUTO,
+                                   tooltip="for the automatic size rule; deepliif takes it from the tile size (512 -> 40x)")
+        self.counts = Label(value="No cells yet: run DeepLIIF.")
+        self.export_csv = PushButton(text="Export table (CSV)")
+        self.export_geojson = PushButton(text="Export polygons (GeoJSON)")
+        self.help = Label(value="Click a cell: flip positive/negative. Shift-click: exclude/restore.")
+        return [self.seg_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
+                self.marker_slider, self.resolution, self.counts,
+                Container(widgets=[self.export_csv, self.export_geojson], layout="horizontal", labels=False), self.help]
+
+    def _cell_writers(self) -> dict:
+        """Settings field -> (the fields that set it, its value from them)."""
+        return {
+            "seg_threshold": ((self.seg_slider,), lambda: int(self.seg_slider.value)),
+            "size": ((self.size_auto, self.size_slider), lambda: AUTO if self.size_auto.value else int(self.size_slider.value)),
+            "size_upper": ((self.upper_slider,), lambda: int(self.upper_slider.value) or None),
+            "marker": ((self.marker_mode, self.marker_slider), lambda: {MARKER_OFF: None, MARKER_AUTO: AUTO}.get(
+                self.marker_mode.value, int(self.marker_slider.value))),
+            "resolution": ((self.resolution,), lambda: AUTO if self.resolution.value == RESOLUTION_AUTO
+                           else self.resolution.value),
+        }
+
+    def _connect_cells(self) -> None:
+        for w in (self.size_slider, self.marker_slider, self.size_auto, self.marker_mode, self.upper_slider):
+            w.changed.connect(self.recount)
+        # Relabelling is fast but not free on big images: wait until the slider rests.
+        self._relabel_timer = QTimer(self, singleShot=True, interval=150, timeout=self.relabel)
+        self.seg_slider.changed.connect(lambda *_: self._relabel_timer.start())
+        self.resolution.changed.connect(lambda *_: self._relabel_timer.start())
+        self.export_csv.changed.connect(lambda *_: self._export("csv"))
+        self.export_geojson.changed.connect(lambda *_: self._export("geojson"))
+
+    def thresholds(self):
+        return self.settings.thresholds()
+
+    def _show_cells(self):
+        cells = self.result.cells
+        name = output_layer_name(self._source.name, CELLS)
+        place = self._placement()
+        if self.cell_layer is None or self.cell_layer not in self.viewer.layers:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.cell_layer = self.viewer.add_labels(cells.labels, name=name, **place,
+                                                     metadata={"source_layer": self._source.name})
+            self.cell_layer.mouse_drag_callbacks.append(self._on_click)
+        else:
+            self.cell_layer.data = cells.labels
+            self.cell_layer.scale, self.cell_layer.translate = place["scale"], place["translate"]
+            self.cell_layer.affine = place.get("affine", np.eye(3))
+        self.recount()
+
+    def relabel(self, *_):
+        """The segmentation threshold changed: rebuild cells from the stored maps (no network)."""
+        if self.result is None:
+            return
+        workflow.reanalyse(self.result, self.settings)
+        self._show_cells()
+
+    def recount(self, *_):
+        """Reclassify from the per-cell table and update colours, features and counts."""
+        if self._updating:
+            return
+        self.size_slider.enabled = not self.size_auto.value
+        self.marker_slider.enabled = self.marker_mode.value == MARKER_MANUAL
+        if self.result is None or self.result.cells is None or self.cell_layer is None:
+            return
+        try:
+            self.classification = workflow.classify(self.result, self.settings)
+        except Exception as err:  # e.g. an upper size below the lower: say so, keep the last counts
+            report_error(err, "DeepLIIF")
+            return
+        t = self.classification.thresholds
+        self._updating = True
+        try:  # show the automatic values on the disabled sliders
+            if self.size_auto.value:
+                self.size_slider.value = min(t.size, self.size_slider.max)
+            if self.marker_mode.value == MARKER_AUTO and t.marker is not None:
+                self.marker_slider.value = min(max(t.marker, 0), 255)
+        finally:
+            self._updating = False
+        self.cell_layer.colormap = DirectLabelColormap(color_dict=shown.cell_colours(self.classification))
+        self.cell_layer.features = shown.cell_features(self.result.cells, self.classification)
+        self.cell_layer.metadata["deepliif"] = summary(self.classification, self.result.card, self.result.region)
+        self.counts.value = shown.describe_counts(self.classification)
+
+    def _on_click(self, layer, event):
+        if self.result is None or layer.mode != "pan_zoom" or self.classification is None:
+            return
+        label = layer.get_value(event.position, world=True)
+        if not label:
+            return
+        shift = any(str(m).lower().endswith("shift") for m in event.modifiers)
+        self.result.cells.toggle(int(label), self.classification, exclude=shift)
+        self.recount()
+
+    def export(self, path, kind: str):
+        """Write the current cells as CSV or GeoJSON (image pixel coordinates of the input layer)."""
+        return shown.export_cells(self.result, self.classification, path, kind)
+
+    def _export(self, kind: str):
+        if self.classification is None:
+            show_warning("Run DeepLIIF first: there are no cells to export.")
+            return
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(self, "Export cells", f"cells.{kind}", shown.EXPORTS[kind])
+        if path:
+            try:
+                self.export(path, kind)
+            except OSError as err:
+                show_warning(f"Could not write {path}: {err}")
