@@ -54,3 +54,38 @@ def test_the_reused_view_matches_a_fresh_prediction_and_costs_less():
     np.testing.assert_allclose(reused.data, fresh.data, atol=2e-3)  # boxes meet like blended tiles
     assert set(calls) == {1000}  # one missing box went through the network
     assert 0.3 < cache.known_fraction < 0.5
+
+
+def test_blocks_cover_the_missing_parts_exactly_once_nearest_the_centre_first():
+    from napari_virtual_stain.tasks.view_cache import nearest_first
+
+    view = Region((0, 0), (100, 160))
+    parts = [Region((0, 0), (40, 160)), Region((40, 100), (100, 160))]
+    blocks = nearest_first(parts, view, 32)
+    cover = np.zeros((100, 160), int)
+    for b in blocks:
+        assert max(b.shape) <= 32
+        cover[b.slices] += 1
+    expected = np.zeros((100, 160), int)
+    for p in parts:
+        expected[p.slices] = 1
+    np.testing.assert_array_equal(cover, expected)
+    centre = np.array([50, 80])
+    dist = [np.hypot(*(np.array([(a + b) / 2 for a, b in zip(x.start, x.stop)]) - centre)) for x in blocks]
+    assert dist == sorted(dist)
+
+
+def test_a_progressive_view_reports_each_block_and_assembles_the_same_view():
+    card = tiny_unet_card()
+    predictor = Predictor(build_model(card.architecture, card.arch_args), card, device="cpu", precision="fp32")
+    image = np.random.default_rng(1).random((160, 200)).astype(np.float32)
+    stats = run_stain(predictor, image).stats
+    view = Region((16, 16), (144, 176))
+    seen = []
+    progressive = run_stain_reusing(predictor, image, ViewCache(card.n_out, image.shape), view, stats=stats,
+                                    block=64, on_part=lambda box, values: seen.append((box, values.shape)))
+    whole = run_stain_reusing(predictor, image, ViewCache(card.n_out, image.shape), view, stats=stats)
+    assert len(seen) == 6 and all(shape == (2,) + box.shape for box, shape in seen)
+    first = seen[0][0]
+    assert first.start[0] <= 80 < first.stop[0] + 32 and first.start[1] <= 96 < first.stop[1] + 32  # the middle first
+    np.testing.assert_allclose(progressive.data, whole.data, atol=2e-3)  # blocks meet like blended tiles

@@ -284,3 +284,31 @@ def test_current_view_of_a_multiscale_layer_follows_the_displayed_level(dock, qt
     np.testing.assert_allclose(out.data, reference[0], atol=1e-5)
     assert not calls
     np.testing.assert_array_equal(layer.data[0], full)  # the input is never modified
+
+
+def test_a_large_current_view_fills_in_block_by_block_middle_first(dock, qtbot, monkeypatch):
+    from napari_virtual_stain.widgets import stain_widget
+
+    viewer, widget = dock
+    data = np.random.default_rng(5).random((1200, 1400)).astype(np.float32)
+    viewer.add_image(data, name="bf")
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "bf", "tiny-2d", CURRENT_VIEW
+    viewer.camera.zoom, viewer.camera.center = 0.45, (600.0, 700.0)  # the view spans several 512 blocks
+    shown = []
+    real = stain_widget.publish
+
+    def recording(viewer_, tuples):
+        nuclei = tuples[0][0]
+        shown.append(float(np.count_nonzero(nuclei)) / nuclei.size)
+        return real(viewer_, tuples)
+
+    monkeypatch.setattr(stain_widget, "publish", recording)
+    run_and_wait(widget, qtbot)
+    out = viewer.layers["bf · nuclei"]
+    assert min(out.data.shape) > stain_widget.PROGRESSIVE_BLOCK  # more than one block
+    assert len(shown) >= 3 and shown[0] < 1.0 and shown[-1] == 1.0  # shown while filling in, then whole
+    assert shown == sorted(shown)
+    start = np.asarray(out.translate).round().astype(int)
+    region = Region(tuple(start), tuple(start + np.asarray(out.data.shape)))
+    np.testing.assert_allclose(out.data, expected(data, region)[0], atol=5e-3)  # blocks meet like blended tiles

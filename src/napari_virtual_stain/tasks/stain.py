@@ -18,7 +18,7 @@ from ..models.card import ModelCard
 from ..models.zwindow import z_window
 from .arrays import Layout, layout_for, nan_fraction, to_channels_first
 from .region import Region
-from .view_cache import ViewCache
+from .view_cache import ViewCache, nearest_first
 
 
 @dataclass
@@ -109,17 +109,23 @@ def run_stain(predictor: Predictor, layer_data, *, rgb: bool = False, name: str 
 def run_stain_reusing(predictor: Predictor, layer_data, cache: ViewCache, region: Region, *, rgb: bool = False,
                       name: str = "image", stats: dict | None = None,
                       progress: Callable[[int, int], None] | None = None, cancel=None,
-                      tta: bool | None = None) -> StainResult:
+                      tta: bool | None = None, block: int | None = None,
+                      on_part: Callable[[Region, np.ndarray], None] | None = None) -> StainResult:
     """:func:`run_stain` on ``region``, predicting only the pixels ``cache`` does not know yet.
 
     ``cache`` must have been filled with the same ``tta`` (the caller keys it on its settings).
 
     Each missing box is predicted as its own region (real context, whole-image statistics),
-    so the assembled view equals a fresh prediction of the whole view.
+    so the assembled view equals a fresh prediction of the whole view. With ``block``, the
+    missing boxes are cut into blocks of at most that many pixels along Y and X and predicted
+    nearest the view's centre first; ``on_part(box, values)`` hears of each finished box, so a
+    viewer can show the view filling in while the rest is computed.
     """
     card = predictor.card
     layout = layout_for(layer_data, card, rgb, name)
     parts = cache.missing(region)
+    if block is not None:
+        parts = nearest_first(parts, region, block)
     frac, warnings = 0.0, []
     for k, part in enumerate(parts):
         def part_progress(done, total, k=k):
@@ -130,6 +136,8 @@ def run_stain_reusing(predictor: Predictor, layer_data, cache: ViewCache, region
         stats, warnings = result.stats, result.warnings
         frac = max(frac, result.nan_fraction)
         cache.store(part, result.data)
+        if on_part is not None:
+            on_part(part, result.data)
     if stats is None:  # everything was known: the statistics are those the cache was filled with
         raise ValueError("a cache that knows the region needs the statistics it was filled with")
     return StainResult(cache.read(region), list(card.output_channels), region, layout, card, frac, stats, warnings)

@@ -77,6 +77,32 @@ class ViewCache:
         return float(self.known.mean())
 
 
+def nearest_first(parts: Sequence[Region], view: Region, block: int) -> list[Region]:
+    """``parts`` cut into blocks of at most ``block`` pixels along Y and X, nearest ``view``'s centre first.
+
+    What a progressive current view fills first: the user looks at the middle of the view,
+    so the blocks there come back first and the edges last.
+    """
+    if block < 1:
+        raise ValueError("block must be at least one pixel")
+    centre = np.array([(a + b) / 2 for a, b in zip(view.start[-2:], view.stop[-2:])])
+    blocks = []
+    for part in parts:
+        ys = range(part.start[-2], part.stop[-2], block)
+        xs = range(part.start[-1], part.stop[-1], block)
+        for y in ys:
+            for x in xs:
+                start = part.start[:-2] + (y, x)
+                stop = part.stop[:-2] + (min(y + block, part.stop[-2]), min(x + block, part.stop[-1]))
+                blocks.append(Region(start, stop))
+
+    def distance(box: Region) -> float:
+        middle = np.array([(a + b) / 2 for a, b in zip(box.start[-2:], box.stop[-2:])])
+        return float(np.hypot(*(middle - centre)))
+
+    return sorted(blocks, key=distance)
+
+
 def _bounding_box(mask: np.ndarray, region: Region) -> Region:
     where = np.nonzero(mask)
     start = tuple(int(o + w.min()) for o, w in zip(region.start, where))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, RadioButtons
 from napari.layers import Image
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.device import PRECISIONS, available_devices
@@ -37,13 +37,26 @@ from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warnin
 
 CURRENT_VIEW = "current view"
 WHOLE = "whole image / stack"
+# A current view is filled in blocks of this many pixels, the middle first, each shown when done.
+PROGRESSIVE_BLOCK = 512
+
+
+class PartRelay(QObject):
+    """Hands 'a block of the view is done' from the worker thread to the UI thread."""
+
+    done = Signal()
+
+    def __call__(self, box, values) -> None:  # called from the worker thread; the values are in the view cache
+        self.done.emit()
 
 
 def _predict(settings: StainSettings, levels, level: int, rgb: bool, name: str, region, stats=None,
-             view_cache: ViewCache | None = None, progress=None, cancel=None):
+             view_cache: ViewCache | None = None, on_part=None, progress=None, cancel=None):
     """Worker body: the staining workflow with a snapshot of the dock's settings. Touches no Qt."""
+    block = PROGRESSIVE_BLOCK if on_part is not None else None
     return stain_workflow.run_level(settings, levels, level, rgb=rgb, name=name, region=region, stats=stats,
-                                    view_cache=view_cache, load=load_model, progress=progress, cancel=cancel)
+                                    view_cache=view_cache, load=load_model, progress=progress, cancel=cancel,
+                                    block=block, on_part=on_part)
 
 
 class VirtualStainWidget(JobDockMixin, QWidget):
@@ -60,6 +73,9 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         self._view_cache: tuple | None = None
         self.job: Job | None = None
         self.relay = ProgressRelay()
+        self.parts = PartRelay()
+        self.parts.done.connect(self._on_part)
+        self._filling: tuple | None = None  # (view region, its level's cache, layout) while a view fills in
 
         self.input = ComboBox(label="input", choices=self._image_layers)
         self.model = ComboBox(label="model", choices=self._model_names)
@@ -220,8 +236,11 @@ class VirtualStainWidget(JobDockMixin, QWidget):
             snapshot.save(settings_file("stain"))
         except OSError:  # remembering is a convenience, never a reason not to run
             pass
+        progressive = view_cache is not None and region is not None and self.scope.value == CURRENT_VIEW
+        data = layer_levels(layer)[level]
+        self._filling = (region, view_cache, layout_for(data, card, layer.rgb, layer.name)) if progressive else None
         self.job = Job(_predict, snapshot, layer_levels(layer), level, layer.rgb, layer.name, region, stats, view_cache,
-                       on_result=self._on_result, on_done=self._on_done,
+                       self.parts if progressive else None, on_result=self._on_result, on_done=self._on_done,
                        action="Virtual staining", relay=self.relay, inputs=(layer,))
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value = 0
@@ -238,16 +257,27 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         spatial = layout_for(data, card, layer.rgb, layer.name).spatial_shape(tuple(data.shape))
         return self._view_cache[1].for_level(level, spatial)
 
+    def _show(self, data, card, region, layout) -> None:
+        layer, _, _, level, downsample = self._run_context
+        axes = spatial_axes(layer, len(region.start), None if layout.rgb else layout.channel_axis)
+        limits = None if card.output_activation == "none" else [(0.0, 1.0)] * len(card.output_channels)
+        place = placement(layer, axes, region.start, downsample if layer.multiscale else None)
+        publish(self.viewer, overlay_tuples(data, list(card.output_channels), layer.name, place,
+                                            metadata={"model": card.name, "pyramid_level": level}, contrast=limits))
+
+    def _on_part(self):
+        """A block of the current view is done: show the view as far as it is known (the rest stays 0)."""
+        if self._filling is None or self.job is None or not self.job.running:
+            return
+        region, cache, layout = self._filling
+        if cache.values is not None:
+            self._show(cache.values[(slice(None),) + region.slices].copy(), self._run_context[1], region, layout)
+
     def _on_result(self, result):
         layer, _, stats_key, level, downsample = self._run_context
+        self._filling = None
         self._stats = {stats_key: result.stats}
-        layout = result.layout
-        axes = spatial_axes(layer, len(result.region.start), None if layout.rgb else layout.channel_axis)
-        limits = None if result.card.output_activation == "none" else [(0.0, 1.0)] * len(result.channels)
-        place = placement(layer, axes, result.region.start, downsample if layer.multiscale else None)
-        tuples = overlay_tuples(result.data, result.channels, layer.name, place,
-                                metadata={"model": result.card.name, "pyramid_level": level}, contrast=limits)
-        publish(self.viewer, tuples)
+        self._show(result.data, result.card, result.region, result.layout)
         if result.nan_fraction > 0:
             show_warning(f"{result.nan_fraction:.1%} of the input pixels were NaN or infinite; they were treated as 0.")
         for warning in result.warnings + ([self._level_note] if self._level_note else []):

@@ -107,16 +107,19 @@ def predictor_for(settings: StainSettings, cache: PredictorCache = SHARED, load:
 
 def run(settings: StainSettings, data, *, rgb: bool = False, name: str = "image", region: Region | None = None,
         stats: dict | None = None, view_cache: ViewCache | None = None, cache: PredictorCache = SHARED,
-        load: Callable | None = None, progress=None, cancel=None) -> StainResult:
+        load: Callable | None = None, progress=None, cancel=None, block: int | None = None,
+        on_part: Callable | None = None) -> StainResult:
     """Stain ``region`` of ``data`` (all of it by default). With a ``view_cache`` (one image,
     model and settings, ``tta`` included) a region predicts only the pixels earlier runs did
-    not, and a whole-image run fills it for later views."""
+    not, and a whole-image run fills it for later views; there ``block`` and ``on_part`` fill
+    the region progressively, nearest its centre first (``tasks.stain.run_stain_reusing``)."""
     settings.validate()
     predictor = predictor_for(settings, cache, load)
     with device_turn(predictor):
         if region is not None and view_cache is not None:
             return run_stain_reusing(predictor, data, view_cache, region, rgb=rgb, name=name, stats=stats,
-                                     progress=progress, cancel=cancel, tta=settings.tta)
+                                     progress=progress, cancel=cancel, tta=settings.tta, block=block,
+                                     on_part=on_part)
         result = run_stain(predictor, data, rgb=rgb, name=name, region=region, stats=stats,
                            progress=progress, cancel=cancel, tta=settings.tta)
         if view_cache is not None:
@@ -127,7 +130,7 @@ def run(settings: StainSettings, data, *, rgb: bool = False, name: str = "image"
 def run_level(settings: StainSettings, levels, level: int, *, rgb: bool = False, name: str = "image",
               region: Region | None = None, stats: dict | None = None, view_cache: ViewCache | None = None,
               cache: PredictorCache = SHARED, load: Callable | None = None, progress=None,
-              cancel=None) -> StainResult:
+              cancel=None, block: int | None = None, on_part: Callable | None = None) -> StainResult:
     """:func:`run` on one level of a pyramid (``levels``: full resolution first; one array for
     a plain image), ``region`` in that level's pixels, ``view_cache`` that level's.
 
@@ -144,4 +147,4 @@ def run_level(settings: StainSettings, levels, level: int, *, rgb: bool = False,
     if stats is None:
         stats = pyramid_stats(levels, model_card(settings.model), rgb=rgb, name=name)
     return run(settings, levels[level], rgb=rgb, name=name, region=region, stats=stats, view_cache=view_cache,
-               cache=cache, load=load, progress=progress, cancel=cancel)
+               cache=cache, load=load, progress=progress, cancel=cancel, block=block, on_part=on_part)
