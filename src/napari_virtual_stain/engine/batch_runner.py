@@ -6,13 +6,13 @@ on the device (``engine.transfer``: pinned memory, a copy stream, events on CUDA
 synchronous calls on the CPU and MPS). Around that pass it:
 
 - halves a batch that runs out of device memory (CUDA's ``torch.OutOfMemoryError`` and MPS's
-  "MPS backend out of memory" ``RuntimeError`` alike, ``memory.is_out_of_memory``), runs the
-  halves, and keeps the smaller batch size for the rest of the run; one tile that does not
-  fit is an ``InputError`` sentence;
+  "MPS backend out of memory" ``RuntimeError`` alike, ``memory.is_out_of_memory``), runs it
+  in parts of the smaller size, and keeps that size for the rest of the run; one tile that
+  does not fit is an ``InputError`` sentence;
 - checks that a pass under bf16/fp16 autocast gave finite values (the check is reduced on the
   device, so one byte crosses to the host); a pass that did not (an overflow of the reduced
-  precision's range) is redone in fp32 and every later pass runs in fp32, with one sentence in
-  ``fallback_note`` saying so;
+  precision's range) is redone in fp32 and every later pass runs in fp32 (one already queued in
+  the reduced precision is redone as well), with one sentence in ``fallback_note`` saying so;
 - on CUDA, when no batch size was asked for, sizes batches from memory: the first batch is a
   single tile, its peak memory (``torch.cuda.max_memory_allocated`` over the pass) is the cost
   of a tile, and later batches take as many tiles as fit in the free device memory
@@ -95,7 +95,9 @@ class BatchRunner:
             return self._halved(batch)
 
         def result() -> np.ndarray:
-            if precision != "fp32" and not fetched.finite():
+            # A pass queued in reduced precision before the switch (the look-ahead) is redone
+            # too: from the batch that overflowed on, every output read is fp32's.
+            if precision != "fp32" and (self.precision == "fp32" or not fetched.finite()):
                 self._fall_back(precision)
                 return self.submit(batch)()
             return fetched.values()
@@ -105,10 +107,13 @@ class BatchRunner:
         if len(batch) == 1:
             raise InputError("The GPU ran out of memory on a single tile; choose a smaller tile size or the CPU.")
         release_cached_memory(self.device)
-        half = len(batch) // 2
-        self.batch_size = max(1, half)  # remember for the rest of the run
-        first, second = self.submit(batch[:half]), self.submit(batch[half:])
-        return lambda: np.concatenate([first(), second()])
+        self.batch_size = max(1, min(self.batch_size, len(batch) // 2))  # remembered for the rest of the run
+        parts, start = [], 0
+        while start < len(batch):  # each part at the size known then (a failing first half lowers it)
+            size = self.batch_size
+            parts.append(self.submit(batch[start:start + size]))
+            start += size
+        return lambda: np.concatenate([part() for part in parts])
 
     def _fall_back(self, precision: str) -> None:
         if self.precision == "fp32":
