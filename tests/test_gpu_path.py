@@ -273,3 +273,107 @@ def test_batched_pipelined_tta_equals_one_tile_at_a_time_without_streams(device)
                                    rtol=0, atol=1e-5)
     # and TTA changed something, so its passes were really averaged
     assert np.abs(pipelined.predict(image, tta=True) - pipelined.predict(image)).max() > 1e-4
+
+
+# ---- training: the gradient scaler under the non-finite guard --------------------------------
+
+def _trainer(device, **kw):
+    from test_training_trainer import _cells, _config, _tiny
+
+    from napari_virtual_stain.training.trainer import Trainer
+
+    x, y = _cells()
+    model, card = _tiny(norm="group")
+    # fp16 (and so the scaler) on CUDA; the CPU refuses fp16, so there the same path runs in fp32
+    precision = "fp16" if device == "cuda" else "fp32"
+    trainer = Trainer(model, card, [x], [y], _config(val_fraction=0, device=device, precision=precision, **kw))
+    if device == "cpu":
+        assert not trainer.grad_scaling
+        trainer.grad_scaling = True
+    else:
+        assert trainer.grad_scaling
+    return trainer
+
+
+def test_only_fp16_on_cuda_scales_the_loss():
+    from napari_virtual_stain.training.trainer import needs_grad_scaling
+
+    assert needs_grad_scaling(torch.device("cuda"), "fp16")
+    assert not needs_grad_scaling(torch.device("cuda"), "bf16")  # bf16 has fp32's range
+    assert not needs_grad_scaling(torch.device("cuda"), "fp32")
+    assert not needs_grad_scaling(torch.device("mps"), "fp16")
+
+
+def test_scaled_fp32_steps_equal_unscaled_ones_on_the_cpu():
+    # A power-of-two scale and its inverse change no bit of an fp32 gradient: the scaler's
+    # path must then train exactly as the plain one.
+    from test_training_trainer import _cells, _config, _tiny
+
+    from napari_virtual_stain.training.trainer import Trainer
+
+    x, y = _cells()
+    states = []
+    for scaling in (False, True):
+        model, card = _tiny(norm="group")
+        trainer = Trainer(model, card, [x], [y], _config(steps=3, val_fraction=0, precision="fp32"))
+        trainer.grad_scaling = scaling
+        trainer.run()
+        states.append(trainer.model.state_dict())
+        if scaling:
+            assert [s.get_scale() for s in trainer._scalers.values()] == [65536.0]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_steps_with_the_scaler_are_skipped_counted_and_shrink_the_scale(device):
+    trainer = _trainer(device, steps=4)
+    real_loss = trainer.loss_fn
+    calls = []
+
+    def nan_at_second_step(pred, target, mask):
+        calls.append(1)
+        loss = real_loss(pred, target, mask)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    trainer.loss_fn = nan_at_second_step
+    updates, scales, before = [], [], {}
+
+    def watch(u):
+        updates.append(u)
+        scales.append(trainer._scalers[id(trainer.optimizer)].get_scale())
+        if u.step == 1:
+            before.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        if u.step == 2:  # the NaN step changed no weight
+            assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+
+    result = trainer.run(on_update=watch)
+    assert [u.skipped for u in updates] == [False, True, False, False]
+    assert result.card.training["skipped_steps"] == 1
+    assert scales[1] == scales[0] / 2 and scales[2:] == [scales[1]] * 2  # backed off once, then steady
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_with_the_scaler_divergence_is_declared_after_its_backoffs_too(device):
+    from napari_virtual_stain.training.trainer import MAX_BAD_STEPS_IN_A_ROW, SCALER_BACKOFFS
+
+    trainer = _trainer(device, steps=40)
+    real_loss = trainer.loss_fn
+    trainer.loss_fn = lambda pred, target, mask: real_loss(pred, target, mask) * float("nan")
+    limit = MAX_BAD_STEPS_IN_A_ROW + SCALER_BACKOFFS
+    with pytest.raises(InputError, match=f"Training diverged at step {limit}: the loss or its gradients were not finite {limit} steps"):
+        trainer.run()
+    assert trainer.skipped_steps == limit
+    assert trainer._scalers[id(trainer.optimizer)].get_scale() == 65536.0 / 2**limit  # halved at every bad step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_gan_gets_one_scaler_per_optimiser_and_trains_both_networks(device):
+    trainer = _trainer(device, steps=2, gan="wgan-gp", critic_width=4, n_critic=2)
+    critic_before = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
+    generator_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.run()
+    assert set(trainer._scalers) == {id(trainer.optimizer), id(trainer.critic_optimizer)}
+    if device == "cpu":  # in fp16 the scaler may skip a first step while it finds its scale
+        assert result.card.training["skipped_steps"] == 0
+    assert any(not torch.equal(v, critic_before[k]) for k, v in trainer.critic.state_dict().items())
+    assert any(not torch.equal(v, generator_before[k]) for k, v in trainer.model.state_dict().items())
