@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_virtual_stain.engine.batch_runner import CudaPeakProbe
+from napari_virtual_stain.engine.batch_runner import CudaPeakProbe, sizes_from_memory
 from napari_virtual_stain.engine.memory import MPS_OUT_OF_MEMORY, USABLE_FRACTION, batch_for_memory, is_out_of_memory
 from napari_virtual_stain.engine.predictor import Predictor
 from napari_virtual_stain.engine.tiling import n_tiles
@@ -18,6 +18,14 @@ from napari_virtual_stain.models.card import ModelCard
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NO_NORM = {"kind": "none"}
+
+
+@pytest.fixture(autouse=True)
+def own_torch_rng():
+    """These tests seed torch (models, trainers); the global generator is put back afterwards, so
+    later tests that build unseeded models see the state they would have seen without this file."""
+    with torch.random.fork_rng(devices=[]):
+        yield
 
 
 def make_card(n_in=1, n_out=None, tile=16, overlap=4):
@@ -188,14 +196,16 @@ def test_non_finite_bf16_output_is_redone_in_fp32_and_fp32_is_kept_for_the_rest(
     lookahead = predictor.runner.transfer.lookahead
     assert model.autocast == [True, True] + [True] * lookahead + [False] * 3
     assert predictor.precision == "fp32"
-    note = "The model gave non-finite values in bf16 (the reduced precision overflowed)"
-    assert [w for w in predictor.warnings if w.startswith(note)] == [predictor.runner.fallback_note]
+    said = [w for w in predictor.warnings if "non-finite" in w]
+    assert said == ["The model gave non-finite values in bf16 (the reduced precision overflowed), "
+                    "so that batch was redone in fp32 and the rest ran in fp32."]
 
-    # The same Predictor later: fp32 from the start, and the run says why.
+    # The same Predictor later: fp32 from the start, and the run says why, once.
     model.autocast.clear()
     np.testing.assert_array_equal(predictor.predict(image), fp32)
     assert model.autocast == [False] * 4
-    assert sum(w.startswith(note) for w in predictor.warnings) == 1
+    assert [w for w in predictor.warnings if "non-finite" in w] == [
+        "This run used fp32: on an earlier run the model gave non-finite values in bf16 (the reduced precision overflowed)."]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -204,7 +214,7 @@ def test_finite_bf16_output_stays_in_bf16(device):
     model = Recording(conv_stack())
     predictor = Predictor(model, make_card(), device=device, batch_size=2, precision="bf16")
     predictor.predict(image)
-    assert set(model.autocast) == {True} and predictor.precision == "bf16" and predictor.runner.fallback_note is None
+    assert set(model.autocast) == {True} and predictor.precision == "bf16" and predictor.runner.fallback_note() is None
 
 
 # ---- batch size from memory -------------------------------------------------------------------
@@ -254,10 +264,13 @@ def test_batches_are_sized_from_one_measured_tile(device):
     assert model.sizes[0] == size  # later runs start at the measured size
 
 
-def test_a_requested_or_batch_dependent_batch_size_is_never_measured():
-    assert Predictor(conv_stack(), make_card(), device="cpu", batch_size=3).runner.probe is None
-    if torch.cuda.is_available():
-        assert Predictor(conv_stack(), make_card(), device="cuda", batch_size=3).runner.probe is None
+def test_only_an_unrequested_batch_of_a_batch_independent_network_on_cuda_is_measured():
+    cuda, cpu, mps = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
+    assert sizes_from_memory(cuda, None, True, 16)
+    assert not sizes_from_memory(cuda, 3, True, 16)  # asked for: kept
+    assert not sizes_from_memory(cuda, None, False, 1)  # batch-dependent: one by one
+    assert not sizes_from_memory(cuda, None, True, 1)  # tiles so big the cap is one
+    assert not sizes_from_memory(cpu, None, True, 8) and not sizes_from_memory(mps, None, True, 16)
 
 
 # ---- the pipelined path gives the same numbers -----------------------------------------------

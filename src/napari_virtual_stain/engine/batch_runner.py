@@ -12,7 +12,7 @@ synchronous calls on the CPU and MPS). Around that pass it:
 - checks that a pass under bf16/fp16 autocast gave finite values (the check is reduced on the
   device, so one byte crosses to the host); a pass that did not (an overflow of the reduced
   precision's range) is redone in fp32 and every later pass runs in fp32 (one already queued in
-  the reduced precision is redone as well), with one sentence in ``fallback_note`` saying so;
+  the reduced precision is redone as well), and ``fallback_note()`` gives the sentence saying so;
 - on CUDA, when no batch size was asked for, sizes batches from memory: the first batch is a
   single tile, its peak memory (``torch.cuda.max_memory_allocated`` over the pass) is the cost
   of a tile, and later batches take as many tiles as fit in the free device memory
@@ -32,6 +32,12 @@ from .memory import batch_for_memory, cuda_free_bytes, is_out_of_memory, release
 from .transfer import Transfer
 
 Pending = Callable[[], np.ndarray]
+
+
+def sizes_from_memory(device: torch.device, requested: int | None, batch_independent: bool, default: int) -> bool:
+    """Whether the batch size is measured: on CUDA, when none was asked for and batches can
+    hold more than one tile (a batch-dependent network always runs one by one)."""
+    return device.type == "cuda" and requested is None and batch_independent and default > 1
 
 
 class CudaPeakProbe:
@@ -72,7 +78,7 @@ class BatchRunner:
         self.check = check
         self.batch_size = int(batch_size)
         self.probe = probe
-        self.fallback_note: str | None = None  # set once a reduced precision gave non-finite values
+        self.fallen_from: str | None = None  # the reduced precision that gave non-finite values, once it did
 
     def next_batch_size(self) -> int:
         """Tiles in the next batch: one while the memory probe has not measured a tile yet."""
@@ -119,8 +125,18 @@ class BatchRunner:
         if self.precision == "fp32":
             return  # an earlier pass already switched
         self.precision = "fp32"
-        self.fallback_note = (f"The model gave non-finite values in {precision} (the reduced precision overflowed), "
-                              "so that batch was redone in fp32 and the rest ran in fp32.")
+        self.fallen_from = precision
+
+    def fallback_note(self, earlier: bool = False) -> str | None:
+        """The sentence for a run's warnings once a reduced precision failed (None before):
+        for the run it happened in, or (``earlier``) for a later run, which is fp32 throughout."""
+        if self.fallen_from is None:
+            return None
+        if earlier:
+            return (f"This run used fp32: on an earlier run the model gave non-finite values in "
+                    f"{self.fallen_from} (the reduced precision overflowed).")
+        return (f"The model gave non-finite values in {self.fallen_from} (the reduced precision overflowed), "
+                "so that batch was redone in fp32 and the rest ran in fp32.")
 
     def _pass(self, batch: np.ndarray, precision: str):
         probe, measuring = self.probe, self.probe is not None

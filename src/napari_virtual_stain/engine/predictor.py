@@ -44,7 +44,7 @@ import torch
 from ..errors import CheckpointError, InputError, check_cancel
 from ..models.card import ModelCard
 from ..models.zwindow import z_window
-from .batch_runner import BatchRunner, CudaPeakProbe
+from .batch_runner import BatchRunner, CudaPeakProbe, sizes_from_memory
 from .device import preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
 from .tiling import StripBlender, fit_tile, n_tiles, tile_starts
@@ -136,8 +136,7 @@ class Predictor:
             except RuntimeError:  # e.g. 4D and 5D weights mixed in one network: keep the default layout
                 self.memory_format = torch.contiguous_format
         # On CUDA an unrequested batch size is measured (engine.batch_runner): the default is its cap.
-        measure = (self.device.type == "cuda" and batch_size is None and self.card.batch_independent
-                   and chosen_batch > 1)
+        measure = sizes_from_memory(self.device, batch_size, self.card.batch_independent, chosen_batch)
         self.runner = BatchRunner(self.model, transfer_for(self.device, streams), precision, self.memory_format,
                                   self._check_output, chosen_batch, CudaPeakProbe(self.device) if measure else None)
 
@@ -302,8 +301,9 @@ class Predictor:
         stats = stats if stats is not None else compute_stats(image, spec)
         tile, overlap = self._tile_for(spatial)
         self.warnings = self._seam_warning(spatial, tile, overlap)
-        if self.runner.fallback_note:  # an earlier run of this Predictor switched to fp32
-            self.warnings.append(self.runner.fallback_note)
+        fell_back_before = self.runner.fallen_from is not None
+        if fell_back_before:  # an earlier run of this Predictor switched to fp32 for good
+            self.warnings.append(self.runner.fallback_note(earlier=True))
         transforms = self.transforms_for(tile, self.tta if tta is None else bool(tta))
         if len(transforms) == 4:
             self.warnings.append("Test-time augmentation used 4 of the 8 transforms (the mirrors and the half turn): "
@@ -329,8 +329,8 @@ class Predictor:
                 blenders[which].add(where, values)
         if current is not None:
             blenders[current].close()
-        if self.runner.fallback_note and self.runner.fallback_note not in self.warnings:
-            self.warnings.append(self.runner.fallback_note)  # this run switched to fp32
+        if self.runner.fallen_from is not None and not fell_back_before:  # this run switched to fp32
+            self.warnings.append(self.runner.fallback_note())
         return out
 
     @contextlib.contextmanager
