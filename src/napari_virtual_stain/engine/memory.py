@@ -39,3 +39,49 @@ def require_memory(nbytes: int, what: str, advice: str = "use a smaller image or
     free = available_bytes()
     if free is not None and nbytes > USABLE_FRACTION * free:
         raise InputError(f"{what} needs about {_gb(nbytes)} of memory but only {_gb(free)} is free: {advice}.")
+
+
+# ---- device (GPU) memory ------------------------------------------------------------------
+# torch is imported inside these functions: the host-memory checks above serve the
+# preprocessing CLI, which should not pay for importing torch.
+
+# What MPS puts in the RuntimeError it raises when Apple's GPU has no memory left
+# ("MPS backend out of memory (MPS allocated: ..., other allocations: ...)"); CUDA raises
+# torch.OutOfMemoryError (torch.cuda.OutOfMemoryError is the same class).
+MPS_OUT_OF_MEMORY = "MPS backend out of memory"
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device running out of memory (CUDA or MPS), which a smaller batch may avoid."""
+    import torch
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and MPS_OUT_OF_MEMORY in str(err)
+
+
+def release_cached_memory(device) -> None:
+    """Give the allocator's cached blocks back to the device (after an out-of-memory error)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def cuda_free_bytes(device) -> int:
+    """Bytes a CUDA device can still give this process: free on the device plus what torch's
+    caching allocator holds but does not use (the driver counts that as taken)."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def batch_for_memory(free_bytes: int, per_tile_bytes: int, cap: int) -> int:
+    """The number of tiles per batch that fits in ``USABLE_FRACTION`` of ``free_bytes`` when
+    one tile costs ``per_tile_bytes`` at its peak, between 1 and ``cap``."""
+    if per_tile_bytes <= 0:
+        return max(1, int(cap))
+    return max(1, min(int(cap), int(USABLE_FRACTION * free_bytes) // int(per_tile_bytes)))

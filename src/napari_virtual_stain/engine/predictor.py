@@ -9,7 +9,10 @@ Data path for ``Predictor.predict(image)`` (channels first, numpy, dask or zarr)
 3. for each image (the whole input, or each Z plane for a 2D model on a stack), read one
    strip of tile rows at a time, normalise it, and cut it into tiles (padded only where the
    image is smaller than a tile);
-4. batches of tiles go through the model under ``torch.inference_mode`` and autocast;
+4. batches of tiles go through the model under ``torch.inference_mode`` and autocast
+   (``engine.batch_runner``: out-of-memory halving, fp32 redo of a batch whose reduced-precision
+   output is not finite, batch size from free memory on CUDA; ``engine.transfer``: pinned
+   memory and a copy stream on CUDA, so the next batch's copy overlaps this batch's compute);
 5. outputs are mapped to display values and blended strip by strip into ``out``
    (``engine.tiling.StripBlender``), so memory stays bounded by a few strips even for a
    10000 x 10000 input written into a zarr array.
@@ -41,15 +44,18 @@ import torch
 from ..errors import CheckpointError, InputError, check_cancel
 from ..models.card import ModelCard
 from ..models.zwindow import z_window
-from .device import autocast_context, preferred_memory_format, resolve_device, resolve_precision
+from .batch_runner import BatchRunner, CudaPeakProbe, sizes_from_memory
+from .device import preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
 from .tiling import StripBlender, fit_tile, n_tiles, tile_starts
+from .transfer import ahead, transfer_for
 from .tta import IDENTITY, PlaneTransform, plane_transforms
 
 Progress = Callable[[int, int], None]
 
-# Pixels (voxels) per batch on a GPU: 16 tiles of 512 x 512. Enough to keep a GPU busy; the
-# batch halves itself if it runs out of memory.
+# Pixels (voxels) per batch on a GPU: 16 tiles of 512 x 512. Enough to keep a GPU busy; it is
+# the cap: on CUDA the batch is sized from free memory after a one-tile probe, and on any GPU
+# it halves itself if it runs out of memory.
 GPU_PIXELS_PER_BATCH = 1 << 22
 # On the CPU, batching pays when other programs compete for the cores: 8 tiles of 448x448
 # through the 2D U-Net (bf16, channels_last, 2 threads on a busy 2-core EPYC) took 8.1 CPU s
@@ -94,18 +100,22 @@ class Predictor:
 
     ``tile``/``overlap`` default to the model card's; ``batch_size`` defaults to about one
     megapixel (voxels for 3D) per batch on the CPU and four on a GPU (always 1 when the card
-    says the network is not batch-independent). The model is moved to the device, put in eval mode
-    and (except on MPS) into channels_last layout, in place. ``tta`` is the default for
-    :meth:`predict`'s test-time augmentation (off: one pass per tile).
+    says the network is not batch-independent); on CUDA that default is a cap and the first
+    run measures one tile's peak memory to size the batches to the free memory. The model is
+    moved to the device, put in eval mode and (except on MPS) into channels_last layout, in
+    place. ``tta`` is the default for :meth:`predict`'s test-time augmentation (off: one pass
+    per tile). ``streams=False`` turns off the CUDA copy stream and pinned memory (for
+    benchmarks: the plain synchronous path every other device takes).
     """
 
     def __init__(self, model: torch.nn.Module, card: ModelCard, device: str = "auto",
                  tile: Sequence[int] | None = None, overlap: Sequence[int] | None = None,
-                 batch_size: int | None = None, precision: str = "auto", tta: bool = False):
+                 batch_size: int | None = None, precision: str = "auto", tta: bool = False,
+                 streams: bool = True):
         self.card = card
         self.tta = bool(tta)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(self.device, precision)
+        precision = resolve_precision(self.device, precision)
         dims = card.spatial_dims
         self.tile = tuple(int(t) for t in (tile if tile is not None else card.tile))
         self.overlap = tuple(int(o) for o in (overlap if overlap is not None else card.overlap))
@@ -117,7 +127,7 @@ class Predictor:
         self.model = model
         self._check_tile(self.tile, self.overlap)
         self.warnings: list[str] = []  # sentences about the last run (e.g. seams), for the user
-        self.batch_size = self._choose_batch_size(batch_size)
+        chosen_batch = self._choose_batch_size(batch_size)
         self.memory_format = preferred_memory_format(self.device, dims)
         self.model = model.to(self.device).eval()
         if self.memory_format is not torch.contiguous_format:
@@ -125,6 +135,20 @@ class Predictor:
                 self.model = self.model.to(memory_format=self.memory_format)
             except RuntimeError:  # e.g. 4D and 5D weights mixed in one network: keep the default layout
                 self.memory_format = torch.contiguous_format
+        # On CUDA an unrequested batch size is measured (engine.batch_runner): the default is its cap.
+        measure = sizes_from_memory(self.device, batch_size, self.card.batch_independent, chosen_batch)
+        self.runner = BatchRunner(self.model, transfer_for(self.device, streams), precision, self.memory_format,
+                                  self._check_output, chosen_batch, CudaPeakProbe(self.device) if measure else None)
+
+    @property
+    def batch_size(self) -> int:
+        """Tiles per forward pass now (it shrinks when the device runs out of memory)."""
+        return self.runner.batch_size
+
+    @property
+    def precision(self) -> str:
+        """The precision passes run in now: "fp32" after a reduced precision gave non-finite values."""
+        return self.runner.precision
 
     def min_tile(self) -> tuple[int, ...]:
         """The smallest tile (per spatial axis) this model gives trustworthy answers with.
@@ -277,6 +301,9 @@ class Predictor:
         stats = stats if stats is not None else compute_stats(image, spec)
         tile, overlap = self._tile_for(spatial)
         self.warnings = self._seam_warning(spatial, tile, overlap)
+        fell_back_before = self.runner.fallen_from is not None
+        if fell_back_before:  # an earlier run of this Predictor switched to fp32 for good
+            self.warnings.append(self.runner.fallback_note(earlier=True))
         transforms = self.transforms_for(tile, self.tta if tta is None else bool(tta))
         if len(transforms) == 4:
             self.warnings.append("Test-time augmentation used 4 of the 8 transforms (the mirrors and the half turn): "
@@ -302,6 +329,8 @@ class Predictor:
                 blenders[which].add(where, values)
         if current is not None:
             blenders[current].close()
+        if self.runner.fallen_from is not None and not fell_back_before:  # this run switched to fp32
+            self.warnings.append(self.runner.fallback_note())
         return out
 
     @contextlib.contextmanager
@@ -369,65 +398,57 @@ class Predictor:
 
     def _run_batches(self, jobs: Iterator, cancel, transforms: Sequence[PlaneTransform] = (IDENTITY,),
                      advance: Callable[[int], None] | None = None) -> Iterator:
-        """Group tiles into batches, run them, and yield ``(key, display values)`` in order."""
-        while True:
-            batch = list(itertools.islice(jobs, self.batch_size))
-            if not batch:
-                return
-            keys = [key for key, _ in batch]
-            outputs = self._forward_averaged(np.stack([block for _, block in batch]), transforms, cancel, advance)
-            for (which, tile), y in zip(keys, outputs):
-                extent = tuple(sl.stop - sl.start for sl in tile)
-                crop = (slice(None),) + tuple(slice(0, e) for e in extent)
-                yield (which, tile), output_to_display(y[crop], self.card.output_activation)
+        """Group tiles into batches, run them, and yield ``(key, display values)`` in order.
 
-    def _forward_averaged(self, batch: np.ndarray, transforms: Sequence[PlaneTransform], cancel,
-                          advance: Callable[[int], None] | None) -> np.ndarray:
-        """The mean over ``transforms`` of the batch's outputs, each turned back (one pass per transform).
-
-        Each pass is its own forward call, so a batch never holds more than ``batch_size``
-        tiles on the device and a GPU that runs out of memory halves the batch as without TTA.
+        Each transform of a batch is one forward pass (so a batch never holds more than
+        ``batch_size`` tiles on the device, with or without TTA). Passes are queued
+        ``transfer.lookahead`` ahead of the one whose output is read (``engine.transfer``): on
+        CUDA the next pass is on its way while the host blends this one; elsewhere none is.
         """
-        total = None
-        for transform in transforms:
+        runner = self.runner
+
+        def batches():
+            while True:
+                batch = list(itertools.islice(jobs, runner.next_batch_size()))
+                if not batch:
+                    return
+                first = batch[0][1]
+                host = runner.host_batch((len(batch),) + first.shape, first.dtype)  # pinned on CUDA
+                for i, (_, block) in enumerate(batch):
+                    host[i] = block
+                yield [key for key, _ in batch], host
+
+        def passes():
+            for keys, host in batches():
+                for k, transform in enumerate(transforms):
+                    yield keys, host, k, transform
+
+        def submit(item):
             check_cancel(cancel)
-            y = transform.invert(self._forward(transform.apply(batch)))
-            if total is None:
+            _, host, _, transform = item
+            return runner.submit(transform.apply(host))
+
+        total = None
+        for (keys, host, k, transform), pending in ahead(passes(), submit, runner.transfer.lookahead):
+            y = transform.invert(pending())
+            if advance is not None:
+                advance(len(keys))
+            if k == 0:
                 total = y if len(transforms) == 1 else y.astype(np.float32, copy=True)
             else:
                 total += y
-            if advance is not None:
-                advance(len(batch))
-        if len(transforms) > 1:
-            total /= np.float32(len(transforms))
-        return total
+            if k < len(transforms) - 1:
+                continue  # the mean over the transforms needs the batch's other passes
+            outputs = total if len(transforms) == 1 else total / np.float32(len(transforms))
+            for (which, tile), out in zip(keys, outputs):
+                extent = tuple(sl.stop - sl.start for sl in tile)
+                crop = (slice(None),) + tuple(slice(0, e) for e in extent)
+                yield (which, tile), output_to_display(out[crop], self.card.output_activation)
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch (N, C, *tile) through the model; returns float32 numpy (N, C_out, *tile)."""
-        try:
-            return self._forward_once(batch)
-        except torch.cuda.OutOfMemoryError:
-            if len(batch) == 1:
-                raise InputError("The GPU ran out of memory on a single tile; choose a smaller tile size or the CPU.") from None
-            torch.cuda.empty_cache()
-            self.batch_size = max(1, len(batch) // 2)  # remember for the rest of the run
-            half = len(batch) // 2
-            return np.concatenate([self._forward(batch[:half]), self._forward(batch[half:])])
-
-    def _forward_once(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch)
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        else:
-            x = x.to(self.device)
-        if self.memory_format is not torch.contiguous_format:
-            x = x.contiguous(memory_format=self.memory_format)
-        with torch.inference_mode(), autocast_context(self.device, self.precision):
-            y = self.model(x)
+    def _check_output(self, x: torch.Tensor, y) -> None:
         if not isinstance(y, torch.Tensor):
             raise CheckpointError(f"{self.card.name} returned {type(y).__name__}, not one image tensor.")
         if y.shape[0] != x.shape[0] or y.shape[1] != self.card.n_out or tuple(y.shape[2:]) != tuple(x.shape[2:]):
             raise CheckpointError(
                 f"{self.card.name} turned a tile of shape {tuple(x.shape[1:])} into {tuple(y.shape[1:])}, "
                 f"but its card promises {self.card.n_out} channel(s) of the same size.")
-        return y.float().cpu().numpy()

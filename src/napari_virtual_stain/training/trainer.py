@@ -53,6 +53,17 @@ from .strategies import StepStrategy, strategy_for
 # gradient scaler does: a rare overflow (seen with bf16 autocast in 3D) must not poison
 # the weights. This many such steps in a row mean the run has diverged.
 MAX_BAD_STEPS_IN_A_ROW = 5
+# fp16 training on a GPU scales the loss (torch.amp.GradScaler, from 2**16) so that small
+# gradients do not underflow fp16; while the scale is still too big the scaled gradients
+# overflow and the step is skipped, and the scale halves. Up to 16 halvings (down to a scale
+# of 1) are the scaler finding its scale, not divergence, so they are allowed on top.
+SCALER_BACKOFFS = 16
+
+
+def needs_grad_scaling(device: torch.device, precision: str) -> bool:
+    """Whether training on ``device`` in ``precision`` scales its loss: fp16 on CUDA only (bf16
+    has fp32's range and needs none; the CPU refuses fp16)."""
+    return precision == "fp16" and device.type == "cuda"
 
 
 def training_precision(device: torch.device, requested: str, spatial_dims: int) -> str:
@@ -106,6 +117,10 @@ class Trainer(TrainerFiles):
         torch.manual_seed(config.seed)
         self.device = resolve_device(config.device)
         self.precision = training_precision(self.device, config.precision, dims)
+        # One scaler per optimiser (``update`` scales, steps and updates one optimiser at a
+        # time), made on first use; a test may set ``grad_scaling`` to run this path on the CPU.
+        self.grad_scaling = needs_grad_scaling(self.device, self.precision)
+        self._scalers: dict[int, torch.amp.GradScaler] = {}
         self.model = model.to(self.device)
         self.loss_fn = make_loss(config.loss, config.alpha)
         self.gan = config.gan
@@ -187,28 +202,48 @@ class Trainer(TrainerFiles):
         return outputs.float()
 
     def update(self, optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor) -> bool:
-        """Backpropagate ``loss`` and step ``optimizer`` through the non-finite guard; returns
-        whether the step was applied. The one way a strategy changes weights."""
+        """Backpropagate ``loss`` and step ``optimizer`` through the non-finite guard (and, in
+        fp16 on a GPU, the gradient scaler); returns whether the step was applied. The one way
+        a strategy changes weights."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        applied = self.apply_step(optimizer, module, loss)
+        scaler = self._scaler(optimizer)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        applied = self.apply_step(optimizer, module, loss, scaler)
         if optimizer is self.optimizer:
             self._generator_updates.append(applied)
         return applied
 
+    def _scaler(self, optimizer: torch.optim.Optimizer) -> torch.amp.GradScaler | None:
+        if not self.grad_scaling:
+            return None
+        if id(optimizer) not in self._scalers:
+            self._scalers[id(optimizer)] = torch.amp.GradScaler(self.device.type)
+        return self._scalers[id(optimizer)]
+
     @staticmethod
-    def apply_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor) -> bool:
+    def apply_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor,
+                   scaler: torch.amp.GradScaler | None = None) -> bool:
         """Take the optimiser step only when the loss and every gradient are finite (a
-        non-finite step is skipped and counted, never applied)."""
+        non-finite step is skipped and counted, never applied). With ``scaler`` (the loss was
+        scaled before ``backward``) the gradients are unscaled first, so the guard judges the
+        true gradients, and the scaler's scale is updated either way (it shrinks after a
+        skipped step: it saw the same inf or NaN while unscaling)."""
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         # one host sync for the loss and all gradients together (not one per parameter: on a GPU
         # each bool() waits for the device)
         checks = [torch.isfinite(loss.detach()).all()]
         checks += [torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None]
         finite = bool(torch.stack(checks).all())
         if finite:
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)  # already unscaled: steps with these gradients
+            else:
+                optimizer.step()
         else:
             optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()
         return finite
 
     def train_step(self) -> dict[str, float]:
@@ -307,6 +342,7 @@ class Trainer(TrainerFiles):
         self.reason = "steps"
         self._stop_reason = None  # as before callbacks: the validation before the first step never stops a run
         bad_in_a_row = 0
+        bad_limit = MAX_BAD_STEPS_IN_A_ROW + (SCALER_BACKOFFS if self.grad_scaling else 0)
         while True:
             elapsed = time.perf_counter() - start
             if cancel is not None and cancel.is_set():
@@ -323,7 +359,7 @@ class Trainer(TrainerFiles):
             if losses["skipped"]:
                 self.skipped_steps += 1
                 bad_in_a_row += 1
-                if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
+                if bad_in_a_row >= bad_limit:
                     raise InputError(f"Training diverged at step {self.step + 1}: the loss or its gradients were not finite "
                                      f"{bad_in_a_row} steps in a row; lower the learning rate, use fp32 or check the data.")
             else:
