@@ -252,3 +252,30 @@ def test_a_2_5d_model_on_stacks_one_window_deep_gives_their_centre_plane_in_both
     assert main(["predict", str(folder), "-o", str(many), "--model", str(tmp_path / "m25.pt"), "--device", "cpu"]) == 0
     assert tifffile.imread(one).shape == (40, 40)
     np.testing.assert_array_equal(_outputs(many)["s0.tif"], tifffile.imread(one))
+
+
+@pytest.mark.slow
+def test_one_big_image_in_bands_here_and_on_a_local_cluster_equals_the_one_process_run(tmp_path, model, rng):
+    source = tmp_path / "slide.tif"
+    save_tiff(source, rng.random((300, 90)).astype(np.float32), "YX", pixel_size_um=(0.5, 0.5))
+    reference = tmp_path / "reference.tif"
+    assert main(["predict", str(source), "-o", str(reference), "--model", model, "--device", "cpu"]) == 0
+    here = tmp_path / "here.tif"
+    assert main(["predict", str(source), "-o", str(here), "--model", model, "--device", "cpu",
+                 "--band-rows", "70"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(here), tifffile.imread(reference))
+    local = tmp_path / "local.ome.zarr"
+    assert main(["predict", str(source), "-o", str(local), "--model", model, "--device", "cpu",
+                 "--band-rows", "64", "--cluster", "local:2"]) == 0
+    # other processes, other thread counts: the same values up to float rounding of the convolutions
+    np.testing.assert_allclose(read_ome_zarr(local).data, tifffile.imread(reference), rtol=0, atol=1e-6)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the scratch array is gone
+
+
+def test_bands_refuse_many_inputs_and_a_bad_height(inputs, model, tmp_path, capsys):
+    code = main(["predict", str(inputs), "-o", str(tmp_path / "out"), "--model", model, "--band-rows", "32"])
+    assert code == 2 and "one image into bands" in capsys.readouterr().err
+    code = main(["predict", str(inputs / "field0.tif"), "-o", str(tmp_path / "o.tif"), "--model", model,
+                 "--band-rows", "0"])
+    assert code == 2 and "positive number of rows" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()

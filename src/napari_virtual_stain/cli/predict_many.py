@@ -22,6 +22,9 @@ def add_scale_out_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", default=None, metavar="WHERE",
                    help="run one task per input on local:N (N worker processes here) or tcp://HOST:PORT "
                         "(an existing dask scheduler; workers need this package and the model's file)")
+    p.add_argument("--band-rows", type=int, default=None, metavar="N",
+                   help="cut one big 2D image into bands of N rows, one task each (with --cluster, bands run "
+                        "on several workers); the output equals a one-process run")
     p.add_argument("--output-format", default="tiff", choices=["tiff", "ome-zarr"],
                    help="what each output of a many-input run is (default: tiff); "
                         "an -o ending in .ome.zarr writes OME-Zarr for one input")
@@ -29,7 +32,7 @@ def add_scale_out_arguments(p: argparse.ArgumentParser) -> None:
 
 def wants_scale_out(args: argparse.Namespace) -> bool:
     """True for anything but one image file written as one TIFF in this process."""
-    if args.more_inputs or args.cluster or str(args.output).lower().rstrip("/").endswith(ZARR_SUFFIXES):
+    if args.more_inputs or args.cluster or args.band_rows is not None or str(args.output).lower().rstrip("/").endswith(ZARR_SUFFIXES):
         return True
     source = Path(str(args.input)).expanduser()
     if not source.exists():  # a pattern, or a missing file the one-file path reports
@@ -53,9 +56,20 @@ def predict_many(args: argparse.Namespace) -> int:
     sources = expand_inputs([args.input, *args.more_inputs])
     pairs = plan_outputs(sources, args.output, args.output_format, model=args.model)
     where = args.cluster or "this process"
-    print(f"{len(pairs)} input(s) -> {args.output} on {where}", file=sys.stderr)
-    results = stain_many(settings, pairs, cluster=args.cluster, channel=args.channel, axes=args.axes,
-                         progress=TextProgress("predict"))
+    if args.band_rows is not None:
+        from ..errors import InputError
+        from ..workflows.stain_bands import stain_in_bands
+
+        if len(pairs) != 1:
+            raise InputError(f"--band-rows cuts one image into bands; {len(pairs)} inputs were given "
+                             "(many inputs already run one task each).")
+        print(f"{pairs[0][0]} in bands of {args.band_rows} rows -> {pairs[0][1]} on {where}", file=sys.stderr)
+        results = [stain_in_bands(settings, *pairs[0], args.band_rows, cluster=args.cluster, channel=args.channel,
+                                  axes=args.axes, progress=TextProgress("predict"))]
+    else:
+        print(f"{len(pairs)} input(s) -> {args.output} on {where}", file=sys.stderr)
+        results = stain_many(settings, pairs, cluster=args.cluster, channel=args.channel, axes=args.axes,
+                             progress=TextProgress("predict"))
     for result in results:
         for warning in result["warnings"]:
             print(f"warning: {Path(result['input']).name}: {warning}", file=sys.stderr)

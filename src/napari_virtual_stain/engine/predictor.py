@@ -266,7 +266,7 @@ class Predictor:
 
     def predict(self, image, *, out=None, progress: Progress | None = None,
                 cancel: threading.Event | None = None, stats: dict | None = None, tta: bool | None = None,
-                planes: slice | None = None):
+                planes: slice | None = None, rows: slice | None = None):
         """Predict the whole ``image`` (channels first); returns ``out`` or a new float32 array.
 
         A 2D model runs a (C, Z, Y, X) stack plane by plane; a 3D model runs it in 3D tiles.
@@ -277,6 +277,9 @@ class Predictor:
         (default: the Predictor's) averages every tile over the symmetries of the Y-X plane.
         ``planes``: for a 2D or 2.5D model on a stack, predict only these planes (the output
         then holds just them); the others are read only as a 2.5D model's context.
+        ``rows``: predict only these indices of the first tiled axis (Y in 2D, Z in 3D) and write
+        only them into ``out`` (the whole output's shape): exactly the values a whole run gives
+        there, computed from the tiles that reach them. One band of a big image is then one task.
         """
         prefixes, spatial = self._check_input(image)
         out_shape = (self.card.n_out,) + tuple(int(s) for s in image.shape[1:])
@@ -308,10 +311,12 @@ class Predictor:
         if len(transforms) == 4:
             self.warnings.append("Test-time augmentation used 4 of the 8 transforms (the mirrors and the half turn): "
                                  "this model takes only its own non-square tile, so quarter turns were left out.")
-        total = n_tiles(spatial, tile, overlap) * len(prefixes) * len(transforms)
+        strips = self._strips_for(rows, spatial, tile, overlap)
+        total = n_tiles(spatial, tile, overlap) // len(tile_starts(spatial[0], tile[0], overlap[0])) * len(strips) \
+            * len(prefixes) * len(transforms)
 
-        blenders = [self._blender(out, target, spatial, tile, overlap) for target in targets]
-        jobs = self._tiles(image, prefixes, spatial, tile, overlap, spec, stats, cancel)
+        blenders = [self._blender(out, target, spatial, tile, overlap, strips, rows) for target in targets]
+        jobs = self._tiles(image, prefixes, spatial, tile, overlap, spec, stats, cancel, strips)
         done = 0
 
         def advance(passes: int) -> None:
@@ -365,12 +370,30 @@ class Predictor:
             for handle in handles:
                 handle.remove()
 
-    def _blender(self, out, prefix: tuple, spatial, tile, overlap) -> StripBlender:
-        def write(rows: slice, values: np.ndarray) -> None:
-            out[prefix + (rows,)] = values
-        return StripBlender(write, self.card.n_out, spatial, tile, overlap)
+    @staticmethod
+    def _strips_for(rows: slice | None, spatial, tile, overlap) -> range:
+        """The strips (tile rows of the whole grid) that reach ``rows`` of the first tiled axis."""
+        starts = tile_starts(spatial[0], tile[0], overlap[0])
+        if rows is None:
+            return range(len(starts))
+        lo, hi, step = rows.indices(spatial[0])
+        if step != 1 or hi <= lo:
+            raise InputError(f"Rows {rows.start}..{rows.stop} are not a band of the image's {spatial[0]} rows.")
+        used = [i for i, s in enumerate(starts) if s < hi and s + tile[0] > lo]
+        return range(used[0], used[-1] + 1)
 
-    def _tiles(self, image, prefixes, spatial, tile, overlap, spec, stats, cancel) -> Iterator:
+    def _blender(self, out, prefix: tuple, spatial, tile, overlap, strips: range | None = None,
+                 rows: slice | None = None) -> StripBlender:
+        lo, hi = (0, spatial[0]) if rows is None else rows.indices(spatial[0])[:2]
+
+        def write(written: slice, values: np.ndarray) -> None:
+            # Only the band's rows are complete (every tile reaching them was added).
+            a, b = max(written.start, lo), min(written.stop, hi)
+            if a < b:
+                out[prefix + (slice(a, b),)] = values[:, a - written.start:b - written.start]
+        return StripBlender(write, self.card.n_out, spatial, tile, overlap, strips)
+
+    def _tiles(self, image, prefixes, spatial, tile, overlap, spec, stats, cancel, strips: range | None = None) -> Iterator:
         """Yield ``((image index, tile slices), normalised padded tile)`` in grid order.
 
         Reads one strip of tile rows at a time, so a lazy input is read once, in big pieces.
@@ -378,8 +401,9 @@ class Predictor:
         # Tiles are clipped to the image: along an axis shorter than the tile, one tile is the whole axis.
         rest = [[slice(s, min(s + t, n)) for s in tile_starts(n, t, o)]
                 for n, t, o in zip(spatial[1:], tile[1:], overlap[1:])]
+        starts0 = tile_starts(spatial[0], tile[0], overlap[0])
         for which, prefix in enumerate(prefixes):
-            for start0 in tile_starts(spatial[0], tile[0], overlap[0]):
+            for start0 in (starts0[i] for i in (strips if strips is not None else range(len(starts0)))):
                 check_cancel(cancel)
                 rows = slice(start0, min(start0 + tile[0], spatial[0]))
                 strip = self._read_strip(image, prefix, rows, spec, stats)

@@ -185,10 +185,15 @@ class StripBlender:
     A strip is the tiles sharing a start on the first spatial axis; only the current strip's
     rows are held, in float64. When the next strip begins, rows no later tile reaches are
     handed to ``write(rows: slice, values: float32 (C, rows, ...))``.
+
+    ``strips`` (indices into the strips of the whole grid, consecutive) blends only those: rows
+    that only they reach come out exactly as in the whole image's blend (the weights are the
+    whole grid's), the others are partial and the caller drops them.
     """
 
     def __init__(self, write: Callable[[slice, np.ndarray], None], n_channels: int,
-                 shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int]):
+                 shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int],
+                 strips: range | None = None):
         self.write = write
         self.n_channels = int(n_channels)
         self.shape = tuple(int(s) for s in shape)
@@ -200,7 +205,8 @@ class StripBlender:
             dict(zip(tile_starts(n, t, o), normalised_axis_weights(n, t, o)))
             for n, t, o in zip(self.shape, self.tile, self.overlap)
         ]
-        self._strip = -1  # index into starts0 of the strip being accumulated
+        self.strips = strips if strips is not None else range(len(self.starts0))
+        self._strip = self.strips.start - 1  # index into starts0 of the strip being accumulated
         self._lo = 0  # first image row held in the buffer
         self._buffer: np.ndarray | None = None
 
@@ -236,7 +242,7 @@ class StripBlender:
 
     def close(self) -> None:
         """Write every row still held (call once, after the last tile)."""
-        while self._strip < len(self.starts0) - 1:
+        while self._strip < self.strips.stop - 1:
             self._begin_strip(self._strip + 1)
         if self._buffer is not None:
             self.write(slice(self._lo, self._lo + self.strip_height), self._buffer.astype(np.float32))
