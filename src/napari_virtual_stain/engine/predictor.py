@@ -311,7 +311,7 @@ class Predictor:
         if len(transforms) == 4:
             self.warnings.append("Test-time augmentation used 4 of the 8 transforms (the mirrors and the half turn): "
                                  "this model takes only its own non-square tile, so quarter turns were left out.")
-        strips = self._strips_for(rows, spatial, tile, overlap)
+        strips = self.strips_for(rows, spatial, tile, overlap)
         total = n_tiles(spatial, tile, overlap) // len(tile_starts(spatial[0], tile[0], overlap[0])) * len(strips) \
             * len(prefixes) * len(transforms)
 
@@ -371,7 +371,7 @@ class Predictor:
                 handle.remove()
 
     @staticmethod
-    def _strips_for(rows: slice | None, spatial, tile, overlap) -> range:
+    def strips_for(rows: slice | None, spatial, tile, overlap) -> range:
         """The strips (tile rows of the whole grid) that reach ``rows`` of the first tiled axis."""
         starts = tile_starts(spatial[0], tile[0], overlap[0])
         if rows is None:

@@ -97,6 +97,20 @@ def stain_in_bands(settings: workflow.StainSettings, source: Path, target: Path,
             save_tiff(target, result, "CYX", list(card.output_channels), size)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    warning = flat_channels_warning(stats, list(card.input_channels))
+    warnings = [w for w in (flat_channels_warning(stats, list(card.input_channels)),
+                            redundancy_warning(predictor, (rows, cols), edges)) if w]
     return {"input": str(source), "output": str(target), "shape": tuple(int(v) for v in result.shape),
-            "bands": len(edges), "warnings": [warning] if warning else []}
+            "bands": len(edges), "warnings": warnings}
+
+
+def redundancy_warning(predictor, spatial: tuple[int, int], edges: list[tuple[int, int]]) -> str | None:
+    """A sentence when bands this thin make the tiles they share run more than a quarter more often."""
+    from ..engine.tiling import tile_starts
+
+    tile, overlap = predictor._tile_for(spatial)
+    strips = len(tile_starts(spatial[0], tile[0], overlap[0]))
+    run = sum(len(predictor.strips_for(slice(lo, hi), spatial, tile, overlap)) for lo, hi in edges)
+    if run <= 1.25 * strips:
+        return None
+    return (f"Bands of {edges[0][1] - edges[0][0]} rows with tiles of {tile[0]} rows ran {run} tile rows instead of "
+            f"{strips}: bands of at least {4 * tile[0]} rows waste less.")
