@@ -89,8 +89,10 @@ def main() -> None:
         for label, start in starts.items():
             out = work / f"{label.replace(' ', '-')}.pt"
             times[label] = train(start, work / "light_left.tif", work / "dna_left.tif", out, args.minutes, args.seed)
+            trained = load_model(str(out))[1].training
             rows.append([label, *scores(np.clip(predict(out, light), 0, 1), target),
-                         f"{times[label] / 60:.1f} min"])
+                         f"{times[label] / 60:.1f} min, {trained.get('steps')} steps (best at "
+                         f"{trained.get('best_step')}), batch 8 of 16x64x64"])
     demo_model, card = load_model(DEMO)
     demo_pred = Predictor(demo_model, card, device="cpu", precision="fp32").predict(light[None])[0]
     rows.append(["demo-3d untuned (nuclei)", *scores(np.clip(demo_pred, 0, 1), target), ""])
