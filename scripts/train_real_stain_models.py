@@ -1,11 +1,14 @@
 """Train the bundled ``label-free-nuclei-2d`` model on real pairs and score it on held-out real fields.
 
     python scripts/train_real_stain_models.py [--steps 1500] [--start auto|demo|scratch]
-        [--pilot-steps 150] [--finetune-steps 0] [--threads 1] [--out-dir DIR] [--save auto|never]
+        [--arch unet-d4b16|unet-s4d3b32|unet-s2d4b16-add] [--pilot-steps 150] [--finetune-steps 0]
+        [--threads 1] [--out-dir DIR] [--save auto|never]
 
 One input channel (a single label-free plane: brightfield, transmitted light, phase), one
-output (nuclei), a 2D U-Net shaped like ``demo-2d-nuclei-membrane`` (depth 4, base 16,
-widths capped at 128), trained with the project's Trainer (``training.label_free_trainer``:
+output (nuclei), a 2D U-Net (``--arch``, see ARCHITECTURES: the one shaped like
+``demo-2d-nuclei-membrane``, depth 4, base 16, widths capped at 128, which can start from
+the demo model's weights, or a faster one with a space-to-depth stem, which starts from
+random weights), trained with the project's Trainer (``training.label_free_trainer``:
 random scale 0.5-2x, turns, flips, contrast inversion, gamma, halos, defocus, shading,
 noise) on
 
@@ -69,7 +72,22 @@ DATA = REPO.parent / "shared" / "data"
 BUNDLED = REPO / "src" / "napari_virtual_stain" / "models" / "bundled"
 NAME = "label-free-nuclei-2d"
 DEMO = "demo-2d-nuclei-membrane"
-ARCH_ARGS = {"depth": 4, "base": 16, "max_width": 128, "norm": "batch", "activation": "sigmoid"}
+# The U-Net shapes on offer (``models.unet``). A 1024x1024 forward on the 2-core EPYC (fp32, 2
+# threads; bench/bench_2d_architectures.py, interleaved in one run) costs about 0.1x (s4d3b32)
+# and 0.25x (s2d4b16-add) of the demo model's shape; only that shape can start from its weights.
+ARCHITECTURES = {
+    "unet-d4b16": ("2D U-Net depth 4, base 16, widths <= 128 (the demo model's shape)",
+                   {"depth": 4, "base": 16, "max_width": 128, "norm": "batch", "activation": "sigmoid"}),
+    "unet-s4d3b32": ("2D U-Net on a 4x4 space-to-depth stem (1/4 resolution inside), depth 3, base 32, widths <= 128, "
+                     "pixel-shuffle output, batch norm folded at inference",
+                     {"depth": 3, "base": 32, "max_width": 128, "norm": "batch", "activation": "sigmoid", "stem": 4,
+                      "fold_bn": True}),
+    "unet-s2d4b16-add": ("2D U-Net on a 2x2 space-to-depth stem (1/2 resolution inside), depth 4, base 16, widths "
+                         "<= 128, additive skips, pixel-shuffle output, batch norm folded at inference",
+                         {"depth": 4, "base": 16, "max_width": 128, "norm": "batch", "activation": "sigmoid",
+                          "stem": 2, "skip": "add", "fold_bn": True}),
+}
+DEMO_SHAPE = "unet-d4b16"
 SEPHACE_SPLIT_X = 672  # set1: x < 672 trains, x >= 672 is held out
 FNET_SPLIT_X = 64
 FNET_UPSAMPLE = 2
@@ -181,14 +199,14 @@ def evaluate(model, card, regions, channel: int = 0) -> dict:
 
 # ---- training --------------------------------------------------------------------------
 
-def fresh_or_demo(start: str):
+def fresh_or_demo(start: str, arch: str):
     """(model, card) for the new model: the demo model's weights (nuclei head kept) or random ones."""
     torch.manual_seed(0)
     common = dict(n_in=1, n_out=1, spatial_dims=2, input_names=["label-free"], output_names=["nuclei"], name=NAME)
     if start == "demo":
         model, card = model_for_training(from_model=DEMO, **common)
     else:
-        model, card = model_for_training(arch="unet", arch_args=ARCH_ARGS, **common)
+        model, card = model_for_training(arch="unet", arch_args=ARCHITECTURES[arch][1], **common)
         card.tile, card.overlap = [1024, 1024], [64, 64]
     return model, card
 
@@ -200,9 +218,9 @@ def config(steps: int, lr: float) -> TrainConfig:
                        precision=training_precision(torch.device("cpu"), "auto", 2))
 
 
-def train_new(start: str, steps: int, data, label: str):
+def train_new(start: str, steps: int, data, label: str, arch: str = DEMO_SHAPE):
     inputs, targets, weights, _ = data
-    model, card = fresh_or_demo(start)
+    model, card = fresh_or_demo(start, arch)
     # Half the learning rate from the demo weights: at 1e-3 the first steps undo what it knew.
     cfg = config(steps, lr=5e-4 if start == "demo" else 1e-3)
     trainer = LabelFreeTrainer(model, card, inputs, targets, cfg, pair_weights=weights)
@@ -229,7 +247,7 @@ def pilot_score(trainer) -> float:
     return round(float(scores["nuclei"]["pcc"]), 4)
 
 
-def finetune_comparison(new_path: Path | None, new_model, new_card, steps: int) -> dict:
+def finetune_comparison(new_path: Path | None, new_model, new_card, steps: int, arch: str = DEMO_SHAPE) -> dict:
     """Plain-Trainer fine-tuning on the left half of sephace set2, scored on its right half."""
     bf, dapi = read_sephace("set2")
     half = bf.shape[-1] // 2
@@ -246,7 +264,7 @@ def finetune_comparison(new_path: Path | None, new_model, new_card, steps: int) 
         elif label == "demo":
             model, card = model_for_training(from_model=DEMO, **common)
         else:
-            model, card = model_for_training(arch="unet", arch_args=ARCH_ARGS, **common)
+            model, card = model_for_training(arch="unet", arch_args=ARCHITECTURES[arch][1], **common)
         cfg = config(steps, lr=5e-4 if label != "scratch" else 1e-3)
         trainer = Trainer(model, card, inputs, targets, cfg)
         t0 = time.perf_counter()
@@ -276,7 +294,7 @@ def write_results(scores: dict, finetune: dict | None, command: str, training: d
     sys.path.insert(0, str(REPO / "bench"))
     from _common import machine, table, update_results
 
-    body = (f"Machine: {machine()}.\n\n`{command}`: `{NAME}` (2D U-Net depth 4, base 16, widths <= 128; one "
+    body = (f"Machine: {machine()}.\n\n`{command}`: `{NAME}` ({training['architecture']}; one "
             f"label-free plane -> nuclei), started from {training['started_from']}, {training['steps']} steps "
             f"({training['minutes']} min, {training['precision']}) on sephace set1 left half (6 planes), fnet-3d left "
             "half (32 planes, 2x upsampled), 12 synthetic fields; augmentation: scale 0.5-2x, turns, flips, contrast "
@@ -300,6 +318,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--start", choices=["auto", "demo", "scratch"], default="auto")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEMO_SHAPE,
+                   help="the U-Net's shape (see ARCHITECTURES); only the demo model's can start from its weights")
     p.add_argument("--pilot-steps", type=int, default=150, help="steps of each pilot when --start auto")
     p.add_argument("--finetune-steps", type=int, default=0, help="steps of the fine-tuning comparison (0: skip)")
     p.add_argument("--threads", type=int, default=1)
@@ -310,6 +330,8 @@ def main(argv=None) -> int:
     p.add_argument("--pilot-note", default="", help="what an earlier pilot found, for the card (with --start demo/scratch)")
     p.add_argument("--json", type=Path, help="also write every number here")
     args = p.parse_args(argv)
+    if args.arch != DEMO_SHAPE and args.start == "demo":
+        p.error(f"--start demo needs --arch {DEMO_SHAPE} (the demo model's shape); {args.arch} starts from random weights")
     torch.set_num_threads(args.threads)
     command = "python scripts/train_real_stain_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -318,6 +340,8 @@ def main(argv=None) -> int:
     log(f"{len(data[0])} training pairs made in {time.perf_counter() - t0:.0f} s")
     pilot = {}
     start = args.start
+    if start == "auto" and args.arch != DEMO_SHAPE:
+        start = "scratch"  # the demo model's weights do not fit this shape
     if start == "auto":
         for candidate in ("demo", "scratch"):
             pilot[candidate] = pilot_score(*train_new(candidate, args.pilot_steps, data, f"pilot {candidate}")[:1])
@@ -325,7 +349,7 @@ def main(argv=None) -> int:
         log(f"pilot validation PCC {pilot} -> start from {start}")
         if args.pilot_only:
             return 0
-    trainer, result, cfg = train_new(start, args.steps, data, "train")
+    trainer, result, cfg = train_new(start, args.steps, data, "train", args.arch)
 
     regions = held_out_regions()
     demo_model, demo_card = load_model(DEMO)
@@ -341,6 +365,7 @@ def main(argv=None) -> int:
     beats = mean_pcc["new"] > mean_pcc["demo"]
     saved = args.save == "auto" and beats
     training = {
+        "architecture": f"{args.arch}: {ARCHITECTURES[args.arch][0]}",
         "data": (f"sephace-brightfield-dapi set1 x < {SEPHACE_SPLIT_X} (6 focal planes, each paired with the DAPI); "
                  f"fnet-3d x < {FNET_SPLIT_X} of all 32 z planes, transmitted light -> dna_ZYX, upsampled "
                  f"{FNET_UPSAMPLE}x; synthetic make_cells_2d seeds {SYNTHETIC_SEEDS[0]}-{SYNTHETIC_SEEDS[-1]} "
@@ -385,7 +410,7 @@ def main(argv=None) -> int:
         log(f"not saved (mean held-out PCC {mean_pcc['new']:.3f} vs the demo model's {mean_pcc['demo']:.3f}; --save {args.save})")
     finetune = None
     if args.finetune_steps:
-        finetune = finetune_comparison(out_path if saved else None, trainer.model, card, args.finetune_steps)
+        finetune = finetune_comparison(out_path if saved else None, trainer.model, card, args.finetune_steps, args.arch)
         result_json["finetune"] = finetune
     if args.json:
         args.json.write_text(json.dumps(result_json, indent=1))
