@@ -1,14 +1,13 @@
 """Train the bundled ``label-free-nuclei-2d`` model on real pairs and score it on held-out real fields.
 
     python scripts/train_real_stain_models.py [--steps 1500] [--start auto|demo|scratch]
-        [--arch unet-d4b16|unet-s4d3b32|unet-s2d4b16-add] [--pilot-steps 150] [--finetune-steps 0]
+        [--arch unet-s4d3b32|unet-d4b16|unet-s2d4b16-add] [--pilot-steps 150] [--finetune-steps 0]
         [--threads 1] [--out-dir DIR] [--save auto|never]
 
 One input channel (a single label-free plane: brightfield, transmitted light, phase), one
-output (nuclei), a 2D U-Net (``--arch``, see ARCHITECTURES: the one shaped like
-``demo-2d-nuclei-membrane``, depth 4, base 16, widths capped at 128, which can start from
-the demo model's weights, or a faster one with a space-to-depth stem, which starts from
-random weights), trained with the project's Trainer (``training.label_free_trainer``:
+output (nuclei), a 2D U-Net of one of the shapes in ``models.unet.SHAPES_2D`` (``--arch``;
+by default the fast one with a 4x4 space-to-depth stem; the shape the demo model has can also
+start from its weights, the others start from random weights), trained with the project's Trainer (``training.label_free_trainer``:
 random scale 0.5-2x, turns, flips, contrast inversion, gamma, halos, defocus, shading,
 noise) on
 
@@ -63,6 +62,7 @@ from napari_virtual_stain.io.synthetic import Microscope, make_cells_2d  # noqa:
 from napari_virtual_stain.metrics import channel_scores  # noqa: E402
 from napari_virtual_stain.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from napari_virtual_stain.models.registry import load_model  # noqa: E402
+from napari_virtual_stain.models.unet import SHAPES_2D  # noqa: E402
 from napari_virtual_stain.training.datasets import TARGET_NORMALISATION  # noqa: E402
 from napari_virtual_stain.training.label_free_trainer import LabelFreeTrainer  # noqa: E402
 from napari_virtual_stain.training.starting import model_for_training  # noqa: E402
@@ -72,22 +72,8 @@ DATA = REPO.parent / "shared" / "data"
 BUNDLED = REPO / "src" / "napari_virtual_stain" / "models" / "bundled"
 NAME = "label-free-nuclei-2d"
 DEMO = "demo-2d-nuclei-membrane"
-# The U-Net shapes on offer (``models.unet``). A 1024x1024 forward on the 2-core EPYC (fp32, 2
-# threads; bench/bench_2d_architectures.py, interleaved in one run) costs about 0.1x (s4d3b32)
-# and 0.25x (s2d4b16-add) of the demo model's shape; only that shape can start from its weights.
-ARCHITECTURES = {
-    "unet-d4b16": ("2D U-Net depth 4, base 16, widths <= 128 (the demo model's shape)",
-                   {"depth": 4, "base": 16, "max_width": 128, "norm": "batch", "activation": "sigmoid"}),
-    "unet-s4d3b32": ("2D U-Net on a 4x4 space-to-depth stem (1/4 resolution inside), depth 3, base 32, widths <= 128, "
-                     "pixel-shuffle output, batch norm folded at inference",
-                     {"depth": 3, "base": 32, "max_width": 128, "norm": "batch", "activation": "sigmoid", "stem": 4,
-                      "fold_bn": True}),
-    "unet-s2d4b16-add": ("2D U-Net on a 2x2 space-to-depth stem (1/2 resolution inside), depth 4, base 16, widths "
-                         "<= 128, additive skips, pixel-shuffle output, batch norm folded at inference",
-                         {"depth": 4, "base": 16, "max_width": 128, "norm": "batch", "activation": "sigmoid",
-                          "stem": 2, "skip": "add", "fold_bn": True}),
-}
-DEMO_SHAPE = "unet-d4b16"
+ARCHITECTURES = SHAPES_2D
+DEFAULT_ARCH = "unet-s4d3b32"
 SEPHACE_SPLIT_X = 672  # set1: x < 672 trains, x >= 672 is held out
 FNET_SPLIT_X = 64
 FNET_UPSAMPLE = 2
@@ -218,7 +204,14 @@ def config(steps: int, lr: float) -> TrainConfig:
                        precision=training_precision(torch.device("cpu"), "auto", 2))
 
 
-def train_new(start: str, steps: int, data, label: str, arch: str = DEMO_SHAPE):
+def demo_fits(arch: str) -> bool:
+    """Whether the demo model's weights fit the U-Net shape ``arch`` (same arch_args but the channels)."""
+    demo = load_model(DEMO)[1].arch_args
+    return {k: v for k, v in demo.items() if k not in ("in_channels", "out_channels")} == {
+        k: v for k, v in {"spatial_dims": 2, **ARCHITECTURES[arch][1]}.items()}
+
+
+def train_new(start: str, steps: int, data, label: str, arch: str = DEFAULT_ARCH):
     inputs, targets, weights, _ = data
     model, card = fresh_or_demo(start, arch)
     # Half the learning rate from the demo weights: at 1e-3 the first steps undo what it knew.
@@ -247,7 +240,7 @@ def pilot_score(trainer) -> float:
     return round(float(scores["nuclei"]["pcc"]), 4)
 
 
-def finetune_comparison(new_path: Path | None, new_model, new_card, steps: int, arch: str = DEMO_SHAPE) -> dict:
+def finetune_comparison(new_path: Path | None, new_model, new_card, steps: int, arch: str = DEFAULT_ARCH) -> dict:
     """Plain-Trainer fine-tuning on the left half of sephace set2, scored on its right half."""
     bf, dapi = read_sephace("set2")
     half = bf.shape[-1] // 2
@@ -318,8 +311,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--start", choices=["auto", "demo", "scratch"], default="auto")
-    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEMO_SHAPE,
-                   help="the U-Net's shape (see ARCHITECTURES); only the demo model's can start from its weights")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEFAULT_ARCH,
+                   help="the U-Net's shape (models.unet.SHAPES_2D); only the demo model's can start from its weights")
     p.add_argument("--pilot-steps", type=int, default=150, help="steps of each pilot when --start auto")
     p.add_argument("--finetune-steps", type=int, default=0, help="steps of the fine-tuning comparison (0: skip)")
     p.add_argument("--threads", type=int, default=1)
@@ -330,8 +323,9 @@ def main(argv=None) -> int:
     p.add_argument("--pilot-note", default="", help="what an earlier pilot found, for the card (with --start demo/scratch)")
     p.add_argument("--json", type=Path, help="also write every number here")
     args = p.parse_args(argv)
-    if args.arch != DEMO_SHAPE and args.start == "demo":
-        p.error(f"--start demo needs --arch {DEMO_SHAPE} (the demo model's shape); {args.arch} starts from random weights")
+    fits = demo_fits(args.arch)
+    if args.start == "demo" and not fits:
+        p.error(f"--start demo needs the demo model's shape; {args.arch} is another, so it starts from random weights")
     torch.set_num_threads(args.threads)
     command = "python scripts/train_real_stain_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -340,7 +334,7 @@ def main(argv=None) -> int:
     log(f"{len(data[0])} training pairs made in {time.perf_counter() - t0:.0f} s")
     pilot = {}
     start = args.start
-    if start == "auto" and args.arch != DEMO_SHAPE:
+    if start == "auto" and not fits:
         start = "scratch"  # the demo model's weights do not fit this shape
     if start == "auto":
         for candidate in ("demo", "scratch"):

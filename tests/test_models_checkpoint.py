@@ -87,15 +87,22 @@ def test_folded_eval_network_still_passes_gradients_to_its_weights():
     assert first_norm.weight.grad is not None and first_norm.weight.grad.abs().sum() > 0
 
 
-def test_the_bundled_unet_folds_to_the_same_outputs():
-    # Real trained weights and statistics: folding them changes the output by rounding only.
-    model, card = load_model("demo-2d-nuclei-membrane")
-    assert "stem" not in card.arch_args and model.stem == 1 and model.size_multiple == 16  # loads as before
-    folded = build_model(card.architecture, {**card.arch_args, "fold_bn": True})
-    folded.load_state_dict(model.state_dict())
-    x = torch.rand(1, 1, 96, 80)
+def test_a_bundled_unet_loads_as_before_and_folds_to_the_same_outputs():
+    # deepliif-small's trunk: the original U-Net (no stem, concatenated skips, batch norm)
+    # with real trained weights and statistics; folding them changes outputs by rounding only.
+    from napari_virtual_stain.models.unet import UNet
+
+    model, card = load_model("deepliif-small")
+    trunk = model.trunk
+    assert trunk.stem == 1 and trunk.skip == "cat" and trunk.size_multiple == 16
+    assert not any(type(m).__name__ == "FoldedConvBlock" for m in trunk.modules())
+    args = {k: v for k, v in card.arch_args.items() if k != "in_channels"}
+    folded = UNet(card.arch_args.get("in_channels", 3), trunk.head.out_channels, activation="none",
+                  fold_bn=True, **args)
+    folded.load_state_dict(trunk.state_dict())
+    x = torch.rand(1, 3, 96, 80) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(folded.eval()(x), model.eval()(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(folded.eval()(x), trunk.eval()(x), atol=1e-5, rtol=0)
 
 
 def test_fast_unet_checkpoint_round_trip(tmp_path):
