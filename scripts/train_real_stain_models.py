@@ -31,7 +31,7 @@ model's nuclei channel, untuned, and the normalised input itself (BL-Mean).
 
 The starting point (the demo model's weights or random weights) is chosen by a short pilot
 of each, compared on the Trainer's validation loss (a band of the training pairs), never
-on the held-out fields. ``--finetune-steps N`` adds the fine-tuning comparison: N steps of
+on the held-out fields; a shape the demo model's weights do not fit starts from random weights. ``--finetune-steps N`` adds the fine-tuning comparison: N steps of
 the plain Trainer on the left half of sephace set2 (6 planes), scored on its right half,
 starting from the new model, the demo model and random weights.
 
