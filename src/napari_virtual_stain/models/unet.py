@@ -123,8 +123,10 @@ class UNet(nn.Module):
         for i in reversed(range(depth)):
             self.ups.append(up(widths[i + 1], widths[i], 2, stride=2))
             self.decoders.append(block((2 if skip == "cat" else 1) * widths[i], widths[i], spatial_dims, norm))
-        # With a stem, the head gives each output channel's stem x stem pixels as channels.
-        self.head = conv_cls(spatial_dims)(widths[0], out_channels * self.stem ** 2, 1)
+        # With a stem, the head gives each output channel's stem x stem pixels as channels
+        # (consecutive rows, as pixel_shuffle reads them; replace_output_head moves them together).
+        self.head_rows_per_output = self.stem ** 2
+        self.head = conv_cls(spatial_dims)(widths[0], out_channels * self.head_rows_per_output, 1)
         self.activation = output_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
