@@ -1,11 +1,14 @@
-"""Current-view latency: a 1024x1024 view with the bundled 2D model, vs predicting everything.
+"""Current-view latency: a 1024x1024 view with each bundled 2D model, vs predicting everything.
 
 What a user waits for after pressing Run on "current view" (model already loaded, the
 layer's normalisation statistics cached, as in the dock), compared in the same run with the
 naive way of getting the same pixels: predict the whole image and crop the view. The image is
 a real brightfield plane (sephace set 1, 1024x1344) tiled 2x2 into 2048x2688.
 
-    python bench/bench_current_view.py [--quick]
+    python bench/bench_current_view.py [--quick] [--threads N] [--model NAME ...]
+
+By default both bundled 2D models (the dock's default ``demo-2d-nuclei-membrane`` and
+``label-free-nuclei-2d``), one after the other, each with its own table.
 """
 
 from __future__ import annotations
@@ -19,25 +22,37 @@ import torch
 from _common import brightfield_and_dapi, interleaved_times, machine, table, update_results
 
 from napari_virtual_stain.engine.predictor import Predictor
-from napari_virtual_stain.models.registry import load_model
+from napari_virtual_stain.errors import CheckpointError
+from napari_virtual_stain.models.registry import load_model, resolve_model
 from napari_virtual_stain.tasks.region import Region
 from napari_virtual_stain.tasks.stain import run_stain, run_stain_reusing
 from napari_virtual_stain.tasks.view_cache import ViewCache
 
-MODEL = "demo-2d-nuclei-membrane"
+MODELS = ["demo-2d-nuclei-membrane", "label-free-nuclei-2d"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one round instead of three")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--model", nargs="+", default=MODELS, help=f"bundled or user models (default: {' '.join(MODELS)})")
     args = parser.parse_args()
-    repeat = 1 if args.quick else 3
+    for name in args.model:
+        try:
+            resolve_model(name)
+        except CheckpointError as err:
+            parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
+    body = f"Machine: {machine()}\n\n" + "\n\n".join(bench_model(name, 1 if args.quick else 3) for name in args.model)
+    print(body)
+    update_results("Current-view latency (bench_current_view.py)", body)
 
+
+def bench_model(name: str, repeat: int) -> str:
+    """The table for one model (loaded afresh: its load time is part of it)."""
     t0 = time.perf_counter()
-    model, card = load_model(MODEL)
+    model, card = load_model(name)
     predictor = Predictor(model, card)
     load_s = time.perf_counter() - t0
     plane = brightfield_and_dapi(1)[0][2]
@@ -77,13 +92,12 @@ def main() -> None:
          f"{whole_s / view_s:.2f} (CPU {whole_cpu / view_cpu:.2f})"],
         ["model load (once per session)", f"{load_s:.2f}", "", ""],
     ]
-    body = (f"Machine: {machine()}\n\nModel `{MODEL}` ({card.architecture}, tile {card.tile}, overlap "
+    shape = ", ".join(f"{k} {v}" for k, v in card.arch_args.items() if k not in ("in_channels", "out_channels"))
+    return (f"Model `{name}` ({card.architecture}: {shape}; tile {card.tile}, overlap "
             f"{card.overlap}, precision {predictor.precision}, batch {predictor.batch_size}).\n\n"
             + table(["what", "wall s", "CPU s", "x ours"], rows)
             + f"\n\nMax abs difference between the view and the same pixels of the whole-image run: {diff:.4f} "
-              "(outputs in [0, 1]; differences come only from where tile borders fall).\n")
-    print(body)
-    update_results("Current-view latency (bench_current_view.py)", body)
+              "(outputs in [0, 1]; differences come only from where tile borders fall).")
 
 
 if __name__ == "__main__":

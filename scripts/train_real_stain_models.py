@@ -1,11 +1,13 @@
 """Train the bundled ``label-free-nuclei-2d`` model on real pairs and score it on held-out real fields.
 
     python scripts/train_real_stain_models.py [--steps 1500] [--start auto|demo|scratch]
-        [--pilot-steps 150] [--finetune-steps 0] [--threads 1] [--out-dir DIR] [--save auto|never]
+        [--arch unet-s4d3b32|unet-d4b16|unet-s2d4b16-add] [--pilot-steps 150] [--finetune-steps 0]
+        [--threads 1] [--out-dir DIR] [--save auto|never]
 
 One input channel (a single label-free plane: brightfield, transmitted light, phase), one
-output (nuclei), a 2D U-Net shaped like ``demo-2d-nuclei-membrane`` (depth 4, base 16,
-widths capped at 128), trained with the project's Trainer (``training.label_free_trainer``:
+output (nuclei), a 2D U-Net of one of the shapes in ``models.unet.SHAPES_2D`` (``--arch``;
+by default the fast one with a 4x4 space-to-depth stem; the shape the demo model has can also
+start from its weights, the others start from random weights), trained with the project's Trainer (``training.label_free_trainer``:
 random scale 0.5-2x, turns, flips, contrast inversion, gamma, halos, defocus, shading,
 noise) on
 
@@ -29,7 +31,7 @@ model's nuclei channel, untuned, and the normalised input itself (BL-Mean).
 
 The starting point (the demo model's weights or random weights) is chosen by a short pilot
 of each, compared on the Trainer's validation loss (a band of the training pairs), never
-on the held-out fields. ``--finetune-steps N`` adds the fine-tuning comparison: N steps of
+on the held-out fields; a shape the demo model's weights do not fit starts from random weights. ``--finetune-steps N`` adds the fine-tuning comparison: N steps of
 the plain Trainer on the left half of sephace set2 (6 planes), scored on its right half,
 starting from the new model, the demo model and random weights.
 
@@ -60,6 +62,7 @@ from napari_virtual_stain.io.synthetic import Microscope, make_cells_2d  # noqa:
 from napari_virtual_stain.metrics import channel_scores  # noqa: E402
 from napari_virtual_stain.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from napari_virtual_stain.models.registry import load_model  # noqa: E402
+from napari_virtual_stain.models.unet import SHAPES_2D  # noqa: E402
 from napari_virtual_stain.training.datasets import TARGET_NORMALISATION  # noqa: E402
 from napari_virtual_stain.training.label_free_trainer import LabelFreeTrainer  # noqa: E402
 from napari_virtual_stain.training.starting import model_for_training  # noqa: E402
@@ -69,7 +72,8 @@ DATA = REPO.parent / "shared" / "data"
 BUNDLED = REPO / "src" / "napari_virtual_stain" / "models" / "bundled"
 NAME = "label-free-nuclei-2d"
 DEMO = "demo-2d-nuclei-membrane"
-ARCH_ARGS = {"depth": 4, "base": 16, "max_width": 128, "norm": "batch", "activation": "sigmoid"}
+ARCHITECTURES = SHAPES_2D
+DEFAULT_ARCH = "unet-s4d3b32"
 SEPHACE_SPLIT_X = 672  # set1: x < 672 trains, x >= 672 is held out
 FNET_SPLIT_X = 64
 FNET_UPSAMPLE = 2
@@ -181,14 +185,14 @@ def evaluate(model, card, regions, channel: int = 0) -> dict:
 
 # ---- training --------------------------------------------------------------------------
 
-def fresh_or_demo(start: str):
+def fresh_or_demo(start: str, arch: str):
     """(model, card) for the new model: the demo model's weights (nuclei head kept) or random ones."""
     torch.manual_seed(0)
     common = dict(n_in=1, n_out=1, spatial_dims=2, input_names=["label-free"], output_names=["nuclei"], name=NAME)
     if start == "demo":
         model, card = model_for_training(from_model=DEMO, **common)
     else:
-        model, card = model_for_training(arch="unet", arch_args=ARCH_ARGS, **common)
+        model, card = model_for_training(arch="unet", arch_args=ARCHITECTURES[arch][1], **common)
         card.tile, card.overlap = [1024, 1024], [64, 64]
     return model, card
 
@@ -200,9 +204,16 @@ def config(steps: int, lr: float) -> TrainConfig:
                        precision=training_precision(torch.device("cpu"), "auto", 2))
 
 
-def train_new(start: str, steps: int, data, label: str):
+def demo_fits(arch: str) -> bool:
+    """Whether the demo model's weights fit the U-Net shape ``arch`` (same arch_args but the channels)."""
+    demo = load_model(DEMO)[1].arch_args
+    return {k: v for k, v in demo.items() if k not in ("in_channels", "out_channels")} == {
+        k: v for k, v in {"spatial_dims": 2, **ARCHITECTURES[arch][1]}.items()}
+
+
+def train_new(start: str, steps: int, data, label: str, arch: str = DEFAULT_ARCH):
     inputs, targets, weights, _ = data
-    model, card = fresh_or_demo(start)
+    model, card = fresh_or_demo(start, arch)
     # Half the learning rate from the demo weights: at 1e-3 the first steps undo what it knew.
     cfg = config(steps, lr=5e-4 if start == "demo" else 1e-3)
     trainer = LabelFreeTrainer(model, card, inputs, targets, cfg, pair_weights=weights)
@@ -229,7 +240,7 @@ def pilot_score(trainer) -> float:
     return round(float(scores["nuclei"]["pcc"]), 4)
 
 
-def finetune_comparison(new_path: Path | None, new_model, new_card, steps: int) -> dict:
+def finetune_comparison(new_path: Path | None, new_model, new_card, steps: int, arch: str = DEFAULT_ARCH) -> dict:
     """Plain-Trainer fine-tuning on the left half of sephace set2, scored on its right half."""
     bf, dapi = read_sephace("set2")
     half = bf.shape[-1] // 2
@@ -246,7 +257,7 @@ def finetune_comparison(new_path: Path | None, new_model, new_card, steps: int) 
         elif label == "demo":
             model, card = model_for_training(from_model=DEMO, **common)
         else:
-            model, card = model_for_training(arch="unet", arch_args=ARCH_ARGS, **common)
+            model, card = model_for_training(arch="unet", arch_args=ARCHITECTURES[arch][1], **common)
         cfg = config(steps, lr=5e-4 if label != "scratch" else 1e-3)
         trainer = Trainer(model, card, inputs, targets, cfg)
         t0 = time.perf_counter()
@@ -276,7 +287,7 @@ def write_results(scores: dict, finetune: dict | None, command: str, training: d
     sys.path.insert(0, str(REPO / "bench"))
     from _common import machine, table, update_results
 
-    body = (f"Machine: {machine()}.\n\n`{command}`: `{NAME}` (2D U-Net depth 4, base 16, widths <= 128; one "
+    body = (f"Machine: {machine()}.\n\n`{command}`: `{NAME}` ({training['architecture']}; one "
             f"label-free plane -> nuclei), started from {training['started_from']}, {training['steps']} steps "
             f"({training['minutes']} min, {training['precision']}) on sephace set1 left half (6 planes), fnet-3d left "
             "half (32 planes, 2x upsampled), 12 synthetic fields; augmentation: scale 0.5-2x, turns, flips, contrast "
@@ -300,6 +311,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--start", choices=["auto", "demo", "scratch"], default="auto")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEFAULT_ARCH,
+                   help="the U-Net's shape (models.unet.SHAPES_2D); only the demo model's can start from its weights")
     p.add_argument("--pilot-steps", type=int, default=150, help="steps of each pilot when --start auto")
     p.add_argument("--finetune-steps", type=int, default=0, help="steps of the fine-tuning comparison (0: skip)")
     p.add_argument("--threads", type=int, default=1)
@@ -310,6 +323,9 @@ def main(argv=None) -> int:
     p.add_argument("--pilot-note", default="", help="what an earlier pilot found, for the card (with --start demo/scratch)")
     p.add_argument("--json", type=Path, help="also write every number here")
     args = p.parse_args(argv)
+    fits = demo_fits(args.arch)
+    if args.start == "demo" and not fits:
+        p.error(f"--start demo needs the demo model's shape; {args.arch} is another, so it starts from random weights")
     torch.set_num_threads(args.threads)
     command = "python scripts/train_real_stain_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -318,6 +334,8 @@ def main(argv=None) -> int:
     log(f"{len(data[0])} training pairs made in {time.perf_counter() - t0:.0f} s")
     pilot = {}
     start = args.start
+    if start == "auto" and not fits:
+        start = "scratch"  # the demo model's weights do not fit this shape
     if start == "auto":
         for candidate in ("demo", "scratch"):
             pilot[candidate] = pilot_score(*train_new(candidate, args.pilot_steps, data, f"pilot {candidate}")[:1])
@@ -325,7 +343,7 @@ def main(argv=None) -> int:
         log(f"pilot validation PCC {pilot} -> start from {start}")
         if args.pilot_only:
             return 0
-    trainer, result, cfg = train_new(start, args.steps, data, "train")
+    trainer, result, cfg = train_new(start, args.steps, data, "train", args.arch)
 
     regions = held_out_regions()
     demo_model, demo_card = load_model(DEMO)
@@ -341,6 +359,7 @@ def main(argv=None) -> int:
     beats = mean_pcc["new"] > mean_pcc["demo"]
     saved = args.save == "auto" and beats
     training = {
+        "architecture": f"{args.arch}: {ARCHITECTURES[args.arch][0]}",
         "data": (f"sephace-brightfield-dapi set1 x < {SEPHACE_SPLIT_X} (6 focal planes, each paired with the DAPI); "
                  f"fnet-3d x < {FNET_SPLIT_X} of all 32 z planes, transmitted light -> dna_ZYX, upsampled "
                  f"{FNET_UPSAMPLE}x; synthetic make_cells_2d seeds {SYNTHETIC_SEEDS[0]}-{SYNTHETIC_SEEDS[-1]} "
@@ -385,7 +404,7 @@ def main(argv=None) -> int:
         log(f"not saved (mean held-out PCC {mean_pcc['new']:.3f} vs the demo model's {mean_pcc['demo']:.3f}; --save {args.save})")
     finetune = None
     if args.finetune_steps:
-        finetune = finetune_comparison(out_path if saved else None, trainer.model, card, args.finetune_steps)
+        finetune = finetune_comparison(out_path if saved else None, trainer.model, card, args.finetune_steps, args.arch)
         result_json["finetune"] = finetune
     if args.json:
         args.json.write_text(json.dumps(result_json, indent=1))

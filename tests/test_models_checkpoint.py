@@ -27,11 +27,103 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     ("unet", dict(in_channels=2, out_channels=3, spatial_dims=3, depth=2, base=4), (1, 2, 9, 17, 13)),
     ("resnet_generator", dict(in_channels=3, out_channels=4, ngf=4, n_blocks=1), (1, 3, 21, 18)),
     ("unet", dict(in_channels=1, out_channels=1, depth=3, base=4, norm="instance", activation="tanh"), (2, 1, 33, 47)),
+    # The speed options: a space-to-depth stem (sizes that are not multiples of stem * 2**depth
+    # are padded and cropped back), additive skips, folded batch norm.
+    ("unet", dict(in_channels=1, out_channels=3, depth=2, base=4, stem=4, fold_bn=True), (1, 1, 37, 50)),
+    ("unet", dict(in_channels=2, out_channels=2, depth=3, base=4, stem=2, skip="add"), (2, 2, 64, 19)),
+    ("unet", dict(in_channels=1, out_channels=1, depth=1, base=4, stem=2), (1, 1, 5, 3)),
 ])
 def test_generators_keep_any_spatial_shape(arch, args, shape):
     model = build_model(arch, args).eval()
     y = model(torch.rand(*shape))
     assert y.shape == (shape[0], args["out_channels"], *shape[2:])
+
+
+def _with_real_looking_norms(model):
+    """Random batch-norm statistics and affine weights, as after training (fresh ones are 0/1)."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.2)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("args,shape", [
+    (dict(spatial_dims=2, depth=2, base=8, stem=2, skip="add"), (2, 1, 48, 40)),
+    (dict(spatial_dims=2, depth=3, base=8), (1, 1, 40, 56)),
+    (dict(spatial_dims=3, depth=2, base=4), (1, 1, 12, 20, 16)),
+])
+def test_folded_batch_norm_in_eval_equals_the_unfolded_network(args, shape):
+    torch.manual_seed(0)
+    plain = _with_real_looking_norms(build_model("unet", dict(in_channels=1, out_channels=2, **args)))
+    folded = build_model("unet", dict(in_channels=1, out_channels=2, fold_bn=True, **args))
+    folded.load_state_dict(plain.state_dict())  # same weights, same names: folding adds none
+    calls = []
+    for m in folded.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.rand(*shape)
+    with torch.no_grad():
+        expected = plain.eval()(x)
+        got = folded.eval()(x)
+    assert not calls  # the batch norms were folded, not run
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # Training uses the batch norms themselves (batch statistics), like the plain network.
+    plain.train(), folded.train()
+    torch.testing.assert_close(folded(x), plain(x), atol=1e-6, rtol=0)
+    assert calls
+
+
+def test_folded_eval_network_still_passes_gradients_to_its_weights():
+    model = _with_real_looking_norms(build_model("unet", dict(in_channels=1, out_channels=1, depth=2, base=4,
+                                                              stem=2, fold_bn=True))).eval()
+    model(torch.rand(1, 1, 32, 32)).sum().backward()
+    first_conv, first_norm = model.encoders[0][0], model.encoders[0][1]
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+    assert first_norm.weight.grad is not None and first_norm.weight.grad.abs().sum() > 0
+
+
+def test_a_bundled_unet_loads_as_before_and_folds_to_the_same_outputs():
+    # deepliif-small's trunk: the original U-Net (no stem, concatenated skips, batch norm)
+    # with real trained weights and statistics; folding them changes outputs by rounding only.
+    from napari_virtual_stain.models.unet import UNet
+
+    model, card = load_model("deepliif-small")
+    trunk = model.trunk
+    assert trunk.stem == 1 and trunk.skip == "cat" and trunk.size_multiple == 16
+    assert not any(type(m).__name__ == "FoldedConvBlock" for m in trunk.modules())
+    args = {k: v for k, v in card.arch_args.items() if k != "in_channels"}
+    folded = UNet(card.arch_args.get("in_channels", 3), trunk.head.out_channels, activation="none",
+                  fold_bn=True, **args)
+    folded.load_state_dict(trunk.state_dict())
+    x = torch.rand(1, 3, 96, 80) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(folded.eval()(x), trunk.eval()(x), atol=1e-5, rtol=0)
+
+
+def test_fast_unet_checkpoint_round_trip(tmp_path):
+    card = tiny_unet_card(name="fast")
+    card.arch_args.update(norm="batch", stem=4, skip="add", fold_bn=True)
+    model = _with_real_looking_norms(build_model(card.architecture, card.arch_args)).eval()
+    loaded, card2 = load_checkpoint(save_checkpoint(tmp_path / "fast.pt", model, card))
+    assert card2.arch_args == card.arch_args and loaded.size_multiple == 16
+    x = torch.rand(1, 1, 45, 30)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.eval()(x))
+
+
+@pytest.mark.parametrize("args,match", [
+    (dict(stem=3), "stem must be 1"),
+    (dict(stem=2, spatial_dims=3), "2D only"),
+    (dict(skip="sum"), "skip must be"),
+])
+def test_impossible_speed_options_are_refused_with_a_sentence(args, match):
+    with pytest.raises(CheckpointError, match=match):
+        build_model("unet", dict(in_channels=1, out_channels=1, depth=2, base=4, **args))
 
 
 def test_patchgan_2d_and_3d_score_patches():

@@ -91,3 +91,30 @@ def test_output_head_replacement_works_for_a_transposed_convolution_head():
     assert after.shape == (1, 4, 16, 16)
     torch.testing.assert_close(after[:, 0], before[:, 2])  # kept rows predict what they did
     torch.testing.assert_close(after[:, 2], before[:, 0])
+
+
+def test_output_head_replacement_moves_a_stem_unets_pixel_rows_together(tmp_path):
+    # With a 4x4 space-to-depth stem each output channel is 16 head rows (one per pixel of a
+    # block, pixel_shuffle order): a kept channel keeps all 16, so it predicts what it did.
+    from napari_virtual_stain.models.card import ModelCard
+    from napari_virtual_stain.training.starting import replace_output_head
+
+    args = dict(in_channels=1, out_channels=2, depth=2, base=4, stem=4, fold_bn=True)
+    model = UNet(**args).eval()
+    x = torch.rand(1, 1, 40, 36)
+    with torch.no_grad():
+        before = model(x)
+        replace_output_head(model, [1, None, 0])
+        after = model(x)
+    assert model.head.out_channels == 3 * 16 and after.shape == (1, 3, 40, 36)
+    torch.testing.assert_close(after[:, 0], before[:, 1])
+    torch.testing.assert_close(after[:, 2], before[:, 0])
+    # Fine-tuning a saved stem model onto fewer outputs gives a network its card describes.
+    card = ModelCard(name="fast", task="stain", architecture="unet", arch_args=args, spatial_dims=2,
+                     input_channels=["bf"], output_channels=["nuclei", "membrane"], tile=[64, 64], overlap=[16, 16])
+    save_checkpoint(tmp_path / "fast.pt", UNet(**args), card)
+    tuned, tuned_card = model_for_training(from_model=str(tmp_path / "fast.pt"), n_in=1, n_out=1, spatial_dims=2,
+                                           output_names=["membrane"])
+    save_checkpoint(tmp_path / "tuned.pt", tuned, tuned_card)
+    loaded, _ = load_checkpoint(tmp_path / "tuned.pt")
+    assert loaded(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)

@@ -145,8 +145,11 @@ def replace_output_head(model: nn.Module, keep: Sequence[int | None]) -> None:
     """Replace the last convolution by one with ``len(keep)`` outputs, in place.
 
     ``keep[i]`` is the old output row to copy into new output ``i``, or None for a freshly
-    initialised row.
+    initialised row. A network whose head gives each output channel several rows (a U-Net
+    with a space-to-depth stem: one per pixel of a stem x stem block, in order, for
+    ``pixel_shuffle``) says how many in ``head_rows_per_output``; they move together.
     """
+    rows = int(getattr(model, "head_rows_per_output", 1) or 1)
     # named_modules() lists modules in registration (pre-)order: the last convolution
     # listed is the one closest to the output in the architectures we build.
     # Transposed convolutions count too: the pix2pix U-Net ends in one.
@@ -159,14 +162,14 @@ def replace_output_head(model: nn.Module, keep: Sequence[int | None]) -> None:
     parent = model.get_submodule(parent_name) if parent_name else model
     transposed = isinstance(old, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
     extra = {"output_padding": old.output_padding} if transposed else {"padding_mode": old.padding_mode}
-    new = type(old)(old.in_channels, len(keep), old.kernel_size, stride=old.stride, padding=old.padding,
+    new = type(old)(old.in_channels, len(keep) * rows, old.kernel_size, stride=old.stride, padding=old.padding,
                     dilation=old.dilation, groups=old.groups, bias=old.bias is not None, **extra)
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
     out_axis = 1 if transposed else 0  # transposed weights are (in, out, ...)
     with torch.no_grad():
         for i, k in enumerate(keep):
             if k is not None:
-                new.weight.select(out_axis, i).copy_(old.weight.select(out_axis, k))
+                new.weight.narrow(out_axis, i * rows, rows).copy_(old.weight.narrow(out_axis, k * rows, rows))
                 if old.bias is not None:
-                    new.bias[i].copy_(old.bias[k])
+                    new.bias[i * rows:(i + 1) * rows].copy_(old.bias[k * rows:(k + 1) * rows])
     setattr(parent, attr, new)
