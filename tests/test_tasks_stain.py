@@ -59,3 +59,11 @@ def test_lazy_dask_input_gives_the_numpy_result():
     region = Region((1, 10, 10), (2, 40, 50))
     np.testing.assert_allclose(run_stain(p, lazy, region=region).data, run_stain(p, image, region=region).data,
                                atol=1e-6)
+
+
+def test_a_view_is_read_on_the_networks_pixel_grid():
+    from napari_virtual_stain.tasks.stain import _on_grid
+
+    box = _on_grid(Region((3, 37, 70), (5, 101, 130)), (10, 200, 131), 32)
+    assert box == Region((3, 32, 64), (5, 128, 131))  # Y and X out to multiples of 32, clipped; Z untouched
+    assert _on_grid(Region((3, 5), (9, 9)), (20, 20), 1) == Region((3, 5), (9, 9))
