@@ -14,7 +14,9 @@ that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
    the blocks of one half of a checkerboard of ``fold_blocks``-wide cells are predicted
    from a fit on the other half, so no block predicts itself;
 3. a marker whose held-out prediction correlates with it below ``min_predictability``
-   cannot be judged for areas (its partners do not tell where it belongs) and says so;
+   (over all blocks, or over the blocks outside the candidate area of step 4, so that a
+   failed area does not make its own marker look unpredictable) cannot be judged for areas
+   (its partners do not tell where it belongs) and says so;
 4. every window of ``window_blocks`` x ``window_blocks`` blocks with an expected signal of
    at least ``min_expected_counts`` (and at least ``min_expected_share`` of the marker's
    typical window) gets observed / expected. The lowest window and the windows around it
@@ -117,6 +119,12 @@ def window_ratios(observed: np.ndarray, expected: np.ndarray, size: int) -> tupl
     return sums(observed), sums(expected)
 
 
+def _unpredictable(name, predictability, t) -> str:
+    return (f"regions: the other markers do not tell where {name} belongs (held-out correlation "
+            f"{predictability:.2f}, {t['min_predictability']:g} needed), so a blank or dim area cannot be told from "
+            "its biology")
+
+
 def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.ndarray], other_names: Sequence[str],
                    t: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
     """``(areas, measures, why not judged)`` for one marker's ``signal`` (above background).
@@ -131,10 +139,8 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     predicted, predictability, used = predict_blocks(target, others, t)
     measures: dict[str, Any] = {"region_predictability": predictability,
                                 "region_partners": [other_names[k] for k in used]}
-    if predictability < t["min_predictability"]:
-        return [], measures, (f"regions: the other markers do not tell where {name} belongs (held-out correlation "
-                              f"{predictability:.2f}, {t['min_predictability']:g} needed), so a blank or dim area "
-                              "cannot be told from its biology")
+    if not used:
+        return [], measures, _unpredictable(name, predictability, t)
     obs, exp = window_ratios(target, predicted, size)
     typical = float(np.median(exp[exp > 0])) if (exp > 0).any() else 0.0
     judged = (exp >= t["min_expected_counts"]) & (exp >= t["min_expected_share"] * typical)
@@ -155,6 +161,14 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     cov = np.pad(covered, ((1, 0), (1, 0))).cumsum(0).cumsum(1).astype(np.int64)
     touching = (cov[size:, size:] - cov[:-size, size:] - cov[size:, :-size] + cov[:-size, :-size]) > 0
     rest = judged & ~touching
+    # predictability is judged outside the candidate area: a failed area of a well-predicted marker
+    # must not make it look unpredictable (and so unjudgeable) by its own failure
+    outside = ~covered
+    ro, rp = np.sqrt(target[outside]), np.sqrt(predicted[outside])
+    predictability_rest = float(np.corrcoef(ro, rp)[0, 1]) if ro.size > 2 and ro.std() > 0 and rp.std() > 0 else 0.0
+    measures["region_predictability_outside"] = predictability_rest
+    if max(predictability, predictability_rest) < t["min_predictability"]:
+        return [], measures, _unpredictable(name, max(predictability, predictability_rest), t)
     rest_min = float(ratio[rest].min()) if rest.any() else math.nan
     measures.update(region_ratio_min=worst, region_rest_min=rest_min,
                     region_rest_windows=int(rest.sum()), region_area_share=float(covered.mean()))
