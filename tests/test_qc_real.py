@@ -7,7 +7,8 @@ Point14 and synthetic seed 0). Clean crops flag nothing; each of the five failur
 of bench/qc_sabotage.py is found on the right marker, with a box where it is, on at least
 three real fields (missing: on the two immunofluorescence fields and breast fov8, whose channels
 all carry background counts; on MIBI DCIS, where some channels are naturally empty, an all-zero
-missing stain looks like an absent marker and is said to be not assessable: tests/test_qc_checks_new.py). The full matrix with rates is bench/bench_qc.py.
+missing stain looks like an absent marker and is said to be not assessable: tests/test_qc_checks_new.py).
+The full matrix with rates is bench/bench_qc.py.
 """
 
 from __future__ import annotations

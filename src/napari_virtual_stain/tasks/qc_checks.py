@@ -26,8 +26,9 @@ at single pixels. Per marker:
   acquired. Or no signal pixels at all (too few to judge otherwise) in a stack where every
   other marker channel has them (``missing_floor_ratio`` of the emptiest other one): there
   an empty channel is not natural. Where other channels are empty too (sparse MIBI panels),
-  a missing stain looks like an absent marker and is said to be not assessable. A missing stain over a noisy background (IF camera noise) has no structure but
-  a spread, and is reported as noise: without a reference the two cannot be told apart.
+  a missing stain looks like an absent marker and is said to be not assessable. A missing
+  stain over a noisy background (IF camera noise) has no structure but a spread, and is
+  reported as noise: without a reference the two cannot be told apart.
 - **misregistration**: cross-correlation (FFT, as phase correlation, cell-scale band-pass,
   windowed) of the marker against each of the markers with most signal; a clear peak away
   from zero with its best partner, that its second-best partner confirms, is a shifted round.
