@@ -34,11 +34,25 @@ def targets(results, n=4):
     return judged[::3][:n] if len(judged) > n else judged
 
 
-def measures(fields, settings):
+def floor_ratios(res, min_px):
+    """Per marker of a clean stack: its signal pixels over those of the emptiest *other* marker,
+    where that one has at least ``min_px`` (stacks with an empty channel tell nothing here)."""
+    counts = {m: r.measures["signal_px"] for m, r in res.items() if "signal_px" in r.measures}
+    out = []
+    for m, n in counts.items():
+        others = [v for k, v in counts.items() if k != m]
+        if len(others) >= 2 and min(others) >= min_px:
+            out.append(n / min(others))
+    return out
+
+
+def measures(fields, settings, floors=None):
     clean, bad = [], []
     for name in fields:
         stack, names = qc_fields.load_field(name)
         res = qc_checks.check_stack(stack, names, settings)
+        if floors is not None:
+            floors.extend(floor_ratios(res, settings["min_signal_px"]))
         for m, r in res.items():
             if r.assessable:
                 clean.append((name, m, r.measures))
@@ -60,7 +74,8 @@ def between(clean_extreme, bad_extreme, margin=1.15, low_is_bad=True):
 
 def main():
     settings = dict(qc_checks.DEFAULTS)
-    clean, bad = measures(qc_fields.CALIBRATION, settings)
+    floors = []
+    clean, bad = measures(qc_fields.CALIBRATION, settings, floors)
     structures = [m["structure"] for _, _, m in clean if "structure" in m and math.isfinite(m["structure"])]
     noisy = [m["structure"] for *_, kind, m in bad if kind == "noise" and "structure" in m]
     out = {}
@@ -93,6 +108,10 @@ def main():
     steady = sorted(m["region_ratio_min"] for _, m in clean_rows if m.get("region_rest_min") is not None
                     and math.isfinite(m["region_rest_min"]) and m["region_rest_min"] >= out["min_rest_dim"])
     out["dim_level"] = (steady[0] if steady else 0.45) / 1.5
+    # an empty channel (tasks/qc_checks.py _empty_channel): half the lowest ratio of a clean marker's signal
+    # pixels to the emptiest other marker's, over the clean stacks without an empty channel (a sabotaged
+    # missing stain of sparse counts has none: ratio 0, so the geometric mean would be 0)
+    out["missing_floor_ratio"] = min(min(floors, default=0.5) / 2, 1.0)
     sab = {kind: sorted(round(m["region_rest_min"], 3) for *_, k2, m in bad if k2 == kind
                         and m.get("region_rest_min") is not None and math.isfinite(m["region_rest_min"])
                         and m["region_ratio_min"] < settings["dim_level"])
@@ -103,6 +122,8 @@ def main():
                        "region_clean_rest_highest_dim_like": [[round(r, 3), round(w, 3), n] for r, w, n in dim_clean[:5]],
                        "region_sabotaged_rest": sab,
                        "region_clean_steady_lowest_dips": [round(v, 3) for v in steady[:5]],
+                       "missing_clean_floor_ratios_lowest": sorted(round(v, 3) for v in floors)[:5],
+                       "missing_clean_markers_in_stacks_without_empty_channel": len(floors),
                        "shift_clean_off_zero_max_peak": clean_peak, "shift_clean_off_zero_max_peak_alone":
                        clean_peak_alone, "shift_sabotaged_peaks": sorted(round(r["peak"], 3) for r in shifted_bad)}}
     print(json.dumps(report, indent=1, default=float))

@@ -23,11 +23,17 @@ at single pixels. Per marker:
   marker (same values, no spatial order). Stains have spatial structure (cells), pure
   noise has a ratio of 1.
 - **missing**: no structure *and* (almost) one value everywhere: only background was
-  acquired. A missing stain over a noisy background (IF camera noise) has no structure but
-  a spread, and is reported as noise: without a reference the two cannot be told apart.
+  acquired. Or no signal pixels at all (too few to judge otherwise) in a stack where every
+  other marker channel has them (``missing_floor_ratio`` of the emptiest other one): there
+  an empty channel is not natural. Where other channels are empty too (sparse MIBI panels),
+  a missing stain looks like an absent marker and is said to be not assessable. A missing
+  stain over a noisy background (IF camera noise) has no structure but a spread, and is
+  reported as noise: without a reference the two cannot be told apart.
 - **misregistration**: cross-correlation (FFT, as phase correlation, cell-scale band-pass,
   windowed) of the marker against each of the markers with most signal; a clear peak away
   from zero with its best partner, that its second-best partner confirms, is a shifted round.
+  A shift against one partner only is given to whichever of the two the other markers
+  match better displaced (the shifted round, not the partner it was measured against).
 - **saturation**: a share of tissue pixels at the dtype's maximum.
 """
 
@@ -61,6 +67,7 @@ DEFAULTS: dict[str, float] = {
     "structure_sigma": 2.0,
     "min_structure": 1.25,  # smoothed variance / shuffled smoothed variance
     "missing_spread": 2.0,  # no structure and the 0.1-99.9th percentiles this close: background only
+    "missing_floor_ratio": 0.25,  # an empty channel: signal pixels below this share of the emptiest other marker's
     "shift_band": [1.5, 8.0],
     "max_shift": 25,
     "min_shift": 3,
@@ -194,10 +201,18 @@ def registration_shift(reference: np.ndarray, moving: np.ndarray, shape: Sequenc
             "at_zero": float(local[r, r])}
 
 
+def correlation_at(reference: np.ndarray, moving: np.ndarray, shape: Sequence[int], dy: int, dx: int) -> float:
+    """The cross-correlation of :func:`registration_shift` at one shift: ``moving`` displaced by (dy, dx)."""
+    xc = np.fft.irfft2(reference * np.conj(moving), s=tuple(shape))
+    return float(xc[(-dy) % shape[0], (-dx) % shape[1]])
+
+
 def best_shift(k: int, spectra: Sequence, shape: Sequence[int], partners: Sequence[int],
-               max_shift: int) -> dict[str, Any] | None:
+               max_shift: int, min_gain: float = 0.1) -> dict[str, Any] | None:
     """Marker ``k`` against each partner marker; the partner it correlates with best decides, and
-    the second best says whether it agrees (within 2 px)."""
+    the second best says whether it agrees: its own best shift lies within 2 px, or it too
+    correlates better with ``k`` at that shift than without shift (by ``min_gain``; its own
+    maximum may lie elsewhere when it matches ``k`` only weakly)."""
     found = []
     for j in partners:
         if j == k or spectra[j] is None or spectra[k] is None:
@@ -209,11 +224,29 @@ def best_shift(k: int, spectra: Sequence, shape: Sequence[int], partners: Sequen
     best = dict(found[0])
     if len(found) > 1:
         second = found[1]
-        best["agree"] = bool(abs(second["dy"] - best["dy"]) <= 2 and abs(second["dx"] - best["dx"]) <= 2)
+        near = abs(second["dy"] - best["dy"]) <= 2 and abs(second["dx"] - best["dx"]) <= 2
+        at_best = correlation_at(spectra[second["partner"]], spectra[k], shape, best["dy"], best["dx"])
+        best["agree"] = bool(near or at_best - second["at_zero"] >= min_gain)
         best["second_peak"] = second["peak"]
+        best["second_at_shift"] = at_best
     else:
         best["agree"] = True
     return best
+
+
+def third_party_gain(k: int, dy: int, dx: int, spectra: Sequence, shape: Sequence[int],
+                     thirds: Sequence[int]) -> float:
+    """How much better marker ``k`` matches the ``thirds`` markers displaced by (dy, dx) than in
+    place: its best correlation with any of them displaced minus its best in place (which of
+    two markers shifted against each other moved). Best against best, not pair by pair: a
+    nuclear marker anti-correlates with a cytoplasmic one at cell scale, and displacing it
+    would "gain" by merely losing that."""
+    usable = [j for j in thirds if spectra[j] is not None]
+    if spectra[k] is None or not usable:
+        return 0.0
+    displaced = max(correlation_at(spectra[j], spectra[k], shape, dy, dx) for j in usable)
+    in_place = max(correlation_at(spectra[j], spectra[k], shape, 0, 0) for j in usable)
+    return displaced - in_place
 
 
 def check_stack(stack, names: Sequence[str], settings: Mapping[str, Any] | None = None,
@@ -262,6 +295,10 @@ def check_stack(stack, names: Sequence[str], settings: Mapping[str, Any] | None 
                                  f"({saturation_value:g}): the stain is saturated there, its intensities are clipped",
                     {"saturated_fraction": at_max, "limit": t["saturation_fraction"], "value": saturation_value}))
         if counts[i] < t["min_signal_px"]:
+            finding = _empty_channel(name, i, counts, markers, names, t)
+            if finding is not None:
+                result.findings.append(finding)
+                continue
             result.assessable = False
             result.not_assessed.append(
                 f"almost no signal anywhere ({counts[i]} pixels above its background of {backgrounds[i]:g}; "
@@ -310,9 +347,29 @@ def check_stack(stack, names: Sequence[str], settings: Mapping[str, Any] | None 
     return out
 
 
+def _empty_channel(name, i, counts, markers, names, t) -> Finding | None:
+    """A missing finding for a marker with (almost) no signal pixels, where every *other* marker
+    channel of the stack carries at least ``min_signal_px`` of them (background counts included):
+    in such an acquisition an empty channel does not occur naturally, so this one lost its stain.
+    Where other channels are empty too (sparse MIBI panels, markers absent from the tissue) an
+    empty channel is ordinary and stays "not assessable"."""
+    others = [j for j in markers if j != i]
+    if len(others) < 2:
+        return None
+    lowest = min(others, key=lambda j: counts[j])
+    floor = counts[lowest]
+    if floor < t["min_signal_px"] or counts[i] >= t["missing_floor_ratio"] * floor:
+        return None
+    return Finding(
+        "missing", f"{name}: almost nothing above background anywhere ({counts[i]} pixels), while every other "
+                   f"marker of this stack has at least {floor} ({names[lowest]}): the stain is missing",
+        {"signal_px": counts[i], "lowest_other_signal_px": floor, "lowest_other": names[lowest],
+         "ratio": counts[i] / floor, "missing_floor_ratio": t["missing_floor_ratio"]})
+
+
 def _misregistration(name, i, spectra, shape, partners, names, t, measures=None) -> Finding | None:
     """A misregistered finding for marker ``i`` against ``partners`` (indices), or None."""
-    shift = best_shift(i, spectra, shape, partners, int(t["max_shift"]))
+    shift = best_shift(i, spectra, shape, partners, int(t["max_shift"]), t["min_shift_gain"])
     if shift is None:
         return None
     partner = names[shift.pop("partner")]
@@ -331,22 +388,61 @@ def _misregistration(name, i, spectra, shape, partners, names, t, measures=None)
 
 
 def _settle_mutual_shifts(out, names, spectra, shape, partners, t) -> None:
-    """A shifted marker makes its best partners look shifted the other way. Where two findings
-    point at each other, each is judged again without the other as partner; one that no longer
-    shows the shift was only the partner of the shifted round."""
+    """A shifted marker makes its best partner look shifted the other way. Each misregistered
+    finding is judged again without its partner; one that still shows the shift stays. One
+    that does not was a shift between the two only, and the other markers ("third parties")
+    say which of the two moved: put back by the shift, the one that moved matches them better
+    (or displaced, the one that stayed loses its match), by ``min_shift_gain`` more than the
+    other. The finding goes to that one (where both were flagged, only it keeps its finding).
+    Where they do not tell, a lone finding stays and a pair pointing at each other is cleared."""
     shifted = {n: f for n, r in out.items() for f in r.findings if f.kind == "misregistered"}
-    cleared = []
+    keep, give, why = set(), {}, {}
     for n, f in shifted.items():
         p = f.evidence["partner"]
-        g = shifted.get(p)
-        if g is None or abs(g.evidence["dy"] + f.evidence["dy"]) > 2 or abs(g.evidence["dx"] + f.evidence["dx"]) > 2:
-            continue
         i, j = names.index(n), names.index(p)
-        if _misregistration(n, i, spectra, shape, [k for k in partners if k != j], names, t) is None:
-            cleared.append(n)
-    for n in cleared:
-        out[n].findings = [f for f in out[n].findings if f.kind != "misregistered"]
-        out[n].measures["registration_cleared"] = "its shift was against a misregistered partner only"
+        if _misregistration(n, i, spectra, shape, [k for k in partners if k != j], names, t) is not None:
+            keep.add(n)
+            continue
+        # every other marker with signal (not only the registration partners): a marker that matches
+        # few others may match one of the less abundant ones
+        thirds = [k for k in range(len(spectra)) if spectra[k] is not None and k not in (i, j)]
+        dy, dx = f.evidence["dy"], f.evidence["dx"]
+        gain_n = third_party_gain(i, dy, dx, spectra, shape, thirds)
+        gain_p = third_party_gain(j, -dy, -dx, spectra, shape, thirds)
+        f.evidence.update(third_party_gain=gain_n, partner_third_party_gain=gain_p)
+        g = shifted.get(p)
+        mutual = g is not None and abs(g.evidence["dy"] + dy) <= 2 and abs(g.evidence["dx"] + dx) <= 2
+        # the third parties decide only when their verdicts differ by min_shift_gain (the gain a shift
+        # needs against its partner): the one that moved gains by being put back, or the one that stayed
+        # loses its match with the others when displaced. Else the old rule stands: a lone finding
+        # stays, a pair pointing at each other is cleared
+        if gain_n - gain_p >= t["min_shift_gain"]:
+            keep.add(n)
+        elif gain_p - gain_n >= t["min_shift_gain"]:
+            why[n] = "its shift was against one partner only, and the other markers say that partner moved"
+            if not mutual and p in out:
+                give[p] = (n, f, gain_p, gain_n)
+            elif not mutual:
+                keep.add(n)  # the partner is not judged here (``only``): say what was measured
+        elif not mutual:
+            keep.add(n)
+    for n in shifted:
+        if n not in keep:
+            out[n].findings = [f for f in out[n].findings if f.kind != "misregistered"]
+            out[n].measures["registration_cleared"] = why.get(n, (
+                "its shift was against one partner only, which was shifted the other way against it, and the other "
+                "markers do not tell which of the two moved"))
+    for p, (n, f, gain_p, gain_n) in give.items():
+        if any(x.kind == "misregistered" for x in out[p].findings):
+            continue
+        dy, dx = -f.evidence["dy"], -f.evidence["dx"]
+        out[p].findings.append(Finding(
+            "misregistered", f"{p} is shifted by {dy:+d}, {dx:+d} px (y, x) against {n} (cell-scale correlation "
+                             f"{f.evidence['peak']:.2f} there, {f.evidence['at_zero']:.2f} without shift), and the "
+                             f"other markers match {p} better displaced so ({gain_p:+.2f}) than {n} ({gain_n:+.2f}): "
+                             "this round is misregistered",
+            {"dy": dy, "dx": dx, "peak": f.evidence["peak"], "at_zero": f.evidence["at_zero"], "partner": n,
+             "agree": False, "third_party_gain": gain_p, "partner_third_party_gain": gain_n}))
 
 
 def _area_sentence(name: str, area: Mapping[str, Any]) -> str:

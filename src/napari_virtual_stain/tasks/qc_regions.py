@@ -14,7 +14,10 @@ that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
    the blocks of one half of a checkerboard of ``fold_blocks``-wide cells are predicted
    from a fit on the other half, so no block predicts itself;
 3. a marker whose held-out prediction correlates with it below ``min_predictability``
-   cannot be judged for areas (its partners do not tell where it belongs) and says so;
+   (over all blocks, or over the blocks outside the candidate area of step 4 where that is
+   most of the field, so that a failed area does not make its own marker look
+   unpredictable) cannot be judged for areas
+   (its partners do not tell where it belongs) and says so;
 4. every window of ``window_blocks`` x ``window_blocks`` blocks with an expected signal of
    at least ``min_expected_counts`` (and at least ``min_expected_share`` of the marker's
    typical window) gets observed / expected. The lowest window and the windows around it
@@ -24,7 +27,9 @@ that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
    area is at least ``min_rest_dim`` (``min_rest_blank``) of its expected level and the
    area at most ``max_contrast`` of that. This is the marker judged against its own
    expression across the tissue: a marker with natural gaps (a HER2-negative duct, a
-   region without T cells) shows them in more than one place and is left alone.
+   region without T cells) shows them in more than one place and is left alone. An area
+   over more than ``max_area_share`` of the field is not claimed: there the marker is
+   absent from most of the tissue, which its biology explains as well as a failure.
 
 Thresholds come from ``qc_thresholds.json`` (calibrated on clean real fields, never on the
 stack being judged); the fit and the window statistics are of the stack itself.
@@ -50,6 +55,7 @@ REGION_DEFAULTS: dict[str, float] = {
     "min_expected_share": 0.25,
     "dim_level": 0.29,
     "blank_level": 0.1,
+    "max_area_share": 0.5,  # an area is the smaller part of the field: the marker is judged by its level on the rest
     "max_contrast": 0.45,  # the area's lowest window is at most this share of the lowest level elsewhere
     "min_rest_blank": 0.58,  # a blank area: elsewhere the marker never falls below this share of its expected level
     "min_rest_dim": 0.72,  # ... a dimmed area (a milder dip needs a steadier marker around it)
@@ -117,6 +123,12 @@ def window_ratios(observed: np.ndarray, expected: np.ndarray, size: int) -> tupl
     return sums(observed), sums(expected)
 
 
+def _unpredictable(name, predictability, t) -> str:
+    return (f"regions: the other markers do not tell where {name} belongs (held-out correlation "
+            f"{predictability:.2f}, {t['min_predictability']:g} needed), so a blank or dim area cannot be told from "
+            "its biology")
+
+
 def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.ndarray], other_names: Sequence[str],
                    t: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
     """``(areas, measures, why not judged)`` for one marker's ``signal`` (above background).
@@ -131,10 +143,8 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     predicted, predictability, used = predict_blocks(target, others, t)
     measures: dict[str, Any] = {"region_predictability": predictability,
                                 "region_partners": [other_names[k] for k in used]}
-    if predictability < t["min_predictability"]:
-        return [], measures, (f"regions: the other markers do not tell where {name} belongs (held-out correlation "
-                              f"{predictability:.2f}, {t['min_predictability']:g} needed), so a blank or dim area "
-                              "cannot be told from its biology")
+    if not used:
+        return [], measures, _unpredictable(name, predictability, t)
     obs, exp = window_ratios(target, predicted, size)
     typical = float(np.median(exp[exp > 0])) if (exp > 0).any() else 0.0
     judged = (exp >= t["min_expected_counts"]) & (exp >= t["min_expected_share"] * typical)
@@ -155,11 +165,23 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     cov = np.pad(covered, ((1, 0), (1, 0))).cumsum(0).cumsum(1).astype(np.int64)
     touching = (cov[size:, size:] - cov[:-size, size:] - cov[size:, :-size] + cov[:-size, :-size]) > 0
     rest = judged & ~touching
+    # predictability is judged outside the candidate area: a failed area of a well-predicted marker
+    # must not make it look unpredictable (and so unjudgeable) by its own failure
+    outside = ~covered
+    ro, rp = np.sqrt(target[outside]), np.sqrt(predicted[outside])
+    predictability_rest = float(np.corrcoef(ro, rp)[0, 1]) if ro.size > 2 and ro.std() > 0 and rp.std() > 0 else 0.0
+    measures["region_predictability_outside"] = predictability_rest
+    if covered.mean() > t["max_area_share"]:
+        predictability_rest = predictability  # the outside is the smaller part: it cannot vouch for the marker
+    if max(predictability, predictability_rest) < t["min_predictability"]:
+        return [], measures, _unpredictable(name, max(predictability, predictability_rest), t)
     rest_min = float(ratio[rest].min()) if rest.any() else math.nan
     measures.update(region_ratio_min=worst, region_rest_min=rest_min,
                     region_rest_windows=int(rest.sum()), region_area_share=float(covered.mean()))
     if not rest.any() or not worst < t["dim_level"] or worst > t["max_contrast"] * rest_min:
         return [], measures, None
+    if covered.mean() > t["max_area_share"]:
+        return [], measures, None  # most of the field: not an area of a marker judged by the rest, but where it is absent
     kind = "blank_region" if worst < t["blank_level"] else "dim_region"
     # a marker that falls this low elsewhere too has natural gaps: this area may be one of them
     if rest_min < (t["min_rest_blank"] if kind == "blank_region" else t["min_rest_dim"]):

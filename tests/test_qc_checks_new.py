@@ -1,0 +1,92 @@
+"""The training-free QC checks added for detection: empty channels, the shifted round named, and
+areas of a marker whose failure would make it look unpredictable.
+
+Synthetic multiplex (io.synthetic_multiplex: every channel has some signal pixels, as an
+acquisition with background counts has) and one real field (MIBI HER2+ breast fov8 q2, an
+EVALUATION field of bench/qc_fields.py; ../shared data must be there).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_virtual_stain.io.synthetic_multiplex import make_multiplex
+from napari_virtual_stain.tasks.qc_checks import check_stack, thresholds
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    data = make_multiplex((384, 384), seed=3)
+    return data["image"].astype(np.uint16), list(data["channel_names"])
+
+
+def test_an_empty_channel_among_channels_with_signal_is_a_missing_stain(synthetic):
+    stack, names = synthetic
+    bad = stack.copy()
+    bad[names.index("CD45")] = 0
+    results = check_stack(bad, names)
+    (finding,) = results["CD45"].findings
+    assert finding.kind == "missing"
+    assert finding.evidence["signal_px"] == 0
+    assert finding.evidence["lowest_other_signal_px"] >= thresholds()["min_signal_px"]
+    assert finding.sentence.startswith("CD45")
+    assert not [m for m, r in results.items() if m != "CD45" and r.findings]
+
+
+def test_an_empty_channel_beside_another_empty_one_is_not_assessable(synthetic):
+    """Two empty channels: an empty channel occurs in this stack, so neither can be told from an absent marker."""
+    stack, names = synthetic
+    bad = stack.copy()
+    bad[names.index("CD45")] = 0
+    bad[names.index("CD20")] = 0
+    results = check_stack(bad, names, only=["CD45", "CD20"])
+    for m in ("CD45", "CD20"):
+        assert not results[m].findings and not results[m].assessable
+        assert "without a reference" in results[m].not_assessed[0]
+
+
+def _shifted_marker_and_partner(stack, names, marker, shift):
+    bad = stack.copy()
+    c = names.index(marker)
+    bad[c] = np.roll(bad[c], shift, axis=(0, 1))
+    results = check_stack(bad, names)
+    return results, {m: [f for f in r.findings if f.kind == "misregistered"] for m, r in results.items()}
+
+
+def test_a_misregistered_round_is_reported_on_the_shifted_marker_not_its_partner(synthetic):
+    stack, names = synthetic
+    results, shifted = _shifted_marker_and_partner(stack, names, "CD45", (12, -9))
+    assert [m for m, f in shifted.items() if f] == ["CD45"]
+    (finding,) = shifted["CD45"]
+    assert (finding.evidence["dy"], finding.evidence["dx"]) == (12, -9)
+
+
+def test_a_real_missing_stain_is_found_where_no_channel_is_empty():
+    """breast fov8: every channel has background counts, so an all-zero BetaTubulin (the sabotage of
+    sparse counts) is not natural there and is called missing."""
+    import qc_fields
+    from qc_sabotage import sabotage
+
+    stack, names = qc_fields.load_field("breast-q2", size=384)
+    bad, _ = sabotage(stack, names, "BetaTubulin", "missing")
+    result = check_stack(bad, names, only=["BetaTubulin"])["BetaTubulin"]
+    assert [f.kind for f in result.findings] == ["missing"]
+    assert result.findings[0].evidence["ratio"] < thresholds()["missing_floor_ratio"]
+
+
+def test_a_real_missing_stain_where_channels_are_naturally_empty_is_not_assessable():
+    """MIBI DCIS Point2206: several markers have no count at all in the field, so an all-zero channel
+    looks like an absent marker and is said to be not assessable, never flagged."""
+    import qc_fields
+    from qc_sabotage import sabotage
+
+    stack, names = qc_fields.load_field("dcis-2206-q3", size=384)
+    bad, _ = sabotage(stack, names, "ECAD", "missing")
+    result = check_stack(bad, names, only=["ECAD"])["ECAD"]
+    assert not result.findings and not result.assessable
