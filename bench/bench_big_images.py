@@ -61,7 +61,7 @@ def bands_on_workers(source: Path, out: Path, band_rows: int) -> tuple[float, li
 
     from napari_virtual_stain.workflows.stain import StainSettings
     from napari_virtual_stain.workflows.stain_bands import stain_in_bands
-    from napari_virtual_stain.workflows.stain_files import LOCAL_WORKER_ENV
+    from napari_virtual_stain.engine.distributed import LOCAL_WORKER_ENV
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       env=LOCAL_WORKER_ENV) as cluster, Client(cluster) as client:

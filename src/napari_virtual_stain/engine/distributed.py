@@ -26,6 +26,8 @@ from ..errors import Cancelled, InputError, VirtualStainError, check_cancel, pla
 CONNECT_TIMEOUT_S = 5
 # Reruns of a task whose worker died (out of memory, a node lost) before the run gives up.
 RETRIES = 2
+# The workers a local:N cluster starts use one thread each for torch too: N workers share the cores.
+LOCAL_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ADDRESS = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s:/]+:\d+$")
 
 

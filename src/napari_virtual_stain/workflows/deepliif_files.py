@@ -15,15 +15,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.distributed import connect, run_jobs
+from ..engine.distributed import LOCAL_WORKER_ENV, connect, run_jobs
 from ..errors import InputError
 from ..io.outputs import StagedOutputs, check_distinct, check_output_folder
 from . import deepliif as workflow
 
 # What each modality's file is called, after deepliif's own names: ROI_1_Hema.png, ...
 FILE_SUFFIX = {"Hematoxylin": "Hema", "DAPI": "DAPI", "Lap2": "Lap2", "Marker": "Marker", "Segmentation": "Seg"}
-# A local:N cluster's workers use one thread each, so N workers share the cores instead of fighting.
-LOCAL_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def read_input(path: str | Path, name: str):

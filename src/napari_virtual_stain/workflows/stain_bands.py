@@ -18,13 +18,13 @@ from typing import Callable
 
 import numpy as np
 
-from ..engine.distributed import connect, run_jobs
+from ..engine.distributed import LOCAL_WORKER_ENV, connect, run_jobs
 from ..engine.normalise import compute_stats, flat_channels_warning
 from ..errors import InputError
 from ..io.ome_zarr_reader import ZARR_SUFFIXES
 from ..tasks.arrays import layout_for, to_channels_first
 from . import stain as workflow
-from .stain_files import LOCAL_WORKER_ENV, channels_first
+from .stain_files import channels_first
 
 COLUMNS_PER_CHUNK = 2048  # chunk width of the scratch array (its height is the band's)
 

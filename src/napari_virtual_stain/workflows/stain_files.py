@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.distributed import connect, run_jobs
+from ..engine.distributed import LOCAL_WORKER_ENV, connect, run_jobs
 from ..errors import InputError
 from ..io.ome_zarr_reader import ZARR_SUFFIXES, is_plate, is_zarr_folder, plate_fields
 from ..io.outputs import check_distinct, check_output_file, check_output_folder
@@ -28,8 +28,6 @@ from ..tasks.region import Region
 from . import stain as workflow
 
 OUTPUT_FORMATS = {"tiff": ".tif", "ome-zarr": ".ome.zarr"}
-# The workers a local:N cluster starts use one thread each for torch too: N workers share the cores.
-LOCAL_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _stem(path: Path) -> str:
