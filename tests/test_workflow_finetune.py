@@ -191,3 +191,14 @@ def test_a_2_5d_model_says_before_and_after_training_why_it_cannot_be_exported(u
     with pytest.raises(CheckpointError) as refused:
         export_model(trainer.model, trainer.card, user_models / "x.zip")
     assert str(refused.value) == problem == export_problems(trainer.card)[0]
+
+
+def test_fine_tuning_a_model_defaults_to_the_lower_learning_rate():
+    from napari_virtual_stain.training.defaults import FINE_TUNE_LR
+
+    tuned = FineTuneSettings(arch=None, from_model="demo-2d-nuclei-membrane")
+    assert tuned.train_config(2).lr == FINE_TUNE_LR
+    assert FineTuneSettings(arch=None, from_model="demo-2d-nuclei-membrane", lr=3e-4).train_config(2).lr == 3e-4
+    # A fresh network and a GAN run keep the Trainer's own defaults (None: 2e-4 Adam / 5e-5 RMSprop).
+    assert FineTuneSettings(arch="unet").train_config(2).lr is None
+    assert FineTuneSettings(arch=None, from_model="demo-2d-nuclei-membrane", gan="wgan-gp").train_config(2).lr is None

@@ -55,7 +55,8 @@ def register(sub) -> None:
                    help="training patch: one side P (P x P in 2D; min(16, P/4) x P/2 x P/2 in 3D; default 128) "
                         "or every size, e.g. 16,128,128")
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 2e-4 Adam; 5e-5 RMSprop for wgan-gp)")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 5e-5 when fine-tuning a model "
+                   "without a GAN, else 2e-4 Adam; 5e-5 RMSprop for wgan-gp)")
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "constant_then_linear"])
     p.add_argument("--loss", default="l1", choices=["l1", "smooth_l1", "ssim_l1", "l1_l2"])
     p.add_argument("--alpha", type=unit_interval, default=0.5, help="weight of SSIM in ssim_l1, of L1 in l1_l2")

@@ -16,10 +16,12 @@ class UNet25D(UNet):
 
     def __init__(self, in_channels: int, out_channels: int, planes: int = 5, centre: int | None = None,
                  depth: int = 4, base: int = 32, max_width: int = 512, norm: str = "batch",
-                 activation: str = "sigmoid", dropout: float = 0.0):
+                 activation: str = "sigmoid", dropout: float = 0.0, stem: int = 1, skip: str = "cat",
+                 fold_bn: bool = False):
         centre = planes // 2 if centre is None else centre
         if planes < 1 or not 0 <= centre < planes:
             raise ValueError(f"a window of {planes} planes cannot be centred on its plane {centre}")
         super().__init__(in_channels * planes, out_channels, spatial_dims=2, depth=depth, base=base,
-                         max_width=max_width, norm=norm, activation=activation, dropout=dropout)
+                         max_width=max_width, norm=norm, activation=activation, dropout=dropout,
+                         stem=stem, skip=skip, fold_bn=fold_bn)
         self.planes, self.centre = int(planes), int(centre)

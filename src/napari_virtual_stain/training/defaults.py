@@ -12,6 +12,21 @@ RGB_CHANNELS = ("R", "G", "B", "A")
 
 DEFAULT_PATCH_SIDE = 128
 
+# Adam's learning rate when a trained model is fine-tuned without a GAN (a fresh network, or
+# a GAN, keeps the Trainer's own default). Measured on a real field the bundled models never
+# saw (bench/bench_finetune_real.py: sephace set2, left half trained, right half scored):
+# from label-free-nuclei-2d, 4 CPU minutes at the Trainer's 2e-4 LOWERED the held-out PCC
+# from 0.648 to 0.580 (the first steps undo what the model knew), while 5e-5 raised it.
+FINE_TUNE_LR = 5e-5
+
+
+def learning_rate(lr: float | None, fine_tuning: bool, gan: str | None) -> float | None:
+    """The run's learning rate: ``lr`` when given, else :data:`FINE_TUNE_LR` for a supervised
+    fine-tuning run, else None (the Trainer's default for a fresh network or a GAN)."""
+    if lr is not None:
+        return lr
+    return FINE_TUNE_LR if fine_tuning and not gan else None
+
 
 def rgb_channel_names(n: int) -> list[str]:
     """Names of the ``n`` (3 or 4) samples of a colour image."""

@@ -18,7 +18,7 @@ from psygnal import evented
 
 from ..errors import InputError, VirtualStainError
 from ..training.config import DEFAULT_STEPS, TrainConfig, TrainResult
-from ..training.defaults import DEFAULT_PATCH_SIDE, patch_for
+from ..training.defaults import DEFAULT_PATCH_SIDE, learning_rate, patch_for
 from ..training.layer_pairs import TrainingImage, WindowRequest, data_dims, training_pairs
 from .settings_files import Remembered
 
@@ -46,7 +46,8 @@ class FineTuneSettings(Remembered):
     model to fine-tune): exactly one. ``spatial_dims`` None takes the data's (3 for a
     z-stack) or the model's. ``patch``: one side (``training.defaults.patch_for``) or every
     size. Length: ``steps``, ``epochs`` and/or ``minutes`` (whichever ends first; none: 500
-    steps). ``val_every``/``preview_every`` None: about ten validations and twenty previews
+    steps). ``lr`` None: ``training.defaults.learning_rate`` (lower when fine-tuning a
+    trained model). ``val_every``/``preview_every`` None: about ten validations and twenty previews
     per run. A 2.5D model (``arch`` unet-2.5d, or fine-tuning one) reads ``planes`` z
     planes (None: the whole stack for a one-plane target, 5 for a target stack; a model
     being fine-tuned keeps its own) and a one-plane target belongs to stack plane
@@ -226,7 +227,8 @@ class FineTuneSettings(Remembered):
         patch = patch_for(spatial_dims, self.patch[0]) if len(self.patch) == 1 else tuple(int(p) for p in self.patch)
         return TrainConfig(
             patch=patch, batch_size=self.batch_size, steps=steps, epochs=self.epochs, max_minutes=self.minutes,
-            lr=self.lr, loss=self.loss, alpha=self.alpha, gan=None if self.gan in (None, NO_GAN) else self.gan,
+            lr=learning_rate(self.lr, bool(self.from_model), None if self.gan in (None, NO_GAN) else self.gan),
+            loss=self.loss, alpha=self.alpha, gan=None if self.gan in (None, NO_GAN) else self.gan,
             critic=self.critic, gan_weight=self.gan_weight, n_critic=self.n_critic, lr_schedule=self.lr_schedule,
             patience=self.patience, val_fraction=self.val_fraction, val_every=val_every, preview_every=preview_every,
             seed=self.seed, device=self.device, precision=self.precision, best_path=best_path)
