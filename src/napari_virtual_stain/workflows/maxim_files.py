@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.distributed import LOCAL_WORKER_ENV, connect, run_jobs
+from ..engine.distributed import LOCAL_WORKER_ENV, check_environment, connect, run_jobs
 from ..engine.predictor_cache import _stamp
 from ..errors import InputError
 from ..io.outputs import (JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file,
@@ -236,7 +236,9 @@ def qc_many(settings: workflow.MaximSettings, sources: Sequence[tuple[Path, str,
     jobs = [(str(source), key, values, names, axes, report, maps, tile_progress if cluster is None else None)
             for (source, _, key), report in zip(sources, reports)]
     with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
-        if reports and reports[0] is not None:  # made once the cluster answers: a wrong address leaves nothing
+        if client is not None:
+            check_environment(client, qc_file.__module__)
+        if reports and reports[0] is not None:  # not before: a cluster that cannot run the tasks leaves nothing
             Path(reports[0]).parent.mkdir(parents=True, exist_ok=True)
         results = run_jobs(qc_file, jobs, client=client, names=[str(s) for s, _, _ in sources], progress=progress,
                            cancel=cancel)
