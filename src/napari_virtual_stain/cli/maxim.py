@@ -3,11 +3,18 @@
     virtual-stain train-imputers STACK.tif -o MODELDIR [--minutes M]      (the joint imputer)
     virtual-stain impute STACK.tif --models MODELDIR --marker NAME -o OUT.tif
     virtual-stain qc STACK.tif [MORE.tif ...] [--models MODELDIR] -o REPORT.json
+
+``impute`` and ``qc`` also take several stacks, a folder, a glob or an HCS plate (every field),
+one task per stack, here or with ``--cluster local:N`` / ``tcp://HOST:PORT`` on dask.distributed
+workers (each loads the imputers once): ``impute`` writes ``<stem>_<marker>.tif`` per stack into
+the folder -o, ``qc`` one report with an entry per stack (-o ending in .json) or one
+``<stem>.json`` per stack into the folder -o.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
 from pathlib import Path
@@ -15,13 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.outputs import JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file, check_output_folder
+from ..io.outputs import JSON_OUTPUT_SUFFIXES, OutputTransaction, check_output_file, check_output_folder
 from .common import add_axes_argument, non_negative_int, positive_float, positive_int, unit_interval
 from .progress import TextProgress
 
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _add_cluster_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", default=None, metavar="WHERE",
+                   help="one task per stack on local:N (N worker processes here) or tcp://HOST:PORT (an existing "
+                        "dask scheduler; workers need this package and the imputer folder)")
 
 
 def _add_stack_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,13 +65,19 @@ def register(sub) -> None:
     _add_stack_arguments(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("impute", help="impute one marker of a stack with its MAXIM imputer",
-                       description="Impute a marker from the other markers of a stack; writes a float32 TIFF.")
-    p.add_argument("stack", help="multiplex stack (TIFF/OME-TIFF with a channel axis)")
+    p = sub.add_parser("impute", help="impute one marker of a stack (or of many) with its MAXIM imputer",
+                       description="Impute a marker from the other markers of a stack; writes a float32 TIFF. "
+                                   "Several stacks, a folder, a glob or an HCS plate write <stem>_<marker>.tif "
+                                   "per stack into the folder -o, one task each (see --cluster).")
+    p.add_argument("stack", help="multiplex stack (TIFF/OME-TIFF/OME-Zarr with a channel axis); or a folder, a glob "
+                                 "or an HCS plate")
+    p.add_argument("more_stacks", nargs="*", metavar="MORE", help="more stacks (each writes its own TIFF)")
     p.add_argument("--models", required=True, help="folder of imputers (from train-imputers)")
     p.add_argument("--marker", required=True, help="the marker to impute")
     p.add_argument("--missing", nargs="+", default=(), help="input markers to treat as failed (fed as zeros)")
-    p.add_argument("-o", "--output", required=True, help="output TIFF (one channel, values 0-1)")
+    p.add_argument("-o", "--output", required=True, help="output TIFF (one channel, values 0-1); a folder for "
+                                                       "several stacks")
+    _add_cluster_argument(p)
     _add_stack_arguments(p)
     p.set_defaults(func=run_impute)
 
@@ -82,34 +101,17 @@ def register(sub) -> None:
                        description="Training-free checks of every marker (thresholds calibrated on clean real "
                                    "fields), and with --models the imputation check for markers whose imputer is "
                                    "good enough; writes flags, classes, evidence and boxes as JSON.")
-    p.add_argument("stacks", nargs="+", help="one or more multiplex stacks")
+    p.add_argument("stacks", nargs="+", help="one or more multiplex stacks, folders, globs or HCS plates")
     p.add_argument("--models", default=None, help="folder of imputers (from train-imputers); without it only "
                                                   "the training-free checks run")
-    p.add_argument("-o", "--output", required=True, help="JSON report (one entry per stack for several stacks)")
+    p.add_argument("-o", "--output", required=True, help="JSON report (one entry per stack for several stacks), "
+                                                       "or a folder receiving one <stem>.json per stack")
+    _add_cluster_argument(p)
     p.add_argument("--maps", default=None,
                    help="also write the disagreement maps of a single stack to this TIFF (one channel per marker)")
     p.add_argument("--fail-on-flag", action="store_true", help="exit with status 1 when any marker is flagged")
     _add_stack_arguments(p)
     p.set_defaults(func=run_qc_command)
-
-
-def read_stack(path: str, names: list[str] | None, axes: str | None = None) -> tuple[np.ndarray, list[str], tuple | None]:
-    """A (C, Y, X) stack, its marker names and pixel size from a file."""
-    from ..io.tiff_reader import load_image
-
-    image = load_image(path, axes=axes)
-    axes = image.axes
-    if "T" in axes or "Z" in axes:
-        raise InputError(f"{path} has axes {axes}: marker imputation needs one 2D multiplex image (channels, Y, X); "
-                         "save a single time point and plane.")
-    if axes.endswith("S"):
-        raise InputError(f"{path} is an RGB image, not a multiplex stack of marker channels.")
-    if "C" not in axes:
-        raise InputError(f"{path} has a single channel: imputing a marker needs a stack of several markers.")
-    data = np.asarray(image.data)
-    file_names = list(image.channel_names)
-    names = names or file_names
-    return data, names, image.pixel_size_um
 
 
 def settings_from(args: argparse.Namespace, models: str | None = None):
@@ -126,10 +128,9 @@ def settings_from(args: argparse.Namespace, models: str | None = None):
 
 
 def _markers(path: str, args: argparse.Namespace):
-    from ..workflows.maxim import MarkerInput
+    from ..workflows.maxim_files import read_markers
 
-    stack, names, pixel_size = read_stack(path, args.names, args.axes)
-    return MarkerInput.from_stack(stack, names), pixel_size
+    return read_markers(path, args.names, args.axes)
 
 
 def _warn(problems: list[str]) -> None:
@@ -164,20 +165,36 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_impute(args: argparse.Namespace) -> int:
-    from ..io.tiff_writer import save_tiff
     from ..workflows import maxim as workflow
+    from ..workflows.maxim_files import expand_stacks, impute_many, plan_impute
 
-    output = check_output_file(args.output, inputs=[args.stack])
     settings = settings_from(args, args.models)
+    one_file = not (args.more_stacks or args.cluster or _names_many(args.stack))
+    if one_file:  # the one-file path: any -o ending in .tif, checked as always
+        pairs = [(args.stack, check_output_file(args.output, inputs=[args.stack]))]
     settings.validate(workflow.IMPUTE)
-    markers, pixel_size = _markers(args.stack, args)
-    problems: list[str] = []
-    result = workflow.impute(settings, markers, problems=problems, progress=TextProgress("impute"))
-    _warn(problems)
-    # One plane: written as Y, X (a one-entry channel axis does not survive a round trip).
-    save_tiff(output, result.data.astype(np.float32), "YX", None, pixel_size)
-    print(f"wrote {args.output}: {result.target} (imputed) {result.data.shape}", file=sys.stderr)
+    if not one_file:
+        pairs = plan_impute(expand_stacks([args.stack, *args.more_stacks]), args.output, settings)
+        print(f"{len(pairs)} stack(s) -> {args.output} on {args.cluster or 'this process'}", file=sys.stderr)
+    single = len(pairs) == 1 and not args.cluster
+    results = impute_many(settings, pairs, cluster=args.cluster, names=args.names, axes=args.axes,
+                          progress=None if single else TextProgress("impute"),
+                          tile_progress=TextProgress("impute") if single else None)
+    _warn(results[0]["warnings"])
+    for result in results:
+        print(f"wrote {result['output'] if not one_file else args.output}: {result['target']} (imputed) "
+              f"{result['shape']}", file=sys.stderr)
     return 0
+
+
+def _names_many(item: str) -> bool:
+    """A folder that is not one OME-Zarr image, or a pattern: many stacks."""
+    from ..io.ome_zarr_reader import is_plate, is_zarr_folder
+
+    path = Path(str(item)).expanduser()
+    if not path.exists():
+        return glob.has_magic(str(item))
+    return path.is_dir() and (not is_zarr_folder(path) or is_plate(path))
 
 
 def run_cell_scores(args: argparse.Namespace) -> int:
@@ -201,60 +218,36 @@ def run_cell_scores(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary_line(path: str, report) -> str:
-    flagged = report.flagged
-    lines = [f"{path}: " + (f"FLAGGED {', '.join(flagged)}" if flagged else "no stain flagged")
-             + f" ({len(report.names)} channels, {len(report.to_dict()['not_assessable'])} not assessable)"]
-    for marker in flagged:
-        for finding in report.findings(marker):
-            where = f" at {finding['start']}-{finding['stop']}" if "start" in finding else ""
-            lines.append(f"  {marker} FLAGGED {finding['class']}{where}: {finding['sentence']}")
-    for marker, q in report.markers.items():
-        if marker not in flagged:
-            lines.append(f"  {marker} {'ok' if q.assessable else 'imputer too poor to judge'} "
-                         f"(imputed PCC {q.scores['pcc']:.2f})")
-    return "\n".join(lines)
-
-
 def run_qc_command(args: argparse.Namespace) -> int:
     from ..workflows import maxim as workflow
+    from ..workflows.maxim_files import expand_stacks, plan_qc, qc_many, report_payload
 
-    if args.maps and len(args.stacks) > 1:
-        raise InputError("--maps writes the maps of one stack; give a single stack with it.")
-    check_output_file(args.output, inputs=args.stacks, suffixes=JSON_OUTPUT_SUFFIXES, label="report")
-    if args.maps:
-        check_output_file(args.maps, inputs=args.stacks, label="maps file")
-    check_distinct({"report": args.output, "maps file": args.maps})
+    sources = expand_stacks(args.stacks)
+    reports = plan_qc(sources, args.output, args.maps, settings_from(args, args.models))
     if args.maps and not args.models:
         raise InputError("--maps writes the imputation disagreement maps: give --models with it.")
     settings = settings_from(args, args.models)
     settings.validate(workflow.QC)
-    imputers = workflow.load_qc_imputers(settings)  # once for every stack
-    problems = imputers[1]
+    if len(sources) > 1 or args.cluster:
+        print(f"{len(sources)} stack(s) -> {args.output} on {args.cluster or 'this process'}", file=sys.stderr)
+    single = len(sources) == 1 and not args.cluster
+    results, problems = qc_many(settings, sources, reports, maps=bool(args.maps), cluster=args.cluster,
+                                names=args.names, axes=args.axes, progress=None if single else TextProgress("qc"),
+                                tile_progress=TextProgress(f"qc {Path(sources[0][0]).name}") if single else None)
     _warn(problems)
-    maps_to_write = None
-    reports = {}
-    any_flag = False
-    for path in args.stacks:
-        markers, pixel_size = _markers(path, args)
-        report = workflow.qc(settings, markers, imputers=imputers, progress=TextProgress(f"qc {Path(path).name}"))
-        reports[path] = report.to_dict()
-        any_flag = any_flag or bool(report.flagged)
-        print(_summary_line(path, report), file=sys.stderr)
-        for warning in report.warnings[len(problems):]:
-            print(f"warning: {path}: {warning}", file=sys.stderr)
-        if args.maps:
-            markers = list(report.markers)
-            maps = np.stack([report.markers[m].disagreement for m in markers]).astype(np.float32)
-            maps_to_write = (maps, [f"{m} disagreement" for m in markers], pixel_size)
-    payload = next(iter(reports.values())) if len(reports) == 1 else {"stacks": reports}
-    if problems:
-        payload = dict(payload, skipped_models=problems, warnings=list(payload.get("warnings", problems)))
-    with OutputTransaction() as tx:  # a half-written report never replaces a good one
-        if maps_to_write is not None:
-            from ..io.tiff_writer import save_tiff
+    for result in results:
+        print(result["summary"], file=sys.stderr)
+        for warning in result["warnings"]:
+            print(f"warning: {result['key']}: {warning}", file=sys.stderr)
+    if reports[0] is None or args.maps:
+        with OutputTransaction() as tx:  # a half-written report never replaces a good one
+            if args.maps:
+                from ..io.tiff_writer import save_tiff
 
-            save_tiff(tx.stage(args.maps), maps_to_write[0], "CYX", maps_to_write[1], maps_to_write[2])
-        tx.write_text(args.output, json.dumps(payload, indent=2, allow_nan=False))
+                maps, channels, pixel_size = results[0]["maps"]
+                save_tiff(tx.stage(args.maps), maps, "CYX", channels, pixel_size)
+            if reports[0] is None:
+                payload = report_payload({r["key"]: r["report"] for r in results}, problems)
+                tx.write_text(args.output, json.dumps(payload, indent=2, allow_nan=False))
     print(f"wrote {args.output}", file=sys.stderr)
-    return 1 if (args.fail_on_flag and any_flag) else 0
+    return 1 if (args.fail_on_flag and any(r["flagged"] for r in results)) else 0

@@ -88,6 +88,30 @@ def _worker_problem(err: BaseException, what: str) -> BaseException:
     return err
 
 
+def check_environment(client, module: str) -> None:
+    """Say, before any task is sent, when the cluster has no workers or cannot import ``module``.
+
+    A worker that cannot unpickle a task (this package or torch missing) dies without the task
+    ever failing, and the run would wait for ever; so the scheduler (which unpickles the task
+    graph) and every worker first import the tasks' module through ``exec``, a builtin any
+    Python can unpickle: a missing module comes back as an ordinary error.
+    """
+    address = client.scheduler.address
+    try:
+        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+    except TimeoutError as err:
+        raise InputError(f"The dask scheduler at {address} has no workers: start some (dask worker {address}) "
+                         "and run again.") from err
+    statement = f"import {module}"
+    for where, run in (("The dask scheduler", client.run_on_scheduler), ("A dask worker", client.run)):
+        try:
+            run(exec, statement)
+        except ImportError as err:
+            raise VirtualStainError(f"{where} at {address} cannot import {module} ({plain_text(err)}); install "
+                                    "napari-virtual-stain and the model's dependencies on the scheduler and every "
+                                    "worker.") from err
+
+
 def _reraise(err: BaseException, what: str):
     problem = _worker_problem(err, what)
     if problem is err:
@@ -120,6 +144,7 @@ def run_jobs(function: Callable, jobs: Sequence[tuple], *, client=None, names: S
 
     from distributed import as_completed
 
+    check_environment(client, function.__module__)
     run = uuid.uuid4().hex[:8]
     futures = [client.submit(function, *job, key=f"virtual-stain-{run}-{i}", retries=retries, pure=False)
                for i, job in enumerate(jobs)]

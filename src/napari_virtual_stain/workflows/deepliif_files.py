@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.distributed import LOCAL_WORKER_ENV, connect, run_jobs
+from ..engine.distributed import LOCAL_WORKER_ENV, check_environment, connect, run_jobs
 from ..errors import InputError
 from ..io.outputs import StagedOutputs, check_distinct, check_output_folder
 from . import deepliif as workflow
@@ -86,15 +86,14 @@ def deepliif_file(source: str, out_dir: str, settings: dict, stem: str | None = 
 
 
 def plan_inputs(sources: Sequence[tuple[Path, str]], out_dir: str | Path, model: str | None = None) -> Path:
-    """Check the output folder and that no two inputs would write the same files; create the folder.
+    """Check the output folder and that no two inputs would write the same files.
 
-    The folder is made before any task starts, so tasks finishing together each move their own
-    files into it.
+    :func:`deepliif_many` makes the folder before any task starts (once the cluster answers),
+    so tasks finishing together each move their own files into it.
     """
     inputs = [s for s, _ in sources] + ([model] if model else [])
     folder = check_output_folder(out_dir, inputs=inputs)
     check_distinct({f"files of {source}": folder / f"{stem}.json" for source, stem in sources})
-    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -115,5 +114,8 @@ def deepliif_many(settings: workflow.DeepLIIFSettings, sources: Sequence[tuple[P
         values["model"] = str(model_location(settings.model).resolve())
     jobs = [(str(source), str(folder), values, stem) for source, stem in sources]
     with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
+        if client is not None:
+            check_environment(client, deepliif_file.__module__)
+        folder.mkdir(parents=True, exist_ok=True)  # not before: a cluster that cannot run the tasks leaves nothing
         return run_jobs(deepliif_file, jobs, client=client, names=[str(s) for s, _ in sources],
                         progress=progress, cancel=cancel)

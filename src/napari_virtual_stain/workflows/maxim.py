@@ -172,11 +172,13 @@ def load_imputer(settings: MaximSettings, problems: list[str] | None = None) -> 
 
 
 def impute(settings: MaximSettings, markers: MarkerInput, *, region: Region | None = None,
-           problems: list[str] | None = None, progress=None, cancel=None) -> task.ImputeResult:
-    """Impute the target marker over ``region`` (all by default), ``missing`` markers zeroed."""
+           problems: list[str] | None = None, imputer: tuple | None = None, progress=None,
+           cancel=None) -> task.ImputeResult:
+    """Impute the target marker over ``region`` (all by default), ``missing`` markers zeroed.
+    ``imputer``: what :func:`load_imputer` gave (loaded once for many stacks)."""
     settings.validate(IMPUTE)
     stack, names = markers.read()
-    model, card = load_imputer(settings, problems)
+    model, card = imputer if imputer is not None else load_imputer(settings, problems)
     return task.impute_marker(model, card, stack, names, region=region, missing=settings.missing,
                               device=settings.device, progress=progress, cancel=cancel)
 

@@ -78,6 +78,22 @@ def describe_qc(report) -> str:
         f" Not assessable: {', '.join(unjudged)}." if unjudged else "")
 
 
+def qc_summary(path: str, report) -> str:
+    """What the ``qc`` command prints for one stack: the flags, each finding, then the other markers."""
+    flagged = report.flagged
+    lines = [f"{path}: " + (f"FLAGGED {', '.join(flagged)}" if flagged else "no stain flagged")
+             + f" ({len(report.names)} channels, {len(report.to_dict()['not_assessable'])} not assessable)"]
+    for marker in flagged:
+        for finding in report.findings(marker):
+            where = f" at {finding['start']}-{finding['stop']}" if "start" in finding else ""
+            lines.append(f"  {marker} FLAGGED {finding['class']}{where}: {finding['sentence']}")
+    for marker, q in report.markers.items():
+        if marker not in flagged:
+            lines.append(f"  {marker} {'ok' if q.assessable else 'imputer too poor to judge'} "
+                         f"(imputed PCC {q.scores['pcc']:.2f})")
+    return "\n".join(lines)
+
+
 def finding_box(finding: dict, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(start, stop) in image pixels of a finding: its box, or the whole channel."""
     if "start" in finding:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..engine.distributed import LOCAL_WORKER_ENV, connect, run_jobs
 from ..errors import InputError
-from ..io.ome_zarr_reader import ZARR_SUFFIXES, is_plate, is_zarr_folder, plate_fields
+from ..io.ome_zarr_reader import ZARR_SUFFIXES, is_plate, is_zarr_folder, plate_fields, read_ome_zarr
 from ..io.outputs import check_distinct, check_output_file, check_output_folder
 from ..io.tiff_reader import OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, image_suffix
 from ..models.zwindow import z_window
@@ -69,6 +69,8 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
                 raise InputError(f"The folder {path} holds no TIFF, PNG, JPEG or OME-Zarr images.")
             found.extend(item for p in inside for item in expand_inputs([p]))
         else:
+            if is_zarr_folder(path):  # its metadata now, so a store that is not OME-Zarr stops the run before any work
+                read_ome_zarr(path)
             found.append((path, _stem(path)))
     return found
 
