@@ -30,7 +30,8 @@ stops within a layer or two, not at the end of the pass). A cancelled run raises
 publish finished results); the model is left as it was.
 
 The tile and batch decisions (smallest tile, fitted tiles, batch size, seams, which TTA
-transforms fit) are ``engine.tile_rules``; the cancel hooks are ``engine.forward_cancel``.
+transforms fit) are ``engine.tile_rules``; the cancel hooks are ``engine.forward_cancel``. On a
+GPU a run waits for its turn (``engine.gpu_turn``: one GPU job at a time in the process).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .batch_runner import BatchRunner, CudaPeakProbe, sizes_from_memory
 from .device import preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
 from .forward_cancel import cancel_inside_forward
+from .gpu_turn import device_turn
 from .tile_rules import (CPU_PIXELS_PER_BATCH, GPU_PIXELS_PER_BATCH, MIN_TILE_XY, MIN_TILE_Z, SEAM_FREE_OVERLAP_XY,
                          SEAM_FREE_OVERLAP_Z, TileRules)
 from .tiling import StripBlender, n_tiles, pad_to, tile_starts
@@ -207,14 +209,15 @@ class Predictor(TileRules):
                 progress(done, total)
 
         current = None
-        with cancel_inside_forward(self.model, cancel):
+        with device_turn(self, cancel), cancel_inside_forward(self.model, cancel):
+            check_cancel(cancel)  # cancelled while waiting for the GPU
             for (which, where), values in self._run_batches(jobs, cancel, transforms, advance):
                 if current is not None and which != current:
                     blenders[current].close()  # finish a plane before starting the next
                 current = which
                 blenders[which].add(where, values)
-        if current is not None:
-            blenders[current].close()
+            if current is not None:
+                blenders[current].close()
         if self.runner.fallen_from is not None and not fell_back_before:  # this run switched to fp32
             self.warnings.append(self.runner.fallback_note())
         return out

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..engine.device import autocast_context, resolve_device
+from ..engine.gpu_turn import device_turn
 from ..errors import InputError
 from ..models.card import ModelCard
 from ..models.zwindow import z_window
@@ -243,7 +244,14 @@ class Trainer(TrainerValidation, TrainerFiles):
             on_update: Callable[[TrainUpdate], None] | None = None,
             callbacks: Iterable[Callback] = ()) -> TrainResult:
         """Train until the planned steps/minutes, early stopping, Stop or a callback's
-        ``request_stop``; ``callbacks`` run after the built-in ones (``callbacks.default_callbacks``)."""
+        ``request_stop``; ``callbacks`` run after the built-in ones (``callbacks.default_callbacks``).
+        On a GPU the run first waits for its turn (``engine.gpu_turn``); Stop while waiting ends
+        it before the first step, as Stop does."""
+        # The time limit counts from the turn: waiting for another dock's job is not training.
+        with device_turn(self, cancel):
+            return self._train(progress, cancel, on_update, callbacks)
+
+    def _train(self, progress, cancel, on_update, callbacks) -> TrainResult:
         config = self.config
         callbacks = default_callbacks(config, progress, on_update) + list(callbacks)
         start = time.perf_counter()
@@ -253,7 +261,8 @@ class Trainer(TrainerValidation, TrainerFiles):
         if self.history["val"]:
             val_step, val_loss = self.history["val"][-1]
 
-        if self.val_data is not None and not self._validated_once and self.step == 0:
+        stopped_at_once = cancel is not None and cancel.is_set()  # e.g. while waiting for the GPU
+        if self.val_data is not None and not self._validated_once and self.step == 0 and not stopped_at_once:
             val_loss, _ = self._validated(callbacks)
             val_step = 0
             self._validated_once = True
