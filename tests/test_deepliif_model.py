@@ -232,3 +232,15 @@ def test_checkpoints_from_before_the_u_nets_were_merged_still_load(tmp_path):
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_colour_channels_are_named_one_way_in_deepliif_cards_and_in_training():
+    """A DeepLIIF card and a model trained on an RGB layer (dock or command line) name the
+    colour channels the same way, so an RGB model fits either door's image."""
+    from napari_virtual_stain.models.deepliif_net import deepliif_card, output_channel_names
+    from napari_virtual_stain.training.defaults import rgb_channel_names
+
+    card = deepliif_card("x", {"seg_downs": 6})
+    assert card.input_channels == rgb_channel_names(3) == ["R", "G", "B"]
+    assert output_channel_names()[:3] == ["Hematoxylin R", "Hematoxylin G", "Hematoxylin B"]
+    assert rgb_channel_names(4) == ["R", "G", "B", "A"]

@@ -66,3 +66,84 @@ def test_only_gpu_jobs_take_turns(user_models, monkeypatch):
     with predictor_cache._GPU_LOCK:  # a GPU job is running elsewhere
         with device_turn(predictor):  # a CPU job does not wait for it
             pass
+
+
+def test_a_gpu_job_waits_for_the_turn_and_a_cancelled_wait_ends_without_it():
+    import torch
+
+    from napari_virtual_stain.engine import gpu_turn
+
+    gpu = torch.device("cuda")  # only the device type is looked at: no GPU needed here
+    holding, release, log = threading.Event(), threading.Event(), []
+
+    def other_dock():
+        with device_turn(gpu) as held:
+            log.append(("other", held))
+            holding.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other_dock)
+    thread.start()
+    holding.wait(5)
+    cancel = threading.Event()
+    threading.Timer(2 * gpu_turn.WAIT_POLL_S, cancel.set).start()
+    with device_turn(gpu, cancel) as held:  # waits until Stop: then it winds up without the turn
+        log.append(("mine", held))
+    assert cancel.is_set() and log == [("other", True), ("mine", False)]
+    release.set()
+    thread.join(5)
+    with device_turn(gpu) as outer, device_turn(gpu) as inner:  # re-entrant: a workflow may hold it around runs
+        assert outer and inner
+    assert gpu_turn._GPU_LOCK.acquire(blocking=False)  # and it was given back
+    gpu_turn._GPU_LOCK.release()
+
+
+def test_predict_and_training_ask_for_the_turn_with_their_cancel_event(user_models, monkeypatch):
+    import contextlib
+
+    from conftest import tiny_unet_card
+    from napari_virtual_stain.engine import predictor as predictor_module
+    from napari_virtual_stain.models.factory import build_model
+    from napari_virtual_stain.training import trainer as trainer_module
+
+    asked = []
+
+    @contextlib.contextmanager
+    def recording(target, cancel=None):
+        asked.append((type(target).__name__, cancel))
+        yield True
+
+    monkeypatch.setattr(predictor_module, "device_turn", recording)
+    monkeypatch.setattr(trainer_module, "device_turn", recording)
+    save_tiny_model(user_models, name="tiny-2d")
+    cancel = threading.Event()
+    PredictorCache().get("tiny-2d", "cpu", "fp32").predict(np.zeros((1, 40, 40), np.float32), cancel=cancel)
+    card = tiny_unet_card()
+    x = np.random.default_rng(0).random((1, 48, 48), dtype=np.float32)
+    trainer = trainer_module.Trainer(build_model(card.architecture, card.arch_args), card, [x], [np.concatenate([x, 1 - x])],
+                                     trainer_module.TrainConfig(patch=(32, 32), batch_size=2, steps=1, val_fraction=0.0,
+                                                                device="cpu"))
+    trainer.run(cancel=cancel)
+    assert asked == [("Predictor", cancel), ("Trainer", cancel)]
+
+
+def test_stop_while_waiting_for_the_gpu_ends_a_training_run_before_its_first_step(monkeypatch):
+    import contextlib
+
+    from conftest import tiny_unet_card
+    from napari_virtual_stain.models.factory import build_model
+    from napari_virtual_stain.training import trainer as trainer_module
+
+    @contextlib.contextmanager
+    def stopped_while_waiting(target, cancel=None):
+        cancel.set()  # the user pressed Stop while another dock held the GPU
+        yield False
+
+    monkeypatch.setattr(trainer_module, "device_turn", stopped_while_waiting)
+    card = tiny_unet_card()
+    x = np.random.default_rng(0).random((1, 96, 48), dtype=np.float32)
+    trainer = trainer_module.Trainer(build_model(card.architecture, card.arch_args), card, [x], [np.concatenate([x, 1 - x])],
+                                     trainer_module.TrainConfig(patch=(32, 32), batch_size=2, steps=5, val_fraction=0.3,
+                                                                device="cpu"))
+    result = trainer.run(cancel=threading.Event())
+    assert result.stopped and result.steps == 0 and trainer.history["val"] == []  # not even the first validation

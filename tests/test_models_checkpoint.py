@@ -240,3 +240,18 @@ def test_listing_models_keeps_no_weights_in_memory(user_models):
     gc.collect()
     held = [v for v in registry._CARDS.values() if isinstance(v, (tuple, dict, torch.Tensor))]
     assert held == [] and all(isinstance(v, registry.ModelCard) for v in registry._CARDS.values())
+
+
+def test_a_model_saved_again_is_listed_with_its_new_card_and_the_old_one_is_forgotten(user_models):
+    import os
+
+    from conftest import save_tiny_model
+    from napari_virtual_stain.models import registry
+
+    path, _ = save_tiny_model(user_models, name="resaved")
+    assert registry.model_card("resaved").output_channels == ["nuclei", "membrane"]
+    path, _ = save_tiny_model(user_models, name="resaved", outputs=("nuclei",))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later save, even on a coarse clock
+    assert registry.model_card("resaved").output_channels == ["nuclei"]
+    assert sum(1 for key in registry._CARDS if key[0] == str(path)) == 1

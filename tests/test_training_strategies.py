@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_unet_card
 from napari_virtual_stain.models.factory import build_model
 from napari_virtual_stain.training import adversarial
-from napari_virtual_stain.training.strategies import (Adversarial, Pix2PixHDFeatureMatching, StepStrategy,
-                                                      Supervised)
+from napari_virtual_stain.training.strategies import (Adversarial, MaskedImputation, Pix2PixHDFeatureMatching,
+                                                      StepStrategy, Supervised)
 from napari_virtual_stain.training.trainer import TrainConfig, Trainer
 
 
@@ -162,3 +162,67 @@ def test_the_non_finite_guard_applies_to_every_strategy(make, kw):
     assert trainer.skipped_steps == 2 and result.card.training["skipped_steps"] == 2
     if not isinstance(trainer.strategy, _NeverUpdates):
         assert result.history["train"] == [] and all(math.isnan(u.train_loss) for u in updates)
+
+
+# ---- masked imputation (random channel masking) from a batch source -------------------------------
+
+
+def _imputation_trainer(stack, informative, steps=3, model=None, seed=0):
+    from napari_virtual_stain.training.batch_sources import StackPatches
+
+    card = tiny_unet_card(n_in=2 * len(stack), outputs=tuple("ABC"[:len(stack)]))
+    torch.manual_seed(0)
+    model = model if model is not None else build_model(card.architecture, card.arch_args)
+    rng = np.random.default_rng(seed)
+    config = TrainConfig(patch=(32, 32), batch_size=4, steps=steps, lr=1e-2, val_fraction=0.0, device="cpu")
+    return Trainer(model, card, (), (), config, strategy=MaskedImputation((0.3, 0.7), rng=rng),
+                   batches=StackPatches(stack, 40, 32, np.asarray(informative), rng=rng))
+
+
+def test_masked_imputation_hides_channels_and_scores_only_the_hidden_ones():
+    seen = []
+
+    class Spy(torch.nn.Module):  # a tiny network that remembers what it was given and what it said
+        size_multiple = 1
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(6, 3, 1)
+
+        def forward(self, x):
+            out = torch.sigmoid(self.conv(x))
+            seen.append((x.detach().clone(), out.detach().clone()))
+            return out
+
+    levels = torch.tensor([0.3, 0.6, 0.9])  # constant channels: the targets are known whatever the crop
+    stack = np.broadcast_to(levels.numpy()[:, None, None], (3, 48, 48)).astype(np.float32)
+    trainer = _imputation_trainer(stack, [True, True, False], steps=4, model=Spy())
+    result = trainer.run()
+    assert trainer.skipped_steps == 0 and len(seen) == 4
+    for (x, pred), (_, loss) in zip(seen, result.history["train"]):
+        values, planes = x[:, :3], x[:, 3:]
+        hidden = planes[:, :, 0, 0]
+        assert torch.all(planes == hidden[:, :, None, None])  # one flag per channel and sample
+        assert torch.all(hidden[:, 2] == 1)  # the channel without a target is always hidden
+        assert torch.all(hidden[:, :2].sum(dim=1) == 1)  # of two counting channels one is hidden, never both
+        shown = (1 - hidden)[:, :, None, None] * levels[None, :, None, None]
+        assert torch.equal(values, shown.expand_as(values))  # hidden channels zeroed, the others as they are
+        # the loss: mean absolute error against the input itself, over the hidden channels that count only
+        error = (pred - levels[None, :, None, None]).abs().mean(dim=(2, 3))[:, :2]
+        assert loss == pytest.approx(float(error[hidden[:, :2].bool()].mean()), rel=1e-5)
+
+
+def test_the_non_finite_guard_applies_to_masked_imputation():
+    """A NaN batch is skipped, not applied; NaN batches in a row end the run as diverged."""
+    from napari_virtual_stain.errors import InputError
+
+    stack = np.full((3, 48, 48), np.nan, np.float32)
+    trainer = _imputation_trainer(stack, [True, True, True], steps=3)
+    before = _state(trainer.model)
+    updates = []
+    result = trainer.run(on_update=lambda u: updates.append(u.skipped))
+    assert _same(_state(trainer.model), before) and updates == [True, True, True]
+    assert trainer.skipped_steps == 3 and result.history["train"] == []
+    with pytest.raises(InputError, match="diverged"):
+        _imputation_trainer(stack, [True, True, True], steps=20).run()
+

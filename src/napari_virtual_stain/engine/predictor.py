@@ -28,13 +28,15 @@ pre-hooks that live only as long as the run: one big tile through a deep network
 stops within a layer or two, not at the end of the pass). A cancelled run raises
 :class:`Cancelled` and leaves ``out`` partly written: callers discard it (widgets only
 publish finished results); the model is left as it was.
+
+The tile and batch decisions (smallest tile, fitted tiles, batch size, seams, which TTA
+transforms fit) are ``engine.tile_rules``; the cancel hooks are ``engine.forward_cancel``. On a
+GPU a run waits for its turn (``engine.gpu_turn``: one GPU job at a time in the process).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import math
 import threading
 from typing import Callable, Iterator, Sequence
 
@@ -47,55 +49,21 @@ from ..models.zwindow import z_window
 from .batch_runner import BatchRunner, CudaPeakProbe, sizes_from_memory
 from .device import preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
-from .tiling import StripBlender, fit_tile, n_tiles, tile_starts
+from .forward_cancel import cancel_inside_forward
+from .gpu_turn import device_turn
+from .tile_rules import (CPU_PIXELS_PER_BATCH, GPU_PIXELS_PER_BATCH, MIN_TILE_XY, MIN_TILE_Z, SEAM_FREE_OVERLAP_XY,
+                         SEAM_FREE_OVERLAP_Z, TileRules)
+from .tiling import StripBlender, n_tiles, pad_to, tile_starts
 from .transfer import ahead, transfer_for
-from .tta import IDENTITY, PlaneTransform, plane_transforms
+from .tta import IDENTITY, PlaneTransform
+
+# Importable from here as they always were.
+__all__ = ["CPU_PIXELS_PER_BATCH", "GPU_PIXELS_PER_BATCH", "MIN_TILE_XY", "MIN_TILE_Z", "Predictor", "Progress",
+           "SEAM_FREE_OVERLAP_XY", "SEAM_FREE_OVERLAP_Z"]
 
 Progress = Callable[[int, int], None]
 
-# Pixels (voxels) per batch on a GPU: 16 tiles of 512 x 512. Enough to keep a GPU busy; it is
-# the cap: on CUDA the batch is sized from free memory after a one-tile probe, and on any GPU
-# it halves itself if it runs out of memory.
-GPU_PIXELS_PER_BATCH = 1 << 22
-# On the CPU, batching pays when other programs compete for the cores: 8 tiles of 448x448
-# through the 2D U-Net (bf16, channels_last, 2 threads on a busy 2-core EPYC) took 8.1 CPU s
-# one by one, 5.2 in fours and 4.9 in eights, because every layer of every forward pass
-# waits for all threads. With one thread (no waiting) batches gain nothing and lose ~10%.
-# About a megapixel per batch keeps the gain while progress and cancel still answer within
-# a second or two.
-CPU_PIXELS_PER_BATCH = 1 << 20
-
-# The smallest tile side accepted for a network that declares a size multiple m (2**depth for a
-# U-Net): 4 m (its deepest level then sees 4 x 4 pixels), but no more than max(m, MIN_TILE_*),
-# so networks built for one tile size (pix2pix's U-Net-256, DeepLIIF's 512) keep it. Smaller
-# tiles do run, but give wrong answers without a word: the bundled 2D U-Net (depth 4, m = 16) on
-# its sample reached PCC 0.90 / 0.97 against an untiled run with tiles of 16 / 32 pixels and
-# 0.999 at 64 (overlap 16).
-MIN_TILE_XY = 64
-MIN_TILE_Z = 8
-# Overlaps below these leave visible seams (bundled U-Net: max error 0.06 at 32, 0.007 at 64).
-SEAM_FREE_OVERLAP_XY = 32
-SEAM_FREE_OVERLAP_Z = 4
-
-
-def _pad_mode(size: int) -> str:
-    # Reflection needs at least two pixels; a single row/column can only be repeated.
-    return "reflect" if size > 1 else "edge"
-
-
-def _pad_to(block: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Pad the spatial axes of a (C, *spatial) block at their ends up to ``shape``."""
-    if tuple(block.shape[1:]) == tuple(shape):
-        return block
-    for axis, (have, want) in enumerate(zip(block.shape[1:], shape), start=1):
-        if want > have:
-            widths = [(0, 0)] * block.ndim
-            widths[axis] = (0, want - have)
-            block = np.pad(block, widths, mode=_pad_mode(have))
-    return block
-
-
-class Predictor:
+class Predictor(TileRules):
     """Run a model over images of any size, tiled and blended, on the chosen device.
 
     ``tile``/``overlap`` default to the model card's; ``batch_size`` defaults to about one
@@ -150,73 +118,6 @@ class Predictor:
         """The precision passes run in now: "fp32" after a reduced precision gave non-finite values."""
         return self.runner.precision
 
-    def min_tile(self) -> tuple[int, ...]:
-        """The smallest tile (per spatial axis) this model gives trustworthy answers with.
-
-        A model that accepts any input size that is a multiple of ``size_multiple`` (a U-Net
-        of depth d: 2**d) says so with that attribute; its tiles are fitted to the image
-        (see _tile_for) but never below this.
-        """
-        dims = self.card.spatial_dims
-        declared = getattr(self.model, "min_tile", None)  # a model may know better (bioimage.io minimum shapes)
-        if declared is not None:
-            return tuple(int(v) for v in (declared if isinstance(declared, (tuple, list)) else [declared] * dims))
-        if not self.size_multiple:  # not one of our convolutional networks: nothing is known about its context
-            return (1,) * dims
-        m = self.size_multiple
-        caps = (MIN_TILE_Z, MIN_TILE_XY, MIN_TILE_XY)[-dims:]
-        return tuple(min(4 * m, max(m, cap)) for cap in caps)
-
-    def _check_tile(self, tile: Sequence[int], overlap: Sequence[int]) -> None:
-        for t, o in zip(tile, overlap):
-            if t < 1:
-                raise InputError(f"The tile size must be a positive number of pixels, not {t}.")
-            if o < 0 or o >= t:
-                raise InputError(f"An overlap of {o} pixels does not fit tiles of {t}: "
-                                 "the overlap must be at least 0 and smaller than the tile.")
-        smallest = self.min_tile()
-        rule = getattr(self.model, "check_tile", None)  # a model may accept only some sizes (bioimage.io packages)
-        if rule is not None:
-            rule(tuple(int(t) for t in tile))
-        if any(t < m for t, m in zip(tile, smallest)):
-            why = f"; its size multiple is {self.size_multiple}" if self.size_multiple > 1 else ""
-            raise InputError(
-                f"Tiles of {'x'.join(map(str, tile))} pixels are too small for {self.card.name}: the smallest it can use "
-                f"is {'x'.join(map(str, smallest))} (smaller tiles see too little context around each pixel{why}).")
-
-    def _quarter_turns_fit(self, tile: Sequence[int]) -> bool:
-        """Whether the network accepts a tile turned a quarter (its Y and X sizes swapped)."""
-        if tile[-2] == tile[-1]:
-            return True
-        if not self.size_multiple or getattr(self.model, "check_tile", None) is not None:
-            return False  # a network that takes only its own shape (or says nothing about sizes)
-        turned = tuple(tile[:-2]) + (tile[-1], tile[-2])
-        return (all(t % self.size_multiple == 0 for t in tile[-2:])
-                and all(t >= m for t, m in zip(turned, self.min_tile())))
-
-    def transforms_for(self, tile: Sequence[int], tta: bool) -> list[PlaneTransform]:
-        """The transforms each tile of shape ``tile`` goes through: the identity alone without TTA."""
-        return plane_transforms(self._quarter_turns_fit(tile)) if tta else [IDENTITY]
-
-    def _seam_warning(self, spatial: Sequence[int], tile: Sequence[int], overlap: Sequence[int]) -> list[str]:
-        floors = (SEAM_FREE_OVERLAP_Z, SEAM_FREE_OVERLAP_XY, SEAM_FREE_OVERLAP_XY)[-len(tile):]
-        thin = [o for n, t, o, f in zip(spatial, tile, overlap, floors) if n > t and o < f]
-        if not thin:
-            return []
-        return [f"An overlap of {min(thin)} pixels between tiles leaves visible seams; "
-                f"use at least {SEAM_FREE_OVERLAP_XY} (the model's default is {max(self.card.overlap)})."]
-
-    def _choose_batch_size(self, requested: int | None) -> int:
-        if not self.card.batch_independent:
-            return 1  # each tile must be normalised with its own batch statistics
-        if requested is not None:
-            if int(requested) < 1:
-                raise InputError(f"The batch size must be at least 1, not {requested}.")
-            return int(requested)
-        if self.device.type == "cpu":  # no gain measured beyond 8 tiles
-            return max(1, min(8, CPU_PIXELS_PER_BATCH // math.prod(self.tile)))
-        return max(1, min(64, GPU_PIXELS_PER_BATCH // math.prod(self.tile)))
-
     # ---- shapes -------------------------------------------------------------------------
 
     def _check_input(self, image) -> tuple[list[tuple], tuple[int, ...]]:
@@ -243,24 +144,6 @@ class Predictor:
         if dims == 2 and len(shape) == 4:
             return [(slice(None), z) for z in range(shape[1])], shape[2:]
         return [(slice(None),)], shape[1:]
-
-    def _tile_for(self, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The (tile, overlap) used on an image of ``spatial`` shape (tiles are padded up to the tile).
-
-        Models that declare ``size_multiple`` (they accept any multiple of it) get tiles fitted
-        to the image (``engine.tiling.fit_tile``): as many tiles as the card's tile needs, but
-        no bigger than necessary. Other models always get exactly the card's tile.
-        """
-        if not self.size_multiple:
-            return self.tile, self.overlap
-        fitted = [fit_tile(n, t, o, self.size_multiple) for n, t, o in zip(spatial, self.tile, self.overlap)]
-        # Never below the smallest trustworthy tile, unless one fitted tile covers the axis.
-        tile = tuple(f if n <= f else min(t, max(f, m))
-                     for n, t, f, m in zip(spatial, self.tile, fitted, self.min_tile()))
-        if getattr(self.model, "min_tile", None) is not None:  # a declared minimum is a hard limit: pad up to it
-            tile = tuple(max(t, m) for t, m in zip(tile, self.min_tile()))
-        # A fitted tile can be shorter than the overlap only where one tile covers the axis.
-        return tile, tuple(min(o, t - 1) for o, t in zip(self.overlap, tile))
 
     # ---- the run ------------------------------------------------------------------------
 
@@ -326,49 +209,18 @@ class Predictor:
                 progress(done, total)
 
         current = None
-        with self._cancel_inside_forward(cancel):
+        with device_turn(self, cancel), cancel_inside_forward(self.model, cancel):
+            check_cancel(cancel)  # cancelled while waiting for the GPU
             for (which, where), values in self._run_batches(jobs, cancel, transforms, advance):
                 if current is not None and which != current:
                     blenders[current].close()  # finish a plane before starting the next
                 current = which
                 blenders[which].add(where, values)
-        if current is not None:
-            blenders[current].close()
+            if current is not None:
+                blenders[current].close()
         if self.runner.fallen_from is not None and not fell_back_before:  # this run switched to fp32
             self.warnings.append(self.runner.fallback_note())
         return out
-
-    @contextlib.contextmanager
-    def _cancel_inside_forward(self, cancel: threading.Event | None):
-        """Check ``cancel`` before every submodule's forward while the block runs.
-
-        The hooks act only in the thread that runs this prediction (another thread may use
-        the same model at the same time) and are removed afterwards, also when the run
-        fails or is cancelled, so the model is left exactly as it was. TorchScript modules
-        take no hooks: for them cancel is checked between batches only.
-        """
-        if cancel is None:
-            yield
-            return
-        thread = threading.get_ident()
-
-        def hook(module, args):
-            if cancel.is_set() and threading.get_ident() == thread:
-                check_cancel(cancel)
-
-        handles = []
-        try:
-            for module in self.model.modules():
-                if isinstance(module, torch.jit.ScriptModule):
-                    continue
-                try:
-                    handles.append(module.register_forward_pre_hook(hook))
-                except (RuntimeError, AttributeError, TypeError):
-                    continue
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     @staticmethod
     def strips_for(rows: slice | None, spatial, tile, overlap) -> range:
@@ -408,7 +260,7 @@ class Predictor:
                 rows = slice(start0, min(start0 + tile[0], spatial[0]))
                 strip = self._read_strip(image, prefix, rows, spec, stats)
                 for local in itertools.product(*rest):
-                    block = _pad_to(strip[(slice(None), slice(None)) + local], tile)
+                    block = pad_to(strip[(slice(None), slice(None)) + local], tile)
                     yield (which, (rows,) + local), block
 
     def _read_strip(self, image, prefix: tuple, rows: slice, spec, stats) -> np.ndarray:

@@ -9,7 +9,6 @@ most (least recently used go first) and is safe to use from worker threads.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -18,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .gpu_turn import _GPU_LOCK, device_turn
 from .predictor import Predictor
 
 MAX_ENTRIES = 3
@@ -82,15 +82,5 @@ class PredictorCache:
 # The one cache the docks share.
 SHARED = PredictorCache()
 
-_GPU_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def device_turn(predictor: Predictor):
-    """Run on a GPU only when no other job does (two docks would fight over its memory); the
-    CPU is shared as it is."""
-    if predictor.device.type == "cpu":
-        yield
-        return
-    with _GPU_LOCK:
-        yield
+# The GPU turn is engine.gpu_turn's (Predictor.predict and Trainer.run take it too); importable from here.
+__all__ = ["MAX_ENTRIES", "PredictorCache", "SHARED", "device_turn", "_GPU_LOCK"]

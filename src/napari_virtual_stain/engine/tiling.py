@@ -252,3 +252,20 @@ class StripBlender:
 def n_tiles(shape: Sequence[int], tile: Sequence[int], overlap: Sequence[int]) -> int:
     """How many tiles :func:`tile_slices` makes for ``shape``."""
     return math.prod(len(tile_starts(n, t, o)) for n, t, o in zip(shape, tile, overlap))
+
+
+def pad_mode(size: int) -> str:
+    # Reflection needs at least two pixels; a single row/column can only be repeated.
+    return "reflect" if size > 1 else "edge"
+
+
+def pad_to(block: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Pad the spatial axes (a tile cut short by the image's end) of a (C, *spatial) block at their ends up to ``shape``."""
+    if tuple(block.shape[1:]) == tuple(shape):
+        return block
+    for axis, (have, want) in enumerate(zip(block.shape[1:], shape), start=1):
+        if want > have:
+            widths = [(0, 0)] * block.ndim
+            widths[axis] = (0, want - have)
+            block = np.pad(block, widths, mode=pad_mode(have))
+    return block

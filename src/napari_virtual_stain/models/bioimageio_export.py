@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, InputError, plain_text
+from ..io.outputs import OutputTransaction
 from .bioimageio_weights import CONFIG_KEY, OUR_FACTORY
 from .card import ModelCard
 
@@ -284,8 +285,6 @@ def export_model(model, card: ModelCard, output: str | os.PathLike, *, license: 
             raise CheckpointError(f"The bioimage.io description of {card.name} does not validate ({first}).")
         staged = folder / "package.zip"
         save_bioimageio_package(descr, output_path=staged)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp_target = output.with_name(f".{output.name}.tmp")
-        shutil.move(str(staged), tmp_target)
-        os.replace(tmp_target, output)  # all or nothing: no half-written package
+        with OutputTransaction() as tx:  # the one atomic writer of exports: no half-written package
+            shutil.move(str(staged), tx.stage(output))
     return output

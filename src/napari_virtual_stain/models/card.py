@@ -16,6 +16,9 @@ from typing import Any
 from ..errors import CheckpointError
 
 TASKS = ("stain", "deepliif", "impute")
+# The channels of a colour (RGB/RGBA) input, in every card: DeepLIIF's, and any model trained on
+# an RGB layer from the dock or the command line (``training.defaults.rgb_channel_names``).
+RGB_CHANNELS = ("R", "G", "B", "A")
 OUTPUT_ACTIVATIONS = ("sigmoid", "tanh", "none")
 
 

@@ -22,13 +22,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .card import RGB_CHANNELS, ModelCard
 from .factory import register, register_state_upgrade
 from .pix2pix_unet import Pix2PixUNet
 from .resnet import ResnetGenerator
 
 MODALITIES = ("Hematoxylin", "DAPI", "Lap2", "Marker")
 SEGMENTATION = "Segmentation"
-RGB = ("R", "G", "B")
+RGB = RGB_CHANNELS[:3]  # the one naming of colour channels (models.card)
 DEFAULT_SEG_WEIGHTS = (0.25, 0.15, 0.25, 0.1, 0.25)  # G51 (IHC), G52 (hema), G53 (DAPI), G54 (Lap2), G55 (marker)
 
 # Network sizes. "full" is the paper's; "small" trades capacity for far less work per tile.
@@ -111,8 +112,6 @@ def deepliif_card(name: str, arch_args: dict, *, tile: int | None = None, overla
                   batch_independent: bool = True, description: str = "", architecture: str = "deepliif", **fields):
     """A model card for a DeepLIIF network (this composite or another architecture with the
     same outputs, e.g. ``deepliif-unet``): RGB 0-255 in, 15 tanh channels out."""
-    from .card import ModelCard  # local: the card module does not need torch models
-
     multiple = 2 ** int(arch_args.get("seg_downs", 9))
     tile = tile or max(512, multiple)
     return ModelCard(

@@ -79,7 +79,10 @@ _CARDS: dict[tuple, ModelCard] = {}  # (path, mtime) -> card: listing models kee
 def _read_card(path: Path) -> ModelCard:
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _CARDS:
-        _CARDS[key] = read_checkpoint(path)[0]
+        card = read_checkpoint(path)[0]  # the weights read with it are dropped here
+        for old in [k for k in _CARDS if k[0] == key[0]]:  # an earlier version of the same file
+            _CARDS.pop(old, None)
+        _CARDS[key] = card
     return _CARDS[key]
 
 

@@ -47,7 +47,14 @@ import torch
 from ..engine.normalise import compute_stats, normalise
 from ..errors import InputError
 from ..models.zwindow import ZWindow
-from .masks import has_data, target_channels, valid_mask
+from .masks import has_data, valid_mask
+from .pair_checks import names_or_defaults, validate_pairs
+from .split_regions import MIN_VAL_SIZE, _grid_starts, split_regions
+from .window_pairs import window_pairs
+
+# Importable from here as they always were.
+__all__ = ["DEFAULT_INPUT_NORMALISATION", "MIN_VAL_SIZE", "PairedPatches", "TARGET_NORMALISATION", "split_regions",
+           "validate_pairs", "window_pairs"]
 
 DEFAULT_INPUT_NORMALISATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
 # Targets: per channel to [0, 1], clipped, to match a sigmoid output.
@@ -57,175 +64,6 @@ TARGET_NORMALISATION = {"kind": "percentile", "low": 1.0, "high": 99.8, "clip": 
 # MIN_VALID_FRACTION of its pixels have a value for t; the best try is kept otherwise.
 CROP_TRIES = 8
 MIN_VALID_FRACTION = 0.05
-# The validation band is at least this high (or one patch, if the patch is smaller), so
-# a 15% band of a 384-pixel image is not inflated to a whole 128-pixel patch.
-MIN_VAL_SIZE = 32
-
-
-def _size(shape: Sequence[int]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-def _layer_size(shape: Sequence[int]) -> str:
-    return _size(shape) + (" (ZxYxX)" if len(shape) == 3 else "")
-
-
-def _names(names: Sequence[str] | None, n: int, default: str) -> list[str]:
-    names = list(names) if names is not None else []
-    return [names[i] if i < len(names) else f"{default} {i + 1}" for i in range(n)]
-
-
-def validate_pairs(inputs: Sequence, targets: Sequence, patch: Sequence[int], spatial_dims: int,
-                   input_names: Sequence[str] | None = None,
-                   target_names: Sequence[str] | None = None) -> list[list]:
-    """Check that inputs and targets can be trained on; return the targets as channel lists.
-
-    ``input_names`` name each pair's input layer, ``target_names`` each target channel
-    (used in the messages). Raises :class:`InputError` with a sentence for: a different
-    number of inputs and targets, wrong numbers of axes, inputs with different channel
-    counts, a target whose shape differs from its input, an empty input or target
-    channel (all zeros or all missing in every pair), or a layer smaller than the patch.
-    """
-    if spatial_dims not in (2, 3):
-        raise InputError(f"Training needs 2D or 3D data, not {spatial_dims}D.")
-    patch = tuple(int(p) for p in patch)
-    if len(patch) != spatial_dims:
-        raise InputError(f"The training patch {_size(patch)} must have {spatial_dims} sizes for {spatial_dims}D data.")
-    if any(p < 1 for p in patch):
-        raise InputError(f"The training patch {_size(patch)} must be at least 1 pixel along every axis.")
-    if len(inputs) == 0:
-        raise InputError("Choose at least one input layer to train on.")
-    if len(inputs) != len(targets):
-        raise InputError(f"There are {len(inputs)} input images but {len(targets)} target sets: give one target set per input.")
-    in_names = _names(input_names, len(inputs), "input")
-    axes = "(channels, Y, X)" if spatial_dims == 2 else "(channels, Z, Y, X)"
-
-    channel_lists = []
-    n_channels = None
-    for i, (image, target) in enumerate(zip(inputs, targets)):
-        shape = tuple(int(s) for s in image.shape)
-        if len(shape) != spatial_dims + 1:
-            raise InputError(f"'{in_names[i]}' has shape {_size(shape)}, but a {spatial_dims}D model needs {axes}.")
-        if n_channels is None:
-            n_channels = shape[0]
-        elif shape[0] != n_channels:
-            raise InputError(f"'{in_names[i]}' has {shape[0]} channels but '{in_names[0]}' has {n_channels}: every input must have the same channels.")
-        spatial = shape[1:]
-        channels = target_channels(target, spatial_dims)
-        if not channels:
-            raise InputError(f"'{in_names[i]}' has no target: give at least one target channel for every input.")
-        channel_lists.append(channels)
-        t_names = _names(target_names, len(channels), "target")
-        for name, channel in zip(t_names, channels):
-            if channel is not None and tuple(channel.shape) != spatial:
-                raise InputError(f"The target layer '{name}' is {_layer_size(channel.shape)} but the input is "
-                                 f"{_layer_size(spatial)}: pairs must have the same shape.")
-        if any(s < p for s, p in zip(spatial, patch)):
-            raise InputError(f"The layer '{in_names[i]}' is {_layer_size(spatial)}, smaller than the "
-                             f"{_size(patch)} training patch: choose a smaller patch or a larger layer.")
-        low, high = _finite_range(image)
-        if low is None or (low == 0 and high == 0):
-            raise InputError(f"'{in_names[i]}' is empty (all zeros or all missing).")
-        if low == high:
-            raise InputError(f"'{in_names[i]}' holds the same value ({low:g}) everywhere: there is nothing to learn from.")
-
-    counts = {len(c) for c in channel_lists}
-    if len(counts) != 1:
-        raise InputError(f"The pairs have different numbers of target channels ({', '.join(map(str, sorted(counts)))}): "
-                         "mark a channel missing for a pair with None or NaN instead of leaving it out.")
-    t_names = _names(target_names, len(channel_lists[0]), "target")
-    for t, name in enumerate(t_names):
-        if not any(has_data(channels[t]) for channels in channel_lists):
-            raise InputError(f"'{name}' is empty (all zeros or all missing).")
-    return channel_lists
-
-
-def _finite_range(image) -> tuple[float | None, float | None]:
-    values = np.asarray(image)
-    if np.issubdtype(values.dtype, np.floating):
-        values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None, None
-    return float(values.min()), float(values.max())
-
-
-def split_regions(spatial: Sequence[int], patch: Sequence[int], val_fraction: float,
-                  name: str = "the layer") -> tuple[tuple[slice, ...], tuple[slice, ...] | None]:
-    """Training and validation regions of one image, as tuples of spatial slices.
-
-    The validation region is the last ``val_fraction`` of the Y axis, at least
-    ``min(patch, MIN_VAL_SIZE)`` high; if Y cannot also hold a training patch, the X axis
-    is split instead.
-    ``val_fraction`` 0 gives no validation region.
-    """
-    full = tuple(slice(0, int(s)) for s in spatial)
-    if val_fraction <= 0:
-        return full, None
-    if val_fraction >= 1:
-        raise InputError(f"The validation fraction must be below 1, not {val_fraction}.")
-    n = len(spatial)
-    for axis in (n - 2, n - 1):
-        length, size = int(spatial[axis]), int(patch[axis])
-        val_len = max(int(math.ceil(val_fraction * length)), min(size, MIN_VAL_SIZE))
-        if length - val_len >= size:
-            cut = length - val_len
-            train = full[:axis] + (slice(0, cut),) + full[axis + 1:]
-            val = full[:axis] + (slice(cut, length),) + full[axis + 1:]
-            return train, val
-    raise InputError(f"'{name}' is {_layer_size(spatial)}: too small to hold a {_size(patch)} training patch and a "
-                     "separate validation region; use a smaller patch, a larger layer or no validation.")
-
-
-def _grid_starts(length: int, size: int) -> list[int]:
-    starts = list(range(0, length - size + 1, size))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return starts
-
-
-def window_pairs(inputs: Sequence, targets: Sequence, window: ZWindow, spec: dict,
-                 names: Sequence[str] | None = None) -> tuple[list, list, list[dict], list[str]]:
-    """2D pairs of a 2.5D model from stacks: (windows as channels, target planes, input stats, names).
-
-    The statistics are each stack's, per original channel, repeated for its planes, so a
-    window is normalised exactly as the Predictor normalises it inside a whole stack.
-    """
-    if len(inputs) != len(targets):
-        raise InputError(f"There are {len(inputs)} input images but {len(targets)} target sets: give one target set per input.")
-    xs, ys, stats, labels = [], [], [], []
-    for image, target, name in zip(inputs, targets, _names(names, len(inputs), "input")):
-        image = np.asarray(image)
-        if image.ndim == 3:
-            window.check_stack(None, f"'{name}'")  # one plane (C, Y, X): a sentence about stacks
-        if image.ndim != 4:
-            raise InputError(f"'{name}' has shape {_size(image.shape)}, but a 2.5D model needs (channels, Z, Y, X).")
-        window.check_stack(image.shape[1], f"'{name}'")
-        n_planes = image.shape[1]
-        channels = target_channels(target, 2) if not (hasattr(target, "ndim") and target.ndim == 4) else list(target)
-        kinds = {len(c.shape) for c in channels if c is not None}
-        if len(kinds) > 1:
-            raise InputError(f"The targets of '{name}' mix single planes and z-stacks: give all planes or all stacks.")
-        whole = compute_stats(image, spec)
-        repeated = {**whole, **{k: [v for v in whole[k] for _ in range(window.planes)] for k in ("low", "high")
-                               if isinstance(whole.get(k), list)}}
-        if kinds == {3}:  # a target stack: one pair per plane with a whole window
-            planes = [z for z in range(n_planes) if window.is_full(z, n_planes)]
-            for z in planes:
-                start = z - window.centre
-                xs.append(window.as_channels(image[:, start:start + window.planes]))
-                ys.append([None if c is None else c[z] for c in channels])
-                stats.append(repeated)
-                labels.append(f"{name} z{z}")
-            continue
-        if n_planes != window.planes:
-            raise InputError(f"The target of '{name}' is a single plane but the stack has {n_planes} planes and the "
-                             f"model reads {window.planes}: crop the stack to the {window.planes} planes around the "
-                             "target's plane (`virtual-stain train --target-plane Z` does it).")
-        xs.append(window.as_channels(image))
-        ys.append(channels)
-        stats.append(repeated)
-        labels.append(name)
-    return xs, ys, stats, labels
 
 
 class _Pair:
@@ -267,8 +105,8 @@ class PairedPatches(torch.utils.data.Dataset):
         self.augment = augment and split == "train"
         self.val_fraction = float(val_fraction)
         self.seed = seed
-        self.input_names = _names(input_names, len(inputs), "input")
-        self.target_names = _names(target_names, len(channel_lists[0]), "target")
+        self.input_names = names_or_defaults(input_names, len(inputs), "input")
+        self.target_names = names_or_defaults(target_names, len(channel_lists[0]), "target")
         self.n_in = int(inputs[0].shape[0])
         self.n_out = len(self.target_names)
         self.shapes = [tuple(int(s) for s in image.shape[1:]) for image in inputs]

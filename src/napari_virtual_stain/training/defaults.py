@@ -7,8 +7,9 @@ shell script.
 
 from __future__ import annotations
 
-# The channels of a colour (RGB/RGBA) input, as DeepLIIF's cards name them too.
-RGB_CHANNELS = ("R", "G", "B", "A")
+from ..models.card import RGB_CHANNELS  # one naming of colour channels, DeepLIIF's cards' too
+
+__all__ = ["DEFAULT_PATCH_SIDE", "RGB_CHANNELS", "patch_for", "rgb_channel_names"]
 
 DEFAULT_PATCH_SIDE = 128
 

@@ -16,13 +16,17 @@ imputer beats that baseline clearly (``min_gain`` lower MAE and ``min_pcc``); th
 judged by the training-free checks alone. The card stores all of it per marker
 (``scores["per_marker"]``), and the training stack's per-marker signal share and range
 (``extra``), the reference the QC uses to call a marker missing.
+
+It trains through the project's ``Trainer`` like every other model: the batches are
+``batch_sources.StackPatches`` of the training rows and the step is the public
+``strategies.MaskedImputation``, so it shares the non-finite guard, the precision policy
+and the callbacks; the checkpoint is written atomically (``models.checkpoint``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,7 +42,13 @@ from ..models.factory import build_model
 from ..tasks.maxim import check_marker_stack, normalise_marker, stack_marker_stats
 from ..tasks.maxim_joint import JOINT_FILE, joint_forward, signal_fractions
 from ..tasks.maxim_qc import local_error_level
+from .batch_sources import StackPatches
+from .config import TrainConfig
+from .strategies import MaskedImputation, random_masks
 from .trainer import Trainer
+
+__all__ = ["JointImputerConfig", "JointImputerResult", "informative_markers", "joint_card", "random_masks",
+           "score_per_marker", "train_joint_imputer"]
 
 
 @dataclass
@@ -56,7 +66,15 @@ class JointImputerConfig:
     min_gain: float = 0.1  # imputer MAE at most (1 - min_gain) x BL-Mean's to count
     min_pcc: float = 0.3
     device: str = "auto"
+    precision: str = "fp32"  # the Trainer's policy: "auto" trains in bf16 where that is fast
     seed: int = 0
+
+    def train_config(self, patch: int) -> TrainConfig:
+        """The Trainer's settings for a run on ``patch``-pixel crops (no validation split: the
+        held-out rows are scored per marker afterwards)."""
+        return TrainConfig(patch=(patch, patch), batch_size=self.batch_size, steps=self.steps or None,
+                           max_minutes=self.minutes or None, lr=self.lr, val_fraction=0.0, augment=False,
+                           preview_every=10**9, seed=self.seed, device=self.device, precision=self.precision)
 
 
 @dataclass
@@ -69,12 +87,6 @@ class JointImputerResult:
     seconds: float
 
 
-def _device(name: str) -> torch.device:
-    from ..engine.device import resolve_device
-
-    return resolve_device(name)
-
-
 def _normalised(stack: np.ndarray) -> np.ndarray:
     return np.stack([normalise_marker(c) for c in stack]).astype(np.float32)
 
@@ -82,31 +94,6 @@ def _normalised(stack: np.ndarray) -> np.ndarray:
 def informative_markers(stack: np.ndarray) -> np.ndarray:
     """Markers with any spread in the comparison unit (a constant or nearly empty one teaches nothing)."""
     return np.array([float(c.max()) > 0 for c in stack])
-
-
-def random_masks(batch: int, informative: np.ndarray, share: Sequence[float], rng: np.random.Generator) -> np.ndarray:
-    """(batch, C) masks, 1 = hidden: a random share of the informative markers of each sample (at least
-    one, never all of them); markers without signal are always hidden (they carry nothing)."""
-    c = informative.size
-    idx = np.flatnonzero(informative)
-    masks = np.ones((batch, c), np.float32)
-    for b in range(batch):
-        masks[b, idx] = 0
-        k = int(round(rng.uniform(*share) * idx.size))
-        k = min(max(k, 1), max(idx.size - 1, 1))
-        masks[b, rng.choice(idx, size=k, replace=False)] = 1
-    return masks
-
-
-def _patches(data: np.ndarray, rows: int, patch: int, batch: int, rng: np.random.Generator) -> np.ndarray:
-    h, w = rows, data.shape[2]
-    out = np.empty((batch, data.shape[0], patch, patch), np.float32)
-    for b in range(batch):
-        y, x = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
-        p = data[:, y:y + patch, x:x + patch]
-        p = np.rot90(p, int(rng.integers(0, 4)), axes=(1, 2))
-        out[b] = p[:, :, ::-1] if rng.random() < 0.5 else p
-    return out
 
 
 def joint_card(names: Sequence[str], config: JointImputerConfig, stack: np.ndarray) -> ModelCard:
@@ -177,45 +164,30 @@ def train_joint_imputer(stack, names: Sequence[str], out_dir: str | os.PathLike 
     if informative.sum() < 2:
         raise InputError("Fewer than two markers have any signal in this stack: there is nothing to impute from.")
     card = joint_card(names, config, stack)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    device = _device(config.device)
-    model = build_model(card.architecture, card.arch_args).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start = time.perf_counter()
-    budget = config.minutes * 60 if config.minutes else math.inf
-    limit = config.steps or math.inf
-    if budget == math.inf and limit == math.inf:
+    if not config.minutes and not config.steps:
         raise InputError("Give the joint imputer a time budget (minutes) or a number of steps.")
-    step, skipped, losses = 0, 0, []
-    model.train()
-    while step < limit and time.perf_counter() - start < budget:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled by the user")
-        x = _patches(normalised, train_rows, patch, config.batch_size, rng)
-        m = random_masks(config.batch_size, informative, config.mask_share, rng)
-        m = np.maximum(m, (x.reshape(*x.shape[:2], -1).max(axis=2) <= 0))  # an empty marker is hidden, as at use
-        xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-        mt = torch.from_numpy(m).to(device)[:, :, None, None].expand_as(xt)
-        pred = model(torch.cat([xt * (1 - mt), mt], dim=1))
-        scored = mt * torch.from_numpy(informative.astype(np.float32)).to(device)[None, :, None, None]
-        loss = (torch.abs(pred - xt) * scored).sum() / scored.sum().clamp(min=1)
-        optimiser.zero_grad()
-        loss.backward()
-        if Trainer.apply_step(optimiser, model, loss):  # the guard every training step shares
-            losses.append(loss.item())
-        else:
-            skipped += 1
-        step += 1
-        if progress is not None:
-            done = (time.perf_counter() - start) / budget if budget < math.inf else step / limit
-            progress(min(int(1000 * done), 999), 1000)
-    model.eval()
-    seconds = time.perf_counter() - start
+    torch.manual_seed(config.seed)
+    model = build_model(card.architecture, card.arch_args)
+    rng = np.random.default_rng(config.seed)  # one stream: crops, then masks, step after step
+    source = StackPatches(normalised, train_rows, patch, informative, rng=rng)
+    trainer = Trainer(model, card, (), (), config.train_config(patch), strategy=MaskedImputation(config.mask_share, rng=rng),
+                      batches=source)
+
+    def step_progress(done, total):
+        if progress is not None:  # 1000 only once the held-out scores are in
+            progress(min(int(1000 * done / max(total, 1)), 999), 1000)
+
+    result = trainer.run(progress=step_progress, cancel=cancel)
+    if result.stopped:
+        raise Cancelled("cancelled by the user")
+    model = trainer.model.eval()
+    step, seconds = result.steps, result.seconds
+    losses = [loss for _, loss in result.history["train"]]
     per_marker = score_per_marker(model, card, normalised, slice(train_rows, h), config, cancel)
     model = model.cpu()
     card.training = {"steps": step, "seconds": round(seconds, 1), "patch": patch, "batch_size": config.batch_size,
-                     "lr": config.lr, "loss": "l1 on hidden markers", "skipped_steps": skipped,
+                     "lr": config.lr, "loss": "l1 on hidden markers", "skipped_steps": trainer.skipped_steps,
+                     "precision": trainer.precision, "stopped_by": result.reason,
                      "final_loss": float(np.mean(losses[-20:])) if losses else None}
     card.scores = {"per_marker": per_marker, "heldout_region": {"start": [train_rows, 0], "stop": [h, w]},
                    "min_gain": config.min_gain, "min_pcc": config.min_pcc}

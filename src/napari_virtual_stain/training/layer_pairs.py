@@ -27,14 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..models.zwindow import ZWindow
 from .defaults import rgb_channel_names
-
-
-def _shape(shape) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-def _size(spatial) -> str:
-    return _shape(spatial) + (" (ZxYxX)" if len(spatial) == 3 else "")
+from .pair_checks import layer_size_text, size_text
 
 
 @dataclass
@@ -53,7 +46,7 @@ class TrainingImage:
         if self.rgb:
             if data.ndim < 3 or data.shape[-1] not in (3, 4):
                 raise InputError(f"The colour image '{self.name}' must have 3 or 4 colour samples (Y, X, 3), "
-                                 f"not {_shape(data.shape)}.")
+                                 f"not {size_text(data.shape)}.")
             colours = np.moveaxis(data[..., :3], -1, 0)
             if role == "target":
                 return colours.mean(axis=0)[None], [self.name]
@@ -116,7 +109,7 @@ def training_pairs(image: TrainingImage, targets: Sequence[TrainingImage], spati
         x = x.reshape((c * z,) + x.shape[2:])
         input_names = [f"{n} z{k}" for n in input_names for k in range(z)]
     if x.ndim not in (3, 4):
-        raise InputError(f"The input '{image.name}' has shape {_shape(np.shape(image.data))}; "
+        raise InputError(f"The input '{image.name}' has shape {size_text(np.shape(image.data))}; "
                          "a plane or z-stack is needed.")
     spatial = tuple(x.shape[1:])
     dims = spatial_dims or len(spatial)
@@ -124,8 +117,8 @@ def training_pairs(image: TrainingImage, targets: Sequence[TrainingImage], spati
     for target in targets:
         y, names = target.channels("target")
         if tuple(y.shape[1:]) != spatial:
-            raise InputError(f"The target layer '{target.name}' is {_size(y.shape[1:])} but the input is "
-                             f"{_size(spatial)}: pairs must have the same shape.")
+            raise InputError(f"The target layer '{target.name}' is {layer_size_text(y.shape[1:])} but the input is "
+                             f"{layer_size_text(spatial)}: pairs must have the same shape.")
         ys.append(y)
         target_names += names
     y = np.concatenate(ys)
@@ -155,8 +148,8 @@ def window_training_pairs(image: TrainingImage, targets: Sequence[TrainingImage]
     for target in targets:
         y, names = target.channels("target")
         if tuple(y.shape[1:]) not in (spatial, spatial[1:]):
-            raise InputError(f"The target layer '{target.name}' is {_size(y.shape[1:])} but the input '{image.name}' "
-                             f"is {_size(spatial)}: a target is one plane of it or the whole stack.")
+            raise InputError(f"The target layer '{target.name}' is {layer_size_text(y.shape[1:])} but the input '{image.name}' "
+                             f"is {layer_size_text(spatial)}: a target is one plane of it or the whole stack.")
         ys.append(y)
         target_names += names
     kinds = {y.ndim for y in ys}

@@ -71,6 +71,8 @@ class TrainerFiles:
             scores["validation_loss"] = self.stopper.best
         card.scores = scores
         card.extra = dict(card.extra)
+        if getattr(self.train_data, "target_stats", None) is None:
+            return card  # a batch source in the network's own unit: no per-pair target scaling to record
         card.extra["target_normalisation"] = {
             "spec": TARGET_NORMALISATION,
             "note": "targets were scaled per pair and channel to [0, 1] with these percentiles; "

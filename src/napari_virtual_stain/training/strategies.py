@@ -18,13 +18,16 @@ Built in (``strategy_for`` picks one from the config, as the Trainer always did)
 ``Supervised`` (the masked reconstruction loss), ``Adversarial`` (pix2pix's vanilla or
 least-squares GAN, or paper 002's WGAN-GP with its gradient penalty and n_critic critic
 steps) and ``Pix2PixHDFeatureMatching`` (every scale of a multi-scale critic plus feature
-matching, ``pix2pixhd_loss``).
+matching, ``pix2pixhd_loss``). ``MaskedImputation`` (random channel masking, as masked
+autoencoders do) is given as ``strategy=`` with a batch source whose target is its input
+(``batch_sources.StackPatches``): the joint MAXIM imputer trains that way.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 
 from . import adversarial
@@ -127,6 +130,49 @@ class Pix2PixHDFeatureMatching(_CriticThenGenerator):
         out["gen_adv_loss"] = float(adv.detach())
         out["feature_matching"] = float(feat.detach())
         return recon + trainer.gan_weight * (adv + feat)
+
+
+def random_masks(batch: int, informative: np.ndarray, share: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """(batch, C) masks, 1 = hidden: a random share of the informative channels of each sample (at
+    least one, never all of them); channels without signal are always hidden (they carry nothing)."""
+    c = informative.size
+    idx = np.flatnonzero(informative)
+    masks = np.ones((batch, c), np.float32)
+    for b in range(batch):
+        masks[b, idx] = 0
+        k = int(round(rng.uniform(*share) * idx.size))
+        k = min(max(k, 1), max(idx.size - 1, 1))
+        masks[b, rng.choice(idx, size=k, replace=False)] = 1
+    return masks
+
+
+class MaskedImputation:
+    """Random channel masking: the batch's ``x`` and ``y`` hold the same C channels and ``mask``
+    says which count (a channel counts when it has a target anywhere in the batch). In each
+    sample a random share (``share``, drawn uniformly) of the counting channels is hidden
+    (``random_masks``), and so is every channel that is all zeros in the sample, as at use a
+    failed marker fed as zeros is. The network sees 2C channels, the channels with the hidden
+    ones zeroed and then C mask planes (1 = hidden), and predicts the C channels; the loss is
+    the mean absolute error over the hidden channels that count.
+
+    ``rng`` (numpy) draws the masks; give the batch source's to keep one random stream.
+    """
+
+    def __init__(self, share: Sequence[float] = (0.15, 0.5), rng: np.random.Generator | None = None, seed: int = 0):
+        self.share = tuple(float(s) for s in share)
+        self.rng = rng if rng is not None else np.random.default_rng(seed)
+
+    def step(self, trainer, batch: Batch) -> dict[str, float]:
+        x, y, mask = batch
+        counting = (mask.detach().flatten(2).amax(dim=2) > 0).any(dim=0).cpu().numpy()
+        hidden = random_masks(x.shape[0], counting, self.share, self.rng)
+        empty = x.detach().flatten(2).amax(dim=2).cpu().numpy() <= 0  # as at use: a zero marker is hidden
+        hidden = torch.from_numpy(np.maximum(hidden, empty)).to(x.device)[:, :, None, None].expand_as(x)
+        pred = trainer.generate(torch.cat([x * (1 - hidden), hidden], dim=1))
+        scored = hidden * mask
+        loss = (torch.abs(pred - y) * scored).sum() / scored.sum().clamp(min=1)
+        trainer.update(trainer.optimizer, trainer.model, loss)
+        return {"train_loss": float(loss.detach())}
 
 
 def strategy_for(gan: str | None, critic) -> StepStrategy:

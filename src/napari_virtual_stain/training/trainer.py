@@ -15,10 +15,14 @@ the best weights are put back into the model and ``run`` returns
 ``TrainResult(stopped=True)``. ``save(path)`` / ``resume(path)`` (``run_files``) write and
 read the best model and the resume state; ``TrainConfig`` and the records are in ``config``.
 
-Extension points: what a step does is a ``strategies.StepStrategy`` (picked from the config,
-or given as ``strategy=``), what happens around the steps are ``callbacks.Callback`` objects
-(built from the config and ``run``'s arguments, plus ``run(callbacks=...)``), and what a step
-sees comes from ``next_batch`` (override it).
+Extension points: where the batches come from is a ``batch_sources.BatchSource`` (by
+default the ``PairedPatches`` of ``inputs`` and ``targets``, or given as ``batches=``; override
+``next_batch`` to change a batch on its way), what a step does is a
+``strategies.StepStrategy`` (picked from the config, or given as ``strategy=``), and what
+happens around the steps are ``callbacks.Callback`` objects (built from the config and
+``run``'s arguments, plus ``run(callbacks=...)``). Every strategy shares the precision policy
+(``precision``), the non-finite guard (``step_guard``) and the atomic files (``run_files``).
+The validation half is ``validation.TrainerValidation``.
 """
 
 from __future__ import annotations
@@ -30,52 +34,31 @@ import time
 import uuid
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..engine.device import autocast_context, resolve_device, resolve_precision
+from ..engine.device import autocast_context, resolve_device
+from ..engine.gpu_turn import device_turn
 from ..errors import InputError
-from ..metrics import tiled_channel_scores
 from ..models.card import ModelCard
 from ..models.zwindow import z_window
 from . import adversarial
-from .callbacks import Callback, StepInfo, ValidationInfo, default_callbacks
+from .batch_sources import BatchSource
+from .callbacks import Callback, StepInfo, default_callbacks
 from .config import DEFAULT_STEPS, TrainConfig, TrainResult, TrainUpdate
 from .datasets import PairedPatches
 from .losses import make_loss
 from .pix2pixhd_loss import is_multiscale, make_multiscale_critic
+from .precision import SCALER_BACKOFFS, needs_grad_scaling, training_precision
 from .run_files import TrainerFiles, cpu_state
 from .schedules import EarlyStopping, lr_factor
+from .step_guard import MAX_BAD_STEPS_IN_A_ROW, apply_step
 from .strategies import StepStrategy, strategy_for
+from .validation import TrainerValidation
 
-# A step whose loss or gradients are not finite is skipped (no weight update), as a
-# gradient scaler does: a rare overflow (seen with bf16 autocast in 3D) must not poison
-# the weights. This many such steps in a row mean the run has diverged.
-MAX_BAD_STEPS_IN_A_ROW = 5
-# fp16 training on a GPU scales the loss (torch.amp.GradScaler, from 2**16) so that small
-# gradients do not underflow fp16; while the scale is still too big the scaled gradients
-# overflow and the step is skipped, and the scale halves. Up to 16 halvings (down to a scale
-# of 1) are the scaler finding its scale, not divergence, so they are allowed on top.
-SCALER_BACKOFFS = 16
-
-
-def needs_grad_scaling(device: torch.device, precision: str) -> bool:
-    """Whether training on ``device`` in ``precision`` scales its loss: fp16 on CUDA only (bf16
-    has fp32's range and needs none; the CPU refuses fp16)."""
-    return precision == "fp16" and device.type == "cuda"
-
-
-def training_precision(device: torch.device, requested: str, spatial_dims: int) -> str:
-    """The precision to train in: as ``engine.device.resolve_precision``, except that "auto"
-    stays fp32 for 3D networks on the CPU. There, bf16 autocast gave occasional garbage
-    weight gradients (|g| ~ 1e29, then inf) in a 3D U-Net's bottleneck with torch 2.13's
-    CPU kernels, which ended the first demo-model run; 2D bf16 training was fine (and 2.3x
-    faster per step than fp32 on this CPU).
-    """
-    if requested == "auto" and device.type == "cpu" and spatial_dims == 3:
-        return "fp32"
-    return resolve_precision(device, requested)
+# Importable from here as they always were (tests and scripts use these names).
+__all__ = ["MAX_BAD_STEPS_IN_A_ROW", "SCALER_BACKOFFS", "TrainConfig", "TrainResult", "TrainUpdate", "Trainer",
+           "needs_grad_scaling", "training_precision"]
 
 
 def _to_unit(pred: torch.Tensor, activation: str) -> torch.Tensor:
@@ -83,36 +66,32 @@ def _to_unit(pred: torch.Tensor, activation: str) -> torch.Tensor:
     return (pred + 1.0) * 0.5 if activation == "tanh" else pred
 
 
-class Trainer(TrainerFiles):
+class Trainer(TrainerValidation, TrainerFiles):
     """Train ``model`` (described by ``card``) on (input, target) pairs; see the module docstring.
 
     ``inputs``: list of (C, Y, X) or (C, Z, Y, X) arrays; ``targets``: per pair a (T, ...)
     array or a list of T arrays/None (NaN = missing pixel). ``critic``: a conditional
     critic taking C + T channels; built automatically (``adversarial.make_critic``) when
     ``config.gan`` is set and none is given. ``strategy``: what one step does (default: the
-    built-in strategy for the config, ``strategies.strategy_for``).
+    built-in strategy for the config, ``strategies.strategy_for``). ``batches``: a
+    ``BatchSource`` to train from instead of ``inputs``/``targets`` (pass ``()`` for both; no
+    validation split, so ``config.val_fraction`` must be 0).
     """
 
     def __init__(self, model: nn.Module, card: ModelCard, inputs: Sequence, targets: Sequence,
                  config: TrainConfig | None = None, critic: nn.Module | None = None,
-                 strategy: StepStrategy | None = None):
+                 strategy: StepStrategy | None = None, batches: BatchSource | None = None):
         self.config = config = config or TrainConfig()
         config.check(card.spatial_dims)
         self.card = card
-        dims = card.spatial_dims
-        n_in = int(inputs[0].shape[0]) if len(inputs) else 0
-        if len(inputs) and n_in != card.n_in:
-            raise InputError(f"The model '{card.name}' expects {card.n_in} input channel(s) "
-                             f"({', '.join(card.input_channels)}) but the chosen input has {n_in}.")
-        common = dict(patch=config.patch, spatial_dims=dims, val_fraction=config.val_fraction, seed=config.seed,
-                      input_normalisation=card.input_normalisation, input_names=None,
-                      target_names=card.output_channels, z_window=z_window(card))
-        self.train_data = PairedPatches(inputs, targets, augment=config.augment, split="train", **common)
+        if batches is not None:
+            self._use_source(batches, inputs, targets)
+        else:
+            self._pairs(inputs, targets)
         if self.train_data.n_out != card.n_out:
             raise InputError(f"The model '{card.name}' predicts {card.n_out} channel(s) "
                              f"({', '.join(card.output_channels)}) but {self.train_data.n_out} target channel(s) were chosen.")
-        self.val_data = (PairedPatches(inputs, targets, augment=False, split="val", max_val_tiles=config.max_val_tiles, **common)
-                         if config.val_fraction > 0 else None)
+        dims = card.spatial_dims
 
         torch.manual_seed(config.seed)
         self.device = resolve_device(config.device)
@@ -165,6 +144,28 @@ class Trainer(TrainerFiles):
         self.run_id = uuid.uuid4().hex
 
     # ---- setup ---------------------------------------------------------------------------
+
+    def _pairs(self, inputs: Sequence, targets: Sequence) -> None:
+        """Training (and validation) patches of the (input, target) pairs."""
+        config, card = self.config, self.card
+        n_in = int(inputs[0].shape[0]) if len(inputs) else 0
+        if len(inputs) and n_in != card.n_in:
+            raise InputError(f"The model '{card.name}' expects {card.n_in} input channel(s) "
+                             f"({', '.join(card.input_channels)}) but the chosen input has {n_in}.")
+        common = dict(patch=config.patch, spatial_dims=card.spatial_dims, val_fraction=config.val_fraction,
+                      seed=config.seed, input_normalisation=card.input_normalisation, input_names=None,
+                      target_names=card.output_channels, z_window=z_window(card))
+        self.train_data = PairedPatches(inputs, targets, augment=config.augment, split="train", **common)
+        self.val_data = (PairedPatches(inputs, targets, augment=False, split="val", max_val_tiles=config.max_val_tiles, **common)
+                         if config.val_fraction > 0 else None)
+
+    def _use_source(self, batches: BatchSource, inputs: Sequence, targets: Sequence) -> None:
+        # A programming error, not bad user input: plain ValueErrors.
+        if len(inputs) or len(targets):
+            raise ValueError("Give either inputs and targets or batches, not both.")
+        if self.config.val_fraction > 0:
+            raise ValueError("A batch source has no validation split: set val_fraction to 0 and score the model afterwards.")
+        self.train_data, self.val_data = batches, None
 
     def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         if self.gan == "wgan-gp":
@@ -220,31 +221,8 @@ class Trainer(TrainerFiles):
             self._scalers[id(optimizer)] = torch.amp.GradScaler(self.device.type)
         return self._scalers[id(optimizer)]
 
-    @staticmethod
-    def apply_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor,
-                   scaler: torch.amp.GradScaler | None = None) -> bool:
-        """Take the optimiser step only when the loss and every gradient are finite (a
-        non-finite step is skipped and counted, never applied). With ``scaler`` (the loss was
-        scaled before ``backward``) the gradients are unscaled first, so the guard judges the
-        true gradients, and the scaler's scale is updated either way (it shrinks after a
-        skipped step: it saw the same inf or NaN while unscaling)."""
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        # one host sync for the loss and all gradients together (not one per parameter: on a GPU
-        # each bool() waits for the device)
-        checks = [torch.isfinite(loss.detach()).all()]
-        checks += [torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None]
-        finite = bool(torch.stack(checks).all())
-        if finite:
-            if scaler is not None:
-                scaler.step(optimizer)  # already unscaled: steps with these gradients
-            else:
-                optimizer.step()
-        else:
-            optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.update()
-        return finite
+    # The guard as a method too: callers (and tests) have used Trainer.apply_step.
+    apply_step = staticmethod(apply_step)
 
     def train_step(self) -> dict[str, float]:
         """One step of ``self.strategy`` on a fresh batch; ``skipped`` unless the guard let a
@@ -260,71 +238,20 @@ class Trainer(TrainerFiles):
         """End the run after the current step (for callbacks); ``reason`` is recorded."""
         self._stop_reason = reason
 
-    # ---- validation --------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def predict_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's prediction in [0, 1] for a batch of normalised patches (eval mode)."""
-        self.model.eval()
-        return self.generate(x.to(self.device))
-
-    def validate(self) -> tuple[float, dict]:
-        """Validation loss (the reconstruction loss over all validation tiles) and scores.
-
-        Tiles of one shape are batched together (the band may give smaller tiles than the
-        patch); the loss is the mean of the batches' losses weighted by their valid pixels.
-        """
-        data = self.val_data
-        preds, ys, masks, losses, weights = [], [], [], [], []
-        batch: list = []
-
-        def flush():
-            x, y, mask = (torch.stack(parts) for parts in zip(*batch))
-            pred = self.predict_patches(x).cpu()
-            losses.append(float(self.loss_fn(pred, y, mask)))
-            weights.append(float(mask.sum()))
-            preds.extend(pred.numpy())
-            ys.extend(y.numpy())
-            masks.extend(mask.numpy() > 0)
-            batch.clear()
-
-        for i in range(len(data)):
-            item = data[i]
-            if batch and (len(batch) == self.config.batch_size or item[0].shape != batch[0][0].shape):
-                flush()
-            batch.append(item)
-        if batch:
-            flush()
-        loss = float(np.average(losses, weights=weights)) if sum(weights) > 0 else 0.0
-        scores = tiled_channel_scores(preds, ys, masks, names=self.card.output_channels)
-        return loss, scores
-
-    def preview(self) -> np.ndarray:
-        """Prediction (T, ...) on the fixed preview patch (the first validation tile)."""
-        data = self.val_data if self.val_data is not None and len(self.val_data) else self.train_data
-        x, _, _ = data.fixed_patch()
-        return self.predict_patches(x[None])[0].cpu().numpy()
-
-    def _validated(self, callbacks: Sequence[Callback]) -> tuple[float, dict]:
-        """Validate, record it, keep the weights if they are the best, tell the callbacks."""
-        loss, scores = self.validate()
-        self.history["val"].append((self.step, loss))
-        improved, _ = self.stopper.update(loss, self.step)  # stopping is EarlyStop's (callbacks)
-        if improved:
-            self.best_state = cpu_state(self.model)
-            self.best_scores = scores
-        info = ValidationInfo(step=self.step, loss=loss, scores=scores, improved=improved)
-        for callback in callbacks:
-            callback.on_validation(self, info)
-        return loss, scores
-
     # ---- the loop --------------------------------------------------------------------------
 
     def run(self, progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
             on_update: Callable[[TrainUpdate], None] | None = None,
             callbacks: Iterable[Callback] = ()) -> TrainResult:
         """Train until the planned steps/minutes, early stopping, Stop or a callback's
-        ``request_stop``; ``callbacks`` run after the built-in ones (``callbacks.default_callbacks``)."""
+        ``request_stop``; ``callbacks`` run after the built-in ones (``callbacks.default_callbacks``).
+        On a GPU the run first waits for its turn (``engine.gpu_turn``); Stop while waiting ends
+        it before the first step, as Stop does."""
+        # The time limit counts from the turn: waiting for another dock's job is not training.
+        with device_turn(self, cancel):
+            return self._train(progress, cancel, on_update, callbacks)
+
+    def _train(self, progress, cancel, on_update, callbacks) -> TrainResult:
         config = self.config
         callbacks = default_callbacks(config, progress, on_update) + list(callbacks)
         start = time.perf_counter()
@@ -334,7 +261,8 @@ class Trainer(TrainerFiles):
         if self.history["val"]:
             val_step, val_loss = self.history["val"][-1]
 
-        if self.val_data is not None and not self._validated_once and self.step == 0:
+        stopped_at_once = cancel is not None and cancel.is_set()  # e.g. while waiting for the GPU
+        if self.val_data is not None and not self._validated_once and self.step == 0 and not stopped_at_once:
             val_loss, _ = self._validated(callbacks)
             val_step = 0
             self._validated_once = True
