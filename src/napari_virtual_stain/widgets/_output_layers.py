@@ -22,9 +22,9 @@ def publish(viewer, tuples: list[tuple]) -> list:
     for data, kwargs, kind in tuples:
         name = kwargs["name"]
         multiscale = bool(kwargs.get("multiscale", False))
-        ndim = _ndim(data, multiscale)
         existing = viewer.layers[name] if name in viewer.layers else None
-        if (existing is not None and isinstance(existing, Image) and kind == "image" and existing.ndim == ndim
+        if (existing is not None and isinstance(existing, Image) and kind == "image"
+                and existing.ndim == (ndim := _ndim(data, multiscale))
                 and bool(existing.multiscale) == multiscale
                 and ("rgb" not in kwargs or bool(existing.rgb) == bool(kwargs["rgb"]))):
             existing.data = data
