@@ -270,3 +270,37 @@ def test_maxim_view_imputes_at_the_displayed_level_reading_only_it(make_napari_v
     direct = maxim_workflow.impute(settings, maxim_workflow.MarkerInput.from_stack(levels[level], MARKERS),
                                    region=region)
     np.testing.assert_allclose(np.asarray(out.data[0]), direct.data, atol=1e-6)
+
+
+def test_maxim_qc_of_a_whole_pyramid_at_a_chosen_level_finds_the_box_where_it_is(make_napari_viewer, qtbot, quiet,
+                                                                                   model_dir):
+    from test_maxim_widget import _bad_stack
+
+    coarse = _bad_stack()  # CD3 blank over [16:40, 20:44]
+    levels = [np.repeat(np.repeat(coarse, 2, axis=1), 2, axis=2), coarse]  # level 1 is exactly the known stack
+    reads = []
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(recorded(levels, reads, chunks=32), multiscale=True, name="panel", scale=(0.5, 0.5),
+                             translate=(4.0, 8.0), metadata={"channel_names": MARKERS})
+    widget = MaximWidget(viewer)
+    widget.reset_choices()
+    widget.source.value, widget.folder.value = "panel", str(model_dir)
+    widget.scope.value, widget.level.value = WHOLE, "1: 64 x 64"
+    reads.clear()
+    widget.qc()
+    wait(widget, qtbot)
+    assert widget.last_report.flagged == ["CD3"], quiet
+    assert levels_read(reads) == {1}
+    overlay = viewer.layers["panel · QC disagreement CD3"]
+    assert overlay.multiscale and tuple(overlay.scale) == (1.0, 1.0)  # level pixels are twice the layer's
+    assert_over_the_input(overlay, layer, 1)
+    boxes = viewer.layers["panel · QC flagged regions"]
+    np.testing.assert_allclose(boxes.scale, (1.0, 1.0))
+    # the box's row centres the camera on the blank area: level-1 pixels [16:40, 20:44] are
+    # full-resolution [32:80, 40:88], world 4 + 0.5 * y, 8 + 0.5 * x
+    row = next(r for r, f in enumerate(widget._rows) if "start" in f)
+    widget.go_to_row(row)
+    finding = widget._rows[row]
+    assert 12 <= finding["start"][0] <= 20 and 36 <= finding["stop"][0] <= 44  # level-1 pixels
+    centre = np.add(finding["start"], finding["stop"]) / 2 * 2  # full-resolution pixels
+    np.testing.assert_allclose(viewer.camera.center[-2:], (4.0, 8.0) + 0.5 * centre)
