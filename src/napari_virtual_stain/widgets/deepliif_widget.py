@@ -72,7 +72,8 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
         self.scope = RadioButtons(label="run on", choices=[CURRENT_VIEW, WHOLE], value=CURRENT_VIEW)
         self.level = ComboBox(label="whole-image level", choices=self._levels,
                               tooltip="for a pyramid: the level a whole-image run reads (auto: nearest the model's "
-                                      "pixel size); a current view runs at the level on screen")
+                                      "pixel size); a current view runs at the level on screen. Cells are sized for "
+                                      "the magnification below: at a coarser level, choose the level's own")
         self._view: LevelView | None = None  # the level and box of the last run (None: counted maps)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)

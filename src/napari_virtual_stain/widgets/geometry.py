@@ -18,6 +18,10 @@ Every dock asks the same two questions:
   ``downsample`` (a level's factor per spatial axis) carries boxes into a level's pixels and
   a level's pixels back: napari draws level pixel ``i`` centred on full-resolution
   coordinate ``i * factor``, and so do the results placed here.
+- *At which levels is a result shown?* :class:`LevelView` ``ratios``: a result of a
+  multiscale input becomes a pyramid over the input's coarser levels
+  (``tasks.output_pyramid``); a view's box is grown to those levels' blocks so each output
+  level lies exactly on the input's (``LevelView.place`` and ``LevelView.pyramids``).
 
 Layer axes here are napari's (an RGB layer's colour axis is not one); "spatial axes" are
 the layer axes the core works on, in order (e.g. (1, 2) for a channels-first C, Y, X layer).
