@@ -95,22 +95,20 @@ def block_mean(array, factors: dict[int, int]):
     if not factors:
         return array
     dtype = np.dtype(array.dtype)
-    pad = [(0, (-n) % factors.get(a, 1)) for a, n in enumerate(array.shape)]
     if _is_lazy(array):
         import dask.array as da
 
+        pad = [(0, (-n) % factors.get(a, 1)) for a, n in enumerate(array.shape)]
         values = da.asarray(array).astype(np.float32)
         if any(p for _, p in pad):
             values = da.pad(values, pad)
         summed = da.coarsen(np.sum, values, {a: factors.get(a, 1) for a in range(array.ndim)})
     else:
-        values = np.pad(array.astype(np.float32, copy=False), pad) if any(p for _, p in pad) \
-            else array.astype(np.float32, copy=False)
-        split = []
-        for a, n in enumerate(values.shape):
-            f = factors.get(a, 1)
-            split += [n // f, f]
-        summed = values.reshape(split).sum(axis=tuple(range(1, 2 * values.ndim, 2)))
+        # Sums of blocks one axis at a time (the last block may be partial): no padded or
+        # float copy of a large result, the first sum is already 1/f of its size.
+        summed = array
+        for a, f in factors.items():
+            summed = np.add.reduceat(summed, np.arange(0, summed.shape[a], f), axis=a, dtype=np.float32)
     counts = np.ones((1,) * array.ndim, dtype=np.float32)
     for a, f in factors.items():
         n = array.shape[a]
