@@ -117,15 +117,12 @@ def save_tiff(
 
 def _sub_resolutions(data: np.ndarray, axes: str) -> list[np.ndarray]:
     """The levels below full resolution: Y and X halved by block means until the larger side fits."""
-    from ..tasks.output_pyramid import block_mean
+    from ..tasks.output_pyramid import pyramid_of
     from .ome_zarr_writer import pyramid_factors
 
     y, x = axes.index("Y"), axes.index("X")
-    levels, level = [], data
-    for _ in pyramid_factors((data.shape[y], data.shape[x])):
-        level = block_mean(level, {y: 2, x: 2})
-        levels.append(level)
-    return levels
+    factors = pyramid_factors((data.shape[y], data.shape[x]))
+    return pyramid_of(data, [(1, 1)] + [(f, f) for f in factors], (y, x))[1:]
 
 
 def _write_pyramid(path: Path, data: np.ndarray, levels: list[np.ndarray], kwargs: dict) -> None:

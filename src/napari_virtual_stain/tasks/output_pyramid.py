@@ -87,14 +87,12 @@ def _is_lazy(array) -> bool:
     return not isinstance(array, np.ndarray)
 
 
-def block_mean(array, factors: dict[int, int]):
-    """Means over blocks of ``factors[axis]`` pixels along each axis given (partial blocks at
-    the end: the mean of the pixels they hold). Integer data is rounded back to its type.
-    numpy arrays give numpy arrays; anything else (dask, zarr) a lazy dask array."""
-    factors = {int(a) % array.ndim: int(f) for a, f in factors.items() if int(f) > 1}
-    if not factors:
-        return array
-    dtype = np.dtype(array.dtype)
+def _factors(array, factors: dict[int, int]) -> dict[int, int]:
+    return {int(a) % array.ndim: int(f) for a, f in factors.items() if int(f) > 1}
+
+
+def _block_sums(array, factors: dict[int, int]):
+    """Sums (float32) over blocks of ``factors[axis]`` pixels, the last block of an axis partial."""
     if _is_lazy(array):
         import dask.array as da
 
@@ -102,31 +100,57 @@ def block_mean(array, factors: dict[int, int]):
         values = da.asarray(array).astype(np.float32)
         if any(p for _, p in pad):
             values = da.pad(values, pad)
-        summed = da.coarsen(np.sum, values, {a: factors.get(a, 1) for a in range(array.ndim)})
-    else:
-        # Sums of blocks one axis at a time (the last block may be partial): no padded or
-        # float copy of a large result, the first sum is already 1/f of its size.
-        summed = array
-        for a, f in factors.items():
-            summed = np.add.reduceat(summed, np.arange(0, summed.shape[a], f), axis=a, dtype=np.float32)
-    counts = np.ones((1,) * array.ndim, dtype=np.float32)
+        return da.coarsen(np.sum, values, {a: factors.get(a, 1) for a in range(array.ndim)})
+    # One axis at a time: no padded or float copy of a large result (the first sum is 1/f of it).
+    summed = array
     for a, f in factors.items():
-        n = array.shape[a]
+        summed = np.add.reduceat(summed, np.arange(0, summed.shape[a], f), axis=a, dtype=np.float32)
+    return summed
+
+
+def _mean(sums, shape: Sequence[int], factors: dict[int, int], dtype: np.dtype):
+    """Block sums over an array of ``shape`` -> means in ``dtype`` (integers rounded and clipped)."""
+    counts = np.ones((1,) * len(shape), dtype=np.float32)
+    for a, f in factors.items():
+        n = int(shape[a])
         along = np.minimum(f, n - np.arange(-(-n // f)) * f).astype(np.float32)
-        counts = counts * along.reshape([-1 if i == a else 1 for i in range(array.ndim)])
-    mean = summed / counts
+        counts = counts * along.reshape([-1 if i == a else 1 for i in range(len(shape))])
+    mean = sums / counts
     if dtype.kind in "uib":
-        info = np.iinfo(dtype) if dtype.kind != "b" else None
         rounded = mean.round()
-        if info is not None:
+        if dtype.kind != "b":
+            info = np.iinfo(dtype)
             rounded = rounded.clip(info.min, info.max)
         return rounded.astype(dtype)
     return mean.astype(np.float32) if dtype.kind == "f" else mean
 
 
+def block_mean(array, factors: dict[int, int]):
+    """Means over blocks of ``factors[axis]`` pixels along each axis given (partial blocks at
+    the end: the mean of the pixels they hold). Integer data is rounded back to its type.
+    numpy arrays give numpy arrays; anything else (dask, zarr) a lazy dask array."""
+    factors = _factors(array, factors)
+    if not factors:
+        return array
+    return _mean(_block_sums(array, factors), array.shape, factors, np.dtype(array.dtype))
+
+
 def pyramid_of(array, ratios: Sequence[Sequence[int]], axes: Sequence[int]) -> list:
-    """``array`` and its block means over ``axes`` by each of ``ratios`` after the first."""
-    return [array] + [block_mean(array, dict(zip(axes, ratio))) for ratio in ratios[1:]]
+    """``array`` and its block means over ``axes`` by each of ``ratios`` after the first.
+
+    Each level's block sums come from the previous level's when its factors divide the
+    next ones (x2 pyramids): every pixel is summed once, not once per level.
+    """
+    levels, sums, done = [array], array, {}
+    for ratio in ratios[1:]:
+        factors = _factors(array, dict(zip(axes, ratio)))
+        step = {a: f // done.get(a, 1) for a, f in factors.items()}
+        if any(f % done.get(a, 1) for a, f in factors.items()) or any(a not in factors for a in done):
+            sums, step = array, factors  # not nested: from the full level
+        sums = _block_sums(sums, step) if step else sums
+        done = factors
+        levels.append(_mean(sums, array.shape, factors, np.dtype(array.dtype)) if factors else array)
+    return levels
 
 
 def as_pyramids(tuples: Sequence[tuple], ratios: Sequence[Sequence[int]], start: Sequence[int]) -> list[tuple]:
