@@ -243,6 +243,7 @@ def test_deepliif_whole_image_at_a_chosen_level_reads_only_that_level(ihc_slide,
     viewer, widget, layer, levels, reads = ihc_slide
     assert widget.level.choices == ("auto", "0: 512 x 512", "1: 256 x 256", "2: 128 x 128", "3: 64 x 64")
     widget.scope.value, widget.level.value = WHOLE, "1: 256 x 256"
+    widget.settings.tile = (256,)  # deepliif's rule: 256-pixel tiles are a 20x scan, so level 1 is 10x
     viewer.reset_view()
     reads.clear()
     widget.run()
@@ -253,6 +254,17 @@ def test_deepliif_whole_image_at_a_chosen_level_reads_only_that_level(ihc_slide,
     assert_over_the_input(out, layer, 1)
     direct = _direct_deepliif(widget, levels[1], None)
     np.testing.assert_array_equal(np.asarray(out.data[0]), direct.images["Hematoxylin"])
+    assert widget.result.downsample == 2.0 and widget.classification.resolution == "10x"
+    widget.relabel()  # a new threshold: the cells are rebuilt at the level's magnification too
+    assert widget.classification.resolution == "10x"
+
+
+def test_the_automatic_magnification_follows_the_pyramid_level():
+    settings = deepliif_workflow.DeepLIIFSettings()
+    assert [settings.resolution_for(512, f) for f in (1, 2, 4, 16)] == ["40x", "20x", "10x", "10x"]
+    assert settings.resolution_for(256, 2) == "10x"
+    settings.resolution = "40x"  # chosen by the user: as chosen
+    assert settings.resolution_for(512, 4) == "40x"
 
 
 # ---- MAXIM --------------------------------------------------------------------------------

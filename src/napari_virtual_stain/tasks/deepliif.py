@@ -122,6 +122,9 @@ class DeepLIIFResult:
     card: ModelCard | None  # None for maps a user brought (no network ran)
     cells: CellAnalysis | None = None
     store: str | None = None  # the zarr folder holding ``images``, if they live on disk
+    # The in-plane factor of the pyramid level the maps were predicted at (1: full resolution):
+    # cells there are that many times smaller in pixels, which the automatic magnification follows.
+    downsample: float = 1.0
 
     def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
         """(Re)build the cell table from the stored maps: no network runs.

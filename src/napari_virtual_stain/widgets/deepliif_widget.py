@@ -72,8 +72,8 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
         self.scope = RadioButtons(label="run on", choices=[CURRENT_VIEW, WHOLE], value=CURRENT_VIEW)
         self.level = ComboBox(label="whole-image level", choices=self._levels,
                               tooltip="for a pyramid: the level a whole-image run reads (auto: nearest the model's "
-                                      "pixel size); a current view runs at the level on screen. Cells are sized for "
-                                      "the magnification below: at a coarser level, choose the level's own")
+                                      "pixel size); a current view runs at the level on screen. The automatic "
+                                      "magnification follows the level (40x halved is 20x)")
         self._view: LevelView | None = None  # the level and box of the last run (None: counted maps)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -224,8 +224,8 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
         snapshot = self.settings.remember("deepliif")  # the worker's own copy, remembered
         self._source, self._view = layer, view
         self._start(Job(workflow.run_in_temporary_store, snapshot, layer_levels(layer)[view.level], layer.name,
-                        view.region, on_result=self._on_result, on_done=self._on_done, action="DeepLIIF",
-                        relay=self.relay, inputs=(layer,)))
+                        view.region, downsample=sum(view.downsample) / 2, on_result=self._on_result,
+                        on_done=self._on_done, action="DeepLIIF", relay=self.relay, inputs=(layer,)))
 
     def count_maps(self, *_):
         """Cells from the chosen Seg and Marker layers: the same post-processing, no network."""
