@@ -218,7 +218,7 @@ def _direct_deepliif(widget, data, region):
     return deepliif_workflow.run(widget.settings.copy(), data, region=region, analyse=False)
 
 
-def test_deepliif_view_runs_at_the_displayed_level_and_shows_pyramids(ihc_slide, qtbot, tiny_deepliif):
+def test_deepliif_view_runs_at_the_displayed_level_and_shows_pyramids(ihc_slide, qtbot, tiny_deepliif, tmp_path):
     viewer, widget, layer, levels, reads = ihc_slide
     assert widget.input.value == "ihc" and widget.model.value == tiny_deepliif
     widget.scope.value = CURRENT_VIEW
@@ -237,6 +237,25 @@ def test_deepliif_view_runs_at_the_displayed_level_and_shows_pyramids(ihc_slide,
     cells = widget.cell_layer  # the cells lie on the same pixels
     np.testing.assert_allclose(cells.scale, out.scale)
     np.testing.assert_allclose(cells.translate, out.translate)
+
+    # known cells in the view's maps: exported in the full resolution's pixels (level 2: x4)
+    from test_deepliif_widget import known_segmentation
+    from napari_virtual_stain.tasks.deepliif import cell_rows
+
+    seg = np.zeros(widget.result.region.shape + (3,), np.uint8)
+    seg[:64, :64] = known_segmentation()
+    widget.result.images["Segmentation"] = seg
+    widget.relabel()
+    assert widget.result.cells.n_cells == 4
+    lines = widget.export(tmp_path / "cells.csv", "csv").read_text().splitlines()
+    header = lines[0].split(",")
+    exported = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    on_level = cell_rows(widget.result.cells, widget.classification, widget.result.region.start)
+    assert len(exported) == len(on_level) == 4
+    for full, level in zip(exported, on_level):
+        assert float(full["centroid_y"]) == pytest.approx(4 * level["centroid_y"], abs=0.02)
+        assert float(full["centroid_x"]) == pytest.approx(4 * level["centroid_x"], abs=0.02)
+        assert int(full["area_px"]) == 16 * level["area_px"]
 
 
 def test_deepliif_whole_image_at_a_chosen_level_reads_only_that_level(ihc_slide, qtbot, tiny_deepliif):
