@@ -198,6 +198,34 @@ def test_stain_view_of_a_zoomed_out_slide_is_a_pyramid_over_it_without_reading_t
     np.testing.assert_allclose(np.asarray(out.data[0]), direct, atol=1e-5)
 
 
+def test_stain_whole_image_runs_at_the_model_scale_level_and_shows_all_coarser_ones(
+        make_napari_viewer, user_models, qtbot, quiet):
+    # a model trained at 1 um pixels, a slide of 0.25 um: the whole image is predicted at level 2
+    _, card = save_tiny_model(user_models, name="tiny-2d", pixel_size_um=1.0)
+    levels = mean_pyramid(smooth_image(2048), 5)
+    reads = []
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(recorded(levels, reads), multiscale=True, name="slide", contrast_limits=(0, 1000),
+                             metadata={"pixel_size_um": (0.25, 0.25)})
+    widget = VirtualStainWidget(viewer)
+    widget.reset_choices()
+    widget.input.value, widget.model.value, widget.scope.value = "slide", "tiny-2d", "whole image / stack"
+    widget.device.value, widget.precision.value = "cpu", "fp32"
+    viewer.reset_view()
+    reads.clear()
+    widget.run()
+    wait(widget, qtbot)
+    assert levels_read(reads) == {1, 2}, quiet
+    out = viewer.layers["slide · membrane"]
+    assert [tuple(s) for s in out.level_shapes] == [(512, 512), (256, 256), (128, 128)]
+    assert_over_the_input(out, layer, 2)
+    assert_block_means(out)
+    model, _ = load_model("tiny-2d")
+    direct = run_stain(Predictor(model, card, device="cpu", precision="fp32"), levels[2],
+                       stats=pyramid_stats(levels, card)).data[1]
+    np.testing.assert_allclose(np.asarray(out.data[0]), direct, atol=1e-5)
+
+
 # ---- DeepLIIF -----------------------------------------------------------------------------
 
 @pytest.fixture
