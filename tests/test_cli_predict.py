@@ -87,3 +87,20 @@ def test_tta_flag_writes_the_test_time_augmented_prediction(tmp_path, tiny):
     expected = run_stain(Predictor(model, card, device="cpu", precision="fp32"), image, tta=True).data
     np.testing.assert_allclose(outs[True], expected, atol=1e-5)
     assert np.abs(outs[True] - outs[False]).max() > 1e-3
+
+
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tif"])
+def test_predict_from_an_ome_zarr_pyramid_writes_a_pyramid_with_its_metadata(tmp_path, tiny, suffix):
+    from napari_virtual_stain.io.ome_zarr_writer import save_ome_zarr
+
+    image = np.random.default_rng(1).integers(0, 4000, (1, 600, 520)).astype(np.uint16)
+    src = save_ome_zarr(tmp_path / "in.ome.zarr", image, "CYX", ["phase"], (0.4, 0.4), n_levels=3)
+    out = tmp_path / f"out{suffix}"
+    assert main(["predict", str(src), "-o", str(out), "--model", tiny, "--device", "cpu", "--precision", "fp32"]) == 0
+    result = load_image(out)
+    assert result.channel_names == ["nuclei", "membrane"] and result.pixel_size_um == pytest.approx((0.4, 0.4))
+    shapes = [tuple(level.shape)[-2:] for level in result.extra["levels"]]
+    assert shapes == [(600, 520), (300, 260), (150, 130)]
+    model, card = load_model(tiny)
+    expected = run_stain(Predictor(model, card, device="cpu", precision="fp32"), image[0]).data
+    np.testing.assert_allclose(np.asarray(result.data).reshape(expected.shape), expected, atol=1e-5)

@@ -97,3 +97,23 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, rng, monkey
 def test_bad_arguments_raise_input_error(tmp_path, shape, axes, names, message):
     with pytest.raises(InputError, match=message):
         save_tiff(tmp_path / "x.tif", np.zeros(shape, np.float32), axes, names)
+
+
+def test_a_large_ome_tiff_gets_sub_resolution_levels_that_open_as_a_pyramid(tmp_path):
+    from napari_virtual_stain.io.napari_reader import read_tiff
+    from napari_virtual_stain.tasks.output_pyramid import block_mean
+
+    data = np.random.default_rng(0).random((2, 600, 520)).astype(np.float32)
+    path = save_tiff(tmp_path / "pred.ome.tif", data, "CYX", ["nuclei", "membrane"], (0.5, 0.5))
+    back = load_image(path)
+    assert back.channel_names == ["nuclei", "membrane"] and back.pixel_size_um == (0.5, 0.5)
+    shapes = [tuple(level.shape) for level in back.extra["levels"]]
+    assert shapes == [(2, 600, 520), (2, 300, 260), (2, 150, 130)]  # halved until the larger side fits 256
+    np.testing.assert_array_equal(np.asarray(back.data), data)
+    np.testing.assert_allclose(np.asarray(back.extra["levels"][1]), block_mean(data, {1: 2, 2: 2}), rtol=1e-6)
+    (levels, kwargs, _), = read_tiff(str(path))
+    assert kwargs["multiscale"] and len(levels) == 3
+    small = save_tiff(tmp_path / "small.ome.tif", data[:, :200, :200], "CYX", ["a", "b"])
+    assert len(tifffile.TiffFile(small).series[0].levels) == 1  # nothing to gain below 256 pixels
+    flat = save_tiff(tmp_path / "flat.ome.tif", data, "CYX", ["a", "b"], pyramid=False)
+    assert len(tifffile.TiffFile(flat).series[0].levels) == 1

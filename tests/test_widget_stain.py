@@ -256,12 +256,13 @@ def test_current_view_of_a_multiscale_layer_follows_the_displayed_level(dock, qt
     assert drawn_level == displayed_level(viewer, layer) == 2  # the dock's level is napari's
     run_and_wait(widget, qtbot)
     out = viewer.layers["slide · nuclei"]
-    assert out.data.shape == (128, 128) and out.metadata["pyramid_level"] == 2
+    assert out.multiscale and len(out.data) == 1  # the coarsest level has no coarser ones below it
+    assert out.data[0].shape == (128, 128) and out.metadata["pyramid_level"] == 2
     assert tuple(out.scale) == (2.0, 2.0) and tuple(out.translate) == (3.0, -8.0)  # level pixel q sits at q * 4
     model, card = load_model("tiny-2d")
     stats = run_stain(Predictor(model, card, device="cpu", precision="fp32"), full).stats  # whole-image statistics
     reference = run_stain(Predictor(model, card, device="cpu", precision="fp32"), levels[2], stats=stats).data
-    np.testing.assert_allclose(out.data, reference[0], atol=1e-5)
+    np.testing.assert_allclose(out.data[0], reference[0], atol=1e-5)
     assert "level 2" in widget.info.value
 
     viewer.camera.center, viewer.camera.zoom = (3.0 + 0.5 * 200, -8.0 + 0.5 * 300), 8.0  # in: full resolution
@@ -269,10 +270,12 @@ def test_current_view_of_a_multiscale_layer_follows_the_displayed_level(dock, qt
     run_and_wait(widget, qtbot)
     assert out.metadata["pyramid_level"] == 0 and tuple(out.scale) == (0.5, 0.5)
     start = ((np.asarray(out.translate) - (3.0, -8.0)) / 0.5).round().astype(int)
-    h, w = out.data.shape
-    assert h < 512 and w < 512 and abs(start[0] + h / 2 - 200) <= 1 and abs(start[1] + w / 2 - 300) <= 1
+    h, w = out.data[0].shape
+    # the visible box grown to the 4-pixel blocks of the output's levels 1 and 2 (the input's factors)
+    assert len(out.data) == 3 and all(v % 4 == 0 for v in (*start, h, w))
+    assert h < 512 and w < 512 and abs(start[0] + h / 2 - 200) <= 4 and abs(start[1] + w / 2 - 300) <= 4
     region = Region(tuple(start), (start[0] + h, start[1] + w))
-    np.testing.assert_allclose(out.data, expected(full, region)[0], atol=1e-5)
+    np.testing.assert_allclose(out.data[0], expected(full, region)[0], atol=1e-5)
 
     # back out: the coarse view comes from the level's cache, not from the network
     calls = []
@@ -280,8 +283,8 @@ def test_current_view_of_a_multiscale_layer_follows_the_displayed_level(dock, qt
     viewer.reset_view()
     viewer.camera.zoom /= 8
     run_and_wait(widget, qtbot)
-    assert out.metadata["pyramid_level"] == 2 and out.data.shape == (128, 128)
-    np.testing.assert_allclose(out.data, reference[0], atol=1e-5)
+    assert out.metadata["pyramid_level"] == 2 and out.data[0].shape == (128, 128)
+    np.testing.assert_allclose(out.data[0], reference[0], atol=1e-5)
     assert not calls
     np.testing.assert_array_equal(layer.data[0], full)  # the input is never modified
 

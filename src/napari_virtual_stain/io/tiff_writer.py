@@ -38,6 +38,7 @@ def save_tiff(
     *,
     format: str = "auto",
     compression: str | None = "zlib",
+    pyramid: bool = True,
 ) -> Path:
     """Write ``data`` with ``axes`` (letters of ``TCZYXS``, any order) as a TIFF, atomically.
 
@@ -45,7 +46,10 @@ def save_tiff(
     "ome" (OME-TIFF), or "auto": OME for ``.ome.tif(f)`` names and for data ImageJ cannot
     hold (RGB that is not 8-bit), ImageJ otherwise. Floats are written as float32.
     ``pixel_size_um`` gives one size per spatial axis (aligned from the right with the Z, Y,
-    X axes present; None entries are unknown). Returns the written path.
+    X axes present; None entries are unknown). An OME-TIFF larger than
+    :data:`~.ome_zarr_writer.SMALLEST_LEVEL_SIDE` in Y or X gets sub-resolution levels
+    (``pyramid``; Y and X halved by block means, as the OME-Zarr writer's levels) that
+    QuPath, napari and this plugin open as a pyramid. Returns the written path.
     :func:`load_image` reads the file back with the same data, axes, names and pixel size.
     """
     path = Path(path)
@@ -95,8 +99,12 @@ def save_tiff(
     path.parent.mkdir(parents=True, exist_ok=True)
     # A hidden sibling, created with the usual permissions, renamed over the target at the end.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    levels = _sub_resolutions(data, axes) if format == "ome" and pyramid else []
     try:
-        tifffile.imwrite(tmp, data, **kwargs)
+        if levels:
+            _write_pyramid(tmp, data, levels, kwargs)
+        else:
+            tifffile.imwrite(tmp, data, **kwargs)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -105,3 +113,24 @@ def save_tiff(
             pass
         raise
     return path
+
+
+def _sub_resolutions(data: np.ndarray, axes: str) -> list[np.ndarray]:
+    """The levels below full resolution: Y and X halved by block means until the larger side fits."""
+    from ..tasks.output_pyramid import pyramid_of
+    from .ome_zarr_writer import pyramid_factors
+
+    y, x = axes.index("Y"), axes.index("X")
+    factors = pyramid_factors((data.shape[y], data.shape[x]))
+    return pyramid_of(data, [(1, 1)] + [(f, f) for f in factors], (y, x))[1:]
+
+
+def _write_pyramid(path: Path, data: np.ndarray, levels: list[np.ndarray], kwargs: dict) -> None:
+    """One OME-TIFF series whose sub-IFDs hold ``levels`` (tifffile's pyramid layout)."""
+    level_kwargs = {k: kwargs[k] for k in ("compression", "photometric") if k in kwargs}
+    bigtiff = data.nbytes + sum(level.nbytes for level in levels) > 2 ** 31
+    with tifffile.TiffWriter(path, ome=True, bigtiff=bigtiff) as tw:
+        first = {k: v for k, v in kwargs.items() if k != "ome"}
+        tw.write(data, subifds=len(levels), **first)
+        for level in levels:
+            tw.write(level, subfiletype=1, **level_kwargs)

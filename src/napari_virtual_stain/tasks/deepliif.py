@@ -122,6 +122,9 @@ class DeepLIIFResult:
     card: ModelCard | None  # None for maps a user brought (no network ran)
     cells: CellAnalysis | None = None
     store: str | None = None  # the zarr folder holding ``images``, if they live on disk
+    # The in-plane factor of the pyramid level the maps were predicted at (1: full resolution):
+    # cells there are that many times smaller in pixels, which the automatic magnification follows.
+    downsample: float = 1.0
 
     def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
         """(Re)build the cell table from the stored maps: no network runs.
@@ -190,18 +193,21 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
 # ---- exports ------------------------------------------------------------------------------
 
 def cell_rows(analysis: CellAnalysis, classification: Classification, offset=(0, 0),
-              pixel_size_um: float | None = None) -> list[dict[str, Any]]:
-    """One dict per cell: id, class, area, centroid (image pixels), marker and channel means."""
+              pixel_size_um: float | None = None, scale: float = 1.0) -> list[dict[str, Any]]:
+    """One dict per cell: id, class, area, centroid (image pixels), marker and channel means.
+
+    ``scale``: for maps of a pyramid level, its factor: centroids (after ``offset``, in the
+    level's pixels) and areas are given in the full resolution's pixels."""
     t = analysis.table
     names = class_names(classification)
     manual = set(analysis.overrides)
     rows = []
     for i in range(analysis.n_cells):
-        row = {"id": int(t["id"][i]), "class": str(names[i]), "area_px": int(t["area"][i])}
+        row = {"id": int(t["id"][i]), "class": str(names[i]), "area_px": int(round(float(t["area"][i]) * scale ** 2))}
         if pixel_size_um:
             row["area_um2"] = round(float(t["area"][i]) * pixel_size_um ** 2, 3)
-        row.update({"centroid_y": round(float(t["centroid_y"][i]) + offset[0], 2),
-                    "centroid_x": round(float(t["centroid_x"][i]) + offset[1], 2),
+        row.update({"centroid_y": round((float(t["centroid_y"][i]) + offset[0]) * scale, 2),
+                    "centroid_x": round((float(t["centroid_x"][i]) + offset[1]) * scale, 2),
                     "positive_fraction": round(float(t["positive_fraction"][i]), 4),
                     "marker_max": round(float(t["marker_max"][i]), 2)})
         for name in CHANNEL_COLUMNS:
@@ -222,12 +228,13 @@ def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
 
 
 def cell_polygons(analysis: CellAnalysis, classification: Classification, offset=(0, 0),
-                  include_excluded: bool = False) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection: one polygon per cell (x, y in image pixels) with its row as properties."""
+                  include_excluded: bool = False, scale: float = 1.0) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection: one polygon per cell (x, y in image pixels; ``scale`` as for
+    :func:`cell_rows`) with its row as properties."""
     from scipy import ndimage
     from skimage.measure import find_contours
 
-    rows = {r["id"]: r for r in cell_rows(analysis, classification, offset)}
+    rows = {r["id"]: r for r in cell_rows(analysis, classification, offset, scale=scale)}
     features = []
     for label, box in enumerate(ndimage.find_objects(analysis.labels), start=1):
         if box is None or (not include_excluded and classification.classes[label] == 0):
@@ -237,8 +244,8 @@ def cell_polygons(analysis: CellAnalysis, classification: Classification, offset
         if not contours:
             continue
         ring = max(contours, key=len)
-        ys = ring[:, 0] - 1 + box[0].start + offset[0]
-        xs = ring[:, 1] - 1 + box[1].start + offset[1]
+        ys = (ring[:, 0] - 1 + box[0].start + offset[0]) * scale
+        xs = (ring[:, 1] - 1 + box[1].start + offset[1]) * scale
         coords = [[round(float(x), 2), round(float(y), 2)] for y, x in zip(ys, xs)]
         if coords[0] != coords[-1]:
             coords.append(coords[0])

@@ -9,6 +9,11 @@ the cell controls (``widgets.deepliif_cells``) then work on the stored maps.
 "Count existing maps" does the same from Seg and Marker layers someone already has
 (deepliif's ``*_Seg.png`` and ``*_mod4-Marker.png``/``*_Marker.png``, picked automatically
 for the chosen IHC layer): no network runs. Every default is deepliif 1.2.7's.
+
+A multiscale (pyramid) IHC layer is run at one level (``widgets.geometry.level_view_over``):
+the current view at the level napari displays (a zoomed-out view never reads the full
+resolution), the whole image at the level chosen (auto: the one nearest the model's pixel
+size). Modalities come back as pyramids over the input's coarser levels, placed over it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from ..workflows.deepliif import DeepLIIFSettings
 from ..workflows.settings_files import settings_file
 from ._output_layers import publish
 from .deepliif_cells import CELLS, MARKER_AUTO, MARKER_MANUAL, MARKER_OFF, RESOLUTION_AUTO, CellControls  # noqa: F401
-from .geometry import placement, visible_region
+from ._levels import chosen_level, level_choices
+from .geometry import LevelView, layer_levels, level_view_over
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 CURRENT_VIEW = "current view"
@@ -64,6 +70,11 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
                                   tooltip="fp32 (default) gives deepliif's answers; auto/bf16 are faster on GPUs "
                                           "and CPUs with native bf16 but move cell counts by a few percent")
         self.scope = RadioButtons(label="run on", choices=[CURRENT_VIEW, WHOLE], value=CURRENT_VIEW)
+        self.level = ComboBox(label="whole-image level", choices=self._levels,
+                              tooltip="for a pyramid: the level a whole-image run reads (auto: nearest the model's "
+                                      "pixel size); a current view runs at the level on screen. The automatic "
+                                      "magnification follows the level (40x halved is 20x)")
+        self._view: LevelView | None = None  # the level and box of the last run (None: counted maps)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
@@ -74,7 +85,7 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
                                      tooltip="an existing DeepLIIF marker map, e.g. ROI_1_mod4-Marker.png")
         self.count_button = PushButton(text="Count existing maps (no network)")
         self.container = Container(widgets=[
-            self.input, self.model, self.folder, self.model_info, self.device, self.precision, self.scope,
+            self.input, self.model, self.folder, self.model_info, self.device, self.precision, self.scope, self.level,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.run_state_label, self.seg_layer, self.marker_layer, self.count_button, self.progress,
             *self._cell_widgets(st)])
@@ -94,6 +105,7 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.relay.progressed.connect(self._on_progress)
         self.input.changed.connect(self._pick_maps)
+        self.input.changed.connect(lambda *_: self.level.reset_choices())
         self.folder.changed.connect(self._folder_chosen)
         self._connect_cells()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -142,8 +154,12 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
     def _model_names(self, *_):
         return [e.name for e in list_models(task="deepliif")]
 
+    def _levels(self, *_):
+        name = self.input.value if hasattr(self, "input") else None
+        return level_choices(self.viewer.layers[name] if name in self.viewer.layers else None)
+
     def reset_choices(self, *_):
-        for combo in (self.input, self.model, self.seg_layer, self.marker_layer):
+        for combo in (self.input, self.model, self.seg_layer, self.marker_layer, self.level):
             combo.reset_choices()
         self._pick_maps()
 
@@ -178,11 +194,13 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
         return self.model.value
 
     # -- running ---------------------------------------------------------------------------
-    def _region_for(self, layer):
-        if self.scope.value == WHOLE:
-            return None
-        # an RGB layer's data has a trailing colour axis that napari does not count as a dimension
-        return visible_region(self.viewer, layer, (0, 1), tuple(layer.data.shape[:2]))
+    def _view_for(self, layer) -> LevelView:
+        """The level and box (None: all) a run reads; an RGB layer's colour axis is not a napari axis."""
+        from ..models.registry import model_card
+
+        return level_view_over(self.viewer, layer, (0, 1), lambda data: tuple(data.shape[:2]),
+                               whole=self.scope.value == WHOLE, level=chosen_level(self.level.value),
+                               model_pixel_size_um=model_card(self.settings.model).pixel_size_um)
 
     def run(self, *_):
         if self.job is not None and self.job.running:
@@ -197,13 +215,16 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
             return
         layer = self.viewer.layers[name]
         try:
-            region = self._region_for(layer)
+            view = self._view_for(layer)
         except Exception as err:
             report_error(err, "DeepLIIF")
             return
+        if view.note:
+            show_warning(view.note)
         snapshot = self.settings.remember("deepliif")  # the worker's own copy, remembered
-        self._source = layer
-        self._start(Job(workflow.run_in_temporary_store, snapshot, layer.data, layer.name, region, on_result=self._on_result,
+        self._source, self._view = layer, view
+        self._start(Job(workflow.run_in_temporary_store, snapshot, layer_levels(layer)[view.level], layer.name,
+                        view.region, downsample=sum(view.downsample) / 2, on_result=self._on_result,
                         on_done=self._on_done, action="DeepLIIF", relay=self.relay, inputs=(layer,)))
 
     def count_maps(self, *_):
@@ -219,8 +240,8 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
         if problems:
             report_error(InputError(problems[0]), "DeepLIIF")
             return
-        self._source = layers[0]
-        self._start(Job(workflow.count_maps, *(layer.data for layer in layers), names, self.settings.copy(),
+        self._source, self._view = layers[0], None
+        self._start(Job(workflow.count_maps, *(layer_levels(layer)[0] for layer in layers), names, self.settings.copy(),
                         on_result=self._on_maps, on_done=self._on_done,
                         action="DeepLIIF cell count", inputs=tuple(layers)))
 
@@ -241,14 +262,15 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
         self._show_cells()
 
     def _placement(self) -> dict:
-        return placement(self._source, (0, 1), self.result.region.start)
+        view = self._view or LevelView(0, (1.0, 1.0), None)
+        return view.place(self._source, (0, 1), self.result.region.start)
 
     def _on_result(self, result):
         previous = self.result.store if self.result is not None else None
         self.result = result
         self.help.tooltip = result.card.description  # e.g. the bundled model says it is a demonstration
         tuples = workflow.modality_tuples(result, self._source.name, self._placement())
-        publish(self.viewer, tuples)
+        publish(self.viewer, self._view.pyramids(self._source, tuples, result.region.start))
         self._show_cells()
         if previous is not None and previous != result.store:  # its layers now show the new result
             shutil.rmtree(previous, ignore_errors=True)

@@ -18,6 +18,10 @@ Every dock asks the same two questions:
   ``downsample`` (a level's factor per spatial axis) carries boxes into a level's pixels and
   a level's pixels back: napari draws level pixel ``i`` centred on full-resolution
   coordinate ``i * factor``, and so do the results placed here.
+- *At which levels is a result shown?* :class:`LevelView` ``ratios``: a result of a
+  multiscale input becomes a pyramid over the input's coarser levels
+  (``tasks.output_pyramid``); a view's box is grown to those levels' blocks so each output
+  level lies exactly on the input's (``LevelView.place`` and ``LevelView.pyramids``).
 
 Layer axes here are napari's (an RGB layer's colour axis is not one); "spatial axes" are
 the layer axes the core works on, in order (e.g. (1, 2) for a channels-first C, Y, X layer).
@@ -33,6 +37,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..tasks.arrays import layout_for
+from ..tasks.output_pyramid import MAX_VIEW_RATIO, align_region, alignment, as_pyramids, level_ratios
 from ..tasks.pyramid import choose_level
 from ..tasks.region import Region, view_region
 
@@ -189,26 +194,61 @@ class LevelView:
     downsample: tuple[float, ...]  # the level's factor per spatial axis
     region: Region | None  # in the level's pixels; None: all of it
     note: str | None = None  # a sentence when the pyramid has no level at the model's scale
+    # The output pyramid: the factors of the input's coarser levels over this one (first all
+    # ones; tasks.output_pyramid). A view's region starts and ends on their blocks.
+    ratios: tuple[tuple[int, ...], ...] = ((1, 1),)
+
+    def place(self, layer, axes: Sequence[int], start: Sequence[int]) -> dict:
+        """:func:`placement` of a result of this run starting at ``start`` (of this level)."""
+        return placement(layer, axes, start, self.downsample if getattr(layer, "multiscale", False) else None)
+
+    def pyramids(self, layer, tuples: list[tuple], start: Sequence[int]) -> list[tuple]:
+        """The result's image layers as pyramids over the input's coarser levels (a multiscale input only)."""
+        if not getattr(layer, "multiscale", False):
+            return list(tuples)
+        return as_pyramids(tuples, self.ratios, start)
 
 
-def level_view(viewer, layer, card, whole: bool = False) -> LevelView:
+def level_view(viewer, layer, card, whole: bool = False, level: int | None = None) -> LevelView:
     """The level a run of ``card`` predicts at and its visible box (``whole``: all of that level).
 
     The current view uses the displayed level or a coarser one nearer the model's pixel size;
-    a whole-image run the level nearest the model's pixel size (the full resolution without one).
-    In a 3D view everything is "visible": the whole level.
+    a whole-image run ``level``, or without one the level nearest the model's pixel size (the
+    full resolution without one). In a 3D view everything is "visible": the whole level.
     """
     levels = layer_levels(layer)
     layout = layout_for(levels[0], card, layer.rgb, layer.name)
     axes = spatial_axes(layer, layout.spatial_ndim, None if layout.rgb else layout.channel_axis)
+    z_extent = card.tile[0] if card.spatial_dims == 3 else 1
+    return level_view_over(viewer, layer, axes, lambda data: layout.spatial_shape(tuple(data.shape)), whole=whole,
+                           level=level, model_pixel_size_um=card.pixel_size_um, z_extent=z_extent)
+
+
+def level_view_over(viewer, layer, axes: Sequence[int], spatial_shape_of, *, whole: bool = False,
+                    level: int | None = None, model_pixel_size_um: float | None = None,
+                    z_extent: int = 1) -> LevelView:
+    """:func:`level_view` for a run over the layer ``axes`` (no model card needed: MAXIM, DeepLIIF).
+
+    ``spatial_shape_of(level_array)``: the shape of a level over ``axes``. A current view's box
+    is grown to the blocks of the output pyramid's levels (tasks.output_pyramid.align_region).
+    """
+    levels = layer_levels(layer)
     downsample = level_downsample(layer, axes)
     whole = whole or viewer.dims.ndisplay == 3
-    choice = choose_level(downsample, 0 if whole else displayed_level(viewer, layer), layer_pixel_size_um(layer),
-                          card.pixel_size_um)
-    factors = tuple(float(f) for f in downsample[choice.level])
+    if whole and level is not None:
+        if not 0 <= int(level) < len(levels):
+            raise InputError(f"The layer '{layer.name}' has {len(levels)} pyramid level(s); level {level} does not "
+                             "exist.")
+        chosen, note = int(level), None
+    else:
+        choice = choose_level(downsample, 0 if whole else displayed_level(viewer, layer), layer_pixel_size_um(layer),
+                              model_pixel_size_um)
+        chosen, note = choice.level, choice.note
+    factors = tuple(float(f) for f in downsample[chosen])
+    ratios = level_ratios(downsample, chosen, None if whole else MAX_VIEW_RATIO)
     if whole:
-        return LevelView(choice.level, factors, None, choice.note)
-    spatial_shape = layout.spatial_shape(tuple(levels[choice.level].shape))
-    z_extent = card.tile[0] if card.spatial_dims == 3 else 1
+        return LevelView(chosen, factors, None, note, ratios)
+    spatial_shape = spatial_shape_of(levels[chosen])
     region = visible_region(viewer, layer, axes, spatial_shape, z_extent=z_extent, downsample=factors)
-    return LevelView(choice.level, factors, region, choice.note)
+    region = align_region(region, alignment(ratios), spatial_shape)
+    return LevelView(chosen, factors, region, note, ratios)

@@ -8,6 +8,11 @@ Markers come either as one grey layer per marker (what the reader's channel axis
 default: every 2D grey layer of the same shape) or as one channels-first (C, Y, X) layer
 whose ``metadata["channel_names"]`` names the markers. Every action is a workflow function
 run in a worker; ``workflows.maxim_results`` turns its result into layers, a table or bars.
+
+Multiscale (pyramid) marker layers are read at one level (``widgets.geometry.level_view_over``):
+the current view at the level napari displays, the whole image at the level chosen; only the
+view's pixels are read (``workflows.lazy_markers``), and the maps come back as pyramids over
+the input's coarser levels, placed over it. Cell evaluation and training use the full resolution.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from ..workflows import maxim_results as shown
 from ..workflows.maxim import ATTRIBUTION, CELLS, IMPUTE, QC, TRAIN, MarkerInput, MaximSettings
 from ..workflows.settings_files import settings_file
 from ._output_layers import publish
-from .geometry import placement, spatial_axes, visible_region
+from ..workflows.lazy_markers import LazyMarkers
+from ._levels import chosen_level, level_choices
+from .geometry import layer_levels, level_view_over, spatial_axes
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_info, show_warning
 
 SEPARATE = "one layer per marker"
@@ -52,6 +59,9 @@ class MaximWidget(JobDockMixin, QWidget):
         self.folder = FileEdit(label="imputers folder", mode="d", value=st.folder)
         self.target = ComboBox(label="target marker", choices=self._targets)
         self.scope = RadioButtons(label="run on", choices=[CURRENT_VIEW, WHOLE], value=WHOLE)
+        self.level = ComboBox(label="whole-image level", choices=self._levels,
+                              tooltip="for pyramid layers: the level a whole-image run reads (auto: the full "
+                                      "resolution); a current view runs at the level on screen")
         devices = available_devices()
         self.device = ComboBox(label="device", choices=devices, value=st.device if st.device in devices else "auto")
         self.labels = ComboBox(label="nuclei labels", choices=self._label_layers)
@@ -70,7 +80,7 @@ class MaximWidget(JobDockMixin, QWidget):
         self.table.setHorizontalHeaderLabels(QC_COLUMNS)
         b = self.buttons
         self.container = Container(widgets=[
-            self.source, self.markers, self.folder, self.target, self.scope, self.device,
+            self.source, self.markers, self.folder, self.target, self.scope, self.level, self.device,
             Container(widgets=[b[IMPUTE], b[QC], b[ATTRIBUTION]], layout="horizontal", labels=False),
             self.labels, self.expand, self.threshold, b[CELLS], self.minutes, self.steps, b[TRAIN],
             self.cancel_button, self.progress, self.run_state_label, self.info, self.bars])
@@ -94,6 +104,8 @@ class MaximWidget(JobDockMixin, QWidget):
         self._bind()
         for chooser in (self.source, self.markers, self.labels):
             chooser.changed.connect(self._check_settings)
+        for chooser in (self.source, self.markers):  # the levels offered are the first marker layer's
+            chooser.changed.connect(lambda *_: self.level.reset_choices())
         self._check_settings()
 
     def _bind(self) -> None:
@@ -108,15 +120,20 @@ class MaximWidget(JobDockMixin, QWidget):
             widget.changed.connect(lambda value, name=name, convert=convert: setattr(st, name, convert(value)))
         st.events.connect(self._check_settings)
 
-    def _marker_input(self) -> MarkerInput:
-        """The markers the next run reads (and the layers it keeps an eye on)."""
+    def _marker_layers(self) -> list:
         if self.source.value not in self.viewer.layers:  # one layer per marker
-            layers = [self.viewer.layers[n] for n in self.markers.value if n in self.viewer.layers]
-            self._inputs = layers
-            return MarkerInput.from_planes([layer.data for layer in layers], [layer.name for layer in layers])
-        layer = self.viewer.layers[self.source.value]
-        self._inputs = [layer]
-        return MarkerInput.from_stack(layer.data, layer.metadata.get("channel_names"))
+            return [self.viewer.layers[n] for n in self.markers.value if n in self.viewer.layers]
+        return [self.viewer.layers[self.source.value]]
+
+    def _marker_input(self, level: int = 0, lazy: bool = False) -> MarkerInput:
+        """The markers the next run reads at pyramid ``level`` (and the layers it keeps an eye on);
+        ``lazy``: read by the action, region only (imputation, attribution, QC)."""
+        kind = LazyMarkers if lazy else MarkerInput
+        self._inputs = layers = self._marker_layers()
+        at = [layer_levels(layer)[min(level, len(layer_levels(layer)) - 1)] for layer in layers]
+        if self.source.value not in self.viewer.layers:
+            return kind.from_planes(at, [layer.name for layer in layers])
+        return kind.from_stack(at[0], layers[0].metadata.get("channel_names"))
 
     def _selection_problems(self, action: str) -> list[str]:
         found = [] if action != CELLS or self.labels.value else ["Add a nuclei label layer and choose it first."]
@@ -148,11 +165,15 @@ class MaximWidget(JobDockMixin, QWidget):
     def _label_layers(self, *_):
         return [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
 
+    def _levels(self, *_):
+        layers = self._marker_layers() if hasattr(self, "markers") else []
+        return level_choices(layers[0] if layers else None)
+
     def _targets(self, *_):
         return workflow.imputer_markers(str(self.folder.value))
 
     def reset_choices(self, *_):
-        for w in (self.source, self.markers, self.target, self.labels):
+        for w in (self.source, self.markers, self.target, self.labels, self.level):
             w.reset_choices()
         # Follow new layers while the user has not changed the default selection.
         if not self.markers.value or list(self.markers.value) == self._default_selection:
@@ -177,13 +198,21 @@ class MaximWidget(JobDockMixin, QWidget):
         if problems:  # said at once; what is wrong with the markers is said by the run itself
             report_error(InputError(problems[0]), action)
             return False
-        markers = self._marker_input()
-        if reference and self._inputs:
-            layer = self._inputs[0]
-            self._context = (layer, layer.name if self.source.value in self.viewer.layers else "MAXIM")
+        level = 0
+        layers = self._marker_layers() if reference else []
+        if layers:
+            layer = layers[0]
+            try:
+                view = level_view_over(self.viewer, layer, spatial_axes(layer, 2), lambda d: tuple(d.shape[-2:]),
+                                       whole=self.scope.value == WHOLE, level=chosen_level(self.level.value))
+            except Exception as err:  # grid mode, a layer out of view: a sentence
+                report_error(err, action)
+                return False
+            level = view.level
+            self._context = (layer, layer.name if self.source.value in self.viewer.layers else "MAXIM", view)
             if self.scope.value == CURRENT_VIEW:
-                kwargs["region"] = visible_region(self.viewer, layer, spatial_axes(layer, 2),
-                                                  tuple(layer.data.shape[-2:]))
+                kwargs["region"] = view.region
+        markers = self._marker_input(level, lazy=bool(layers))
         self.job = Job(func, self.settings.remember("maxim"), markers, *args, on_result=on_result,
                        on_done=self._on_done, action=action, relay=self.relay, inputs=self._inputs, **kwargs)
         for button in self.buttons.values():
@@ -215,11 +244,16 @@ class MaximWidget(JobDockMixin, QWidget):
         self._check_settings()
 
     def _place(self, start) -> dict:
-        layer, _ = self._context
-        return placement(layer, spatial_axes(layer, 2), start)
+        layer, _, view = self._context
+        return view.place(layer, spatial_axes(layer, 2), start)
+
+    def _pyramids(self, tuples, start) -> list:
+        layer, _, view = self._context
+        return view.pyramids(layer, tuples, start)
 
     def _show_imputed(self, result):
-        publish(self.viewer, shown.imputed_tuples(result, self._context[1], self._place(result.region.start)))
+        tuples = shown.imputed_tuples(result, self._context[1], self._place(result.region.start))
+        publish(self.viewer, self._pyramids(tuples, result.region.start))
         self.info.value = shown.describe_imputed(result)
 
     def _show_qc(self, report):
@@ -233,7 +267,8 @@ class MaximWidget(JobDockMixin, QWidget):
                 item.setToolTip(sentence)
                 self.table.setItem(row, col, item)
         name = self._context[1]
-        tuples = shown.qc_tuples(report, name, self._place(report.region.start), self._place((0, 0)))
+        tuples = self._pyramids(shown.qc_tuples(report, name, self._place(report.region.start), self._place((0, 0))),
+                                report.region.start)
         boxes = shown.boxes_name(name)
         if boxes in self.viewer.layers and all(t[1]["name"] != boxes for t in tuples):
             self.viewer.layers.remove(boxes)  # nothing flagged in a region any more
@@ -246,10 +281,12 @@ class MaximWidget(JobDockMixin, QWidget):
         """Centre the camera on the finding of this table row (its box, or the whole channel)."""
         if not 0 <= row < len(self._rows):
             return
-        layer, _ = self._context
+        layer, _, view = self._context
         finding = self._rows[row]
         scale, translate = np.asarray(layer.scale)[-2:], np.asarray(layer.translate)[-2:]
-        start, stop = shown.finding_box(finding, layer.data.shape)
+        start, stop = shown.finding_box(finding, layer_levels(layer)[view.level].shape)
+        # the finding is in the run's level pixels; napari's data coordinates are the full resolution's
+        start, stop = start * view.downsample[-2:], stop * view.downsample[-2:]
         self.viewer.camera.center = tuple(translate + scale * (start + stop) / 2)
         extent = float(np.max(scale * (stop - start))) or 1.0
         self.viewer.camera.zoom = 400.0 / extent  # about 400 screen pixels across the box

@@ -5,9 +5,10 @@ Thin by design: it reads choices, computes the visible box, and hands a core fun
 
 A multiscale (pyramid) layer is predicted at one level: the current view at the level
 napari displays or a coarser one nearer the model's pixel size (tasks.pyramid.choose_level),
-the whole image at the level nearest the model's pixel size. The output is a single-scale
-layer of that level's pixels, scaled to overlay the input; each level keeps its own
-predicted pixels for later views.
+the whole image at the level nearest the model's pixel size. The output is a multiscale
+layer: that level's pixels and their block means at the input's coarser levels
+(tasks.output_pyramid), placed over the input; each level keeps its own predicted pixels
+for later views.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..workflows import stain as stain_workflow
 from ..workflows.settings_files import settings_file
 from ..workflows.stain import StainSettings
 from ._output_layers import publish
-from .geometry import layer_levels, level_view, placement, spatial_axes
+from .geometry import layer_levels, level_view, spatial_axes
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
 CURRENT_VIEW = "current view"
@@ -219,7 +220,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         try:
             card = model_card(model_name)
             view = level_view(self.viewer, layer, card, whole=self.scope.value == WHOLE)
-            level, downsample, region = view.level, view.downsample, view.region
+            level, region = view.level, view.region
             self._level_note = view.note
             view_cache = self._view_cache_for(layer, card, model_name, level)
         except Exception as err:  # user errors become notifications, not tracebacks
@@ -230,7 +231,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         # mode then costs only the network.
         stats_key = (id(layer.data), model_name)
         stats = self._stats.get(stats_key)
-        self._run_context = (layer, card, stats_key, level, downsample)
+        self._run_context = (layer, card, stats_key, level, view)
         snapshot = StainSettings(**asdict(self.settings))  # the worker's own copy: the user may change the dock
         try:
             snapshot.save(settings_file("stain"))
@@ -258,12 +259,12 @@ class VirtualStainWidget(JobDockMixin, QWidget):
         return self._view_cache[1].for_level(level, spatial)
 
     def _show(self, data, card, region, layout) -> None:
-        layer, _, _, level, downsample = self._run_context
+        layer, _, _, level, view = self._run_context
         axes = spatial_axes(layer, len(region.start), None if layout.rgb else layout.channel_axis)
         limits = None if card.output_activation == "none" else [(0.0, 1.0)] * len(card.output_channels)
-        place = placement(layer, axes, region.start, downsample if layer.multiscale else None)
-        publish(self.viewer, overlay_tuples(data, list(card.output_channels), layer.name, place,
-                                            metadata={"model": card.name, "pyramid_level": level}, contrast=limits))
+        tuples = overlay_tuples(data, list(card.output_channels), layer.name, view.place(layer, axes, region.start),
+                                metadata={"model": card.name, "pyramid_level": level}, contrast=limits)
+        publish(self.viewer, view.pyramids(layer, tuples, region.start))
 
     def _on_part(self):
         """A block of the current view is done: show the view as far as it is known (the rest stays 0)."""
@@ -274,7 +275,7 @@ class VirtualStainWidget(JobDockMixin, QWidget):
             self._show(cache.values[(slice(None),) + region.slices].copy(), self._run_context[1], region, layout)
 
     def _on_result(self, result):
-        layer, _, stats_key, level, downsample = self._run_context
+        layer, _, stats_key, level, _ = self._run_context
         self._filling = None
         self._stats = {stats_key: result.stats}
         self._show(result.data, result.card, result.region, result.layout)

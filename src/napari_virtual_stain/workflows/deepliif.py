@@ -9,6 +9,7 @@ predictor cache, so the modalities and the counts are the same whichever door wa
 from __future__ import annotations
 
 import atexit
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -55,14 +56,20 @@ class DeepLIIFSettings(Remembered):
     def thresholds(self) -> Thresholds:
         return Thresholds(self.seg_threshold, self.size, self.size_upper, self.marker)
 
-    def resolution_for(self, tile: int | None) -> str:
-        """The magnification of the automatic size rule: as chosen, or deepliif's from the tile size."""
+    def resolution_for(self, tile: int | None, downsample: float = 1.0) -> str:
+        """The magnification of the automatic size rule: as chosen, or deepliif's from the tile size,
+        for a pyramid level ``downsample`` times coarser than the full resolution divided by that
+        factor (the nearest of 40x, 20x, 10x: a level 2x down a 40x scan is a 20x image)."""
         if self.resolution != AUTO:
             return self.resolution
         tile = int(tile or DEEPLIIF_TILE)
         if tile <= 0:
             raise InputError(f"The tile size must be positive, not {tile}.")
-        return resolution_for_tile(tile)
+        full = resolution_for_tile(tile)
+        if downsample <= 1:
+            return full
+        level = float(full[:-1]) / float(downsample)
+        return min(RESOLUTIONS, key=lambda r: abs(math.log(float(r[:-1]) / level)))
 
     def cell_problems(self) -> list[str]:
         """What would stop counting cells: the thresholds and the magnification (no model needed,
@@ -135,20 +142,23 @@ def predictor_for(settings: DeepLIIFSettings, cache: PredictorCache = SHARED, lo
 
 def run(settings: DeepLIIFSettings, data, *, name: str = "image", region: Region | None = None, store=None,
         analyse: bool = True, cache: PredictorCache = SHARED, load: Callable | None = None,
-        progress=None, cancel=None) -> DeepLIIFResult:
+        progress=None, cancel=None, downsample: float = 1.0) -> DeepLIIFResult:
     """Run DeepLIIF on ``region`` (default: all) of an RGB image (Y, X, 3) uint8 and, with
     ``analyse``, find its cells at the settings' segmentation threshold and magnification.
-    ``store``: a folder for on-disk (zarr) modalities of a very large region."""
+    ``store``: a folder for on-disk (zarr) modalities of a very large region. ``downsample``:
+    the in-plane factor of the pyramid level ``data`` is (the automatic magnification follows it)."""
     predictor = predictor_for(settings, cache, load)
-    resolution = settings.resolution_for(settings.tile[0] if settings.tile else predictor.card.tile[0])
+    resolution = settings.resolution_for(settings.tile[0] if settings.tile else predictor.card.tile[0], downsample)
     with device_turn(predictor):
-        return task.run_deepliif(predictor, data, name=name, region=region, store=store, analyse=analyse,
-                            segmentation_threshold=settings.seg_threshold, resolution=resolution,
-                            progress=progress, cancel=cancel)
+        result = task.run_deepliif(predictor, data, name=name, region=region, store=store, analyse=analyse,
+                                   segmentation_threshold=settings.seg_threshold, resolution=resolution,
+                                   progress=progress, cancel=cancel)
+    result.downsample = float(downsample)
+    return result
 
 
 def run_in_temporary_store(settings: DeepLIIFSettings, data, name: str = "image", region: Region | None = None,
-                           progress=None, cancel=None) -> DeepLIIFResult:
+                           progress=None, cancel=None, downsample: float = 1.0) -> DeepLIIFResult:
     """:func:`run` for the dock: a very large region (say 10000 x 10000) keeps its modalities
     in a temporary zarr store on disk, shown lazily, so memory stays bounded. The dock removes
     the store when a new result replaces it; whatever is left goes when Python exits, and a
@@ -158,7 +168,8 @@ def run_in_temporary_store(settings: DeepLIIFSettings, data, name: str = "image"
     if store is not None:
         atexit.register(shutil.rmtree, store, True)
     try:
-        result = run(settings, data, name=name, region=region, store=store, progress=progress, cancel=cancel)
+        result = run(settings, data, name=name, region=region, store=store, progress=progress, cancel=cancel,
+                     downsample=downsample)
     except BaseException:
         if store is not None:
             shutil.rmtree(store, ignore_errors=True)
@@ -189,7 +200,7 @@ def reanalyse(result: DeepLIIFResult, settings: DeepLIIFSettings):
     magnification (no network runs): the tile the run used (the settings', else the
     model's; maps a user brought: deepliif's 512) sets the automatic magnification, as in :func:`run`."""
     tile = settings.tile[0] if settings.tile else (result.card.tile[0] if result.card is not None else DEEPLIIF_TILE)
-    return result.analyse(settings.seg_threshold, settings.resolution_for(tile))
+    return result.analyse(settings.seg_threshold, settings.resolution_for(tile, result.downsample))
 
 
 def classify(result: DeepLIIFResult, settings: DeepLIIFSettings):

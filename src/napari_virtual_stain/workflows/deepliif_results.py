@@ -38,10 +38,11 @@ def describe_counts(classification) -> str:
 
 
 def export_cells(result, classification, path, kind: str):
-    """Write the cells as CSV or GeoJSON, in image pixel coordinates of the input layer."""
+    """Write the cells as CSV or GeoJSON, in image pixel coordinates of the input layer (its full
+    resolution's, for maps of a pyramid level)."""
     if kind not in EXPORTS:
         raise ValueError(f"not a cell export: {kind!r}")
-    offset = result.region.start
+    offset, scale = result.region.start, float(getattr(result, "downsample", 1.0))
     if kind == "csv":
-        return write_csv(path, cell_rows(result.cells, classification, offset))
-    return write_geojson(path, cell_polygons(result.cells, classification, offset))
+        return write_csv(path, cell_rows(result.cells, classification, offset, scale=scale))
+    return write_geojson(path, cell_polygons(result.cells, classification, offset, scale=scale))
