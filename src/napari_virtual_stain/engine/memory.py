@@ -89,6 +89,18 @@ def empty_device_caches() -> None:
         mps.empty_cache()
 
 
+def accelerator_reserved_bytes() -> int | None:
+    """Bytes torch's allocators hold on this process's GPUs (CUDA, MPS), or None without a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count())))
+    backend = getattr(torch.backends, "mps", None)
+    if backend is not None and backend.is_available():
+        return int(torch.mps.driver_allocated_memory())
+    return None
+
+
 def cuda_free_bytes(device) -> int:
     """Bytes a CUDA device can still give this process: free on the device plus what torch's
     caching allocator holds but does not use (the driver counts that as taken)."""
