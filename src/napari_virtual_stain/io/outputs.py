@@ -151,7 +151,6 @@ def atomic_file(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return
 
 
 class OutputTransaction:
