@@ -147,3 +147,20 @@ def test_stop_while_waiting_for_the_gpu_ends_a_training_run_before_its_first_ste
                                                                 device="cpu"))
     result = trainer.run(cancel=threading.Event())
     assert result.stopped and result.steps == 0 and trainer.history["val"] == []  # not even the first validation
+
+
+def test_tagged_modules_are_served_per_file_version_and_variant(tmp_path):
+    """Modules a task loaded itself: one predictor per (file as read, variant, device)."""
+    from napari_virtual_stain.engine.predictor_cache import remember_source
+
+    path, _ = save_tiny_model(tmp_path, name="tiny-2d")
+    cache = PredictorCache()
+    a, card = load_model(path)
+    b, _ = load_model(path)
+    first = cache.for_module(remember_source(a, path), card, "cpu")
+    assert cache.for_module(remember_source(b, path), card, "cpu") is first and first.model is a
+    other = cache.for_module(remember_source(load_model(path)[0], path, variant="B"), card, "cpu")
+    assert other is not first and len(cache) == 2  # one file, two views of it (the joint imputer's markers)
+    untagged = load_model(path)[0]
+    assert cache.for_module(untagged, card, "cpu") is not cache.for_module(untagged, card, "cpu")
+    assert len(cache) == 2  # a module without a file is never kept

@@ -6,7 +6,9 @@ Fine-tune Save under a bad or an existing name; a tiny layer on screen. Each tes
 sentence shown, that nothing was published or written, and that the input is unchanged.
 """
 
+import gc
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -335,15 +337,33 @@ def test_closing_fine_tune_during_training_keeps_the_model_trained_so_far(fine_t
     tune.steps.value, tune.name.value = 100000, "closed-early"
     tune.train()
     qtbot.waitUntil(lambda: tune.trainer is not None and tune.trainer.step >= 2, timeout=120000)
-    job = tune.job
+    job, model = tune.job, weakref.ref(tune.trainer.model)
     viewer.window.remove_dock_widget(tune)  # the user closes the dock mid-run
     qtbot.waitUntil(lambda: job.settled, timeout=120000)
+    qtbot.waitUntil(lambda: tune.trainer is None, timeout=10000)  # let go once the kept model is written
+    del job
+    gc.collect()
+    assert model() is None  # nothing holds the network (and its device memory) any more
     kept = [p for p in (user_models / "unsaved").glob("closed-early-*.pt") if not p.name.endswith(".state.pt")]
     assert len(kept) == 1 and kept[0].with_suffix(".state.pt").exists()
     _, card = load_model(kept[0])
     assert card.training["steps"] >= 2 and card.output_channels == ["nuclei"]
     assert any(str(kept[0]) in m and "was kept as" in m for m in messages)
     assert "closed-early" not in [p.stem for p in user_models.glob("*.pt")]  # not listed among the models
+
+
+def test_closing_fine_tune_after_training_gives_its_model_and_memory_back(fine_tune, qtbot, monkeypatch):
+    viewer, tune = fine_tune
+    emptied = []
+    monkeypatch.setattr(finetune_widget, "empty_device_caches", lambda: emptied.append(True))
+    tune.steps.value, tune.name.value = 3, "kept-in-memory"
+    tune.train()
+    qtbot.waitUntil(lambda: tune.job is not None and tune.job.settled and not tune.job.running, timeout=120000)
+    model = weakref.ref(tune.trainer.model)
+    viewer.window.remove_dock_widget(tune)
+    assert tune.trainer is None and emptied == [True]
+    gc.collect()
+    assert model() is None  # the network and its optimiser can be freed
 
 
 def test_closing_a_dock_gives_the_loaded_models_back(stain, qtbot, messages):

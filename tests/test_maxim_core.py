@@ -149,6 +149,35 @@ def test_missing_inputs_are_zeroed_and_a_view_matches_the_whole_image():
     assert view.data.shape == (30, 38) and view.region.start == (10, 12)
 
 
+def test_imputers_from_a_folder_share_the_docks_predictor_cache(tmp_path):
+    """Each action loads its imputers again; their Predictors come from the one shared cache
+    (keyed by file version and device), so they are loaded on the device once and released
+    with the other docks' models. A model that lives only in memory gets its own."""
+    import time
+
+    from napari_virtual_stain.engine.predictor_cache import SHARED
+    from napari_virtual_stain.models.checkpoint import save_checkpoint
+    from napari_virtual_stain.tasks.maxim import imputer_predictor, load_imputer, load_imputers
+    from napari_virtual_stain.tasks.maxim_qc import run_qc
+
+    SHARED.release()
+    save_checkpoint(tmp_path / "ki67.pt", OracleMean(), oracle_card("Ki67"))
+    save_checkpoint(tmp_path / "cd3.pt", OracleMean(), oracle_card("CD3"))
+    first = imputer_predictor(*load_imputer(tmp_path, "Ki67"), "cpu")
+    again = load_imputers(tmp_path)  # another action, another load of the same files
+    assert imputer_predictor(*again["Ki67"], "cpu") is first and len(SHARED) == 1
+    stack = good_stack()
+    run_qc(stack, MARKERS, again, device="cpu")  # the QC takes its predictors from the cache too
+    assert len(SHARED) == 2 and imputer_predictor(*again["CD3"], "cpu") is not first
+    model, card = OracleMean(), oracle_card("Ki67")
+    assert imputer_predictor(model, card, "cpu") is not imputer_predictor(model, card, "cpu")  # in memory only
+    time.sleep(0.01)
+    save_checkpoint(tmp_path / "ki67.pt", OracleMean(), oracle_card("Ki67"))  # trained again
+    assert imputer_predictor(*load_imputer(tmp_path, "Ki67"), "cpu") is not first
+    SHARED.release()
+    assert len(SHARED) == 0
+
+
 def test_bl_mean_is_the_mean_of_the_normalised_inputs_without_missing_ones():
     stack = good_stack()
     card = oracle_card("Ki67")

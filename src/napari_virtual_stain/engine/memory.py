@@ -70,6 +70,37 @@ def release_cached_memory(device) -> None:
         torch.mps.empty_cache()
 
 
+def empty_device_caches() -> None:
+    """Give every accelerator's cached, unused blocks back (CUDA, MPS); nothing to do on a CPU.
+
+    Collects garbage first: a dropped model in a reference cycle still holds its tensors
+    until the collector runs, and the allocator can only give back what nothing holds.
+    """
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    backend = getattr(torch.backends, "mps", None)
+    if mps is not None and backend is not None and backend.is_available():
+        mps.empty_cache()
+
+
+def accelerator_reserved_bytes() -> int | None:
+    """Bytes torch's allocators hold on this process's GPUs (CUDA, MPS), or None without a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(sum(torch.cuda.memory_reserved(i) for i in range(torch.cuda.device_count())))
+    backend = getattr(torch.backends, "mps", None)
+    if backend is not None and backend.is_available():
+        return int(torch.mps.driver_allocated_memory())
+    return None
+
+
 def cuda_free_bytes(device) -> int:
     """Bytes a CUDA device can still give this process: free on the device plus what torch's
     caching allocator holds but does not use (the driver counts that as taken)."""

@@ -12,9 +12,10 @@ output path costs nothing and never leaves a half-finished run behind. The check
   read-only mount;
 - two outputs of one command that are the same file.
 
-Two ways to write all or nothing: :class:`OutputTransaction` stages each file of a command
-under a hidden temporary name next to its target and renames them into place only when all
-were written; :class:`StagedOutputs` does the same for a whole output folder (DeepLIIF's
+Three ways to write all or nothing, one naming of temporary files: :func:`atomic_file` writes
+one file under a hidden temporary name beside it and renames it over the target (TIFFs,
+checkpoints, CSV and GeoJSON tables); :class:`OutputTransaction` stages each file of a command
+that way and renames them into place only when all were written; :class:`StagedOutputs` does the same for a whole output folder (DeepLIIF's
 set of PNGs, tables and stores), built in a hidden folder beside it. A failure in the last
 output leaves neither the first nor a temporary file behind.
 """
@@ -26,8 +27,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from ..errors import InputError
 
@@ -127,6 +129,30 @@ def check_distinct(paths: dict[str, PathLike | None]) -> None:
         seen[key] = label
 
 
+def hidden_sibling(path: Path, ending: str = ".tmp") -> Path:
+    """A hidden temporary name beside ``path``, unique to this process and call, ending in ``ending``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{ending}")
+
+
+@contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """``with atomic_file(path) as tmp: write(tmp)``: ``path`` gets all of it or keeps what it was.
+
+    The block writes a hidden file beside ``path`` (same file system: the final move is a
+    rename) that ends in ``.tmp``, so a file left by a killed process is never taken for a
+    result (a TIFF or a model by its ending); on a clean exit it replaces ``path``, on an
+    exception it is removed and ``path`` is untouched. Parent folders must exist.
+    """
+    path = Path(path).expanduser()
+    tmp = hidden_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class OutputTransaction:
     """Stage several output files and move them into place together.
 
@@ -147,7 +173,7 @@ class OutputTransaction:
         self._made_dirs.extend(reversed(missing))  # deepest first is reversed order of parents
         ending = "".join(path.suffixes[-2:]) if path.name.lower().endswith((".ome.tif", ".ome.tiff")) else path.suffix
         stem = path.name[: len(path.name) - len(ending)] if ending else path.name
-        tmp = path.with_name(f".{stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{ending}")
+        tmp = hidden_sibling(path.with_name(stem), f".tmp{ending}")
         self._staged.append((tmp, path))
         return tmp
 

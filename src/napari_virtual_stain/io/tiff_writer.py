@@ -8,7 +8,6 @@ reads it back with the same data, axes, names and pixel size.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +15,7 @@ import numpy as np
 import tifffile
 
 from ..errors import InputError
+from .outputs import atomic_file
 from .tiff_metadata import bool_as_uint8, output_layout
 
 
@@ -97,21 +97,12 @@ def save_tiff(
         kwargs.update(ome=True, metadata=metadata)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling, created with the usual permissions, renamed over the target at the end.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     levels = _sub_resolutions(data, axes) if format == "ome" and pyramid else []
-    try:
+    with atomic_file(path) as tmp:  # a hidden sibling with the usual permissions, renamed over the target
         if levels:
             _write_pyramid(tmp, data, levels, kwargs)
         else:
             tifffile.imwrite(tmp, data, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
 
 

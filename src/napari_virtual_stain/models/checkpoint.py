@@ -8,12 +8,12 @@ renames it into place, so a crash during a save never corrupts the previous file
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, plain_text
+from ..io.outputs import atomic_file
 from .card import ModelCard
 from .factory import build_model, plan_model, upgrade_state
 
@@ -29,20 +29,10 @@ def atomic_torch_save(payload, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename: all or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # plain open(): the usual permissions
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # a model must survive a power cut right after its rename
     return path
 
 

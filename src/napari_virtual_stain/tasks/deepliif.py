@@ -22,6 +22,7 @@ import numpy as np
 from ..engine.predictor import Predictor
 from ..errors import CheckpointError, InputError, ReaderError, check_cancel
 from ..io.deepliif_panels import check_rgb8
+from ..io.outputs import atomic_file
 from ..models.card import ModelCard
 from ..models.deepliif_net import MODALITIES, SEGMENTATION
 from .deepliif_cells import (CHANNEL_COLUMNS, SEG_THRESHOLD_DEFAULT, CellAnalysis, Classification, analyse_cells,
@@ -218,9 +219,10 @@ def cell_rows(analysis: CellAnalysis, classification: Classification, offset=(0,
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """The cell table as CSV, atomically: a failure midway keeps the file that was there."""
     path = Path(path)
     fields = list(rows[0]) if rows else ["id", "class", "area_px", "centroid_y", "centroid_x"]
-    with open(path, "w", newline="") as fh:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -255,8 +257,11 @@ def cell_polygons(analysis: CellAnalysis, classification: Classification, offset
 
 
 def write_geojson(path: str | os.PathLike, collection: dict[str, Any]) -> Path:
+    """The cell polygons as GeoJSON, atomically (streamed: a large slide's polygons are not
+    held twice as text); a failure midway keeps the file that was there."""
     path = Path(path)
-    path.write_text(json.dumps(collection))
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(collection, fh)
     return path
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..engine.normalise import compute_stats, normalise
 from ..engine.predictor import Predictor
+from ..engine.predictor_cache import SHARED, _stamp, remember_source
 from ..errors import CheckpointError, InputError
 from ..models.card import ModelCard
 from .region import Region
@@ -207,7 +208,10 @@ def find_imputers(model_dir: str | os.PathLike, problems: list[str] | None = Non
 
 
 def _load(paths: Mapping[str, Path]) -> dict[str, tuple]:
-    """``{marker: (model, card)}``; a joint file is loaded once and seen as one view per marker."""
+    """``{marker: (model, card)}``; a joint file is loaded once and seen as one view per marker.
+
+    Each model is tagged with its file, so its Predictor comes from the docks' shared cache
+    (:func:`imputer_predictor`)."""
     from ..models.checkpoint import load_checkpoint
     from .maxim_joint import is_joint, joint_views
 
@@ -215,9 +219,14 @@ def _load(paths: Mapping[str, Path]) -> dict[str, tuple]:
     loaded: dict[Path, tuple] = {}
     for marker, path in paths.items():
         if path not in loaded:
-            loaded[path] = load_checkpoint(path)
-        model, card = loaded[path]
-        out[marker] = joint_views(model, card, [marker])[marker] if is_joint(card) else (model, card)
+            stamp = _stamp(Path(path).resolve())  # before reading: a file written meanwhile is not mistaken for it
+            loaded[path] = (*load_checkpoint(path), stamp)
+        model, card, stamp = loaded[path]
+        if is_joint(card):
+            view, view_card = joint_views(model, card, [marker])[marker]
+            out[marker] = (remember_source(view, path, marker, stamp), view_card)
+        else:
+            out[marker] = (remember_source(model, path, "", stamp), card)
     return out
 
 
@@ -267,6 +276,13 @@ class ImputeResult:
     missing: list[str]
 
 
+def imputer_predictor(model, card: ModelCard, device: str = "auto") -> Predictor:
+    """The Predictor of an imputer: the shared cache's for one read from a file (loaded once
+    per file version, device and precision, released with the docks' models), a new one for a
+    model that lives in memory (being trained)."""
+    return SHARED.for_module(model, card, device=device)
+
+
 def impute_marker(model, card: ModelCard, stack, names: Sequence[str], *, region: Region | None = None,
                   missing: Sequence[str] = (), predictor: Predictor | None = None, device: str = "auto",
                   progress: Callable[[int, int], None] | None = None, cancel=None) -> ImputeResult:
@@ -284,7 +300,7 @@ def impute_marker(model, card: ModelCard, stack, names: Sequence[str], *, region
     region = region or Region.whole(spatial)
     outer = region.grow(tuple(int(o) for o in card.overlap), spatial)
     block = model_inputs(stack, names, card, outer, missing)
-    predictor = predictor or Predictor(model, card, device=device)
+    predictor = predictor or imputer_predictor(model, card, device)
     out = predictor.predict(block, progress=progress, cancel=cancel)
     inner = np.ascontiguousarray(out[0][region.relative_to(outer)], dtype=np.float32)
     return ImputeResult(inner, target, region, list(missing))

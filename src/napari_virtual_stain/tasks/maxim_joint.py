@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine.predictor import Predictor
+from ..engine.predictor_cache import SHARED
 from ..models.card import ModelCard
 
 JOINT_FILE = "joint-imputer.pt"
@@ -49,7 +49,7 @@ def joint_forward(model, card: ModelCard, normalised: np.ndarray, hidden: np.nda
     """All C markers imputed over ``normalised`` (C, Y, X, comparison unit) with ``hidden`` (C,) hidden
     (and every marker that is all zeros there, as in training)."""
     hidden = np.asarray(hidden, bool) | (normalised.reshape(len(normalised), -1).max(axis=1) <= 0)
-    return Predictor(model, card, device=device).predict(joint_inputs(normalised, hidden), cancel=cancel)
+    return SHARED.for_module(model, card, device=device).predict(joint_inputs(normalised, hidden), cancel=cancel)
 
 
 class JointTarget(torch.nn.Module):

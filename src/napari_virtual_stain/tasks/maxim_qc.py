@@ -60,9 +60,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..engine.predictor import Predictor
 from ..errors import check_cancel
-from .maxim import (bl_mean, channel_index, check_marker_stack, check_model_fits, impute_marker,
+from .maxim import (bl_mean, channel_index, check_marker_stack, check_model_fits, impute_marker, imputer_predictor,
                     normalise_marker, stats_from_cards)
 from .maxim_brightness import brightness_ratios, relative_brightness, relative_to_others
 from .maxim_disagreement import Box, align_to, disagreement_regions, local_error_level
@@ -118,7 +117,7 @@ def run_qc(stack, names: Sequence[str], imputers: Mapping[str, tuple] | None = N
         warnings.append(f"the imputers were trained on {trained_dtype} images but this stack is {crop.dtype}")
 
     acquired = {m: normalise_marker(crop[channel_index(names, m)]) for m in checked}
-    predictors = {m: Predictor(model, card, device=device) for m, (model, card) in checked.items()}
+    predictors = {m: imputer_predictor(model, card, device) for m, (model, card) in checked.items()}
     imputations: dict[tuple, np.ndarray] = {}  # (marker, missing inputs) -> imputed
     suspects: list[str] = []
     verdicts: dict[str, MarkerQC] = {}

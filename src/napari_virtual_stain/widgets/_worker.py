@@ -72,13 +72,21 @@ class Job:
         kwargs = dict(kwargs, cancel=self.cancel_event)
         if relay is not None:
             kwargs["progress"] = relay
+        # The worker calls _call, which holds what the run reads: napari keeps finished
+        # workers in its task list, and _finished lets go of these (layer data, a trainer's
+        # model and optimiser on the device) so they do not live as long as napari.
+        self._call: tuple | None = (func, args, kwargs)
         # Handlers go through _connect: an "errored" handler given there stops superqt
         # from re-raising the worker's exception in the event loop.
-        self.worker = create_worker(func, *args, _start_thread=False, _connect={
+        self.worker = create_worker(self._run, _start_thread=False, _connect={
             "returned": self._returned,
             "errored": self._errored,
             "finished": self._finished,
-        }, **kwargs)
+        })
+
+    def _run(self):  # the worker thread
+        func, args, kwargs = self._call
+        return func(*args, **kwargs)
 
     # The run's state: "ready" -> "running" -> ("cancelling" ->) "done" | "cancelled" | "failed".
     state = "ready"
@@ -147,6 +155,7 @@ class Job:
             self._on_error(err)
 
     def _finished(self) -> None:
+        self._call = self._on_abandoned = None  # delivered: keep nothing the run used alive
         if self.dock_alive():
             self._on_done()
 

@@ -9,11 +9,14 @@ finds it at once; Export writes it as a bioimage.io package (.zip) for other too
 
 from __future__ import annotations
 
+import weakref
+
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
 from napari.layers import Image
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QVBoxLayout, QWidget
 
 from ..engine.device import available_devices
+from ..engine.memory import empty_device_caches
 from ..errors import InputError
 from ..io.outputs import check_output_file
 from ..models.registry import list_models, user_model_dir
@@ -45,6 +48,32 @@ def ask_package_path(parent, suggestion: str) -> str | None:
     return path or None
 
 
+def release_on_close(dock: "FineTuneWidget") -> None:
+    """When the dock goes, give its model and optimiser (device memory) back.
+
+    A run still going is cancelled by the dock's end and keeps what it trained
+    (:func:`keep_unsaved`); its trainer is let go once the run has ended. Plain Python and a
+    weak reference: the dock may be deleted by then.
+    """
+    ref = weakref.ref(dock)
+
+    def forget(*_) -> None:
+        gone = ref()
+        if gone is not None:
+            gone.trainer = gone.job = gone._life.job = None
+        empty_device_caches()
+
+    def clean_up() -> None:
+        gone = ref()
+        job = gone.job if gone is not None else None
+        if job is not None and not job.settled:
+            job.worker.finished.connect(forget)  # after the run's own handlers (the kept model)
+        else:
+            forget()
+
+    dock._life.on_close.append(clean_up)
+
+
 def keep_unsaved(trainer: Trainer):
     """What to do with a run whose dock closed while it trained: keep the model trained so far, and say where."""
     def keep(result) -> None:
@@ -62,6 +91,7 @@ class FineTuneWidget(TrainingFeedback, JobDockMixin, QWidget):
         self.trainer: Trainer | None = None
         self.job: Job | None = None
         self.relay, self.updates = ProgressRelay(), UpdateRelay()
+        release_on_close(self)
 
         # The dock is a view of these settings: the same object ``virtual-stain train`` builds,
         # remembered between launches of napari.

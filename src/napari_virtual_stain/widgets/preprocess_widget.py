@@ -3,8 +3,9 @@
 Thin by design: each section is a view of one workflow settings object
 (``workflows.preprocess``, the same the ``tile-shadow``, ``flatfield``, ``focus`` and
 ``normalise`` commands build, remembered between launches of napari); its button runs the
-workflow in a worker thread and the result becomes NEW layers named "<input> · <what>" with
-the input's scale and translate. A button is disabled while its settings cannot run, with
+workflow in a worker thread and the result becomes NEW layers named "<input> · <what>" placed
+over the input with all of its transform (``geometry.placement``: scale, translate, rotate,
+shear, affine). A button is disabled while its settings cannot run, with
 the reason as its tooltip. The input layer is never modified. Outputs do not carry
 ``source_layer`` metadata, so the other docks offer them as inputs (preprocessing comes
 before staining).
@@ -24,6 +25,7 @@ from ..workflows import preprocess as workflow
 from ..workflows.preprocess import FlatFieldSettings, FocusSettings, NormaliseSettings, TileShadowSettings
 from ..workflows.settings_files import settings_file
 from ._output_layers import publish
+from .geometry import placement
 from ._plot import LinePlot
 from ._worker import JobDockMixin, Job, ProgressRelay, report_error, show_warning
 
@@ -256,7 +258,8 @@ class PreprocessWidget(JobDockMixin, QWidget):
 
     def _on_result(self, result):
         layer, action = self._context
-        publish(self.viewer, result.layer_tuples(layer.name, layer.scale, layer.translate))
+        axes = tuple(range(layer.ndim))  # every axis of the layer: outputs keep its grid and transform
+        publish(self.viewer, result.layer_tuples(layer.name, place=lambda start: placement(layer, axes, start)))
         for warning in result.warnings:
             show_warning(warning)
         info = result.info

@@ -125,19 +125,36 @@ class PreprocessResult:
     info: dict = field(default_factory=dict)  # tiles used, kept planes and scores, statistics...
     warnings: list[str] = field(default_factory=list)
 
-    def layer_tuples(self, source: str, scale, translate) -> list[tuple]:
-        """New image layers "<source> · <what>" on the source's grid (kept planes at their z)."""
-        translate, scale = list(translate), list(scale)
-        if "kept_planes" in self.info and self.info["kept_planes"]:  # the first kept plane's z position
-            z = self.axes.replace("S", "").index("Z")
-            translate[z] += self.info["kept_planes"][0] * scale[z]
+    def origin(self) -> tuple[int, ...]:
+        """Where the outputs start in the input layer's pixels (napari axes, no colour axis):
+        the origin, or the first kept plane for focus selection."""
+        axes = self.axes.replace("S", "")
+        start = [0] * len(axes)
+        if "kept_planes" in self.info and self.info["kept_planes"]:
+            start[axes.index("Z")] = int(self.info["kept_planes"][0])
+        return tuple(start)
+
+    def layer_tuples(self, source: str, scale=None, translate=None, place=None) -> list[tuple]:
+        """New image layers "<source> · <what>" on the source's grid (kept planes at their z).
+
+        ``place(start)`` gives the layer arguments (scale, translate, affine) that put an
+        array starting at ``start`` (input pixels) over the input, with all of its transform
+        (the docks pass ``widgets.geometry.placement``); without it ``scale`` and
+        ``translate`` are the input's.
+        """
+        start = self.origin()
+        if place is not None:
+            where = dict(place(start))
+        else:
+            scale = [float(s) for s in scale]
+            where = {"scale": scale, "translate": [float(t) + i * s for t, i, s in zip(translate, start, scale)]}
         rgb = self.axes.endswith("S")
         metadata = dict(self.info, preprocessed_from=source)
         tuples = []
         for what, data in self.outputs.items():
             if rgb and data.dtype.kind == "f" and what in (ARTIFACT, BACKGROUND):  # colour floats show in [0, 1] only
                 data = cast_like(data, self.info.get("dtype", "float32"))
-            tuples.append((data, {"name": output_layer_name(source, what), "scale": scale, "translate": translate,
+            tuples.append((data, {"name": output_layer_name(source, what), **where,
                                   "metadata": metadata, "rgb": rgb}, "image"))
         return tuples
 
