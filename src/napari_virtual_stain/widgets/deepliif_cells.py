@@ -6,6 +6,8 @@ segmentation slider relabels the stored segmentation, and clicking a cell flips 
 (Shift-click excludes it). The fields write :class:`DeepLIIFSettings`' cell values, the
 ones ``virtual-stain deepliif-cells`` takes as arguments; the classes, colours, counts and
 files come from the workflow (``workflows.deepliif``, ``workflows.deepliif_results``).
+Choosing a model puts its recommended thresholds in the fields (its card's, deepliif's for a
+release folder); the user moves them from there.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 
 from ..tasks.deepliif import summary
-from ..tasks.deepliif_cells import AUTO, RESOLUTIONS
+from ..tasks.deepliif_cells import AUTO, RESOLUTIONS, THRESHOLD_FIELDS, fill_model_values, is_model
 from ..tasks.layers import output_layer_name
 from ..workflows import deepliif as workflow
 from ..workflows import deepliif_results as shown
@@ -35,21 +37,24 @@ class CellControls:
         self.classification = None
         self.cell_layer = None
         self._updating = False  # set while recount writes the automatic values into the sliders
-        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=min(max(int(st.seg_threshold), 0), 510),
-                                 tooltip="red + blue above this is cell (deepliif: 120)")
-        manual_size = isinstance(st.size, int) and 0 <= st.size <= 2000
-        self.size_slider = Slider(label="min cell size (px)", min=0, max=2000, value=st.size if manual_size else 0,
+        self._asked = st.thresholds_asked()  # "model" values stay until the dock knows its model (_connect_cells)
+        t = workflow.shown_thresholds(st)  # values left to the model: its card's, as numbers the fields show
+        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=min(max(int(t.segmentation), 0), 510),
+                                 tooltip="red + blue above this is cell (deepliif: 120; a model of ours may "
+                                         "recommend its own)")
+        manual_size = isinstance(t.size, int) and 0 <= t.size <= 2000
+        self.size_slider = Slider(label="min cell size (px)", min=0, max=2000, value=t.size if manual_size else 0,
                                   enabled=manual_size)
         self.size_auto = CheckBox(text="automatic size (deepliif's rule)", value=not manual_size)
         self.upper_slider = Slider(label="max cell size (px, 0 = none)", min=0, max=20000,
-                                   value=min(max(int(st.size_upper or 0), 0), 20000))
-        mode = (MARKER_AUTO if st.marker == AUTO else MARKER_MANUAL
-                if isinstance(st.marker, int) and 0 <= st.marker <= 255 else MARKER_OFF)
+                                   value=min(max(int(t.size_upper or 0), 0), 20000))
+        mode = (MARKER_AUTO if t.marker == AUTO else MARKER_MANUAL
+                if isinstance(t.marker, int) and 0 <= t.marker <= 255 else MARKER_OFF)
         self.marker_mode = ComboBox(label="marker rule", choices=[MARKER_OFF, MARKER_AUTO, MARKER_MANUAL], value=mode,
                                     tooltip="a cell whose brightest marker pixel is above the marker threshold is "
                                             "positive; deepliif uses no marker rule by default")
         self.marker_slider = Slider(label="marker", min=0, max=255, enabled=mode == MARKER_MANUAL,
-                                    value=st.marker if mode == MARKER_MANUAL else 255)
+                                    value=t.marker if mode == MARKER_MANUAL else 255)
         self.resolution = ComboBox(label="magnification", choices=[RESOLUTION_AUTO, *RESOLUTIONS],
                                    value=st.resolution if st.resolution in RESOLUTIONS else RESOLUTION_AUTO,
                                    tooltip="for the automatic size rule; deepliif takes it from the tile size (512 -> 40x)")
@@ -76,6 +81,9 @@ class CellControls:
     def _connect_cells(self) -> None:
         for w in (self.size_slider, self.marker_slider, self.size_auto, self.marker_mode, self.upper_slider):
             w.changed.connect(self.recount)
+        self.settings.events.model.connect(self.use_model_thresholds)
+        if any(is_model(getattr(self._asked, k)) for k in THRESHOLD_FIELDS):  # the model shown may not be st's first
+            self._show_thresholds(fill_model_values(self._asked, workflow.recommended_thresholds(self.settings.model)))
         # Relabelling is fast but not free on big images: wait until the slider rests.
         self._relabel_timer = QTimer(self, singleShot=True, interval=150, timeout=self.relabel)
         self.seg_slider.changed.connect(lambda *_: self._relabel_timer.start())
@@ -84,7 +92,23 @@ class CellControls:
         self.export_geojson.changed.connect(lambda *_: self._export("geojson"))
 
     def thresholds(self):
-        return self.settings.thresholds()
+        return self.settings.thresholds(self.result.card if self.result is not None else None)
+
+    def use_model_thresholds(self, *_):
+        """Put the chosen model's recommended thresholds in the fields (they write the settings)."""
+        self._show_thresholds(workflow.recommended_thresholds(self.settings.model))
+
+    def _show_thresholds(self, t):
+        manual_size = isinstance(t.size, int)
+        self.size_auto.value = not manual_size
+        if manual_size:
+            self.size_slider.value = min(max(t.size, 0), self.size_slider.max)
+        self.upper_slider.value = min(max(int(t.size_upper or 0), 0), self.upper_slider.max)
+        self.marker_mode.value = (MARKER_AUTO if t.marker == AUTO else MARKER_OFF if t.marker is None
+                                  else MARKER_MANUAL)
+        if isinstance(t.marker, int):
+            self.marker_slider.value = t.marker
+        self.seg_slider.value = min(max(int(t.segmentation), 0), 510)
 
     def _show_cells(self):
         cells = self.result.cells
