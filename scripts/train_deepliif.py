@@ -22,12 +22,22 @@ border; the border class splits touching nuclei). Adam, seeded, a fixed number o
 (so a rerun gives the same model whatever the machine's speed), the learning rate constant
 for the first half and then linearly to zero.
 
-The report scores, with deepliif's cell rules and default thresholds for every method:
+After training (and with ``--score-only``) the model's own cell thresholds are chosen on the
+training rows (``tasks.deepliif_calibration``: segmentation and size by mean Dice + AJI minus
+the relative cell-count error, a marker rule only if it gains more than one cell's worth of
+% positive) and stored in its card (``extra["cell_thresholds"]``), where the dock and the CLI
+take them from; the classical baseline and every ``--compare`` model get the same choice.
+``--gap-weight`` adds U-Net's weight map (the narrow gaps between nuclei count more); run 4 in
+bench/RESULTS.md tried it and was not shipped.
+
+The report scores with deepliif's cell rules, each method at deepliif's default thresholds and
+at its own:
 1. held-out rows of the real pairs against their ground-truth classified masks;
 2. agreement with the released DeepLIIF model on two real images it was never trained on
    (its own outputs, ``../shared/fixtures/deepliif-official/postprocess``): not ground truth,
    but the answer a pathologist's reference tool gives;
-3. cells found on the project's samples (synthetic IHC with its truth, scikit-image's IHC).
+3. the training rows (where the thresholds were chosen: a check, not a score);
+4. cells found on the project's samples (synthetic IHC with its truth, scikit-image's IHC).
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ FIXTURE_MAPS = SHARED / "fixtures" / "deepliif-official" / "postprocess"
 SEG_CLASS_WEIGHTS = (1.0, 1.0, 2.0)  # background, negative, positive (rarer); the border's is --border-weight
 MODALITY_WEIGHT = 5.0
 SMOOTH_L1_BETA = 0.5  # paper 001 eq. 3: quadratic below 0.5
+CLASSICAL_PREFIX = "classical"
 
 
 def load_real(data: Path, val_rows: int):
@@ -350,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     own, calibration = chosen[f"{card.name} (this model)"]
     card.extra[CARD_KEY] = card_entry(own, f"training rows ({row_names(train_rows)})")
     card.description = describe_card(card, sum(q.numel() for q in model.parameters()) / 1e6, list(held_out),
-                                     args.val_rows, info.get("synthetic_fields", args.synthetic))
+                                     args.val_rows, info.get("synthetic_fields", args.synthetic), tables)
     card.scores = {"held_out": {k: v["mean"] for k, v in tables["held_out"].items()},
                    "released_model_agreement": {k: v["mean"] for k, v in tables.get("released_model_agreement",
                                                                                     {}).items()},
@@ -368,17 +379,31 @@ def describe_thresholds(t) -> str:
     return f"seg {t.segmentation}, size {t.size}, {marker}"
 
 
-def describe_card(card, params_m: float, real_names: list[str], val_rows: int, synthetic: int) -> str:
-    """The model card's description: what it is, what it learnt from, its own cell thresholds."""
+def describe_card(card, params_m: float, real_names: list[str], val_rows: int, synthetic: int, tables: dict
+                  ) -> str:
+    """The model card's description: what it is, what it learnt from, its own cell thresholds and
+    what they do on real images it never saw, next to deepliif's thresholds and the classical baseline."""
     from napari_virtual_stain.tasks.deepliif_cells import CARD_KEY
 
     own = card.extra.get(CARD_KEY, {})
+
+    def scores(table: str) -> str:
+        rows = tables.get(table, {})
+        pick = lambda *words: next((v["mean"] for k, v in rows.items() if all(w in k for w in words)), None)
+        found = [(what, pick(*words)) for what, words in (
+            ("own thresholds", ("this model", "own thresholds")), ("deepliif's", ("this model", "deepliif's")),
+            ("classical", (CLASSICAL_PREFIX,)))]
+        return "; ".join(f"{what} {m['dice']:.2f} / {m['aji']:.2f} / {m['percent_positive_diff']:.1f}"
+                         for what, m in found if m is not None)
+
     return (f"A compact DeepLIIF (one U-Net, {params_m:.1f} M parameters): IHC (Ki67) -> "
             "hematoxylin, DAPI, Lap2, Ki67 and classified cells. Trained on the two real DeepLIIF sample pairs "
             f"({', '.join(real_names)}; bottom {val_rows} rows held out) and {synthetic} synthetic IHC fields, "
             "with stain, scale and scanner augmentation. Its cell thresholds (segmentation "
             f"{own.get('segmentation')}, size {own.get('size')}) were chosen on its training rows; deepliif's "
-            "defaults suit deepliif's own networks. Two real images are little: check its counts on your slides, "
+            "defaults suit deepliif's own networks. Dice / AJI / |diff % positive| on its held-out rows: "
+            f"{scores('held_out')}; against the released DeepLIIF model's answers on two unseen images: "
+            f"{scores('released_model_agreement')}. Two real images are little: check its counts on your slides, "
             "or fine-tune it.")
 
 

@@ -142,10 +142,10 @@ def test_the_dock_shows_the_chosen_models_thresholds_and_its_sliders_still_overr
     widget.model.value = own
     assert (widget.seg_slider.value, widget.size_auto.value, widget.size_slider.value) == (70, False, 12)
     assert (widget.upper_slider.value, widget.marker_mode.value, widget.marker_slider.value) == (900, MARKER_MANUAL, 200)
-    assert widget.settings.thresholds() == Thresholds(70, 12, 900, 200)
+    assert widget.thresholds() == Thresholds(70, 12, 900, 200) and widget.settings.seg_threshold == MODEL
     widget.model.value = plain  # no thresholds in its card: deepliif's
     assert (widget.seg_slider.value, widget.size_auto.value, widget.marker_mode.value) == (120, True, MARKER_OFF)
-    assert widget.settings.thresholds() == Thresholds()
+    assert widget.thresholds() == Thresholds()
     widget.model.value = own
     widget.scope.value = WHOLE
     widget.run()
@@ -155,3 +155,6 @@ def test_the_dock_shows_the_chosen_models_thresholds_and_its_sliders_still_overr
     qtbot.waitUntil(lambda: widget.result.cells.segmentation_threshold == 140, timeout=5000)
     widget.size_slider.value = 30
     assert widget.classification.thresholds == Thresholds(140, 30, 900, 200)
+    widget.model.value = plain  # what the user set stays; what was left to the model follows it
+    assert (widget.seg_slider.value, widget.size_slider.value, widget.marker_mode.value) == (140, 30, MARKER_OFF)
+    assert widget.settings.marker == MODEL and widget.settings.seg_threshold == 140
