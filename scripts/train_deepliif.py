@@ -22,12 +22,22 @@ border; the border class splits touching nuclei). Adam, seeded, a fixed number o
 (so a rerun gives the same model whatever the machine's speed), the learning rate constant
 for the first half and then linearly to zero.
 
-The report scores, with deepliif's cell rules and default thresholds for every method:
+After training (and with ``--score-only``) the model's own cell thresholds are chosen on the
+training rows (``tasks.deepliif_calibration``: segmentation and size by mean Dice + AJI minus
+the relative cell-count error, a marker rule only if it gains more than one cell's worth of
+% positive) and stored in its card (``extra["cell_thresholds"]``), where the dock and the CLI
+take them from; the classical baseline and every ``--compare`` model get the same choice.
+``--gap-weight`` adds U-Net's weight map (the narrow gaps between nuclei count more); run 4 in
+bench/RESULTS.md tried it and was not shipped.
+
+The report scores with deepliif's cell rules, each method at deepliif's default thresholds and
+at its own:
 1. held-out rows of the real pairs against their ground-truth classified masks;
 2. agreement with the released DeepLIIF model on two real images it was never trained on
    (its own outputs, ``../shared/fixtures/deepliif-official/postprocess``): not ground truth,
    but the answer a pathologist's reference tool gives;
-3. cells found on the project's samples (synthetic IHC with its truth, scikit-image's IHC).
+3. the training rows (where the thresholds were chosen: a check, not a score);
+4. cells found on the project's samples (synthetic IHC with its truth, scikit-image's IHC).
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ FIXTURE_MAPS = SHARED / "fixtures" / "deepliif-official" / "postprocess"
 SEG_CLASS_WEIGHTS = (1.0, 1.0, 2.0)  # background, negative, positive (rarer); the border's is --border-weight
 MODALITY_WEIGHT = 5.0
 SMOOTH_L1_BETA = 0.5  # paper 001 eq. 3: quadratic below 0.5
+CLASSICAL_PREFIX = "classical"
 
 
 def load_real(data: Path, val_rows: int):
@@ -63,19 +74,23 @@ def load_real(data: Path, val_rows: int):
     return sources, held_out
 
 
-def batch_tensors(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ihc, modalities, has-modalities mask, classes) for a list of samples."""
+def batch_tensors(samples: list[dict]) -> tuple[torch.Tensor, ...]:
+    """(ihc, modalities, has-modalities mask, classes, per-pixel loss weights) for a list of samples."""
     ihc = torch.from_numpy(np.stack([s["ihc"] for s in samples]))
     blank = np.zeros((12,) + samples[0]["classes"].shape, np.float32)
     mods = torch.from_numpy(np.stack([s["modalities"] if s["modalities"] is not None else blank for s in samples]))
     has = torch.tensor([s["modalities"] is not None for s in samples], dtype=torch.float32)
     classes = torch.from_numpy(np.stack([s["classes"] for s in samples]))
-    return ihc, mods, has, classes
+    ones = np.ones(samples[0]["classes"].shape, np.float32)
+    pixel = torch.from_numpy(np.stack([s["weights"] if s.get("weights") is not None else ones for s in samples]))
+    return ihc, mods, has, classes, pixel
 
 
-def loss_terms(model, ihc, mods, has, classes, class_weights) -> tuple[torch.Tensor, dict]:
+def loss_terms(model, ihc, mods, has, classes, pixel, class_weights) -> tuple[torch.Tensor, dict]:
     pred_mods, logits = model.forward_parts(ihc)
-    seg = F.cross_entropy(logits, classes, weight=class_weights)
+    # weighted mean over pixels, as F.cross_entropy's own weighted mean (all pixel weights 1: the same number)
+    per_pixel = F.cross_entropy(logits, classes, weight=class_weights, reduction="none")
+    seg = (per_pixel * pixel).sum() / (class_weights[classes] * pixel).sum()
     per_sample = F.smooth_l1_loss(pred_mods, mods, beta=SMOOTH_L1_BETA, reduction="none").mean(dim=(1, 2, 3))
     mod = (per_sample * has).sum() / has.sum().clamp(min=1.0)
     return seg + MODALITY_WEIGHT * mod, {"segmentation": seg.item(), "modalities": mod.item()}
@@ -87,6 +102,16 @@ def init_weights(model: torch.nn.Module) -> None:
             torch.nn.init.kaiming_normal_(m.weight, a=0.1, nonlinearity="leaky_relu")
             if m.bias is not None:
                 torch.nn.init.zeros_(m.bias)
+
+
+def add_gap_weights(sources, args) -> None:
+    """U-Net's weight map on every source (``--gap-weight`` 0: none, all pixels count 1)."""
+    from napari_virtual_stain.training.deepliif_samples import gap_weights
+
+    if args.gap_weight > 0:
+        for source in sources:  # from the training rows alone: no held-out nucleus moves a weight
+            source.weights = np.ones(source.classes.shape, np.float32)
+            source.weights[source.rows] = gap_weights(source.classes[source.rows], args.gap_weight, args.gap_sigma)
 
 
 def train(args, real, synthetic) -> tuple[torch.nn.Module, dict]:
@@ -107,6 +132,7 @@ def train(args, real, synthetic) -> tuple[torch.nn.Module, dict]:
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     weights = torch.tensor(SEG_CLASS_WEIGHTS[:3] + (args.border_weight,))
     settings = SampleSettings(crop=args.crop, synthetic_fraction=args.synthetic_fraction)
+    add_gap_weights(real + synthetic, args)
     start, history = time.monotonic(), []
     model.train()
     for step in range(1, args.steps + 1):
@@ -147,8 +173,10 @@ def reference_images() -> dict:
     return found
 
 
-def sample_counts(methods: dict) -> dict:
+def sample_counts(methods: dict, thresholds: dict) -> dict:
     """Cells each method finds on the project's samples (synthetic truth known; the real skimage IHC not)."""
+    from napari_virtual_stain.tasks.deepliif_cells import Thresholds
+
     from napari_virtual_stain.io.synthetic_ihc import make_ihc
     from napari_virtual_stain.io.sample_data import SEED
     from napari_virtual_stain.seg_metrics import classified_mask_scores
@@ -165,8 +193,9 @@ def sample_counts(methods: dict) -> dict:
     skimage_ihc = data.immunohistochemistry()
     out = {}
     for label, method in methods.items():
-        synthetic_scores = classified_mask_scores(refined_mask(*method(synthetic["rgb"])), truth)
-        real_scores = classified_mask_scores(refined_mask(*method(skimage_ihc)), np.zeros_like(skimage_ihc))
+        t = thresholds.get(label, Thresholds())
+        synthetic_scores = classified_mask_scores(refined_mask(*method(synthetic["rgb"]), t), truth)
+        real_scores = classified_mask_scores(refined_mask(*method(skimage_ihc), t), np.zeros_like(skimage_ihc))
         out[label] = {"synthetic sample": synthetic_scores, "skimage IHC cells": real_scores["cells_pred"],
                       "skimage IHC % positive": round(real_scores["percent_positive_pred"], 1)}
     return out
@@ -188,21 +217,32 @@ def seconds_per_view(methods: dict, ihc: np.ndarray, repeats: int = 3) -> dict[s
     return out
 
 
-def report(methods: dict, held_out: dict, info: dict) -> tuple[str, dict]:
+def row_names(images: dict) -> str:
+    return ", ".join(f"{name} rows {r.start or 0}-{ihc.shape[0] if r.stop is None else r.stop}"
+                     for name, (ihc, _, r) in images.items())
+
+
+def report(methods: dict, thresholds: dict, timed: dict, held_out: dict, train_rows: dict, info: dict
+           ) -> tuple[str, dict]:
+    """The report's tables; ``thresholds``: a row's own cell thresholds by label; ``timed``: one
+    uncached method per network for the speed line."""
     from napari_virtual_stain.tasks.deepliif_evaluation import format_table, score_table
 
-    tables = {"held_out": score_table(methods, held_out)}
+    tables = {"held_out": score_table(methods, held_out, thresholds)}
     references = reference_images()
     if references:
-        tables["released_model_agreement"] = score_table(methods, references)
-    counts = sample_counts(methods)
-    rows = ", ".join(f"{name} rows {r.start}-{r.start + 128 if r.stop is None else r.stop}"
-                     for name, (_, _, r) in held_out.items())
-    text = [format_table(tables["held_out"], f"Held-out real rows ({rows}), against the ground-truth masks:"), ""]
+        tables["released_model_agreement"] = score_table(methods, references, thresholds)
+    tables["training_rows"] = score_table(methods, train_rows, thresholds)
+    counts = sample_counts(methods, thresholds)
+    text = [format_table(tables["held_out"], f"Held-out real rows ({row_names(held_out)}), against the "
+                                             "ground-truth masks:"), ""]
     if references:
         text += [format_table(tables["released_model_agreement"],
                               f"Agreement with the released DeepLIIF model on {', '.join(references)} "
                               "(its own outputs, not ground truth; never trained on):"), ""]
+    text += [format_table(tables["training_rows"], f"Training rows ({row_names(train_rows)}): trained on, and where "
+                                                   "the own thresholds were chosen; a check of the choice, not a "
+                                                   "score:"), ""]
     text += ["Project samples (synthetic: Dice / AJI against its truth; scikit-image IHC: cells found):", "",
              "| method | synthetic Dice | synthetic AJI | synthetic cells (found / true) | skimage IHC cells | "
              "skimage IHC % positive |", "|---|---|---|---|---|---|"]
@@ -211,7 +251,7 @@ def report(methods: dict, held_out: dict, info: dict) -> tuple[str, dict]:
         text.append(f"| {label} | {s['dice']:.3f} | {s['aji']:.3f} | {s['cells_pred']} / {s['cells_true']} | "
                     f"{c['skimage IHC cells']} | {c['skimage IHC % positive']} |")
     first = next(iter(held_out.values()))[0]
-    speed = seconds_per_view(methods, first[:512, :512])
+    speed = seconds_per_view(timed, first[:512, :512])
     text += ["", f"Seconds per 512 x 512 view, network + cell rules, warm, {torch.get_num_threads()} torch thread(s), "
              "this run: " + ", ".join(f"{k} {v}" for k, v in speed.items())]
     text += ["", f"Training: {json.dumps(info)}"]
@@ -234,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-width", type=int, default=128)
     p.add_argument("--border-weight", type=float, default=1.5,
                    help="cross-entropy weight of the border class (higher splits touching nuclei more)")
+    p.add_argument("--gap-weight", type=float, default=0.0,
+                   help="w0 of U-Net's weight map: extra loss weight on the narrow gaps between nuclei (0: off)")
+    p.add_argument("--gap-sigma", type=float, default=4.0, help="sigma (px) of U-Net's weight map")
     p.add_argument("--synthetic", type=int, default=24, help="synthetic IHC fields (256 x 256) to train on")
     p.add_argument("--synthetic-fraction", type=float, default=0.25)
     p.add_argument("--val-rows", type=int, default=128, help="bottom rows of each real image held out for scoring")
@@ -247,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_virtual_stain.engine.predictor import Predictor
     from napari_virtual_stain.models.checkpoint import load_checkpoint, save_checkpoint
     from napari_virtual_stain.models.deepliif_net import deepliif_card
+    from napari_virtual_stain.tasks.deepliif_calibration import calibrate, card_entry
+    from napari_virtual_stain.tasks.deepliif_cells import CARD_KEY, SEG_THRESHOLD_DEFAULT, Thresholds
     from napari_virtual_stain.tasks.deepliif_classical import classical_maps
     from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, network_method
     from napari_virtual_stain.training.deepliif_samples import synthetic_sources
@@ -271,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             "script": "scripts/train_deepliif.py", "seed": args.seed, "batch": args.batch, "crop": args.crop,
             "lr": args.lr, "data": [s.name for s in real], "continued_from": str(args.init or ""), "synthetic_fields": args.synthetic,
             "synthetic_fraction": args.synthetic_fraction,
+            **({"gap_weights": {"w0": args.gap_weight, "sigma": args.gap_sigma}} if args.gap_weight > 0 else {}),
             "held_out": f"bottom {args.val_rows} rows of each real image (never cropped for training)",
             "loss": f"cross-entropy (classes weighted {list(SEG_CLASS_WEIGHTS) + [args.border_weight]}) + "
                     f"{MODALITY_WEIGHT} x smooth L1 "
@@ -289,23 +335,89 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(args.out, model, card)
         print(f"saved {args.out}", flush=True)
 
-    methods = {CLASSICAL: classical_maps,
-               f"{card.name} (this model)": network_method(Predictor(model, card, device="cpu", precision="fp32"))}
+    train_rows = {name: (ihc, truth, slice(0, rows.start)) for name, (ihc, truth, rows) in held_out.items()}
+    networks = {f"{card.name} (this model)": (model, card)}
     for other in args.compare:
-        other_model, other_card = load_checkpoint(other)
-        methods[f"{other.name} (compared)"] = network_method(Predictor(other_model, other_card, device="cpu",
-                                                                       precision="fp32"))
-    text, tables = report(methods, held_out, info)
+        networks[f"{other.name} (compared)"] = load_checkpoint(other)
+    methods, thresholds, timed, chosen = {CLASSICAL: classical_maps}, {}, {CLASSICAL: classical_maps}, {}
+    classical_own, _ = calibrate(classical_maps, train_rows, seg_grid=(SEG_THRESHOLD_DEFAULT,))
+    if classical_own != Thresholds():  # the same choice for the baseline: its segmentation is 0 or 255
+        label = f"{CLASSICAL}, thresholds chosen the same way ({describe_thresholds(classical_own)})"
+        methods[label], thresholds[label] = classical_maps, classical_own
+    for label, (net, net_card) in networks.items():
+        method = network_method(Predictor(net, net_card, device="cpu", precision="fp32"))
+        timed[label] = method
+        cached = remember_maps(method)
+        own, calibration = calibrate(cached, train_rows)
+        chosen[label] = (own, calibration)
+        print(f"{label}: thresholds chosen on the training rows {describe_thresholds(own)} "
+              f"{json.dumps(calibration)}", flush=True)
+        methods[f"{label}, deepliif's thresholds"] = cached
+        own_label = f"{label}, own thresholds ({describe_thresholds(own)})"
+        methods[own_label], thresholds[own_label] = cached, own
+        thresholds[label] = own  # the speed line's cells
+    text, tables = report(methods, thresholds, timed, held_out, train_rows, info)
     print(text, flush=True)
+    own, calibration = chosen[f"{card.name} (this model)"]
+    card.extra[CARD_KEY] = card_entry(own, f"training rows ({row_names(train_rows)})")
+    card.description = describe_card(card, sum(q.numel() for q in model.parameters()) / 1e6, list(held_out),
+                                     args.val_rows, info.get("synthetic_fields", args.synthetic), tables)
     card.scores = {"held_out": {k: v["mean"] for k, v in tables["held_out"].items()},
                    "released_model_agreement": {k: v["mean"] for k, v in tables.get("released_model_agreement",
                                                                                     {}).items()},
-                   "scorer": "napari_virtual_stain.seg_metrics.classified_mask_scores, deepliif 1.2.7 cell rules "
-                             "and default thresholds for every method"}
+                   "scorer": "napari_virtual_stain.seg_metrics.classified_mask_scores, deepliif 1.2.7 cell rules; "
+                             "rows say their thresholds (deepliif's defaults, or the model's own chosen on its "
+                             "training rows)"}
     save_checkpoint(args.out, model, card)
     if args.report:
         args.report.write_text(text + "\n")
     return 0
+
+
+def describe_thresholds(t) -> str:
+    marker = {None: "no marker rule", "auto": "marker auto"}.get(t.marker, f"marker {t.marker}")
+    return f"seg {t.segmentation}, size {t.size}, {marker}"
+
+
+def describe_card(card, params_m: float, real_names: list[str], val_rows: int, synthetic: int, tables: dict
+                  ) -> str:
+    """The model card's description: what it is, what it learnt from, its own cell thresholds and
+    what they do on real images it never saw, next to deepliif's thresholds and the classical baseline."""
+    from napari_virtual_stain.tasks.deepliif_cells import CARD_KEY
+
+    own = card.extra.get(CARD_KEY, {})
+
+    def scores(table: str) -> str:
+        rows = tables.get(table, {})
+        pick = lambda *words: next((v["mean"] for k, v in rows.items() if all(w in k for w in words)), None)
+        found = [(what, pick(*words)) for what, words in (
+            ("own thresholds", ("this model", "own thresholds")), ("deepliif's", ("this model", "deepliif's")),
+            ("classical", (CLASSICAL_PREFIX,)))]
+        return "; ".join(f"{what} {m['dice']:.2f} / {m['aji']:.2f} / {m['percent_positive_diff']:.1f}"
+                         for what, m in found if m is not None)
+
+    return (f"A compact DeepLIIF (one U-Net, {params_m:.1f} M parameters): IHC (Ki67) -> "
+            "hematoxylin, DAPI, Lap2, Ki67 and classified cells. Trained on the two real DeepLIIF sample pairs "
+            f"({', '.join(real_names)}; bottom {val_rows} rows held out) and {synthetic} synthetic IHC fields, "
+            "with stain, scale and scanner augmentation. Its cell thresholds (segmentation "
+            f"{own.get('segmentation')}, size {own.get('size')}) were chosen on its training rows; deepliif's "
+            "defaults suit deepliif's own networks. Dice / AJI / |diff % positive| on its held-out rows: "
+            f"{scores('held_out')}; against the released DeepLIIF model's answers on two unseen images: "
+            f"{scores('released_model_agreement')}. Two real images are little: check its counts on your slides, "
+            "or fine-tune it.")
+
+
+def remember_maps(method):
+    """``method`` with its answers kept per image (the tables score one image under several thresholds)."""
+    seen = {}
+
+    def run(rgb):
+        key = (id(rgb), rgb.shape)
+        if key not in seen:
+            seen[key] = (rgb, method(rgb))  # the image is kept too, so its id is not reused
+        return seen[key][1]
+
+    return run
 
 
 if __name__ == "__main__":

@@ -111,3 +111,27 @@ def test_compact_network_keeps_the_deepliif_layout_on_any_tile_size():
     assert out.shape == (2, 15, 37, 50) and out.abs().max() <= 1.0
     probabilities = (out[:, 12:] + 1) / 2  # positive, border, negative: three of the four class probabilities
     assert (probabilities.sum(dim=1) <= 1.0 + 1e-5).all()
+
+
+def test_gap_weights_weigh_the_narrow_gap_between_two_nuclei_not_the_open_background():
+    from napari_virtual_stain.training.deepliif_samples import gap_weights
+
+    classes = np.zeros((40, 60), np.uint8)
+    classes[10:30, 5:28] = NEGATIVE
+    classes[10:30, 30:55] = POSITIVE  # a 2-pixel gap (columns 28-29) between the two nuclei
+    w = gap_weights(classes, w0=10.0, sigma=4.0)
+    assert w[20, 28] > 8 and w[20, 29] > 8  # d1 + d2 is 3 px there
+    assert w[2, 2] < 1.01 and w[20, 15] == 1.0  # far from both nuclei; inside one
+    assert np.all(gap_weights(classes[:, :28], 10.0, 4.0) <= 1.0 + 10.0 * np.exp(-0.5))  # one nucleus: no gap
+
+
+def test_loss_weights_are_cropped_scaled_and_turned_with_the_classes():
+    rng = np.random.default_rng(1)
+    ihc = rng.integers(0, 256, (96, 96, 3)).astype(np.uint8)
+    classes = rng.integers(0, 4, (96, 96)).astype(np.uint8)
+    source = Source(ihc, classes, None, slice(None), "w", weights=classes.astype(np.float32) + 1.0)
+    settings = SampleSettings(crop=32, scale=(1.0, 1.0), jitter=NO_JITTER)
+    for _ in range(10):
+        sample = draw_sample([], [source], rng, settings)
+        np.testing.assert_array_equal(sample["weights"], sample["classes"] + 1.0)
+    assert draw_sample([], [Source(ihc, classes)], rng, settings)["weights"] is None

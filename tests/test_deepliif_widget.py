@@ -146,8 +146,15 @@ MAPS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "deepliif-o
 needs_maps = pytest.mark.skipif(not MAPS.exists(), reason="deepliif-official fixtures (../shared) not available")
 
 
-def test_defaults_are_deepliifs(make_napari_viewer):
+def test_defaults_are_the_models_own_and_deepliifs_for_a_release_folder(make_napari_viewer, tmp_path):
+    from test_workflow_deepliif import release_folder
+
+    from napari_virtual_stain.workflows.deepliif import recommended_thresholds
+
     widget = DeepLIIFWidget(make_napari_viewer())
+    widget.model.value = "deepliif-small"  # its card's thresholds, chosen on its training rows
+    assert widget.thresholds() == recommended_thresholds("deepliif-small")
+    widget.folder.value = str(release_folder(tmp_path / "DeepLIIF_Latest_Model"))
     t = widget.thresholds()
     assert (t.segmentation, t.size, t.size_upper, t.marker) == (120, "auto", None, None)
     assert widget.marker_mode.value == MARKER_OFF

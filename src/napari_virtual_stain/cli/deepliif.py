@@ -9,8 +9,9 @@ Writes into OUTDIR, for an input ``ROI_1.png``:
 - ``ROI_1_cells.csv`` and ``ROI_1_cells.geojson``: the per-cell table and polygons;
 - ``ROI_1.json``: deepliif's scoring (num_total, num_pos, num_neg, percent_pos, the thresholds).
 
-The cell thresholds and their defaults are deepliif 1.2.7's (seg 120, automatic size rule, no
-marker rule, magnification from the tile size). All arguments, the input image and the output
+The cell thresholds are deepliif 1.2.7's (seg 120, automatic size rule, no marker rule,
+magnification from the tile size), except that a threshold not given is the model's own where its
+card carries one (the bundled ``deepliif-small``: seg 100, size 60, chosen on its training rows). All arguments, the input image and the output
 folder are checked before any network runs; the files appear together at the end, or not at all.
 
 Several inputs, a folder or a glob (``virtual-stain deepliif slides/*.png -o OUT``) write each

@@ -2,17 +2,21 @@
 
 deepliif 1.2.7 counts with ``seg_thresh=120``, ``size_thresh='default'`` (its automatic rule),
 no upper size and no marker rule, at the magnification its tile size implies (40x for 512).
+A threshold not given is the model's: the values its card carries (the bundled ``deepliif-small``'s
+were chosen on its training rows), deepliif's for a release folder and for maps (``deepliif-cells``).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..tasks.deepliif_cells import AUTO, RESOLUTIONS, SEG_THRESHOLD_DEFAULT
+from ..tasks.deepliif_cells import AUTO, MODEL, RESOLUTIONS, SEG_THRESHOLD_DEFAULT
 from ..workflows.deepliif import DEEPLIIF_TILE, DeepLIIFSettings
 
 
-def _whole(text: str) -> int:
+def _whole(text: str):
+    if text.lower() == MODEL:
+        return MODEL
     try:
         return int(text)
     except ValueError:
@@ -22,6 +26,12 @@ def _whole(text: str) -> int:
 def _size(text: str):
     if text.lower() in ("auto", "default"):
         return AUTO
+    return _whole(text)
+
+
+def _upper(text: str):
+    if text.lower() in ("none", "off"):
+        return None
     return _whole(text)
 
 
@@ -35,15 +45,19 @@ def _marker(text: str):
 
 
 def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seg-thresh", type=_whole, default=SEG_THRESHOLD_DEFAULT,
-                   help=f"segmentation threshold, red + blue, 0-510 (default {SEG_THRESHOLD_DEFAULT}, deepliif's)")
-    p.add_argument("--size-thresh", type=_size, default=AUTO,
-                   help="minimum cell area in pixels, or 'default' (deepliif's automatic rule; the default)")
-    p.add_argument("--size-thresh-upper", type=_whole, default=None,
-                   help="maximum cell area in pixels (default: none)")
-    p.add_argument("--marker-thresh", type=_marker, default=None,
+    p.add_argument("--seg-thresh", type=_whole, default=MODEL,
+                   help="segmentation threshold, red + blue, 0-510 (default: the model's; deepliif's "
+                        f"{SEG_THRESHOLD_DEFAULT} for release folders and maps)")
+    p.add_argument("--size-thresh", type=_size, default=MODEL,
+                   help="minimum cell area in pixels, or 'default' (deepliif's automatic rule); default: the "
+                        "model's (deepliif's automatic rule for release folders and maps)")
+    p.add_argument("--size-thresh-upper", type=_upper, default=MODEL,
+                   help="maximum cell area in pixels, or 'none'; default: the model's (none for release folders "
+                        "and maps)")
+    p.add_argument("--marker-thresh", type=_marker, default=MODEL,
                    help="a cell whose brightest marker pixel is above this (0-255) is positive; 'default' = "
-                        "deepliif's automatic value; default: none (deepliif's default)")
+                        "deepliif's automatic value, 'none' = no marker rule; default: the model's (none for "
+                        "release folders and maps, deepliif's default)")
     p.add_argument("--resolution", default="auto", choices=("auto",) + RESOLUTIONS,
                    help="scan magnification for the automatic size rule; auto (default) = deepliif's rule from "
                         f"the tile size (40x above 384 px, 20x above 192, else 10x; {DEEPLIIF_TILE} -> 40x)")

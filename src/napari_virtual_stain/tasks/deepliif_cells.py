@@ -18,6 +18,11 @@ The rules and every default are those of deepliif 1.2.7 (``deepliif.postprocessi
 deepliif picks the magnification from the tile size (40x above 384, 20x above 192, else 10x):
 :func:`resolution_for_tile`.
 
+deepliif's thresholds suit deepliif's networks. A model of ours may carry its own, chosen by
+its training script on its training rows, in its card (``extra["cell_thresholds"]``,
+:func:`model_thresholds`); a threshold left as :data:`MODEL` takes the card's value, or
+deepliif's default for a card without one (the official release folders, maps a user brought).
+
 Everything a threshold needs is computed once into a per-cell table (:class:`CellAnalysis`),
 so moving the size or marker threshold reclassifies in microseconds and never runs the
 networks. Moving the segmentation threshold changes which pixels are cells: that relabels
@@ -33,11 +38,13 @@ from typing import Any, Union
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 
 EXCLUDED, NEGATIVE, POSITIVE = 0, 1, 2
 CLASS_NAMES = {EXCLUDED: "excluded", NEGATIVE: "negative", POSITIVE: "positive"}
 AUTO = "auto"
+MODEL = "model"  # a threshold left to the model: its card's value, else deepliif's default
+CARD_KEY = "cell_thresholds"  # where a model card keeps the thresholds its training script chose
 SEG_THRESHOLD_DEFAULT = 120  # deepliif 1.2.7's DEFAULT_SEG_THRESH
 NOISE_SIZE = 4  # deepliif's DEFAULT_NOISE_THRESH: regions of at most this many pixels are not cells
 GREEN_MAX = 80  # DeepLIIF: a pixel with green above this is boundary, not cell
@@ -73,6 +80,8 @@ class Thresholds:
 def check_thresholds(t: Thresholds) -> Thresholds:
     """``t`` if every value is usable, else an InputError sentence (checked before any network runs)."""
     def number(value, what):
+        if is_model(value):  # a programming slip, not a user's: resolve_model_values first
+            raise InputError(f"The {what} is left to the model; resolve it with the model's card first.")
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise InputError(f"The {what} must be a whole number, not {value!r}.")
         return int(value)
@@ -94,6 +103,44 @@ def check_thresholds(t: Thresholds) -> Thresholds:
         if not 0 <= marker <= 255:
             raise InputError(f"The marker threshold must lie between 0 and 255, not {marker}.")
     return t
+
+
+THRESHOLD_FIELDS = ("segmentation", "size", "size_upper", "marker")
+
+
+def is_model(value) -> bool:
+    return isinstance(value, str) and value == MODEL
+
+
+def model_thresholds(card) -> Thresholds:
+    """The cell thresholds a model's card recommends; deepliif's defaults for what it does not say
+    (a card without any, e.g. an official release folder's, gives deepliif's own)."""
+    stored = getattr(card, "extra", {}).get(CARD_KEY) if card is not None else None
+    if stored is None:
+        return Thresholds()
+    name = getattr(card, "name", "this model")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"The model card of {name!r} has unreadable cell thresholds ({stored!r}).")
+    values = {k: stored[k] for k in THRESHOLD_FIELDS if k in stored}
+    if any(is_model(v) for v in values.values()):
+        raise CheckpointError(f"The model card of {name!r} leaves a cell threshold to the model itself.")
+    try:
+        return check_thresholds(Thresholds(**values))
+    except InputError as err:
+        raise CheckpointError(f"The model card of {name!r} has unusable cell thresholds: {err}") from None
+
+
+def fill_model_values(thresholds: Thresholds, recommended: Thresholds) -> Thresholds:
+    """``thresholds`` with every :data:`MODEL` value replaced by ``recommended``'s."""
+    left = [k for k in THRESHOLD_FIELDS if is_model(getattr(thresholds, k))]
+    return replace(thresholds, **{k: getattr(recommended, k) for k in left}) if left else thresholds
+
+
+def resolve_model_values(thresholds: Thresholds, card) -> Thresholds:
+    """``thresholds`` with every :data:`MODEL` value replaced by the card's (deepliif's default without one)."""
+    if not any(is_model(getattr(thresholds, k)) for k in THRESHOLD_FIELDS):
+        return thresholds  # the card is not even read
+    return fill_model_values(thresholds, model_thresholds(card))
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Score DeepLIIF methods on real images with one scorer: networks and the classical baseline alike.
 
 A *method* turns an IHC image (Y, X, 3) uint8 into DeepLIIF's fused segmentation and marker
-renderings; the cells are then found by the same rules and thresholds (deepliif 1.2.7's
-defaults, :mod:`.deepliif_cells`), drawn as deepliif's SegRefined, and compared with a
+renderings; the cells are then found by the same rules (:mod:`.deepliif_cells`), at
+deepliif 1.2.7's default thresholds unless a row names its own (a model's calibrated ones,
+:mod:`.deepliif_calibration`), drawn as deepliif's SegRefined, and compared with a
 classified ground-truth mask by :func:`seg_metrics.classified_mask_scores` (Dice, AJI,
-percent positive). Only the segmentation's origin differs between rows of a table.
+percent positive).
 
 A held-out *region* (rows ``start:stop``) is scored on a prediction made on the whole image,
 so the network sees the same context a user's tile would, but never a ground-truth pixel of
@@ -43,10 +44,11 @@ def network_method(predictor) -> Method:
     return run
 
 
-def score_method(method: Method, ihc: np.ndarray, truth: np.ndarray, rows: slice = slice(None)) -> dict:
+def score_method(method: Method, ihc: np.ndarray, truth: np.ndarray, rows: slice = slice(None),
+                 thresholds: Thresholds = Thresholds()) -> dict:
     """Scores of one method on one image, in the rows ``rows`` (the held-out region)."""
     seg, marker = method(ihc)
-    return classified_mask_scores(refined_mask(seg, marker)[rows], np.asarray(truth)[rows])
+    return classified_mask_scores(refined_mask(seg, marker, thresholds)[rows], np.asarray(truth)[rows])
 
 
 def summarise(per_image: dict[str, dict]) -> dict[str, float]:
@@ -61,11 +63,14 @@ def summarise(per_image: dict[str, dict]) -> dict[str, float]:
             "cells_true": int(sum(v["cells_true"] for v in values))}
 
 
-def score_table(methods: dict[str, Method], images: dict[str, tuple[np.ndarray, np.ndarray, slice]]) -> dict:
-    """``{method: {"images": {name: scores}, "mean": summary}}`` for ``images`` = name -> (IHC, truth, rows)."""
+def score_table(methods: dict[str, Method], images: dict[str, tuple[np.ndarray, np.ndarray, slice]],
+                thresholds: dict[str, Thresholds] | None = None) -> dict:
+    """``{method: {"images": {name: scores}, "mean": summary}}`` for ``images`` = name -> (IHC, truth, rows);
+    ``thresholds``: a row's own cell thresholds by its label (the others: deepliif's defaults)."""
     table = {}
     for label, method in methods.items():
-        per_image = {name: score_method(method, ihc, truth, rows) for name, (ihc, truth, rows) in images.items()}
+        t = (thresholds or {}).get(label, Thresholds())
+        per_image = {name: score_method(method, ihc, truth, rows, t) for name, (ihc, truth, rows) in images.items()}
         table[label] = {"images": per_image, "mean": summarise(per_image)}
     return table
 

@@ -6,6 +6,10 @@ segmentation slider relabels the stored segmentation, and clicking a cell flips 
 (Shift-click excludes it). The fields write :class:`DeepLIIFSettings`' cell values, the
 ones ``virtual-stain deepliif-cells`` takes as arguments; the classes, colours, counts and
 files come from the workflow (``workflows.deepliif``, ``workflows.deepliif_results``).
+A threshold the user has not set is left to the model ("model" in the settings): the field
+shows the chosen model's recommended value (its card's, deepliif's for a release folder) and,
+after a run or a count, the value that result used (deepliif's for maps a user brought).
+Moving a field sets that threshold for every model until it is remembered otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 
 from ..tasks.deepliif import summary
-from ..tasks.deepliif_cells import AUTO, RESOLUTIONS
+from ..tasks.deepliif_cells import AUTO, MODEL, RESOLUTIONS, is_model
 from ..tasks.layers import output_layer_name
 from ..workflows import deepliif as workflow
 from ..workflows import deepliif_results as shown
@@ -25,6 +29,7 @@ from ._worker import report_error, show_warning
 CELLS = "cells"
 MARKER_OFF, MARKER_AUTO, MARKER_MANUAL = "none (deepliif's default)", "automatic", "manual"
 RESOLUTION_AUTO = "from tile size"
+THRESHOLD_SETTINGS = ("seg_threshold", "size", "size_upper", "marker")  # DeepLIIFSettings' cell thresholds
 
 
 class CellControls:
@@ -35,21 +40,25 @@ class CellControls:
         self.classification = None
         self.cell_layer = None
         self._updating = False  # set while recount writes the automatic values into the sliders
-        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=min(max(int(st.seg_threshold), 0), 510),
-                                 tooltip="red + blue above this is cell (deepliif: 120)")
-        manual_size = isinstance(st.size, int) and 0 <= st.size <= 2000
-        self.size_slider = Slider(label="min cell size (px)", min=0, max=2000, value=st.size if manual_size else 0,
+        self._programmatic = False  # set while the dock shows values left to the model (not the user's)
+        self._touched = {f for f in THRESHOLD_SETTINGS if not is_model(getattr(st, f))}  # thresholds the user set
+        t = workflow.shown_thresholds(st)  # values left to the model: its card's, as numbers the fields show
+        self.seg_slider = Slider(label="segmentation", min=0, max=510, value=min(max(int(t.segmentation), 0), 510),
+                                 tooltip="red + blue above this is cell (deepliif: 120; a model of ours may "
+                                         "recommend its own)")
+        manual_size = isinstance(t.size, int) and 0 <= t.size <= 2000
+        self.size_slider = Slider(label="min cell size (px)", min=0, max=2000, value=t.size if manual_size else 0,
                                   enabled=manual_size)
         self.size_auto = CheckBox(text="automatic size (deepliif's rule)", value=not manual_size)
         self.upper_slider = Slider(label="max cell size (px, 0 = none)", min=0, max=20000,
-                                   value=min(max(int(st.size_upper or 0), 0), 20000))
-        mode = (MARKER_AUTO if st.marker == AUTO else MARKER_MANUAL
-                if isinstance(st.marker, int) and 0 <= st.marker <= 255 else MARKER_OFF)
+                                   value=min(max(int(t.size_upper or 0), 0), 20000))
+        mode = (MARKER_AUTO if t.marker == AUTO else MARKER_MANUAL
+                if isinstance(t.marker, int) and 0 <= t.marker <= 255 else MARKER_OFF)
         self.marker_mode = ComboBox(label="marker rule", choices=[MARKER_OFF, MARKER_AUTO, MARKER_MANUAL], value=mode,
                                     tooltip="a cell whose brightest marker pixel is above the marker threshold is "
                                             "positive; deepliif uses no marker rule by default")
         self.marker_slider = Slider(label="marker", min=0, max=255, enabled=mode == MARKER_MANUAL,
-                                    value=st.marker if mode == MARKER_MANUAL else 255)
+                                    value=t.marker if mode == MARKER_MANUAL else 255)
         self.resolution = ComboBox(label="magnification", choices=[RESOLUTION_AUTO, *RESOLUTIONS],
                                    value=st.resolution if st.resolution in RESOLUTIONS else RESOLUTION_AUTO,
                                    tooltip="for the automatic size rule; deepliif takes it from the tile size (512 -> 40x)")
@@ -57,18 +66,35 @@ class CellControls:
         self.export_csv = PushButton(text="Export table (CSV)")
         self.export_geojson = PushButton(text="Export polygons (GeoJSON)")
         self.help = Label(value="Click a cell: flip positive/negative. Shift-click: exclude/restore.")
+        for name, widgets in self._threshold_widgets().items():  # before the settings writers: they read the mark
+            for w in widgets:
+                w.changed.connect(lambda *_, name=name: self._touch(name))
         return [self.seg_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
                 self.marker_slider, self.resolution, self.counts,
                 Container(widgets=[self.export_csv, self.export_geojson], layout="horizontal", labels=False), self.help]
 
+    def _threshold_widgets(self) -> dict:
+        return {"seg_threshold": (self.seg_slider,), "size": (self.size_auto, self.size_slider),
+                "size_upper": (self.upper_slider,), "marker": (self.marker_mode, self.marker_slider)}
+
+    def _touch(self, name: str) -> None:
+        if not (self._programmatic or self._updating):
+            self._touched.add(name)
+
+    def _or_model(self, name: str, value):
+        """A writer: the field's value once the user set it, "model" before."""
+        return lambda: value() if name in self._touched else MODEL
+
     def _cell_writers(self) -> dict:
         """Settings field -> (the fields that set it, its value from them)."""
+        w = self._threshold_widgets()
         return {
-            "seg_threshold": ((self.seg_slider,), lambda: int(self.seg_slider.value)),
-            "size": ((self.size_auto, self.size_slider), lambda: AUTO if self.size_auto.value else int(self.size_slider.value)),
-            "size_upper": ((self.upper_slider,), lambda: int(self.upper_slider.value) or None),
-            "marker": ((self.marker_mode, self.marker_slider), lambda: {MARKER_OFF: None, MARKER_AUTO: AUTO}.get(
-                self.marker_mode.value, int(self.marker_slider.value))),
+            "seg_threshold": (w["seg_threshold"], self._or_model("seg_threshold", lambda: int(self.seg_slider.value))),
+            "size": (w["size"], self._or_model("size", lambda: AUTO if self.size_auto.value
+                                               else int(self.size_slider.value))),
+            "size_upper": (w["size_upper"], self._or_model("size_upper", lambda: int(self.upper_slider.value) or None)),
+            "marker": (w["marker"], self._or_model("marker", lambda: {MARKER_OFF: None, MARKER_AUTO: AUTO}.get(
+                self.marker_mode.value, int(self.marker_slider.value)))),
             "resolution": ((self.resolution,), lambda: AUTO if self.resolution.value == RESOLUTION_AUTO
                            else self.resolution.value),
         }
@@ -76,6 +102,8 @@ class CellControls:
     def _connect_cells(self) -> None:
         for w in (self.size_slider, self.marker_slider, self.size_auto, self.marker_mode, self.upper_slider):
             w.changed.connect(self.recount)
+        self.settings.events.model.connect(self.use_model_thresholds)
+        self.use_model_thresholds()  # the model shown may not be the remembered one
         # Relabelling is fast but not free on big images: wait until the slider rests.
         self._relabel_timer = QTimer(self, singleShot=True, interval=150, timeout=self.relabel)
         self.seg_slider.changed.connect(lambda *_: self._relabel_timer.start())
@@ -84,9 +112,38 @@ class CellControls:
         self.export_geojson.changed.connect(lambda *_: self._export("geojson"))
 
     def thresholds(self):
-        return self.settings.thresholds()
+        """The thresholds in use: the last result's (its model's for values left to the model), else the chosen model's."""
+        if self.result is not None:
+            return self.settings.thresholds(self.result.card)
+        return workflow.shown_thresholds(self.settings)
+
+    def use_model_thresholds(self, *_):
+        """Show the chosen model's recommended values in the fields the user has not set."""
+        self._show_thresholds(workflow.shown_thresholds(self.settings))
+
+    def _show_thresholds(self, t):
+        """Put ``t``'s values in the fields the user has not set (they stay left to the model)."""
+        self._programmatic = True
+        try:
+            if "size" not in self._touched:
+                manual_size = isinstance(t.size, int)
+                self.size_auto.value = not manual_size
+                if manual_size:
+                    self.size_slider.value = min(max(t.size, 0), self.size_slider.max)
+            if "size_upper" not in self._touched:
+                self.upper_slider.value = min(max(int(t.size_upper or 0), 0), self.upper_slider.max)
+            if "marker" not in self._touched:
+                self.marker_mode.value = (MARKER_AUTO if t.marker == AUTO else MARKER_OFF if t.marker is None
+                                          else MARKER_MANUAL)
+                if isinstance(t.marker, int):
+                    self.marker_slider.value = t.marker
+            if "seg_threshold" not in self._touched:
+                self.seg_slider.value = min(max(int(t.segmentation), 0), 510)
+        finally:
+            self._programmatic = False
 
     def _show_cells(self):
+        self._show_thresholds(self.thresholds())  # what this result used (deepliif's for maps a user brought)
         cells = self.result.cells
         name = output_layer_name(self._source.name, CELLS)
         place = self._placement()

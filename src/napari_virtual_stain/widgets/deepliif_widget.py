@@ -8,7 +8,8 @@ the cell controls (``widgets.deepliif_cells``) then work on the stored maps.
 
 "Count existing maps" does the same from Seg and Marker layers someone already has
 (deepliif's ``*_Seg.png`` and ``*_mod4-Marker.png``/``*_Marker.png``, picked automatically
-for the chosen IHC layer): no network runs. Every default is deepliif 1.2.7's.
+for the chosen IHC layer): no network runs. Every default is deepliif 1.2.7's, but for the cell
+thresholds a model's card may recommend (``widgets.deepliif_cells``).
 
 A multiscale (pyramid) IHC layer is run at one level (``widgets.geometry.level_view_over``):
 the current view at the level napari displays (a zoomed-out view never reads the full

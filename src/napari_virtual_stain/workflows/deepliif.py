@@ -22,8 +22,8 @@ from ..engine.predictor_cache import SHARED, PredictorCache, device_turn
 from ..errors import InputError, VirtualStainError
 from ..tasks import deepliif as task  # through the module: tests replace its network parts
 from ..tasks.deepliif import DEFAULT_MODEL, MODALITIES, DeepLIIFResult
-from ..tasks.deepliif_cells import (AUTO, RESOLUTIONS, SEG_THRESHOLD_DEFAULT, Thresholds, check_thresholds,
-                                    resolution_for_tile)
+from ..tasks.deepliif_cells import (AUTO, MODEL, RESOLUTIONS, Thresholds, check_thresholds, fill_model_values,
+                                    model_thresholds, resolution_for_tile, resolve_model_values)
 from ..tasks.layers import output_layer_name
 from ..tasks.region import Region
 from .settings_files import Remembered
@@ -40,6 +40,11 @@ class DeepLIIFSettings(Remembered):
     cell counts by a few percent (bench/RESULTS.md). ``size`` "auto" is deepliif's automatic
     rule; ``marker`` None is no marker rule (deepliif's default), "auto" its automatic value.
     ``resolution`` "auto": the magnification deepliif infers from the tile size.
+
+    A cell threshold left as "model" (the default) is the model card's (the bundled
+    ``deepliif-small`` carries values chosen on its training rows), or deepliif 1.2.7's for a
+    model without any (official release folders) and for maps a user brought; a number,
+    "auto" or None overrides it. :meth:`thresholds` resolves them for a card.
     """
 
     model: str = DEFAULT_MODEL  # a name, a .pt file, a DeepLIIF release folder or a bioimage.io package
@@ -47,14 +52,20 @@ class DeepLIIFSettings(Remembered):
     precision: str = "fp32"
     tile: tuple[int, ...] | None = None  # None: the model's
     overlap: tuple[int, ...] | None = None
-    seg_threshold: int = SEG_THRESHOLD_DEFAULT
-    size: int | str = AUTO
-    size_upper: int | None = None
-    marker: int | str | None = None
+    seg_threshold: int | str = MODEL
+    size: int | str | None = MODEL
+    size_upper: int | str | None = MODEL
+    marker: int | str | None = MODEL
     resolution: str = AUTO
 
-    def thresholds(self) -> Thresholds:
+    def thresholds_asked(self) -> Thresholds:
+        """The cell thresholds as given, "model" values unresolved."""
         return Thresholds(self.seg_threshold, self.size, self.size_upper, self.marker)
+
+    def thresholds(self, card=None) -> Thresholds:
+        """The cell thresholds for a model with this ``card`` (None: no model, deepliif's defaults
+        stand in for every "model" value)."""
+        return resolve_model_values(self.thresholds_asked(), card)
 
     def resolution_for(self, tile: int | None, downsample: float = 1.0) -> str:
         """The magnification of the automatic size rule: as chosen, or deepliif's from the tile size,
@@ -71,12 +82,13 @@ class DeepLIIFSettings(Remembered):
         level = float(full[:-1]) / float(downsample)
         return min(RESOLUTIONS, key=lambda r: abs(math.log(float(r[:-1]) / level)))
 
-    def cell_problems(self) -> list[str]:
-        """What would stop counting cells: the thresholds and the magnification (no model needed,
-        so this is all that counting existing maps checks)."""
+    def cell_problems(self, card=None) -> list[str]:
+        """What would stop counting cells: the thresholds (for the model with ``card``; none:
+        deepliif's defaults for "model" values) and the magnification; no network is read, so
+        this is all that counting existing maps checks."""
         found = []
         try:
-            check_thresholds(self.thresholds())
+            check_thresholds(self.thresholds(card))
         except VirtualStainError as err:
             found.append(str(err))
         if self.resolution not in (AUTO, *RESOLUTIONS):
@@ -99,7 +111,13 @@ class DeepLIIFSettings(Remembered):
             resolve_precision(resolve_device(self.device), self.precision)
         except VirtualStainError as err:
             found.append(str(err))
-        found += self.cell_problems()
+        card, card_problem = None, None
+        if self.model:
+            try:
+                card = model_card(self.model)
+            except VirtualStainError as err:
+                card_problem = str(err)
+        found += self.cell_problems(card)
         for what, values in (("tile size", self.tile), ("overlap", self.overlap)):
             if values is not None and len(values) not in (1, 2):
                 found.append(f"The {what} needs 1 or 2 numbers, not {len(values)}.")
@@ -107,10 +125,8 @@ class DeepLIIFSettings(Remembered):
             found.append("The overlap must be smaller than the tile.")
         if not self.model:
             return found + ["Choose a DeepLIIF model or a DeepLIIF release folder."]
-        try:
-            card = model_card(self.model)
-        except VirtualStainError as err:
-            return found + [str(err)]
+        if card_problem is not None:
+            return found + [card_problem]
         if card.task != "deepliif":
             found.append(f"The model '{card.name}' is a {card.task} model; choose a DeepLIIF model.")
         return found
@@ -151,8 +167,8 @@ def run(settings: DeepLIIFSettings, data, *, name: str = "image", region: Region
     resolution = settings.resolution_for(settings.tile[0] if settings.tile else predictor.card.tile[0], downsample)
     with device_turn(predictor):
         result = task.run_deepliif(predictor, data, name=name, region=region, store=store, analyse=analyse,
-                                   segmentation_threshold=settings.seg_threshold, resolution=resolution,
-                                   progress=progress, cancel=cancel)
+                                   segmentation_threshold=settings.thresholds(predictor.card).segmentation,
+                                   resolution=resolution, progress=progress, cancel=cancel)
     result.downsample = float(downsample)
     return result
 
@@ -185,7 +201,7 @@ def count_maps(ihc, seg, marker, names, settings: DeepLIIFSettings, cancel=None)
     The dock's "Count existing maps" and ``virtual-stain deepliif-cells`` both come here:
     the settings' thresholds, and the magnification chosen or inferred from the tile size
     deepliif ran with (``tile``; none: deepliif's 512, 40x). ``result.cells.classify(
-    settings.thresholds())`` classifies them."""
+    settings.thresholds())`` classifies them (a "model" threshold: deepliif's default here)."""
     from ..tasks.deepliif_files import check_maps
 
     settings.validate_cells()
@@ -200,12 +216,32 @@ def reanalyse(result: DeepLIIFResult, settings: DeepLIIFSettings):
     magnification (no network runs): the tile the run used (the settings', else the
     model's; maps a user brought: deepliif's 512) sets the automatic magnification, as in :func:`run`."""
     tile = settings.tile[0] if settings.tile else (result.card.tile[0] if result.card is not None else DEEPLIIF_TILE)
-    return result.analyse(settings.seg_threshold, settings.resolution_for(tile, result.downsample))
+    return result.analyse(settings.thresholds(result.card).segmentation,
+                          settings.resolution_for(tile, result.downsample))
 
 
 def classify(result: DeepLIIFResult, settings: DeepLIIFSettings):
     """The cells' classes under the settings' thresholds (an InputError sentence if one cannot be used)."""
-    return result.cells.classify(check_thresholds(settings.thresholds()))
+    return result.cells.classify(check_thresholds(settings.thresholds(result.card)))
+
+
+def recommended_thresholds(model: str | None) -> Thresholds:
+    """The thresholds a model's card recommends (deepliif's for a release folder, for no model
+    and for one that cannot be read: the dock shows those, and says the model's problem itself)."""
+    from ..models.registry import model_card
+
+    if not model:
+        return Thresholds()
+    try:
+        return model_thresholds(model_card(model))
+    except VirtualStainError:
+        return Thresholds()
+
+
+def shown_thresholds(settings: DeepLIIFSettings) -> Thresholds:
+    """The settings' thresholds with their "model" values filled in from the chosen model's card:
+    numbers and rules the dock's sliders can show."""
+    return fill_model_values(settings.thresholds_asked(), recommended_thresholds(settings.model))
 
 
 def modality_tuples(result: DeepLIIFResult, source: str, place: dict) -> list[tuple]:
@@ -254,7 +290,9 @@ def _held_out_line(held_out) -> str:
     if not isinstance(held_out, dict):
         return ""
     rows = {k: v for k, v in held_out.items() if isinstance(v, dict) and "dice" in v and "aji" in v}
-    own = next((v for k, v in rows.items() if "this model" in k), None)
+    # the row at the model's own thresholds (what the dock uses), else the one row of this model
+    own = next((v for k, v in rows.items() if "this model" in k and "own thresholds" in k),
+               next((v for k, v in rows.items() if "this model" in k), None))
     classical = next((v for k, v in rows.items() if k.startswith("classical")), None)
     if own is None:
         return ""

@@ -72,9 +72,10 @@ def deepliif_file(source: str, out_dir: str, settings: dict, stem: str | None = 
         t0 = time.perf_counter()
         result = workflow.run(settings, data, name=stem, store=store, analyse=False, progress=progress)
         t1 = time.perf_counter()
-        cells = result.analyse(settings.seg_threshold, settings.resolution_for(
+        thresholds = settings.thresholds(predictor.card)  # "model" values: the card's
+        cells = result.analyse(thresholds.segmentation, settings.resolution_for(
             settings.tile[0] if settings.tile else predictor.card.tile[0]))
-        classes = cells.classify(settings.thresholds())
+        classes = cells.classify(thresholds)
         t2 = time.perf_counter()
         for name, suffix in FILE_SUFFIX.items():
             write_png(out.path(f"{stem}_{suffix}.png"), result.images[name])
