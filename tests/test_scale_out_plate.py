@@ -134,3 +134,35 @@ def test_a_failing_field_leaves_no_half_written_plate(tmp_path, model, rng, monk
     assert len(calls) == 3 and ".partial-" in calls[0]  # fields were written into the staging plate
     assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # the staging plate is gone
+
+
+def test_a_field_task_outliving_its_removed_plate_writes_nothing(tmp_path, model, rng):
+    """A task still running after the run failed or was cancelled must not bring back part of the plate."""
+    from dataclasses import asdict
+
+    from napari_virtual_stain.errors import Cancelled
+
+    plate = _plate(tmp_path / "plate.ome.zarr", rng, "2d")
+    gone = tmp_path / ".predicted.zarr.partial-x"
+    with pytest.raises(Cancelled, match="was removed"):
+        stain_files.stain_file(str(plate / "A/1/0"), str(gone / "A/1/0"),
+                               asdict(StainSettings(model=model, device="cpu")), None, None, True)
+    assert not gone.exists()
+
+
+def test_a_field_task_reads_its_zarr_input_with_its_own_threads(tmp_path, model, rng):
+    """On a worker dask's default scheduler is the cluster's client: a task computing its lazy zarr
+    input there would ship zarr arrays to other workers (racing their imports of zarr). The
+    task uses this process's threads whatever scheduler is configured around it."""
+    import dask
+    from dataclasses import asdict
+
+    def cluster_scheduler(*args, **kwargs):
+        raise AssertionError("the task's input went through the surrounding scheduler")
+
+    plate = _plate(tmp_path / "plate.ome.zarr", rng, "2d")
+    with dask.config.set(scheduler=cluster_scheduler):
+        result = stain_files.stain_file(str(plate / "A/1/0"), str(tmp_path / "one.ome.zarr"),
+                                        asdict(StainSettings(model=model, device="cpu")))
+    assert result["shape"] == (2, 48, 64) and read_ome_zarr(tmp_path / "one.ome.zarr").channel_names == ["nuclei",
+                                                                                                          "membrane"]

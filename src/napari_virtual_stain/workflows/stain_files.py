@@ -162,6 +162,16 @@ def stain_file(source: str, target: str, settings: dict, channel: str | None = N
     ``as_zarr`` None: the format from ``target``'s name; True: OME-Zarr whatever the name (a
     plate's field group, ``A/1/0``).
     """
+    import dask
+
+    # A lazy (zarr) input computed inside a dask.distributed task would go through the cluster's
+    # client (dask's default there), shipping zarr arrays to other workers and racing their
+    # imports of zarr: the task reads its own input, with this process's threads.
+    with dask.config.set(scheduler="threads"):
+        return _stain_file(source, target, settings, channel, axes, as_zarr)
+
+
+def _stain_file(source, target, settings: dict, channel, axes, as_zarr) -> dict:
     from ..io.ome_zarr_writer import save_ome_zarr
     from ..io.tiff_reader import load_image
     from ..io.tiff_writer import save_tiff
@@ -173,6 +183,12 @@ def stain_file(source: str, target: str, settings: dict, channel: str | None = N
     result, size = stain_image(settings, data, rgb=rgb, name=str(source), pixel_size=image.pixel_size_um)
     spatial = "ZYX" if result.data.ndim == 4 else "YX"
     values = result.data.astype(np.float32)
+    if as_zarr and not Path(target).parent.is_dir():
+        # a plate's field whose staging plate is gone: the run failed or was cancelled while this
+        # task ran on; writing would bring back part of a removed plate
+        from ..errors import Cancelled
+
+        raise Cancelled(f"the plate that {target} belongs to was removed before this field was written")
     if as_zarr or (as_zarr is None and str(target).lower().endswith(ZARR_SUFFIXES)):
         save_ome_zarr(target, values, "C" + spatial, result.channels, size)
     else:
