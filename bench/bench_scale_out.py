@@ -7,11 +7,23 @@ loads the model once), so the start-up is also timed on its own. From the single
 per-tile cost the script prints what N workers, each on its own GPU, would give on paper.
 
     python bench/bench_scale_out.py --files 6 --size 512
+    python bench/bench_scale_out.py --plate [--wells 4 --planes 8 --size 512]
+
+``--plate`` instead times a small HCS plate of z-stacks (one field per well; planes of the
+real sephace focal series, mirrored in z to ``--planes``) through ``virtual-stain predict
+plate.zarr -o out.zarr``: one output plate, one task per field, in its own process, on local:1
+and on local:2, with each process's (each worker's) peak resident memory. The plate is written
+to a temporary folder, never into the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +41,25 @@ from napari_virtual_stain.workflows.stain import StainSettings, predictor_for
 from napari_virtual_stain.workflows.stain_files import expand_inputs, plan_outputs, stain_many
 
 
+PLATE_SECTION = "Scale-out: a plate of stacks through predict (bench_scale_out.py --plate)"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--files", type=int, default=6)
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--plate", action="store_true", help="time a plate of z-stacks instead of files")
+    p.add_argument("--wells", type=int, default=4, help="--plate: wells (one field each)")
+    p.add_argument("--planes", type=int, default=8, help="--plate: planes per stack")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.plate:
+        bench_plate(args)
+    else:
+        bench_files(args)
+
+
+def bench_files(args) -> None:
     started = time.perf_counter()
     header = machine()
     brightfield, _ = brightfield_and_dapi(1)
@@ -93,6 +118,120 @@ def main() -> None:
     ])
     print(body)
     update_results("Scale-out over many files (bench_scale_out.py)", body)
+
+
+def write_plate(path: Path, wells: int, planes: int, size: int) -> Path:
+    """An HCS plate of ``wells`` wells in one row, one field each: ``planes`` x ``size`` x ``size`` real brightfield."""
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_plate_metadata, write_well_metadata
+
+    from napari_virtual_stain.io.ome_zarr_writer import save_ome_zarr
+
+    fmt = FormatV05()
+    columns = [str(c + 1) for c in range(wells)]
+    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    write_plate_metadata(root, ["A"], columns, [f"A/{c}" for c in columns], fmt=fmt, field_count=1)
+    rng = np.random.default_rng(0)
+    series = [brightfield_and_dapi(i)[0] for i in (1, 2)]
+    for i, column in enumerate(columns):
+        stack = series[i % 2]
+        order = list(range(len(stack))) + list(range(len(stack) - 2, 0, -1))  # 0..5, 4..1: mirrored in z
+        z = [order[k % len(order)] for k in range(planes)]
+        y = int(rng.integers(0, stack.shape[1] - size + 1))
+        x = int(rng.integers(0, stack.shape[2] - size + 1))
+        write_well_metadata(root.require_group("A").require_group(column), [{"path": "0"}], fmt=fmt)
+        save_ome_zarr(path / "A" / column / "0", stack[z, y:y + size, x:x + size], "ZYX", n_levels=1)
+    return path
+
+
+# The CLI in a child process of one torch thread, as a worker has: its own wall time (imports
+# excluded, the model's loading included, as on a worker) and its own peak resident memory.
+_ONE_PROCESS = ("import json, resource, sys, time\n"
+                "from napari_virtual_stain.cli import main\n"
+                "t = time.perf_counter()\n"
+                "code = main(sys.argv[1:])\n"
+                "print(json.dumps({'wall': time.perf_counter() - t, "
+                "'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+                "sys.exit(code)\n")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plate_on_cluster(settings: StainSettings, plate: Path, out: Path, workers: int) -> tuple[float, float, list[float]]:
+    """(start-up s, plate s, each worker's peak MB) of the plate on a LocalCluster of ``workers`` started here."""
+    from distributed import Client, LocalCluster
+
+    from napari_virtual_stain.engine.distributed import LOCAL_WORKER_ENV
+    from napari_virtual_stain.workflows.stain_files import stain_plate
+
+    t0 = time.perf_counter()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env=LOCAL_WORKER_ENV) as cluster, Client(cluster) as client:
+        client.wait_for_workers(workers)
+        startup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stain_plate(settings, plate, out, cluster=cluster.scheduler_address)
+        seconds = time.perf_counter() - t0
+        peaks = client.run(_peak_mb)
+    return startup, seconds, sorted(peaks.values())
+
+
+def bench_plate(args) -> None:
+    from napari_virtual_stain.io.ome_zarr_reader import read_ome_zarr
+
+    started = time.perf_counter()
+    header = machine()
+    settings = StainSettings(model="demo-2d-nuclei-membrane", device="cpu")
+    tile, overlap = predictor_for(settings)._tile_for((args.size, args.size))
+    tiles = args.wells * args.planes * n_tiles((args.size, args.size), tile, overlap)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-plate-") as tmp:  # under /tmp, never in the repository
+        tmp = Path(tmp)
+        plate = write_plate(tmp / "plate.zarr", args.wells, args.planes, args.size)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   PYTHONPATH=str(_common.REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run([sys.executable, "-c", _ONE_PROCESS, "predict", str(plate), "-o", str(tmp / "here.zarr"),
+                               "--model", settings.model, "--device", "cpu"], env=env, check=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        here = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(["this process (1 thread)", "0", f"{here['wall']:.1f}", f"{args.wells / here['wall']:.2f}",
+                     f"{here['peak_mb']:.0f}"])
+        seconds = {}
+        for workers in (1, 2):
+            startup, seconds[workers], peaks = plate_on_cluster(settings, plate, tmp / f"local{workers}.zarr", workers)
+            rows.append([f"local:{workers}", f"{startup:.1f}", f"{seconds[workers]:.1f}",
+                         f"{args.wells / seconds[workers]:.2f}", ", ".join(f"{v:.0f}" for v in peaks)])
+        reference = np.asarray(read_ome_zarr(tmp / "here.zarr" / "A/1/0").data)
+        largest = max(float(np.abs(np.asarray(read_ome_zarr(tmp / f"local{w}.zarr" / "A/1/0").data) - reference).max())
+                      for w in (1, 2))
+    per_tile = here["wall"] / tiles
+    per_field = here["wall"] / args.wells
+    estimate = ", ".join(f"{n}: {n / per_field:.2f}" for n in (1, 2, 4, 8, 16))
+    body = "\n".join([
+        f"Machine: {header}.",
+        f"Command: `python bench/bench_scale_out.py --plate --wells {args.wells} --planes {args.planes} "
+        f"--size {args.size}` ({time.perf_counter() - started:.0f} s in all). One timed run per configuration: "
+        "on a shared 2-core machine the numbers are rough.",
+        f"Input: an HCS plate (NGFF 0.5) of {args.wells} wells x 1 field, each {args.planes} x {args.size} x "
+        f"{args.size} uint8 from the real sephace focal series (sets 1 and 2, mirrored in z); output: one plate "
+        f"of the same layout, one task per field. Model demo-2d-nuclei-membrane on the CPU, plane by plane: "
+        f"{tiles} tile(s) of {tile} in all.",
+        "",
+        table(["where", "cluster start-up s", "plate s (model loading included)", "fields/s",
+               "peak memory MB (per worker)"], rows),
+        "",
+        f"local:2 / local:1 throughput: {seconds[1] / seconds[2]:.2f}x (2 cores shared with other jobs). "
+        f"Largest difference of a worker's field from the one-process run: {largest:.1e}.",
+        f"Per-tile cost in one process: {per_tile:.2f} s (CPU, 1 thread), {per_field:.1f} s per field. On paper, "
+        f"N workers (one field per task, fields independent) give N x {1 / per_field:.3f} fields/s at this per-tile "
+        f"cost ({estimate} fields/s for N = 1, 2, 4, 8, 16); with a GPU per worker, multiply by the per-tile speed-up "
+        "measured on that GPU (bench_gpu.py), until the shared file system's read and write rate is the limit.",
+    ])
+    print(body)
+    update_results(PLATE_SECTION, body)
 
 
 if __name__ == "__main__":

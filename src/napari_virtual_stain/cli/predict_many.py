@@ -27,7 +27,8 @@ def add_scale_out_arguments(p: argparse.ArgumentParser) -> None:
                         "on several workers); the output equals a one-process run")
     p.add_argument("--output-format", default="tiff", choices=["tiff", "ome-zarr"],
                    help="what each output of a many-input run is (default: tiff); "
-                        "an -o ending in .ome.zarr writes OME-Zarr for one input")
+                        "an -o ending in .ome.zarr writes OME-Zarr for one input, or for an HCS plate "
+                        "one output plate of the same wells and fields")
 
 
 def wants_scale_out(args: argparse.Namespace) -> bool:
@@ -53,6 +54,10 @@ def predict_many(args: argparse.Namespace) -> int:
     settings = workflow.StainSettings(model=args.model, device=args.device, precision=args.precision,
                                       tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, tta=args.tta)
     settings.validate()
+    from ..io.ome_zarr_plate_writer import wants_plate_output
+
+    if wants_plate_output([args.input, *args.more_inputs], args.output):
+        return _predict_plate(settings, args)
     sources = expand_inputs([args.input, *args.more_inputs])
     pairs = plan_outputs(sources, args.output, args.output_format, model=args.model)
     where = args.cluster or "this process"
@@ -74,4 +79,22 @@ def predict_many(args: argparse.Namespace) -> int:
         for warning in result["warnings"]:
             print(f"warning: {Path(result['input']).name}: {warning}", file=sys.stderr)
     print(f"wrote {len(results)} output(s) to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _predict_plate(settings, args: argparse.Namespace) -> int:
+    """An HCS plate in, one plate out (-o ending in .zarr): the same wells and fields, one task per field."""
+    from ..errors import InputError
+    from ..workflows.stain_files import stain_plate
+
+    if args.band_rows is not None:
+        raise InputError("--band-rows cuts one image into bands; a plate runs one task per field instead.")
+    where = args.cluster or "this process"
+    print(f"plate {args.input} -> plate {args.output} on {where}", file=sys.stderr)
+    results = stain_plate(settings, args.input, args.output, cluster=args.cluster, channel=args.channel,
+                          axes=args.axes, progress=TextProgress("predict"))
+    for result in results:
+        for warning in result["warnings"]:
+            print(f"warning: {result['input']}: {warning}", file=sys.stderr)
+    print(f"wrote a plate of {len(results)} field(s) to {args.output}", file=sys.stderr)
     return 0

@@ -154,12 +154,24 @@ def stain_image(settings: workflow.StainSettings, data, *, rgb: bool, name: str,
 
 
 def stain_file(source: str, target: str, settings: dict, channel: str | None = None,
-               axes: str | None = None) -> dict:
+               axes: str | None = None, as_zarr: bool | None = None) -> dict:
     """Stain one input file and write ``target`` (.tif or .ome.zarr) atomically: one task of a scale-out.
 
     ``settings`` is a :class:`~.stain.StainSettings` as a dict (what travels to a worker). The
     predictor comes from the process's cache: a worker loads the model for its first task only.
+    ``as_zarr`` None: the format from ``target``'s name; True: OME-Zarr whatever the name (a
+    plate's field group, ``A/1/0``).
     """
+    import dask
+
+    # A lazy (zarr) input computed inside a dask.distributed task would go through the cluster's
+    # client (dask's default there), shipping zarr arrays to other workers and racing their
+    # imports of zarr: the task reads its own input, with this process's threads.
+    with dask.config.set(scheduler="threads"):
+        return _stain_file(source, target, settings, channel, axes, as_zarr)
+
+
+def _stain_file(source, target, settings: dict, channel, axes, as_zarr) -> dict:
     from ..io.ome_zarr_writer import save_ome_zarr
     from ..io.tiff_reader import load_image
     from ..io.tiff_writer import save_tiff
@@ -171,12 +183,29 @@ def stain_file(source: str, target: str, settings: dict, channel: str | None = N
     result, size = stain_image(settings, data, rgb=rgb, name=str(source), pixel_size=image.pixel_size_um)
     spatial = "ZYX" if result.data.ndim == 4 else "YX"
     values = result.data.astype(np.float32)
-    if str(target).lower().endswith(ZARR_SUFFIXES):
+    if as_zarr and not Path(target).parent.is_dir():
+        # a plate's field whose staging plate is gone: the run failed or was cancelled while this
+        # task ran on; writing would bring back part of a removed plate
+        from ..errors import Cancelled
+
+        raise Cancelled(f"the plate that {target} belongs to was removed before this field was written")
+    if as_zarr or (as_zarr is None and str(target).lower().endswith(ZARR_SUFFIXES)):
         save_ome_zarr(target, values, "C" + spatial, result.channels, size)
     else:
         save_tiff(target, values, "C" + spatial, result.channels, size)
     return {"input": str(source), "output": str(target), "shape": tuple(int(v) for v in values.shape),
             "warnings": list(result.warnings), "nan_fraction": float(result.nan_fraction)}
+
+
+def _settings_for_workers(settings: workflow.StainSettings) -> dict:
+    """The settings as a dict, the model name resolved to its file here (workers share the file system)."""
+    from ..models.registry import model_kind, model_location
+
+    settings.validate()
+    values = asdict(settings)
+    if model_kind(settings.model) == "checkpoint":  # a name from this user's model folder: send its path
+        values["model"] = str(model_location(settings.model).resolve())
+    return values
 
 
 def stain_many(settings: workflow.StainSettings, pairs: list[tuple[Path, Path]], *, cluster: str | None = None,
@@ -187,13 +216,50 @@ def stain_many(settings: workflow.StainSettings, pairs: list[tuple[Path, Path]],
     Returns one summary per input, in order. The model name is resolved to its file here, so
     workers need the same file system (or the same installed models), not the same settings.
     """
-    from ..models.registry import model_kind, model_location
-
-    settings.validate()
-    values = asdict(settings)
-    if model_kind(settings.model) == "checkpoint":  # a name from this user's model folder: send its path
-        values["model"] = str(model_location(settings.model).resolve())
+    values = _settings_for_workers(settings)
     jobs = [(str(s), str(t), values, channel, axes) for s, t in pairs]
     with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
         return run_jobs(stain_file, jobs, client=client, names=[str(s) for s, _ in pairs],
                         progress=progress, cancel=cancel)
+
+
+def plan_plate(plate: str | os.PathLike, output: str | os.PathLike, model: str | None = None):
+    """The input plate's layout and the checked output plate path, before any work starts.
+
+    Every field must be present (``plate_fields`` says which is missing); an existing output
+    is refused, as is one inside the input.
+    """
+    from ..io.ome_zarr_plate_writer import check_output_plate, plate_layout
+
+    plate = Path(plate).expanduser()
+    fields = plate_fields(plate)
+    layout = plate_layout(plate)
+    if [str(plate / r) for r in layout.field_paths()] != fields:  # the same listing, read twice
+        raise InputError(f"The plate {plate.name} lists its fields inconsistently; it cannot be copied.")
+    return layout, check_output_plate(output, inputs=[plate] + ([model] if model else []))
+
+
+def stain_plate(settings: workflow.StainSettings, plate: str | os.PathLike, output: str | os.PathLike, *,
+                cluster: str | None = None, channel: str | None = None, axes: str | None = None,
+                progress: Callable[[int, int], None] | None = None, cancel=None) -> list[dict]:
+    """Stain every field of the HCS ``plate`` into ONE new plate ``output`` with the same layout.
+
+    Plate and well metadata are copied (rows, columns, wells, fields, acquisitions); each field
+    of the output holds that field's prediction as a multiscale image (channel names from the
+    model, pixel sizes carried over), the same as staining the field alone. One task per field,
+    each writing only its own field group; the plate appears at ``output`` when all are done,
+    and a failure leaves nothing there. Returns one summary per field, in plate order.
+    """
+    from ..io.ome_zarr_plate_writer import StagedPlate
+
+    plate = Path(plate).expanduser()
+    layout, output = plan_plate(plate, output, model=settings.model)
+    values = _settings_for_workers(settings)
+    relative = layout.field_paths()
+    with StagedPlate(output, layout) as staged, connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
+        jobs = [(str(plate / r), str(staged.field(r)), values, channel, axes, True) for r in relative]
+        results = run_jobs(stain_file, jobs, client=client, names=[str(plate / r) for r in relative],
+                           progress=progress, cancel=cancel)
+    for result, r in zip(results, relative):  # where each field is now, not where it was staged
+        result["output"] = str(output / r)
+    return results
