@@ -71,8 +71,8 @@ def test_the_deepliif_docks_cell_export_is_atomic(tmp_path, monkeypatch, kind, n
     path.write_text("the export of an earlier run")
     result = SimpleNamespace(region=Region((0, 0), (8, 8)), cells=None)
     rows = [{"id": i, "class": "positive", "area_px": 100 + i} for i in range(2000)]
-    monkeypatch.setattr(deepliif_results, "cell_rows", lambda *a: rows)
-    monkeypatch.setattr(deepliif_results, "cell_polygons", lambda *a: {"features": rows})
+    monkeypatch.setattr(deepliif_results, "cell_rows", lambda *a, **k: rows)
+    monkeypatch.setattr(deepliif_results, "cell_polygons", lambda *a, **k: {"features": rows})
     with disk_full_after(4096), pytest.raises(OSError):
         deepliif_results.export_cells(result, None, path, kind)
     assert path.read_text() == "the export of an earlier run" and only(tmp_path) == [name]
