@@ -14,6 +14,7 @@ its own module state (the predictor cache), so a model is loaded once per worker
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 import time
@@ -21,6 +22,23 @@ import uuid
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import Cancelled, InputError, VirtualStainError, check_cancel, plain_text
+
+
+def reads_with_own_threads(task: Callable) -> Callable:
+    """``task`` computing its lazy (zarr, dask) inputs with this process's threads.
+
+    On a dask.distributed worker dask's default scheduler is the cluster's client: a task that
+    computed its lazy input there would ship the chunks to other workers (and raced their
+    imports of zarr). Every scale-out task function (one file, one field, one stack) wears this.
+    """
+    @functools.wraps(task)
+    def run_here(*args, **kwargs):
+        import dask
+
+        with dask.config.set(scheduler="threads"):
+            return task(*args, **kwargs)
+
+    return run_here
 
 # How long to wait for a scheduler that does not answer: the user hears about a typo in seconds.
 CONNECT_TIMEOUT_S = 5

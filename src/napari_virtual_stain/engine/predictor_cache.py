@@ -31,7 +31,7 @@ MAX_ENTRIES = 3
 SOURCE_ATTRIBUTE = "_virtual_stain_source"  # (file, its stamp when read, variant) on a loaded module
 
 
-def _stamp(path: Path) -> tuple:
+def file_stamp(path: Path) -> tuple:
     """What changes when a model file, or any file of a model folder, is written again."""
     if path.is_dir():
         return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir() if p.is_file()))
@@ -43,7 +43,7 @@ def remember_source(module: torch.nn.Module, path: str | os.PathLike, variant: s
     """Tag ``module`` as loaded from ``path`` (``stamp``: the file's, taken before reading it);
     ``variant`` tells apart modules built from one file (the joint imputer's view of each marker)."""
     path = Path(path).resolve()
-    object.__setattr__(module, SOURCE_ATTRIBUTE, (str(path), stamp if stamp is not None else _stamp(path), str(variant)))
+    object.__setattr__(module, SOURCE_ATTRIBUTE, (str(path), stamp if stamp is not None else file_stamp(path), str(variant)))
     return module
 
 
@@ -72,7 +72,7 @@ class PredictorCache:
         resolve = resolve or model_location
         load = load or load_model
         path = Path(resolve(model)).resolve()
-        key = (str(path), _stamp(path), str(device), str(precision), _args_key(predictor_args))
+        key = (str(path), file_stamp(path), str(device), str(precision), _args_key(predictor_args))
         return self._get(key, lambda: load(str(model)), predictor_args)
 
     def for_module(self, module: torch.nn.Module, card, device: str = "auto", precision: str = "auto",

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..engine.normalise import compute_stats, normalise
 from ..engine.predictor import Predictor
-from ..engine.predictor_cache import SHARED, _stamp, remember_source
+from ..engine.predictor_cache import SHARED, file_stamp, remember_source
 from ..errors import CheckpointError, InputError
 from ..models.card import ModelCard
 from .region import Region
@@ -219,7 +219,7 @@ def _load(paths: Mapping[str, Path]) -> dict[str, tuple]:
     loaded: dict[Path, tuple] = {}
     for marker, path in paths.items():
         if path not in loaded:
-            stamp = _stamp(Path(path).resolve())  # before reading: a file written meanwhile is not mistaken for it
+            stamp = file_stamp(Path(path).resolve())  # before reading: a file written meanwhile is not mistaken for it
             loaded[path] = (*load_checkpoint(path), stamp)
         model, card, stamp = loaded[path]
         if is_joint(card):

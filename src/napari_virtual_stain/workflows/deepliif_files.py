@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.distributed import LOCAL_WORKER_ENV, check_environment, connect, run_jobs
+from ..engine.distributed import LOCAL_WORKER_ENV, check_environment, connect, reads_with_own_threads, run_jobs
 from ..errors import InputError
 from ..io.outputs import StagedOutputs, check_distinct, check_output_folder
 from . import deepliif as workflow
@@ -49,6 +49,7 @@ def pixel_size(image) -> float | None:
     return float(values[-1]) if values else None
 
 
+@reads_with_own_threads
 def deepliif_file(source: str, out_dir: str, settings: dict, stem: str | None = None,
                   progress: Callable | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Run DeepLIIF on the image ``source`` and write its files into ``out_dir``; returns the scoring.

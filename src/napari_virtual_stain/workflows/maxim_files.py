@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.distributed import LOCAL_WORKER_ENV, check_environment, connect, run_jobs
-from ..engine.predictor_cache import _stamp
+from ..engine.distributed import LOCAL_WORKER_ENV, check_environment, connect, reads_with_own_threads, run_jobs
+from ..engine.predictor_cache import file_stamp
 from ..errors import InputError
 from ..io.outputs import (JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file,
                           check_output_folder)
@@ -97,11 +97,12 @@ def imputers_for(settings: workflow.MaximSettings, kind: str) -> tuple:
     folder = settings.imputer_folder()
     if folder is None or not Path(folder).is_dir():  # nothing to keep; the loaders say what is wrong
         return _loaded.__wrapped__(kind, folder or "", settings.marker, ())
-    return _loaded(kind, folder, settings.marker if kind == IMPUTE else None, _stamp(Path(folder).resolve()))
+    return _loaded(kind, folder, settings.marker if kind == IMPUTE else None, file_stamp(Path(folder).resolve()))
 
 
 # ---- one stack ----------------------------------------------------------------------------
 
+@reads_with_own_threads
 def impute_file(source: str, target: str, settings: dict, names: list[str] | None = None,
                 axes: str | None = None, progress: Callable | None = None) -> dict:
     """Impute the settings' marker of the stack ``source`` and write ``target`` (one-plane float32
@@ -129,6 +130,7 @@ def report_payload(reports: dict[str, dict], problems: Sequence[str]) -> dict:
     return payload
 
 
+@reads_with_own_threads
 def qc_file(source: str, key: str, settings: dict, names: list[str] | None = None, axes: str | None = None,
             report: str | None = None, maps: bool = False, progress: Callable | None = None) -> dict:
     """QC the stack ``source``: its report as a dict, flags, summary and warnings; with ``report``

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..engine.distributed import LOCAL_WORKER_ENV, connect, run_jobs
+from ..engine.distributed import LOCAL_WORKER_ENV, connect, reads_with_own_threads, run_jobs
 from ..errors import InputError
 from ..io.ome_zarr_reader import ZARR_SUFFIXES, is_plate, is_zarr_folder, plate_fields, read_ome_zarr
 from ..io.outputs import check_distinct, check_output_file, check_output_folder
@@ -153,6 +153,7 @@ def stain_image(settings: workflow.StainSettings, data, *, rgb: bool, name: str,
     return result, pixel_size
 
 
+@reads_with_own_threads
 def stain_file(source: str, target: str, settings: dict, channel: str | None = None,
                axes: str | None = None, as_zarr: bool | None = None) -> dict:
     """Stain one input file and write ``target`` (.tif or .ome.zarr) atomically: one task of a scale-out.
@@ -162,16 +163,6 @@ def stain_file(source: str, target: str, settings: dict, channel: str | None = N
     ``as_zarr`` None: the format from ``target``'s name; True: OME-Zarr whatever the name (a
     plate's field group, ``A/1/0``).
     """
-    import dask
-
-    # A lazy (zarr) input computed inside a dask.distributed task would go through the cluster's
-    # client (dask's default there), shipping zarr arrays to other workers and racing their
-    # imports of zarr: the task reads its own input, with this process's threads.
-    with dask.config.set(scheduler="threads"):
-        return _stain_file(source, target, settings, channel, axes, as_zarr)
-
-
-def _stain_file(source, target, settings: dict, channel, axes, as_zarr) -> dict:
     from ..io.ome_zarr_writer import save_ome_zarr
     from ..io.tiff_reader import load_image
     from ..io.tiff_writer import save_tiff
