@@ -123,6 +123,18 @@ def _start(args, env, log):
     return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _stop(processes, log) -> None:
+    """Stop what ``_start`` started (workers before their scheduler), killing what does not stop."""
+    for process in reversed(processes):
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    log.close()
+
+
 @pytest.mark.slow
 def test_a_real_scheduler_and_two_workers_give_the_single_process_result(inputs, model, tmp_path):
     from distributed import Client
@@ -150,14 +162,7 @@ def test_a_real_scheduler_and_two_workers_give_the_single_process_result(inputs,
         for name, expected in reference.items():
             np.testing.assert_array_equal(_outputs(out)[name], expected)
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
+        _stop(processes, log)
 
 
 def test_an_unreachable_scheduler_is_one_sentence_and_exit_2(inputs, model, tmp_path, capsys):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 import imageio.v3 as iio
@@ -19,7 +18,7 @@ from napari_virtual_stain.io.tiff_writer import save_tiff
 from test_deepliif_cli import model_path  # noqa: F401  (the tiny DeepLIIF model fixture)
 from test_maxim_cli import _write, model_dir  # noqa: F401  (the oracle imputers fixture)
 from test_maxim_core import good_stack
-from test_scale_out import SRC, _start
+from test_scale_out import SRC, _start, _stop
 
 from conftest import save_tiny_model
 
@@ -138,11 +137,4 @@ def test_workers_without_the_models_dependencies_are_said_before_any_task(runs, 
             assert "No module named 'torch'" in said and "install napari-virtual-stain and the model's dependencies" \
                 in said
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
+        _stop(processes, log)
