@@ -75,3 +75,15 @@ def messages(monkeypatch):
             if hasattr(module, name):
                 monkeypatch.setattr(module, name, lambda text, said=said: said.append(str(text)))
     return said
+
+
+def nan_loss_at_call(trainer, call: int) -> None:
+    """Make the ``call``-th evaluation of ``trainer``'s loss (1 = the first) not finite, the others as before."""
+    real_loss, calls = trainer.loss_fn, []
+
+    def poisoned(pred, target, mask):
+        calls.append(1)
+        loss = real_loss(pred, target, mask)
+        return loss * float("nan") if len(calls) == call else loss
+
+    trainer.loss_fn = poisoned

@@ -16,6 +16,8 @@ from napari_virtual_stain.engine.transfer import CudaTransfer, Transfer, ahead, 
 from napari_virtual_stain.errors import InputError
 from napari_virtual_stain.models.card import ModelCard
 
+from conftest import nan_loss_at_call
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NO_NORM = {"kind": "none"}
 
@@ -349,15 +351,7 @@ def test_scaled_fp32_steps_equal_unscaled_ones_on_the_cpu():
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_finite_steps_with_the_scaler_are_skipped_counted_and_shrink_the_scale(device):
     trainer = _trainer(device, steps=4)
-    real_loss = trainer.loss_fn
-    calls = []
-
-    def nan_at_second_step(pred, target, mask):
-        calls.append(1)
-        loss = real_loss(pred, target, mask)
-        return loss * float("nan") if len(calls) == 2 else loss
-
-    trainer.loss_fn = nan_at_second_step
+    nan_loss_at_call(trainer, 2)
     updates, scales, before = [], [], {}
 
     def watch(u):

@@ -12,6 +12,8 @@ from napari_virtual_stain.models.checkpoint import load_checkpoint, read_checkpo
 from napari_virtual_stain.training.starting import model_for_training
 from napari_virtual_stain.training.trainer import TrainConfig, Trainer
 
+from conftest import nan_loss_at_call
+
 
 
 def _cells(seed=0, spatial=(64, 64)):
@@ -216,14 +218,7 @@ def test_non_finite_steps_are_skipped_and_repeated_ones_stop_the_run():
     model, card = _tiny(norm="group")
     trainer = Trainer(model, card, [x], [y], _config(steps=4, val_fraction=0))
     real_loss = trainer.loss_fn
-    calls = []
-
-    def nan_at_second_step(pred, target, mask):
-        calls.append(1)
-        loss = real_loss(pred, target, mask)
-        return loss * float("nan") if len(calls) == 2 else loss
-
-    trainer.loss_fn = nan_at_second_step
+    nan_loss_at_call(trainer, 2)
     updates = []
     before = {}
 
