@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def describe_thresholds(t) -> str:
     marker = {None: "no marker rule", "auto": "marker auto"}.get(t.marker, f"marker {t.marker}")
-    return f"seg {t.segmentation}, size {t.size}, {marker}"
+    split = "no split" if t.split is None else f"split {t.split} px"
+    return f"seg {t.segmentation}, {split}, size {t.size}, {marker}"
 
 
 def describe_card(card, params_m: float, real_names: list[str], val_rows: int, synthetic: int, tables: dict
@@ -400,7 +401,9 @@ def describe_card(card, params_m: float, real_names: list[str], val_rows: int, s
             "hematoxylin, DAPI, Lap2, Ki67 and classified cells. Trained on the two real DeepLIIF sample pairs "
             f"({', '.join(real_names)}; bottom {val_rows} rows held out) and {synthetic} synthetic IHC fields, "
             "with stain, scale and scanner augmentation. Its cell thresholds (segmentation "
-            f"{own.get('segmentation')}, size {own.get('size')}) were chosen on its training rows; deepliif's "
+            f"{own.get('segmentation')}, size {own.get('size')}"
+            + (f", touching nuclei split at {own['split']} px deep distance peaks" if own.get("split") else "")
+            + ") were chosen on its training rows; deepliif's "
             "defaults suit deepliif's own networks. Dice / AJI / |diff % positive| on its held-out rows: "
             f"{scores('held_out')}; against the released DeepLIIF model's answers on two unseen images: "
             f"{scores('released_model_agreement')}. Two real images are little: check its counts on your slides, "
