@@ -7,6 +7,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+from skimage import segmentation
 
 from napari_virtual_stain.cli import main
 from napari_virtual_stain.errors import CheckpointError, InputError
@@ -171,3 +173,54 @@ def test_calibration_takes_a_split_when_the_truth_has_two_cells():
     chosen, report = calibrate(method, {"field": (truth, truth, slice(None))}, **FAST)
     assert chosen.split is not None and report["chosen"]["cells_pred"] == 2
     assert report["deepliif_defaults"]["cells_pred"] == 1
+
+
+def test_every_score_table_row_is_drawn_with_its_split():
+    """The report scores a row through ``refined_mask``: a row whose thresholds split must be scored split."""
+    from napari_virtual_stain.tasks.deepliif_evaluation import refined_mask, score_table
+
+    seg = drawn(PAIR[0] | PAIR[1])
+    truth = _truth(PAIR[0] | PAIR[1], cut_column=41)
+    assert classified_mask_scores(refined_mask(seg, seg, Thresholds(split=3)), truth)["cells_pred"] == 2
+    method = lambda rgb: (seg, np.zeros_like(seg))
+    table = score_table({"plain": method, "split": method}, {"field": (truth, truth, slice(None))},
+                        {"split": Thresholds(split=3)})
+    assert (table["plain"]["mean"]["cells_pred"], table["split"]["mean"]["cells_pred"]) == (1, 2)
+
+
+def _one_region_at_a_time(labels, h):
+    """The reference: every region cut alone in its own padded box (what the bands must equal)."""
+    from napari_virtual_stain.tasks.deepliif_split import dome_markers
+
+    out = labels.copy()
+    next_id = int(labels.max()) + 1
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        inside = labels[grown] == label
+        region = np.pad(inside, 1)
+        distance, markers, n = dome_markers(region, h)
+        if n < 2:
+            continue
+        pieces = segmentation.watershed(-distance, markers, mask=region, watershed_line=True)[1:-1, 1:-1]
+        window = out[grown]
+        window[inside] = np.where(pieces[inside] == 0, 0,
+                                  np.where(pieces[inside] == 1, label, next_id + pieces[inside] - 2))
+        next_id += n - 1
+    return raster_order(out)
+
+
+def test_bands_of_rows_cut_the_same_cells_as_one_region_at_a_time():
+    """Windows of several regions change only the watershed's order among equal distances: the
+    same cells, a line pixel moved at most here and there."""
+    rng = np.random.default_rng(3)
+    centres = rng.integers(0, 160, (60, 2))
+    radii = rng.integers(5, 13, 60)
+    field = np.logical_or.reduce([m for (cy, cx), r in zip(centres, radii) for m in discs((160, 160), [(cy, cx)], r)])
+    labels = analyse_cells(drawn(field)).labels
+    for h in (1, 2, 4):
+        reference = _one_region_at_a_time(labels, h)
+        assert reference.max() > labels.max()  # the field has merged nuclei to cut
+        for rows in (7, 40, 512):
+            banded = split_regions(labels, h, rows=rows)
+            assert banded.max() == reference.max()
+            assert np.count_nonzero(banded != reference) <= 0.002 * np.count_nonzero(field)

@@ -44,7 +44,9 @@ class DeepLIIFSettings(Remembered):
     A cell threshold left as "model" (the default) is the model card's (the bundled
     ``deepliif-small`` carries values chosen on its training rows), or deepliif 1.2.7's for a
     model without any (official release folders) and for maps a user brought; a number,
-    "auto" or None overrides it. :meth:`thresholds` resolves them for a card.
+    "auto" or None overrides it. :meth:`thresholds` resolves them for a card. ``split`` (not a
+    deepliif setting) is the same: a card of ours may ask for touching nuclei to be split
+    (``tasks.deepliif_split``), None splits nothing, and without a card nothing is split.
     """
 
     model: str = DEFAULT_MODEL  # a name, a .pt file, a DeepLIIF release folder or a bioimage.io package
