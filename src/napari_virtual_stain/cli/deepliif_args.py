@@ -58,6 +58,9 @@ def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
                    help="a cell whose brightest marker pixel is above this (0-255) is positive; 'default' = "
                         "deepliif's automatic value, 'none' = no marker rule; default: the model's (none for "
                         "release folders and maps, deepliif's default)")
+    p.add_argument("--split-nuclei", type=_upper, default=MODEL, metavar="PX",
+                   help="split touching nuclei at distance-transform peaks at least PX pixels deep, or 'none' "
+                        "(deepliif's rules); default: the model's (none for release folders and maps)")
     p.add_argument("--resolution", default="auto", choices=("auto",) + RESOLUTIONS,
                    help="scan magnification for the automatic size rule; auto (default) = deepliif's rule from "
                         f"the tile size (40x above 384 px, 20x above 192, else 10x; {DEEPLIIF_TILE} -> 40x)")
@@ -67,5 +70,5 @@ def cell_settings_from(args: argparse.Namespace, tile: int | None = None) -> Dee
     """The workflow's settings for the cell arguments (what the DeepLIIF dock's sliders build);
     ``tile``: the tile size deepliif ran with (it sets the automatic magnification)."""
     return DeepLIIFSettings(seg_threshold=args.seg_thresh, size=args.size_thresh, size_upper=args.size_thresh_upper,
-                            marker=args.marker_thresh, resolution=args.resolution,
+                            marker=args.marker_thresh, resolution=args.resolution, split=args.split_nuclei,
                             tile=None if tile is None else (int(tile),))

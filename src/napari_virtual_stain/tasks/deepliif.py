@@ -127,15 +127,17 @@ class DeepLIIFResult:
     # cells there are that many times smaller in pixels, which the automatic magnification follows.
     downsample: float = 1.0
 
-    def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
+    def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
+                split: int | None = None) -> CellAnalysis:
         """(Re)build the cell table from the stored maps: no network runs.
 
-        ``images`` may hold only the Segmentation and Marker (maps a user brought).
+        ``images`` may hold only the Segmentation and Marker (maps a user brought). ``split``:
+        the split depth of touching nuclei (None: deepliif's regions).
         """
         modalities = {key: self.images.get(name) for key, name in zip(CHANNEL_COLUMNS, MODALITIES)}
         previous = self.cells
         self.cells = analyse_cells(self.images[SEGMENTATION], modalities["marker"], modalities,
-                                   segmentation_threshold, resolution)
+                                   segmentation_threshold, resolution, split)
         if previous is not None and previous.overrides:
             self.cells.overrides = carry_overrides(previous, self.cells)
         return self.cells
@@ -156,7 +158,8 @@ def carry_overrides(old: CellAnalysis, new: CellAnalysis) -> dict[int, int]:
 def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", region: Region | None = None,
                  store: str | os.PathLike | None = None, analyse: bool = True,
                  segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
-                 progress: Callable[[int, int], None] | None = None, cancel=None) -> DeepLIIFResult:
+                 progress: Callable[[int, int], None] | None = None, cancel=None,
+                 split: int | None = None) -> DeepLIIFResult:
     """Run DeepLIIF on ``region`` (default: all) of an RGB layer's data (Y, X, 3) uint8.
 
     A margin of real context (the card's overlap) is read around a partial region so its
@@ -187,7 +190,7 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
         images = {k: np.ascontiguousarray(v[inner]) for k, v in images.items()}
     result = DeepLIIFResult(images, region, card, store=str(store) if store is not None and whole else None)
     if analyse:
-        result.analyse(segmentation_threshold, resolution)
+        result.analyse(segmentation_threshold, resolution, split)
     return result
 
 

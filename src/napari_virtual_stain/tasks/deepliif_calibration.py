@@ -6,8 +6,10 @@ deepliif's networks. Another network draws its fused segmentation with other con
 :func:`calibrate` tries a small grid with the same cell rules and scorer every table uses
 (:mod:`.deepliif_evaluation`) and keeps:
 
-1. the segmentation and size thresholds with the best mean Dice + AJI minus the relative
-   error in the number of cells found (|found - true| / true). Dice + AJI alone (the sum the
+1. the segmentation threshold, the split of touching nuclei (none, or an h-maxima depth in
+   px: :mod:`.deepliif_split`) and the size threshold with the best mean Dice + AJI minus the
+   relative error in the number of cells found (|found - true| / true), tried together in
+   that loop order. Dice + AJI alone (the sum the
    classical baseline's parameters were chosen by) rewards specks: on the bundled model's
    training rows it chose no size filter and found 278 cells where there are 191, and a
    Ki67 index is read from the count;
@@ -15,9 +17,14 @@ deepliif's networks. Another network draws its fused segmentation with other con
    than one cell's worth (100 / true cells per image, in points): the marker rule moves
    classes only, never Dice or AJI, and a smaller gain is one or two cells of the rows.
 
-The first best in grid order wins a tie, and deepliif's default comes first in every grid.
+The first best in grid order wins a tie, and deepliif's default comes first in every grid
+("no split" too: a depth that cuts nothing ties with it and is not chosen).
 Only call it on images the scores will not be reported on: the choice is then a part of
 training, like a learning rate.
+
+The split was added to the grid (issue 12) with this rule written down before its scores on
+any real rows were computed: the split is chosen on the training rows only, by the same
+objective and tie rule, for the bundled model and the classical baseline alike.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from .deepliif_render import render_refined
 SEG_GRID = (SEG_THRESHOLD_DEFAULT, *range(60, 201, 10))
 SIZE_GRID = (AUTO, 0, 10, 20, 30, 40, 60, 80)
 MARKER_GRID = (None, AUTO, *range(60, 250, 20))
+SPLIT_GRID = (None, 1, 2, 3, 4, 6)  # px; None = deepliif's regions (no split)
 
 
 def _scores(analyses: dict, images: dict, thresholds: Thresholds) -> dict:
@@ -43,33 +51,36 @@ def _scores(analyses: dict, images: dict, thresholds: Thresholds) -> dict:
 
 
 def calibrate(method: Method, images: dict[str, tuple[np.ndarray, np.ndarray, slice]],
-              seg_grid=SEG_GRID, size_grid=SIZE_GRID, marker_grid=MARKER_GRID) -> tuple[Thresholds, dict]:
+              seg_grid=SEG_GRID, size_grid=SIZE_GRID, marker_grid=MARKER_GRID, split_grid=SPLIT_GRID
+              ) -> tuple[Thresholds, dict]:
     """(the chosen thresholds, what was tried): ``images`` maps a name to (IHC, classified truth, rows scored).
 
-    The network runs once per image; each segmentation threshold relabels the stored maps once.
+    The network runs once per image; each segmentation threshold and split relabels the stored maps once.
     The report holds the chosen and the default thresholds' mean scores.
     """
     maps = {name: method(ihc) for name, (ihc, _, _) in images.items()}
     best, best_value, tried = None, -np.inf, []
     for seg in dict.fromkeys(seg_grid):  # deepliif's default first, no repeats
-        analyses = {name: (analyse_cells(s, m, segmentation_threshold=int(seg)), images[name][1], images[name][2])
-                    for name, (s, m) in maps.items()}
-        for size in size_grid:
-            t = Thresholds(int(seg), size, None, None)
-            summary = _scores(analyses, images, t)
-            value = objective(summary)
-            tried.append({"segmentation": int(seg), "size": size, **summary})
-            if value > best_value:
-                best, best_value, best_analyses = t, value, analyses
+        for split in dict.fromkeys(split_grid):  # no split first
+            analyses = {name: (analyse_cells(s, m, segmentation_threshold=int(seg), split=split),
+                               images[name][1], images[name][2]) for name, (s, m) in maps.items()}
+            for size in size_grid:
+                t = Thresholds(int(seg), size, None, None, split)
+                summary = _scores(analyses, images, t)
+                value = objective(summary)
+                tried.append({"segmentation": int(seg), "split": split, "size": size, **summary})
+                if value > best_value:
+                    best, best_value, best_analyses = t, value, analyses
     base = _scores(best_analyses, images, best)
     one_cell = 100.0 * len(images) / max(base["cells_true"], 1)
     marker_best, marker_value = best, base["percent_positive_diff"] - one_cell
     for marker in marker_grid:
-        t = Thresholds(best.segmentation, best.size, None, marker)
+        t = Thresholds(best.segmentation, best.size, None, marker, best.split)
         diff = _scores(best_analyses, images, t)["percent_positive_diff"]
         if diff < marker_value:
             marker_best, marker_value = t, diff
-    default = next(r for r in tried if r["segmentation"] == SEG_THRESHOLD_DEFAULT and r["size"] == AUTO)
+    default = next((r for r in tried if r["segmentation"] == SEG_THRESHOLD_DEFAULT and r["size"] == AUTO
+                   and r["split"] is None), None)
     return marker_best, {"chosen": _scores(best_analyses, images, marker_best), "deepliif_defaults": default,
                          "tried": len(tried) + len(marker_grid)}
 
@@ -83,6 +94,8 @@ def objective(summary: dict) -> float:
 def card_entry(thresholds: Thresholds, chosen_on: str) -> dict:
     """What a model card stores (``extra["cell_thresholds"]``, read by ``deepliif_cells.model_thresholds``)."""
     return {"segmentation": thresholds.segmentation, "size": thresholds.size, "size_upper": thresholds.size_upper,
-            "marker": thresholds.marker, "chosen_on": chosen_on,
-            "rule": "segmentation and size: best mean Dice + AJI - relative error in the cell count; marker rule: "
-                    "only if it brings % positive closer by more than one cell (tasks/deepliif_calibration.py)"}
+            "marker": thresholds.marker, **({} if thresholds.split is None else {"split": thresholds.split}),
+            "chosen_on": chosen_on,
+            "rule": "segmentation, split of touching nuclei and size: best mean Dice + AJI - relative error in the "
+                    "cell count; marker rule: only if it brings % positive closer by more than one cell "
+                    "(tasks/deepliif_calibration.py)"}

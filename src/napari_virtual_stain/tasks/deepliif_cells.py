@@ -22,6 +22,9 @@ deepliif's thresholds suit deepliif's networks. A model of ours may carry its ow
 its training script on its training rows, in its card (``extra["cell_thresholds"]``,
 :func:`model_thresholds`); a threshold left as :data:`MODEL` takes the card's value, or
 deepliif's default for a card without one (the official release folders, maps a user brought).
+Such a card may also ask for a split of touching nuclei (``split``: an h-maxima depth in
+pixels, :mod:`.deepliif_split`), a step deepliif does not have: without it (every release
+folder, every map a user brought, every older card) the rules above are deepliif's exactly.
 
 Everything a threshold needs is computed once into a per-cell table (:class:`CellAnalysis`),
 so moving the size or marker threshold reclassifies in microseconds and never runs the
@@ -75,6 +78,8 @@ class Thresholds:
     size: Auto = AUTO
     size_upper: int | None = None  # maximum cell area in pixels (a cell must be smaller), None = no limit
     marker: Auto = None
+    # Not deepliif's: split touching nuclei at distance-transform peaks at least this deep (px), None = no split.
+    split: int | None = None
 
 
 def check_thresholds(t: Thresholds) -> Thresholds:
@@ -102,10 +107,15 @@ def check_thresholds(t: Thresholds) -> Thresholds:
         marker = number(t.marker, "marker threshold")
         if not 0 <= marker <= 255:
             raise InputError(f"The marker threshold must lie between 0 and 255, not {marker}.")
+    if t.split is not None:
+        split = number(t.split, "split depth")
+        if not 1 <= split <= MAX_SPLIT:
+            raise InputError(f"The split depth must lie between 1 and {MAX_SPLIT} pixels (or no split), not {split}.")
     return t
 
 
-THRESHOLD_FIELDS = ("segmentation", "size", "size_upper", "marker")
+MAX_SPLIT = 50  # px: deeper than any nucleus's distance transform at 40x; beyond it nothing would split
+THRESHOLD_FIELDS = ("segmentation", "size", "size_upper", "marker", "split")
 
 
 def is_model(value) -> bool:
@@ -246,7 +256,8 @@ class Classification:
         return {"num_total": self.total, "num_pos": self.positive, "num_neg": self.negative,
                 "percent_pos": round(self.percent_positive, 1) if self.positive else 0,
                 "seg_thresh": t.segmentation, "size_thresh": t.size, "size_thresh_upper": t.size_upper,
-                "marker_thresh": t.marker, "resolution": self.resolution}
+                "marker_thresh": t.marker, "resolution": self.resolution,
+                **({} if t.split is None else {"split_depth": t.split})}  # deepliif's keys alone without a split
 
 
 @dataclass
@@ -260,6 +271,7 @@ class CellAnalysis:
     auto_marker: int | None  # None when there is no marker image
     resolution: str = "40x"
     overrides: dict[int, int] = field(default_factory=dict)  # label id -> class chosen by hand
+    split: int | None = None  # the split depth the labels were made with (None: deepliif's regions)
 
     @property
     def n_cells(self) -> int:
@@ -272,7 +284,7 @@ class CellAnalysis:
             marker = None  # no marker image: deepliif reports no marker threshold either
         elif marker == AUTO:
             marker = self.auto_marker
-        return replace(thresholds, segmentation=self.segmentation_threshold,
+        return replace(thresholds, segmentation=self.segmentation_threshold, split=self.split,
                        size=self.auto_size if thresholds.size in (None, AUTO) else int(thresholds.size),
                        marker=None if marker is None else int(marker))
 
@@ -361,8 +373,13 @@ def _table(labels: np.ndarray, n: int, positive: np.ndarray, negative: np.ndarra
 
 
 def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None = None,
-                  segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x") -> CellAnalysis:
+                  segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
+                  split: int | None = None) -> CellAnalysis:
     """Label the cells of a fused segmentation RGB image and build their table.
+
+    ``split``: cut touching nuclei inside a region at distance-transform peaks at least this
+    many pixels deep (:func:`.deepliif_split.split_regions`); None (the default) keeps
+    deepliif's regions.
 
     ``marker`` and the entries of ``modalities`` ("hematoxylin", "dapi", "lap2", "marker")
     are the inferred RGB renderings (Y, X, 3) uint8 of the same region. All may be numpy,
@@ -371,7 +388,7 @@ def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None =
     """
     if len(segmentation.shape) != 3 or segmentation.shape[-1] != 3:
         raise InputError(f"The segmentation must be an RGB image (Y, X, 3), not shape {tuple(segmentation.shape)}.")
-    check_thresholds(Thresholds(segmentation=segmentation_threshold))
+    check_thresholds(Thresholds(segmentation=segmentation_threshold, split=split))
     if resolution not in AUTO_SIZE_SQRT:
         raise InputError(f"The magnification must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}.")
     channels = {k: v for k, v in (modalities or {}).items() if k in CHANNEL_COLUMNS and v is not None}
@@ -390,20 +407,26 @@ def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None =
     labels, n = ndimage.label(regions, structure=np.ones((3, 3), dtype=bool))
     del regions
     labels = labels.astype(np.int32, copy=False)
+    if split is not None:
+        from .deepliif_split import split_regions  # here: scikit-image loads only when a model asks for it
+
+        labels = split_regions(labels, split)
+        n = int(labels.max(initial=0))
     table = _table(labels, n, positive, cell & ~positive, channels)
     auto_marker = None
     if "marker" in channels:  # beyond 16 megapixels a regular subsample gives the same percentiles
         step = max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / (1 << 24)))))
         auto_marker = auto_marker_threshold(np.asarray(channels["marker"][::step, ::step]))
     auto_size = auto_size_threshold(table["area"][table["area"] > NOISE_SIZE], resolution)
-    return CellAnalysis(labels, table, int(segmentation_threshold), auto_size, auto_marker, resolution)
+    return CellAnalysis(labels, table, int(segmentation_threshold), auto_size, auto_marker, resolution,
+                        split=None if split is None else int(split))
 
 
 def classify_cells(segmentation: np.ndarray, marker: np.ndarray | None = None,
                    thresholds: Thresholds = Thresholds(), resolution: str = "40x") -> tuple[CellAnalysis, Classification]:
     """Convenience: analyse and classify in one call."""
     analysis = analyse_cells(segmentation, marker, segmentation_threshold=thresholds.segmentation,
-                             resolution=resolution)
+                             resolution=resolution, split=thresholds.split)
     return analysis, analysis.classify(thresholds)
 
 

@@ -44,7 +44,9 @@ class DeepLIIFSettings(Remembered):
     A cell threshold left as "model" (the default) is the model card's (the bundled
     ``deepliif-small`` carries values chosen on its training rows), or deepliif 1.2.7's for a
     model without any (official release folders) and for maps a user brought; a number,
-    "auto" or None overrides it. :meth:`thresholds` resolves them for a card.
+    "auto" or None overrides it. :meth:`thresholds` resolves them for a card. ``split`` (not a
+    deepliif setting) is the same: a card of ours may ask for touching nuclei to be split
+    (``tasks.deepliif_split``), None splits nothing, and without a card nothing is split.
     """
 
     model: str = DEFAULT_MODEL  # a name, a .pt file, a DeepLIIF release folder or a bioimage.io package
@@ -57,10 +59,11 @@ class DeepLIIFSettings(Remembered):
     size_upper: int | str | None = MODEL
     marker: int | str | None = MODEL
     resolution: str = AUTO
+    split: int | str | None = MODEL  # split depth of touching nuclei (px) or None; only our models' cards set one
 
     def thresholds_asked(self) -> Thresholds:
         """The cell thresholds as given, "model" values unresolved."""
-        return Thresholds(self.seg_threshold, self.size, self.size_upper, self.marker)
+        return Thresholds(self.seg_threshold, self.size, self.size_upper, self.marker, self.split)
 
     def thresholds(self, card=None) -> Thresholds:
         """The cell thresholds for a model with this ``card`` (None: no model, deepliif's defaults
@@ -165,9 +168,10 @@ def run(settings: DeepLIIFSettings, data, *, name: str = "image", region: Region
     the in-plane factor of the pyramid level ``data`` is (the automatic magnification follows it)."""
     predictor = predictor_for(settings, cache, load)
     resolution = settings.resolution_for(settings.tile[0] if settings.tile else predictor.card.tile[0], downsample)
+    thresholds = settings.thresholds(predictor.card)
     with device_turn(predictor):
         result = task.run_deepliif(predictor, data, name=name, region=region, store=store, analyse=analyse,
-                                   segmentation_threshold=settings.thresholds(predictor.card).segmentation,
+                                   segmentation_threshold=thresholds.segmentation, split=thresholds.split,
                                    resolution=resolution, progress=progress, cancel=cancel)
     result.downsample = float(downsample)
     return result
@@ -216,8 +220,8 @@ def reanalyse(result: DeepLIIFResult, settings: DeepLIIFSettings):
     magnification (no network runs): the tile the run used (the settings', else the
     model's; maps a user brought: deepliif's 512) sets the automatic magnification, as in :func:`run`."""
     tile = settings.tile[0] if settings.tile else (result.card.tile[0] if result.card is not None else DEEPLIIF_TILE)
-    return result.analyse(settings.thresholds(result.card).segmentation,
-                          settings.resolution_for(tile, result.downsample))
+    thresholds = settings.thresholds(result.card)
+    return result.analyse(thresholds.segmentation, settings.resolution_for(tile, result.downsample), thresholds.split)
 
 
 def classify(result: DeepLIIFResult, settings: DeepLIIFSettings):

@@ -1,0 +1,226 @@
+"""Splitting touching nuclei: an option of our models' cell rules (issue 12), kept in the model
+card next to its thresholds, chosen on training rows; deepliif's own rules stay untouched."""
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from skimage import segmentation
+
+from napari_virtual_stain.cli import main
+from napari_virtual_stain.errors import CheckpointError, InputError
+from napari_virtual_stain.models.card import ModelCard
+from napari_virtual_stain.models.checkpoint import save_checkpoint
+from napari_virtual_stain.models.deepliif_net import DeepLIIFNet, deepliif_arch_args, deepliif_card
+from napari_virtual_stain.seg_metrics import classified_mask_scores
+from napari_virtual_stain.tasks.deepliif_calibration import calibrate, card_entry
+from napari_virtual_stain.tasks.deepliif_cells import (AUTO, CARD_KEY, MODEL, Thresholds, analyse_cells,
+                                                       check_thresholds, model_thresholds, resolve_model_values)
+from napari_virtual_stain.tasks.deepliif_render import render_refined
+from napari_virtual_stain.tasks.deepliif_split import raster_order, split_regions
+from napari_virtual_stain.workflows import deepliif as workflow
+from napari_virtual_stain.workflows.deepliif import DeepLIIFSettings
+
+TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=3, seg_max_mult=2, norm="batch")
+
+
+def discs(shape, centres, radius=12):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return [(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2 for cy, cx in centres]
+
+
+def drawn(mask, colour=(0, 0, 255)):
+    seg = np.zeros(mask.shape + (3,), np.uint8)
+    seg[mask] = colour
+    return seg
+
+
+# two discs of radius 12, centres 22 px apart: a neck about 5 px from its edge, peaks 12 px: 7 px deep
+PAIR = discs((64, 96), [(32, 30), (32, 52)])
+
+
+def test_the_split_separates_two_touching_nuclei_that_deepliifs_rule_merges():
+    seg = drawn(PAIR[0] | PAIR[1])
+    plain = analyse_cells(seg)
+    assert plain.n_cells == 1
+    split = analyse_cells(seg, split=3)
+    assert split.n_cells == 2 and split.split == 3
+    # each piece holds one disc's centre, and about half of the pixels
+    assert split.labels[32, 30] != split.labels[32, 52] and min(split.labels[32, 30], split.labels[32, 52]) > 0
+    assert abs(int(split.table["area"][0]) - int(split.table["area"][1])) < 30
+    # deepliif's drawing puts a green border between them, so the scorer sees two cells
+    refined = render_refined(split, split.classify(Thresholds(split=3)))
+    assert classified_mask_scores(refined, refined)["cells_pred"] == 2
+    plain_refined = render_refined(plain, plain.classify())
+    assert classified_mask_scores(plain_refined, plain_refined)["cells_pred"] == 1
+    # a neck shallower than h is no cut: 7 px deep splits at 6, not at 8
+    assert analyse_cells(seg, split=6).n_cells == 2 and analyse_cells(seg, split=8).n_cells == 1
+
+
+def test_one_round_nucleus_or_a_bump_on_it_is_never_cut():
+    one = discs((64, 64), [(32, 32)])[0]
+    bump = one | discs((64, 64), [(32, 46)], radius=4)[0]
+    for mask in (one, bump):
+        assert analyse_cells(drawn(mask), split=1).n_cells == 1
+    labels = analyse_cells(drawn(bump)).labels
+    assert np.array_equal(split_regions(labels, 2), labels)  # nothing to cut: the very same labels
+
+
+def test_split_labels_keep_deepliifs_raster_order_and_the_table_matches():
+    # a merged pair first, then a lone disc further down and one to the right of the pair's rows
+    lone = discs((96, 128), [(80, 20), (20, 110)], radius=8)
+    pair = discs((96, 128), [(30, 30), (30, 52)])
+    seg = drawn(pair[0] | pair[1] | lone[0] | lone[1])
+    cells = analyse_cells(seg, split=2)
+    firsts = [np.flatnonzero(cells.labels.ravel() == i)[0] for i in range(1, cells.n_cells + 1)]
+    assert cells.n_cells == 4 and firsts == sorted(firsts)
+    assert np.array_equal(cells.table["area"], np.bincount(cells.labels.ravel())[1:])
+    scrambled = np.where(cells.labels > 0, 5 - cells.labels, 0).astype(np.int32)
+    assert np.array_equal(raster_order(scrambled, rows=7), cells.labels)  # strip by strip: the same order
+
+
+def test_a_bad_split_depth_is_one_sentence():
+    with pytest.raises(InputError, match="split depth"):
+        check_thresholds(Thresholds(split=0))
+    with pytest.raises(InputError, match="split depth"):
+        analyse_cells(drawn(PAIR[0]), split=-2)
+    with pytest.raises(InputError, match="whole number"):
+        check_thresholds(Thresholds(split=2.5))
+
+
+def test_deepliifs_rules_are_untouched_without_a_split(tmp_path):
+    """Release folders, maps a user brought and cards without a split: deepliif's regions exactly."""
+    from test_workflow_deepliif import release_folder
+
+    assert Thresholds().split is None and model_thresholds(None).split is None
+    assert workflow.recommended_thresholds(str(release_folder(tmp_path / "release"))).split is None
+    seg = drawn(PAIR[0] | PAIR[1])
+    settings = DeepLIIFSettings()  # every threshold left to the model: for maps, deepliif's
+    result = workflow.count_maps(seg, seg, seg, ("ihc", "seg", "marker"), settings)
+    assert result.cells.split is None and result.cells.n_cells == 1
+    assert np.array_equal(result.cells.labels, analyse_cells(seg).labels)
+    assert "split_depth" not in workflow.classify(result, settings).summary()  # deepliif's keys alone
+
+
+def test_the_card_stores_the_split_and_a_user_value_wins():
+    entry = card_entry(Thresholds(100, 60, None, None, 3), "training rows")
+    card = ModelCard.from_dict({**deepliif_card("c", deepliif_arch_args("small", **TINY), tile=32,
+                                                overlap=8).to_dict(), "extra": {CARD_KEY: entry}})
+    assert model_thresholds(ModelCard.from_dict(card.to_dict())) == Thresholds(100, 60, None, None, 3)
+    assert "split" not in card_entry(Thresholds(100, 60), "rows")  # an old card's shape when nothing splits
+    asked = Thresholds(MODEL, MODEL, MODEL, MODEL, None)  # the user said: no split
+    assert resolve_model_values(asked, card).split is None
+    assert resolve_model_values(Thresholds(MODEL, MODEL, MODEL, MODEL, MODEL), card).split == 3
+    card.extra[CARD_KEY]["split"] = 0
+    with pytest.raises(CheckpointError, match="unusable cell thresholds"):
+        model_thresholds(card)
+
+
+@pytest.fixture
+def split_model(user_models):
+    torch.manual_seed(0)
+    net = DeepLIIFNet(**deepliif_arch_args("small", **TINY)).eval()
+    card = deepliif_card("tiny-split", deepliif_arch_args("small", **TINY), tile=32, overlap=8)
+    card.extra[CARD_KEY] = {"segmentation": 0, "size": 0, "split": 2}
+    save_checkpoint(user_models / "tiny-split.pt", net, card)
+    return "tiny-split"
+
+
+def test_the_workflow_and_the_command_line_take_the_cards_split(split_model, tmp_path):
+    ihc = np.random.default_rng(0).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    result = workflow.run(DeepLIIFSettings(model=split_model, device="cpu"), ihc)
+    assert result.cells.split == 2
+    assert workflow.reanalyse(result, DeepLIIFSettings(model=split_model, seg_threshold=10)).split == 2
+    assert workflow.run(DeepLIIFSettings(model=split_model, device="cpu", split=None), ihc).cells.split is None
+    iio.imwrite(tmp_path / "roi.png", ihc)
+    assert main(["deepliif", str(tmp_path / "roi.png"), "-o", str(tmp_path / "a"), "--model", split_model,
+                 "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "a" / "roi.json").read_text())["split_depth"] == 2
+    assert main(["deepliif", str(tmp_path / "roi.png"), "-o", str(tmp_path / "b"), "--model", split_model,
+                 "--device", "cpu", "--split-nuclei", "none"]) == 0
+    assert "split_depth" not in json.loads((tmp_path / "b" / "roi.json").read_text())
+
+
+def _truth(mask, cut_column=None):
+    """A classified truth mask in deepliif's colours: blue cells, a green line down ``cut_column``
+    where two cells meet."""
+    truth = drawn(mask)
+    if cut_column is not None:
+        truth[mask & (np.arange(mask.shape[1]) == cut_column)[None, :]] = (0, 255, 0)
+    return truth
+
+
+FAST = dict(seg_grid=(120,), size_grid=(AUTO, 0), marker_grid=(None,))
+
+
+def test_calibration_keeps_no_split_when_splitting_hurts():
+    """One peanut-shaped nucleus in the truth, drawn as it is: every split depth cuts it in two."""
+    peanut = PAIR[0] | PAIR[1]
+    truth = _truth(peanut)
+    method = lambda rgb: (drawn(peanut), np.zeros_like(truth))
+    chosen, report = calibrate(method, {"field": (truth, truth, slice(None))}, **FAST)
+    assert chosen.split is None and report["chosen"]["cells_pred"] == 1
+    again, _ = calibrate(method, {"field": (truth, truth, slice(None))}, **dict(FAST, split_grid=(2, 3)))
+    assert again.split == 2  # without "off" in the grid a split is taken: the case is no tie
+
+
+def test_calibration_takes_a_split_when_the_truth_has_two_cells():
+    truth = _truth(PAIR[0] | PAIR[1], cut_column=41)  # the neck between the two discs
+    method = lambda rgb: (drawn(PAIR[0] | PAIR[1]), np.zeros_like(truth))
+    chosen, report = calibrate(method, {"field": (truth, truth, slice(None))}, **FAST)
+    assert chosen.split is not None and report["chosen"]["cells_pred"] == 2
+    assert report["deepliif_defaults"]["cells_pred"] == 1
+
+
+def test_every_score_table_row_is_drawn_with_its_split():
+    """The report scores a row through ``refined_mask``: a row whose thresholds split must be scored split."""
+    from napari_virtual_stain.tasks.deepliif_evaluation import refined_mask, score_table
+
+    seg = drawn(PAIR[0] | PAIR[1])
+    truth = _truth(PAIR[0] | PAIR[1], cut_column=41)
+    assert classified_mask_scores(refined_mask(seg, seg, Thresholds(split=3)), truth)["cells_pred"] == 2
+    method = lambda rgb: (seg, np.zeros_like(seg))
+    table = score_table({"plain": method, "split": method}, {"field": (truth, truth, slice(None))},
+                        {"split": Thresholds(split=3)})
+    assert (table["plain"]["mean"]["cells_pred"], table["split"]["mean"]["cells_pred"]) == (1, 2)
+
+
+def _one_region_at_a_time(labels, h):
+    """The reference: every region cut alone in its own padded box (what the bands must equal)."""
+    from napari_virtual_stain.tasks.deepliif_split import dome_markers
+
+    out = labels.copy()
+    next_id = int(labels.max()) + 1
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        inside = labels[grown] == label
+        region = np.pad(inside, 1)
+        distance, markers, n = dome_markers(region, h)
+        if n < 2:
+            continue
+        pieces = segmentation.watershed(-distance, markers, mask=region, watershed_line=True)[1:-1, 1:-1]
+        window = out[grown]
+        window[inside] = np.where(pieces[inside] == 0, 0,
+                                  np.where(pieces[inside] == 1, label, next_id + pieces[inside] - 2))
+        next_id += n - 1
+    return raster_order(out)
+
+
+def test_bands_of_rows_cut_the_same_cells_as_one_region_at_a_time():
+    """Windows of several regions change only the watershed's order among equal distances: the
+    same cells, a line pixel moved at most here and there."""
+    rng = np.random.default_rng(3)
+    centres = rng.integers(0, 160, (60, 2))
+    radii = rng.integers(5, 13, 60)
+    field = np.logical_or.reduce([m for (cy, cx), r in zip(centres, radii) for m in discs((160, 160), [(cy, cx)], r)])
+    labels = analyse_cells(drawn(field)).labels
+    for h in (1, 2, 4):
+        reference = _one_region_at_a_time(labels, h)
+        assert reference.max() > labels.max()  # the field has merged nuclei to cut
+        for rows in (7, 40, 512):
+            banded = split_regions(labels, h, rows=rows)
+            assert banded.max() == reference.max()
+            assert np.count_nonzero(banded != reference) <= 0.002 * np.count_nonzero(field)
