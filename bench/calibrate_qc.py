@@ -8,7 +8,8 @@ bench evaluates on the other fields. Each threshold sits between what clean mark
 what the sabotaged markers of the same fields show (geometric mean of the two closest
 values), with a margin beyond the clean extreme where they do not overlap; the area thresholds
 (how steady a marker must be elsewhere before a dip is called blank or dimmed) sit a margin
-above the steadiest clean marker that shows a dip of that depth.
+above the steadiest clean marker that shows a dip of that depth, and a dip that ends in straight
+cuts needs one cut side more than any clean marker's dip shows.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def main():
                 if m.get("region_rest_min") is not None and math.isfinite(m["region_rest_min"])
                 and m["region_ratio_min"] < below and m["region_ratio_min"] <= settings["max_contrast"] * m["region_rest_min"]]
 
-    clean_rows = [(f"{f}:{m}", mm) for f, m, mm in clean]
+    clean_rows = [(f"{f}:{m}", mm) for f, m, mm in clean if mm.get("region_level_judged", True)]
+    # the cut rule also judges markers their partners do not predict: every clean dip counts against it
+    cut_rows = [(f"{f}:{m}", mm) for f, m, mm in clean]
     blank_clean = sorted(candidates(clean_rows, settings["blank_level"]), reverse=True)
     dim_clean = sorted(candidates(clean_rows, settings["dim_level"]), reverse=True)
     # 1.5x: the first evaluation run (breast fov8 q2, a 384 px crop, HER2) showed a clean marker at 1.25x the
@@ -108,6 +111,13 @@ def main():
     steady = sorted(m["region_ratio_min"] for _, m in clean_rows if m.get("region_rest_min") is not None
                     and math.isfinite(m["region_rest_min"]) and m["region_rest_min"] >= out["min_rest_dim"])
     out["dim_level"] = (steady[0] if steady else 0.45) / 1.5
+    # straight cuts (tasks/qc_edges.py): one side more than any clean marker's dip ends in
+    clean_cuts = sorted(((m["region_cut_sides"], label) for label, m in cut_rows if "region_cut_sides" in m
+                         and m["region_area_share"] <= settings["max_area_share"]), reverse=True)
+    out["min_cut_sides"] = min((clean_cuts[0][0] if clean_cuts else 0) + 1, 4)
+    # ... and the clean dips cut on every side that can be seen (the corner rule of qc_regions): none expected
+    clean_all_cut = [label for label, m in cut_rows if "region_edges" in m and len(m["region_edges"]["judged"]) >= 2
+                     and len(m["region_edges"]["cut"]) >= min(out["min_cut_sides"], len(m["region_edges"]["judged"]))]
     # an empty channel (tasks/qc_checks.py _empty_channel): half the lowest ratio of a clean marker's signal
     # pixels to the emptiest other marker's, over the clean stacks without an empty channel (a sabotaged
     # missing stain of sparse counts has none: ratio 0, so the geometric mean would be 0)
@@ -121,6 +131,10 @@ def main():
                        "region_clean_rest_highest_blank_like": [[round(r, 3), round(w, 3), n] for r, w, n in blank_clean[:5]],
                        "region_clean_rest_highest_dim_like": [[round(r, 3), round(w, 3), n] for r, w, n in dim_clean[:5]],
                        "region_sabotaged_rest": sab,
+                       "region_clean_most_cut_sides": [[c, n] for c, n in clean_cuts[:5]],
+                       "region_clean_cut_on_every_seen_side": clean_all_cut,
+                       "region_sabotaged_cut_sides": {kind: sorted(m.get("region_cut_sides", -1) for *_, k2, m in bad
+                                                               if k2 == kind) for kind in ("blank_region", "dim_region")},
                        "region_clean_steady_lowest_dips": [round(v, 3) for v in steady[:5]],
                        "missing_clean_floor_ratios_lowest": sorted(round(v, 3) for v in floors)[:5],
                        "missing_clean_markers_in_stacks_without_empty_channel": len(floors),

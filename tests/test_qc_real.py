@@ -95,6 +95,47 @@ def test_a_marker_with_natural_gaps_is_not_blamed_for_them():
     assert not result.findings
 
 
+def test_a_blanked_tile_of_an_unpredictable_marker_is_found_by_its_straight_edges():
+    """SMA in breast fov8 follows no partner well enough to be judged by its level (vessels come and
+    go), so a blanked tile of it used to pass; its straight cuts across the tissue give it away."""
+    from napari_virtual_stain.tasks.qc_checks import check_stack, thresholds
+    from qc_sabotage import sabotage
+
+    stack, names = _field("breast-q2")
+    assert not check_stack(stack, names, only=["SMA"])["SMA"].findings
+    bad, box = sabotage(stack, names, "SMA", "blank_region", seed=0)
+    result = check_stack(bad, names, only=["SMA"])["SMA"]
+    (finding,) = [f for f in result.findings if f.kind == "blank_region"]
+    assert _overlaps(finding.box, box)
+    assert finding.evidence["steady_elsewhere"] is False  # the level rule alone would not have flagged it
+    assert len(finding.evidence["cut_sides"]) >= thresholds()["min_cut_sides"]
+    assert "straight cuts" in finding.sentence
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (192, 192)])
+def test_a_marker_blank_in_a_whole_quadrant_is_flagged_there(corner):
+    """The issue's case: one marker set to its background over a quarter of the field (two of the
+    box's sides on the image border, so only two sides can show a cut)."""
+    import numpy as np
+
+    from napari_virtual_stain.tasks.qc_checks import check_stack
+
+    stack, names = _field("breast-q0")
+    c = names.index("BetaTubulin")
+    y, x = corner
+    bad = stack.copy()
+    bad[c, y:y + 192, x:x + 192] = np.percentile(stack[c], 1)
+    result = check_stack(bad, names)
+    (finding,) = result["BetaTubulin"].findings
+    assert finding.kind == "blank_region"
+    y0, x0, y1, x1 = finding.box
+    assert (y0, x0, y1, x1) == (y, x, y + 192, x + 192)
+    assert sorted(finding.evidence["cut_sides"]) == (["bottom", "right"] if corner == (0, 0) else ["left", "top"])
+    clean = check_stack(stack, names)  # (breast fov8 q0's near-empty CD45 is called missing there too)
+    assert {m: len(r.findings) for m, r in result.items() if m != "BetaTubulin"} == \
+        {m: len(r.findings) for m, r in clean.items() if m != "BetaTubulin"}
+
+
 def test_the_report_names_class_evidence_and_region(tmp_path):
     from napari_virtual_stain.cli import main
     from napari_virtual_stain.io.tiff_writer import save_tiff
@@ -115,5 +156,9 @@ def test_the_report_names_class_evidence_and_region(tmp_path):
     assert _overlaps((y0, x0, y1, x1), box)
     assert region["evidence"]["observed"] < 0.1 * region["evidence"]["expected"]
     (finding,) = [f for f in entry["findings"] if f["class"] == "blank_region"]
-    assert finding["evidence"]["lowest_ratio_elsewhere"] >= report["thresholds"]["min_rest_blank"]
+    evidence = finding["evidence"]
+    if evidence["steady_elsewhere"]:  # flagged by its level against the rest of the field...
+        assert evidence["lowest_ratio_elsewhere"] >= report["thresholds"]["min_rest_blank"]
+    else:  # ...or by its straight edges
+        assert len(evidence["cut_sides"]) >= report["thresholds"]["min_cut_sides"]
     assert finding["evidence"]["predicted_from"]

@@ -18,7 +18,8 @@ at single pixels. Per marker:
   what its best-correlated partner markers predict there, and against its own level
   elsewhere in the tissue: an area is flagged only where the marker is steady everywhere
   else, so a marker with natural gaps (absent from a compartment or a cell-poor area) is
-  not blamed for them.
+  not blamed for them; or where the area ends in straight cuts across the tissue on three or
+  more sides (``tasks.qc_edges``), as a failed tile does and a natural gap does not.
 - **noise**: the variance of the smoothed marker divided by that of the smoothed shuffled
   marker (same values, no spatial order). Stains have spatial structure (cells), pure
   noise has a ratio of 1.

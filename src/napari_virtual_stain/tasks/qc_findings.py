@@ -53,8 +53,12 @@ def _plain(value):
 def _area_sentence(name: str, area: Mapping[str, Any]) -> str:
     e = area["evidence"]
     where = f"over {e['area_px']} px"
-    against = (f"{e['observed']:.0f} against {e['expected']:.0f} expected from {', '.join(e['predicted_from'][:3])} "
-               f"there; elsewhere it never falls below {e['lowest_ratio_elsewhere']:.2f}x of its expected level")
+    against = f"{e['observed']:.0f} against {e['expected']:.0f} expected from {', '.join(e['predicted_from'][:3])} there; "
+    if e.get("steady_elsewhere", True):
+        against += f"elsewhere it never falls below {e['lowest_ratio_elsewhere']:.2f}x of its expected level"
+    else:
+        against += (f"the area ends in straight cuts across the tissue on {len(e['cut_sides'])} sides "
+                    f"({', '.join(e['cut_sides'])}), as a failed tile or stripe does and a natural gap does not")
     if area["kind"] == "blank_region":
         return f"{name} is blank {where} ({against})"
     return f"{name} is dimmed {1 / max(e['worst_window_ratio'], 1e-3):.1f}-fold {where} ({against})"

@@ -29,7 +29,12 @@ that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
    expression across the tissue: a marker with natural gaps (a HER2-negative duct, a
    region without T cells) shows them in more than one place and is left alone. An area
    over more than ``max_area_share`` of the field is not claimed: there the marker is
-   absent from most of the tissue, which its biology explains as well as a failure.
+   absent from most of the tissue, which its biology explains as well as a failure;
+6. a candidate below ``dim_level`` is also flagged, however unsteady the marker is elsewhere
+   and even where its partners do not predict it, when the area ends in straight cuts across
+   the tissue on at least ``min_cut_sides`` sides, or on every side that is not on the image
+   border (at least two: a failed quadrant) (``tasks.qc_edges``): a failed tile or stripe does,
+   a natural gap follows the tissue's curved boundaries and does not.
 
 Thresholds come from ``qc_thresholds.json`` (calibrated on clean real fields, never on the
 stack being judged); the fit and the window statistics are of the stack itself.
@@ -43,6 +48,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import nnls
+
+from .qc_edges import EDGE_DEFAULTS, cut_sides
 
 REGION_DEFAULTS: dict[str, float] = {
     "block_px": 16,
@@ -59,6 +66,8 @@ REGION_DEFAULTS: dict[str, float] = {
     "max_contrast": 0.45,  # the area's lowest window is at most this share of the lowest level elsewhere
     "min_rest_blank": 0.58,  # a blank area: elsewhere the marker never falls below this share of its expected level
     "min_rest_dim": 0.72,  # ... a dimmed area (a milder dip needs a steadier marker around it)
+    "min_cut_sides": 3,  # ... or: the area ends in straight cuts on this many sides (tasks/qc_edges.py)
+    **EDGE_DEFAULTS,
 }
 
 
@@ -123,6 +132,13 @@ def window_ratios(observed: np.ndarray, expected: np.ndarray, size: int) -> tupl
     return sums(observed), sums(expected)
 
 
+def _box_of(covered: np.ndarray, block: int, shape) -> tuple[int, int, int, int]:
+    """The pixel box (y0, x0, y1, x1) around the covered blocks."""
+    ys, xs = np.nonzero(covered)
+    return (int(ys.min()) * block, int(xs.min()) * block, min((int(ys.max()) + 1) * block, shape[0]),
+            min((int(xs.max()) + 1) * block, shape[1]))
+
+
 def _unpredictable(name, predictability, t) -> str:
     return (f"regions: the other markers do not tell where {name} belongs (held-out correlation "
             f"{predictability:.2f}, {t['min_predictability']:g} needed), so a blank or dim area cannot be told from "
@@ -173,26 +189,37 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     measures["region_predictability_outside"] = predictability_rest
     if covered.mean() > t["max_area_share"]:
         predictability_rest = predictability  # the outside is the smaller part: it cannot vouch for the marker
-    if max(predictability, predictability_rest) < t["min_predictability"]:
-        return [], measures, _unpredictable(name, max(predictability, predictability_rest), t)
+    # a marker its partners do not predict cannot be judged by its level (its gaps may be its biology);
+    # only an area that ends in straight cuts is still evidence against it
+    unpredictable = max(predictability, predictability_rest) < t["min_predictability"]
+    why = _unpredictable(name, max(predictability, predictability_rest), t) if unpredictable else None
     rest_min = float(ratio[rest].min()) if rest.any() else math.nan
-    measures.update(region_ratio_min=worst, region_rest_min=rest_min,
+    box = _box_of(covered, block, signal.shape)
+    # the edges are read around the windows nearly as low as the lowest: a dimmed area's candidate
+    # also takes windows half over its edge, which would put the sides beyond reach of the cut
+    tight = np.zeros(target.shape, bool)
+    for wy, wx in zip(*np.nonzero(candidate & (ratio <= max(1.25 * worst, 0.02)))):
+        tight[wy:wy + size, wx:wx + size] = True
+    edges = cut_sides(signal, _box_of(tight, block, signal.shape), t) if worst < t["dim_level"] else None
+    measures.update(region_ratio_min=worst, region_rest_min=rest_min, region_level_judged=not unpredictable,
                     region_rest_windows=int(rest.sum()), region_area_share=float(covered.mean()))
-    if not rest.any() or not worst < t["dim_level"] or worst > t["max_contrast"] * rest_min:
-        return [], measures, None
-    if covered.mean() > t["max_area_share"]:
-        return [], measures, None  # most of the field: not an area of a marker judged by the rest, but where it is absent
+    if edges is not None:
+        measures.update(region_cut_sides=len(edges["cut"]), region_edges=edges)
+    if not worst < t["dim_level"] or covered.mean() > t["max_area_share"]:
+        return [], measures, why  # no dip; or most of the field: where it is absent, not an area judged by the rest
     kind = "blank_region" if worst < t["blank_level"] else "dim_region"
-    # a marker that falls this low elsewhere too has natural gaps: this area may be one of them
-    if rest_min < (t["min_rest_blank"] if kind == "blank_region" else t["min_rest_dim"]):
-        return [], measures, None
+    # a marker that falls this low elsewhere too has natural gaps: this area may be one of them ...
+    steady = not unpredictable and bool(rest.any()) and worst <= t["max_contrast"] * rest_min and \
+        rest_min >= (t["min_rest_blank"] if kind == "blank_region" else t["min_rest_dim"])
+    # ... unless the area ends in straight cuts on more sides than any clean marker's dip does, or on
+    # every side that can be seen (an area in a corner of the image, a quadrant, shows two)
+    cut = len(edges["judged"]) >= 2 and len(edges["cut"]) >= min(t["min_cut_sides"], len(edges["judged"]))
+    if not (steady or cut):
+        return [], measures, why
     o, e = float(target[covered].sum()), float(predicted[covered].sum())
-    h, w = signal.shape
-    ys, xs = np.nonzero(covered)
-    box = (int(ys.min()) * block, int(xs.min()) * block, min((int(ys.max()) + 1) * block, h),
-           min((int(xs.max()) + 1) * block, w))
     return [{"kind": kind, "box": box, "evidence": {
         "observed": o, "expected": e, "observed_over_expected": o / max(e, 1e-9), "worst_window_ratio": worst,
         "lowest_ratio_elsewhere": rest_min, "limit": t["blank_level"] if kind == "blank_region" else t["dim_level"],
+        "steady_elsewhere": steady, "cut_sides": edges["cut"], "edge_cover": edges["cover"],
         "predicted_from": [other_names[k] for k in used], "predictability": predictability,
         "area_px": int(covered.sum()) * block * block}}], measures, None
