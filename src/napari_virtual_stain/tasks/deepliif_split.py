@@ -23,7 +23,9 @@ bit for bit, as scipy's ``distance_transform_edt``, skimage's grey ``reconstruct
 watershed on the whole window; tests/test_deepliif_split.py keeps that first implementation
 and checks it): integer squared distances, the reconstruction by repeated 3 x 3 geodesic
 dilations of small integer codes (:func:`dome_order`), the watershed in the box of the regions
-it cuts; about 0.05 s per 512 x 512 view instead of 0.15-0.2 s (bench/RESULTS.md). Official release folders and maps a user brought never get a split:
+it cuts; 0.04-0.11 s per 512 x 512 view instead of 0.15-0.28 s (bench/RESULTS.md), most of
+it now the watershed itself, which stays skimage's over the whole box: the order in which it
+takes its tied markers depends on all of them, so region by region could move a line pixel. Official release folders and maps a user brought never get a split:
 their cards carry no ``split`` value (see ``deepliif_cells.model_thresholds``).
 """
 
