@@ -224,3 +224,133 @@ def test_bands_of_rows_cut_the_same_cells_as_one_region_at_a_time():
             banded = split_regions(labels, h, rows=rows)
             assert banded.max() == reference.max()
             assert np.count_nonzero(banded != reference) <= 0.002 * np.count_nonzero(field)
+
+
+# --- the fast split equals the first implementation, bit for bit ---------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from skimage import morphology  # noqa: E402
+
+from napari_virtual_stain.tasks.deepliif_split import dome_order, squared_distance  # noqa: E402
+
+OFFICIAL_MAPS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "deepliif-official" / "postprocess" / "maps"
+
+
+def reference_split(labels, h, rows=512):
+    """The first implementation of :func:`split_regions` (scipy's distance, skimage's grey
+    reconstruction, the watershed on the whole window): what the fast one must equal."""
+    out = np.array(labels, dtype=np.int32, copy=True)
+    n_labels = int(out.max(initial=0))
+    if n_labels == 0:
+        return out
+    areas = np.bincount(out.ravel(), minlength=n_labels + 1)
+    boxes = ndimage.find_objects(out)
+    first_row = np.array([b[0].start if b is not None else -1 for b in boxes])
+    candidates = np.nonzero((areas[1:] >= 2 * (h + 1) ** 2) & (first_row >= 0))[0] + 1
+    next_id = n_labels + 1
+    for start in range(0, out.shape[0], rows):
+        ids = candidates[(first_row[candidates - 1] >= start) & (first_row[candidates - 1] < start + rows)]
+        if ids.size == 0:
+            continue
+        window = tuple(slice(max(min(boxes[i - 1][d].start for i in ids) - 1, 0),
+                             max(boxes[i - 1][d].stop for i in ids) + 1) for d in (0, 1))
+        member = np.zeros(next_id, dtype=bool)
+        member[ids] = True
+        view = out[window]
+        region_labels = np.pad(np.where(member[view], view, 0), 1)
+        region = region_labels > 0
+        distance = ndimage.distance_transform_edt(region)
+        domes = morphology.reconstruction(distance - h, distance, method="dilation")
+        markers, n = ndimage.label(morphology.local_maxima(domes, connectivity=2) & region, structure=np.ones((3, 3), bool))
+        if n < 2:
+            continue
+        peaks = markers > 0
+        owner = np.zeros(n + 1, dtype=np.int64)
+        owner[markers[peaks]] = region_labels[peaks]
+        per_region = np.bincount(owner[1:], minlength=n_labels + 1)
+        cut_ids = np.nonzero(per_region >= 2)[0]
+        if cut_ids.size == 0:
+            continue
+        new_id = np.zeros(n + 1, dtype=np.int32)
+        keeps = np.zeros(n_labels + 1, dtype=bool)
+        for m in range(1, n + 1):
+            label = int(owner[m])
+            if per_region[label] < 2:
+                continue
+            if not keeps[label]:
+                new_id[m], keeps[label] = label, True
+            else:
+                new_id[m], next_id = next_id, next_id + 1
+        cut = np.isin(region_labels, cut_ids)
+        pieces = segmentation.watershed(-distance, np.where(cut, markers, 0), mask=cut, watershed_line=True)
+        inner = cut[1:-1, 1:-1]
+        view[inner] = new_id[pieces[1:-1, 1:-1][inner]]
+    return raster_order(out) if next_id > n_labels + 1 else out
+
+
+def official_labels():
+    """deepliif's regions of the released model's real Seg maps, cut low (60) and at deepliif's
+    default (120) and higher (150): low joins more touching nuclei."""
+    maps = sorted(OFFICIAL_MAPS.glob("*_fake_B_5.png"))
+    assert maps, f"the deepliif-official fixture maps are missing from {OFFICIAL_MAPS}"
+    return [analyse_cells(iio.imread(p)[..., :3], segmentation_threshold=t).labels for p in maps for t in (60, 120, 150)]
+
+
+def random_fields():
+    """Random fields of touching discs, exact twins (equal peaks), thin shapes, noise, an empty image."""
+    rng = np.random.default_rng(11)
+    fields = []
+    for k in range(6):
+        shape = (int(rng.integers(40, 200)), int(rng.integers(40, 200)))
+        count = int(rng.integers(3, 40))
+        centres = np.stack([rng.integers(0, shape[0], count), rng.integers(0, shape[1], count)], axis=1)
+        radii = rng.integers(3, 16, count)
+        fields.append(np.logical_or.reduce([m for c, r in zip(centres, radii) for m in discs(shape, [c], r)]))
+    twins = discs((60, 120), [(30, 30), (30, 56), (30, 90)], radius=10)  # equal peaks, one dome each
+    fields.append(twins[0] | twins[1] | twins[2])
+    lines = np.zeros((50, 80), bool)
+    lines[10:12, 5:75] = lines[20:40, 30] = lines[30:45, 50:70] = True
+    fields.append(lines)
+    fields.append(rng.random((90, 90)) < 0.55)  # noise: ragged, holed regions
+    fields.append(np.zeros((20, 30), bool))
+    return [ndimage.label(f, structure=np.ones((3, 3), bool))[0].astype(np.int32) for f in fields]
+
+
+def test_the_distance_is_scipys_exactly():
+    for labels in official_labels()[:3] + random_fields():
+        region = np.pad(labels > 0, 1)
+        squared = squared_distance(region)
+        distance = ndimage.distance_transform_edt(region)
+        assert np.array_equal(np.sqrt(squared, dtype=np.float64), distance)  # the very same floats
+    with pytest.raises(ValueError, match="frame"):
+        squared_distance(np.ones((5, 5), bool))
+
+
+def test_the_domes_are_skimages_grey_reconstruction_exactly():
+    cases = [labels > 0 for labels in official_labels() + random_fields()]
+    cases += [PAIR[0] | PAIR[1], discs((40, 40), [(20, 20)], radius=3)[0]]  # a deep pair; a disc no deeper than h
+    checked_flat = 0
+    for mask in cases:
+        region = np.pad(mask, 1)
+        distance = ndimage.distance_transform_edt(region)
+        for h in (1, 2, 3, 5, 8):
+            codes, values = dome_order(squared_distance(region), h)
+            reference = morphology.reconstruction(distance - h, distance, method="dilation")
+            assert np.array_equal(values[codes], reference)
+            # the codes keep the values' order, so both have the same maxima
+            assert np.array_equal(morphology.local_maxima(codes, connectivity=2),
+                                  morphology.local_maxima(reference, connectivity=2))
+            checked_flat += values.size == 1
+    assert checked_flat > 0  # the constant case (no pixel deeper than h) was among them
+
+
+def test_the_fast_split_gives_the_first_implementations_labels_bit_for_bit():
+    cut_any = 0
+    for labels in official_labels() + random_fields():
+        for h in (1, 2, 3, 5):
+            for rows in (512, 37):
+                fast, reference = split_regions(labels, h, rows=rows), reference_split(labels, h, rows=rows)
+                assert fast.dtype == reference.dtype and np.array_equal(fast, reference)
+                cut_any += int(fast.max()) > int(labels.max())
+    assert cut_any > 20  # the cases do cut
