@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import qc_fields  # noqa: E402
 from qc_sabotage import sabotage  # noqa: E402
 from napari_virtual_stain.tasks import qc_checks  # noqa: E402
+from napari_virtual_stain.tasks.qc_edges import cut_enough  # noqa: E402
 
 
 def targets(results, n=4):
@@ -116,8 +117,8 @@ def main():
                          and m["region_area_share"] <= settings["max_area_share"]), reverse=True)
     out["min_cut_sides"] = min((clean_cuts[0][0] if clean_cuts else 0) + 1, 4)
     # ... and the clean dips cut on every side that can be seen (the corner rule of qc_regions): none expected
-    clean_all_cut = [label for label, m in cut_rows if "region_edges" in m and len(m["region_edges"]["judged"]) >= 2
-                     and len(m["region_edges"]["cut"]) >= min(out["min_cut_sides"], len(m["region_edges"]["judged"]))]
+    clean_all_cut = [label for label, m in cut_rows if "region_edges" in m
+                     and cut_enough(m["region_edges"], {"min_cut_sides": out["min_cut_sides"]})]
     # an empty channel (tasks/qc_checks.py _empty_channel): half the lowest ratio of a clean marker's signal
     # pixels to the emptiest other marker's, over the clean stacks without an empty channel (a sabotaged
     # missing stain of sparse counts has none: ratio 0, so the geometric mean would be 0)

@@ -40,8 +40,8 @@ EDGE_DEFAULTS: dict[str, float] = {
 SIDES = ("top", "bottom", "left", "right")
 
 
-def _across(signal: np.ndarray, box, side: str) -> tuple[np.ndarray, int, int]:
-    """The image turned so that ``side`` is a left edge, and the box's start and end along x."""
+def _across(signal: np.ndarray, box, side: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The image turned so that ``side`` is a left edge, and the box in the turned image."""
     y0, x0, y1, x1 = box
     h, w = signal.shape
     if side == "left":
@@ -95,3 +95,10 @@ def cut_sides(signal: np.ndarray, box, t: Mapping[str, Any]) -> dict[str, Any]:
     judged = {s: v for s, v in sides.items() if v is not None}
     cut = [s for s, v in judged.items() if v["cover"] >= t["edge_min_cover"]]
     return {"cut": cut, "judged": sorted(judged), "cover": {s: round(v["cover"], 3) for s, v in judged.items()}}
+
+
+def cut_enough(edges: Mapping[str, Any], t: Mapping[str, Any]) -> bool:
+    """Whether ``edges`` (of :func:`cut_sides`) are evidence of a failed area: cut on ``min_cut_sides``
+    sides, or on every side that can be seen (at least two: an area in a corner, a quadrant)."""
+    judged = len(edges["judged"])
+    return judged >= 2 and len(edges["cut"]) >= min(t["min_cut_sides"], judged)

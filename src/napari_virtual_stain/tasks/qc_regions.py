@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import nnls
 
-from .qc_edges import EDGE_DEFAULTS, cut_sides
+from .qc_edges import EDGE_DEFAULTS, cut_enough, cut_sides
 
 REGION_DEFAULTS: dict[str, float] = {
     "block_px": 16,
@@ -132,6 +132,14 @@ def window_ratios(observed: np.ndarray, expected: np.ndarray, size: int) -> tupl
     return sums(observed), sums(expected)
 
 
+def _blocks_under(windows: np.ndarray, size: int, shape) -> np.ndarray:
+    """The blocks (a boolean map of ``shape``) under the ``size`` x ``size`` windows marked (top-left indexed)."""
+    out = np.zeros(shape, bool)
+    for wy, wx in zip(*np.nonzero(windows)):
+        out[wy:wy + size, wx:wx + size] = True
+    return out
+
+
 def _box_of(covered: np.ndarray, block: int, shape) -> tuple[int, int, int, int]:
     """The pixel box (y0, x0, y1, x1) around the covered blocks."""
     ys, xs = np.nonzero(covered)
@@ -171,12 +179,10 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     worst = float(ratio.min())
     # the candidate area: the windows around the lowest one that stay within twice its level
     low = judged & (ratio <= max(2 * worst, 0.02))
-    covered = np.zeros(target.shape, bool)
     labels_w, _ = ndimage.label(low)
     at = np.unravel_index(int(np.argmin(ratio)), ratio.shape)
     candidate = labels_w == labels_w[at]
-    for wy, wx in zip(*np.nonzero(candidate)):
-        covered[wy:wy + size, wx:wx + size] = True
+    covered = _blocks_under(candidate, size, target.shape)
     # the rest: windows that share no block with the candidate area
     cov = np.pad(covered, ((1, 0), (1, 0))).cumsum(0).cumsum(1).astype(np.int64)
     touching = (cov[size:, size:] - cov[:-size, size:] - cov[size:, :-size] + cov[:-size, :-size]) > 0
@@ -197,9 +203,7 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     box = _box_of(covered, block, signal.shape)
     # the edges are read around the windows nearly as low as the lowest: a dimmed area's candidate
     # also takes windows half over its edge, which would put the sides beyond reach of the cut
-    tight = np.zeros(target.shape, bool)
-    for wy, wx in zip(*np.nonzero(candidate & (ratio <= max(1.25 * worst, 0.02)))):
-        tight[wy:wy + size, wx:wx + size] = True
+    tight = _blocks_under(candidate & (ratio <= max(1.25 * worst, 0.02)), size, target.shape)
     edges = cut_sides(signal, _box_of(tight, block, signal.shape), t) if worst < t["dim_level"] else None
     measures.update(region_ratio_min=worst, region_rest_min=rest_min, region_level_judged=not unpredictable,
                     region_rest_windows=int(rest.sum()), region_area_share=float(covered.mean()))
@@ -213,7 +217,7 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
         rest_min >= (t["min_rest_blank"] if kind == "blank_region" else t["min_rest_dim"])
     # ... unless the area ends in straight cuts on more sides than any clean marker's dip does, or on
     # every side that can be seen (an area in a corner of the image, a quadrant, shows two)
-    cut = len(edges["judged"]) >= 2 and len(edges["cut"]) >= min(t["min_cut_sides"], len(edges["judged"]))
+    cut = cut_enough(edges, t)
     if not (steady or cut):
         return [], measures, why
     o, e = float(target[covered].sum()), float(predicted[covered].sum())
