@@ -11,6 +11,10 @@ together give different results than each alone. :class:`OfficialDeepLIIF` there
 runs each sample of a batch on its own, and its card says ``batch_independent=False`` so
 the Predictor sends one tile at a time anyway.
 
+The translators (``G1``..``G4``, ResNet-9blocks) run as eager rebuilds of their recordings
+when those are understood and agree on a probe (:mod:`.traced_rebuild`), with NNPACK's
+convolutions: about 1.6x faster on a CPU, within 0.02 of an 8-bit level of the recording.
+
 Two shortcuts deepliif's own inference takes are taken here too, with the same answers:
 a tile without tissue (deepliif's ``is_empty``: the grey levels, pure black and white left
 out, vary by less than 9) is not run through the networks but filled with deepliif's
@@ -32,6 +36,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .deepliif_net import fuse
 from .deepliif_options import OPTIONS_FILE, read_options_file, release_options
+from .traced_rebuild import rebuild_traced
 
 parse_train_options = read_options_file  # the name earlier code and tests use
 
@@ -158,16 +163,21 @@ def release_card(folder: str | os.PathLike, overlap: int = 64):
     return card
 
 
-def load_release_folder(folder: str | os.PathLike, overlap: int = 64):
+def load_release_folder(folder: str | os.PathLike, overlap: int = 64, rebuild: bool = True):
     """Load a DeepLIIF release folder; returns ``(OfficialDeepLIIF, ModelCard)``.
 
     Every check that needs only the option file and the file names runs before any
-    network is read, so a wrong folder is refused at once.
+    network is read, so a wrong folder is refused at once. With ``rebuild`` the four
+    translators run as eager rebuilds of their recordings (:mod:`.traced_rebuild`: faster
+    convolutions, checked against the recording on a probe; a translator that cannot be
+    rebuilt runs as recorded).
     """
     folder = Path(folder).expanduser()
     card = release_card(folder, overlap)  # every check that needs no network, first
     opts = release_options(folder)
     translators = [_load_script(folder / f"{name}.pt") for name in opts.translators]
+    if rebuild:
+        translators = [rebuild_traced(net) or net for net in translators]
     segmenters = [_load_script(folder / f"{name}.pt") for name in opts.segmenters]
     model = OfficialDeepLIIF(translators, segmenters, opts.seg_weights, size_multiple=opts.seg_size,
                              background=background_colours(opts.raw))
