@@ -85,6 +85,31 @@ def test_run_then_thresholds_and_clicks_recount(make_napari_viewer, qtbot, tiny_
     assert widget.cell_layer.colormap.color_dict[int(negative)][2] > 0.9  # drawn blue
 
 
+def test_the_split_slider_cuts_touching_nuclei_and_zero_turns_it_off(make_napari_viewer, qtbot, tiny_deepliif):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((64, 64, 3), 180, np.uint8), name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    assert widget.split_slider.value == 0  # the tiny model's card asks for no split
+    widget.scope.value = WHOLE
+    widget.run()
+    qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
+    seg = np.zeros((64, 64, 3), np.uint8)  # two round nuclei that touch: one region for deepliif
+    disc(seg, 32, 22, 9, (240, 0, 10))
+    disc(seg, 32, 38, 9, (240, 0, 10))
+    widget.result.images["Segmentation"] = seg
+    widget.size_auto.value = False
+    widget.size_slider.value = 0
+    widget.relabel()
+    assert widget.classification.total == 1
+    widget.split_slider.value = 2
+    qtbot.waitUntil(lambda: widget.classification.total == 2, timeout=5000)  # relabelled when the slider rests
+    assert widget.settings.split == 2 and widget.cell_layer.metadata["deepliif"]["split_depth"] == 2
+    widget.split_slider.value = 0
+    qtbot.waitUntil(lambda: widget.classification.total == 1, timeout=5000)
+    assert widget.settings.split is None
+
+
 def test_export_writes_the_current_classes(make_napari_viewer, qtbot, tiny_deepliif, tmp_path):
     viewer = make_napari_viewer()
     viewer.add_image(np.full((64, 64, 3), 180, np.uint8), name="ihc", rgb=True)

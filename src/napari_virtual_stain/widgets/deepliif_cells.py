@@ -2,7 +2,7 @@
 
 Everything here works on the stored maps of the last result (no network): moving the size
 or marker slider reclassifies from the per-cell table (microseconds), moving the
-segmentation slider relabels the stored segmentation, and clicking a cell flips it
+segmentation or split slider relabels the stored segmentation, and clicking a cell flips it
 (Shift-click excludes it). The fields write :class:`DeepLIIFSettings`' cell values, the
 ones ``virtual-stain deepliif-cells`` takes as arguments; the classes, colours, counts and
 files come from the workflow (``workflows.deepliif``, ``workflows.deepliif_results``).
@@ -20,7 +20,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 
 from ..tasks.deepliif import summary
-from ..tasks.deepliif_cells import AUTO, MODEL, RESOLUTIONS, is_model
+from ..tasks.deepliif_cells import AUTO, MAX_SPLIT, MODEL, RESOLUTIONS, is_model
 from ..tasks.layers import output_layer_name
 from ..workflows import deepliif as workflow
 from ..workflows import deepliif_results as shown
@@ -29,7 +29,7 @@ from ._worker import report_error, show_warning
 CELLS = "cells"
 MARKER_OFF, MARKER_AUTO, MARKER_MANUAL = "none (deepliif's default)", "automatic", "manual"
 RESOLUTION_AUTO = "from tile size"
-THRESHOLD_SETTINGS = ("seg_threshold", "size", "size_upper", "marker")  # DeepLIIFSettings' cell thresholds
+THRESHOLD_SETTINGS = ("seg_threshold", "size", "size_upper", "marker", "split")  # DeepLIIFSettings' cell thresholds
 
 
 class CellControls:
@@ -59,6 +59,11 @@ class CellControls:
                                             "positive; deepliif uses no marker rule by default")
         self.marker_slider = Slider(label="marker", min=0, max=255, enabled=mode == MARKER_MANUAL,
                                     value=t.marker if mode == MARKER_MANUAL else 255)
+        self.split_slider = Slider(label="split touching nuclei (px, 0 = off)", min=0, max=MAX_SPLIT,
+                                   value=min(max(int(t.split or 0), 0), MAX_SPLIT),
+                                   tooltip="cut a cell region where its nuclei's distance-transform peaks are at least "
+                                           "this deep (not a deepliif step: off for release folders; our models' "
+                                           "cards recommend a depth)")
         self.resolution = ComboBox(label="magnification", choices=[RESOLUTION_AUTO, *RESOLUTIONS],
                                    value=st.resolution if st.resolution in RESOLUTIONS else RESOLUTION_AUTO,
                                    tooltip="for the automatic size rule; deepliif takes it from the tile size (512 -> 40x)")
@@ -69,12 +74,13 @@ class CellControls:
         for name, widgets in self._threshold_widgets().items():  # before the settings writers: they read the mark
             for w in widgets:
                 w.changed.connect(lambda *_, name=name: self._touch(name))
-        return [self.seg_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
+        return [self.seg_slider, self.split_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
                 self.marker_slider, self.resolution, self.counts,
                 Container(widgets=[self.export_csv, self.export_geojson], layout="horizontal", labels=False), self.help]
 
     def _threshold_widgets(self) -> dict:
-        return {"seg_threshold": (self.seg_slider,), "size": (self.size_auto, self.size_slider),
+        return {"seg_threshold": (self.seg_slider,), "split": (self.split_slider,),
+                "size": (self.size_auto, self.size_slider),
                 "size_upper": (self.upper_slider,), "marker": (self.marker_mode, self.marker_slider)}
 
     def _touch(self, name: str) -> None:
@@ -95,6 +101,7 @@ class CellControls:
             "size_upper": (w["size_upper"], self._or_model("size_upper", lambda: int(self.upper_slider.value) or None)),
             "marker": (w["marker"], self._or_model("marker", lambda: {MARKER_OFF: None, MARKER_AUTO: AUTO}.get(
                 self.marker_mode.value, int(self.marker_slider.value)))),
+            "split": (w["split"], self._or_model("split", lambda: int(self.split_slider.value) or None)),
             "resolution": ((self.resolution,), lambda: AUTO if self.resolution.value == RESOLUTION_AUTO
                            else self.resolution.value),
         }
@@ -107,6 +114,7 @@ class CellControls:
         # Relabelling is fast but not free on big images: wait until the slider rests.
         self._relabel_timer = QTimer(self, singleShot=True, interval=150, timeout=self.relabel)
         self.seg_slider.changed.connect(lambda *_: self._relabel_timer.start())
+        self.split_slider.changed.connect(lambda *_: self._relabel_timer.start())
         self.resolution.changed.connect(lambda *_: self._relabel_timer.start())
         self.export_csv.changed.connect(lambda *_: self._export("csv"))
         self.export_geojson.changed.connect(lambda *_: self._export("geojson"))
@@ -139,6 +147,8 @@ class CellControls:
                     self.marker_slider.value = t.marker
             if "seg_threshold" not in self._touched:
                 self.seg_slider.value = min(max(int(t.segmentation), 0), 510)
+            if "split" not in self._touched:
+                self.split_slider.value = min(max(int(t.split or 0), 0), MAX_SPLIT)
         finally:
             self._programmatic = False
 
@@ -160,7 +170,7 @@ class CellControls:
         self.recount()
 
     def relabel(self, *_):
-        """The segmentation threshold changed: rebuild cells from the stored maps (no network)."""
+        """The segmentation threshold or split changed: rebuild cells from the stored maps (no network)."""
         if self.result is None:
             return
         workflow.reanalyse(self.result, self.settings)
