@@ -2,17 +2,17 @@
 
 PyTorch ships NNPACK but calls it only for batches of 16 or more, so the Predictor's single
 tiles always get oneDNN's direct convolution. On a 2-core AMD EPYC with AVX2 (torch 2.13,
-bench/bench_fast_conv.py, numbers in bench/RESULTS.md) NNPACK is much faster for the layers
+``bench/bench_fast_conv.py``, numbers in bench/RESULTS.md) NNPACK is much faster for the layers
 that dominate DeepLIIF's ResNet-9 translators: a 3x3 convolution 256 -> 256 on 128 x 128,
-0.14 s with oneDNN against 0.06 s; 7x7 64 -> 3 on 512 x 512, 0.24 s against 0.075 s. On
-narrow layers (3x3 with 64 channels or fewer) it is no faster or slower, so it is used only
+0.15 s with oneDNN against 0.065 s; 7x7 64 -> 3 on 512 x 512, 0.22 s against 0.053 s. On
+narrow layers (3x3 with 64 channels or fewer) and small maps it is slower, so it is used only
 for 3x3 layers that read at least ``MIN_3X3_CHANNELS`` channels, and for every larger kernel
-(NNPACK's FFT path: 7x7 3 -> 64 on 512 x 512 was 1.4x faster), on maps of at least
+(NNPACK's FFT path: 7x7 3 -> 64 on 512 x 512 was 1.35x faster), on maps of at least
 ``MIN_PIXELS`` (below, NNPACK's per-call kernel transform costs more than it saves).
 
 Winograd arithmetic is not bit-identical to a direct convolution: a 3x3 256 -> 256 layer differs
-by about 1e-5 of its output scale, and a whole ResNet-9 translator by under 0.01 of an 8-bit
-level (bench_fast_conv.py prints both). Set ``VIRTUAL_STAIN_NNPACK=0`` to use PyTorch's own
+by about 1e-5 of its output scale (``bench_fast_conv.py``), and a whole ResNet-9 translator by
+under 0.01 of an 8-bit level (``bench_traced_rebuild.py``). Set ``VIRTUAL_STAIN_NNPACK=0`` to use PyTorch's own
 convolution everywhere.
 """
 
@@ -24,12 +24,12 @@ import os
 import torch
 import torch.nn.functional as F
 
-# Input channels from which NNPACK's 3x3 (Winograd) path pays on the CPUs measured: 128 was
-# 1.7x faster than oneDNN, 64 no faster, 16 2x slower.
+# Input channels from which NNPACK's 3x3 (Winograd) path pays (bench_fast_conv.py, 128 x 128
+# maps): 128 was 1.35x faster than oneDNN, 64 and 16 1.5x slower.
 MIN_3X3_CHANNELS = 128
-# Output pixels from which NNPACK pays: at 256 channels it was 2.5x faster on 128 x 128, 1.7x on
-# 48 x 48, no faster on 32 x 32 and 2.5x slower on 16 x 16 (it transforms the kernel every call).
-MIN_PIXELS = 48 * 48
+# Input pixels from which NNPACK pays: at 256 channels it was 2.3x faster on 128 x 128, 1.26x on
+# 64 x 64, 0.94x on 48 x 48 and 4x slower on 16 x 16 (it transforms the kernel on every call).
+MIN_PIXELS = 64 * 64
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,7 +13,8 @@ the Predictor sends one tile at a time anyway.
 
 The translators (``G1``..``G4``, ResNet-9blocks) run as eager rebuilds of their recordings
 when those are understood and agree on a probe (:mod:`.traced_rebuild`), with NNPACK's
-convolutions: about 1.6x faster on a CPU, within 0.02 of an 8-bit level of the recording.
+convolutions: 1.6-2.0x faster on a CPU, under 0.01 of an 8-bit level from the recording before
+rounding (bench/bench_traced_rebuild.py).
 
 Two shortcuts deepliif's own inference takes are taken here too, with the same answers:
 a tile without tissue (deepliif's ``is_empty``: the grey levels, pure black and white left
