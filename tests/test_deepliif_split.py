@@ -232,14 +232,15 @@ from pathlib import Path  # noqa: E402
 
 from skimage import morphology  # noqa: E402
 
-from napari_virtual_stain.tasks.deepliif_split import dome_order, squared_distance  # noqa: E402
+from napari_virtual_stain.tasks.deepliif_split import dome_order, piece_ids, squared_distance  # noqa: E402
 
 OFFICIAL_MAPS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "deepliif-official" / "postprocess" / "maps"
 
 
 def reference_split(labels, h, rows=512):
     """The first implementation of :func:`split_regions` (scipy's distance, skimage's grey
-    reconstruction, the watershed on the whole window): what the fast one must equal."""
+    reconstruction, the watershed on the whole window): what the fast one must equal. Only the
+    bookkeeping of the pieces' ids (``piece_ids``) is shared with it."""
     out = np.array(labels, dtype=np.int32, copy=True)
     n_labels = int(out.max(initial=0))
     if n_labels == 0:
@@ -265,23 +266,10 @@ def reference_split(labels, h, rows=512):
         markers, n = ndimage.label(morphology.local_maxima(domes, connectivity=2) & region, structure=np.ones((3, 3), bool))
         if n < 2:
             continue
-        peaks = markers > 0
-        owner = np.zeros(n + 1, dtype=np.int64)
-        owner[markers[peaks]] = region_labels[peaks]
-        per_region = np.bincount(owner[1:], minlength=n_labels + 1)
-        cut_ids = np.nonzero(per_region >= 2)[0]
-        if cut_ids.size == 0:
+        per_region, new_id, next_id = piece_ids(markers, n, region_labels, n_labels, next_id)
+        if new_id is None:
             continue
-        new_id = np.zeros(n + 1, dtype=np.int32)
-        keeps = np.zeros(n_labels + 1, dtype=bool)
-        for m in range(1, n + 1):
-            label = int(owner[m])
-            if per_region[label] < 2:
-                continue
-            if not keeps[label]:
-                new_id[m], keeps[label] = label, True
-            else:
-                new_id[m], next_id = next_id, next_id + 1
+        cut_ids = np.nonzero(per_region >= 2)[0]
         cut = np.isin(region_labels, cut_ids)
         pieces = segmentation.watershed(-distance, np.where(cut, markers, 0), mask=cut, watershed_line=True)
         inner = cut[1:-1, 1:-1]

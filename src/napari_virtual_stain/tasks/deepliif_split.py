@@ -178,24 +178,9 @@ def split_regions(labels: np.ndarray, h: int, rows: int = BAND_ROWS) -> np.ndarr
                                    structure=EIGHT)
         if n < 2:
             continue
-        peaks = markers > 0
-        owner = np.zeros(n + 1, dtype=np.int64)
-        owner[markers[peaks]] = region_labels[peaks]  # a marker lies inside one region
-        per_region = np.bincount(owner[1:], minlength=n_labels + 1)
-        cut_ids = np.nonzero(per_region >= 2)[0]
-        if cut_ids.size == 0:
+        per_region, new_id, next_id = piece_ids(markers, n, region_labels, n_labels, next_id)
+        if new_id is None:
             continue
-        # the first marker of a region keeps the region's id, the others take new ids
-        new_id = np.zeros(n + 1, dtype=np.int32)
-        keeps = np.zeros(n_labels + 1, dtype=bool)
-        for m in range(1, n + 1):
-            label = int(owner[m])
-            if per_region[label] < 2:
-                continue
-            if not keeps[label]:
-                new_id[m], keeps[label] = label, True
-            else:
-                new_id[m], next_id = next_id, next_id + 1
         cut = (per_region >= 2)[region_labels]
         # The watershed in the box of the regions it cuts, on -d^2 rather than -d: it only compares
         # and copies values, and the markers keep their raster order, so the pieces are the same.
@@ -208,6 +193,32 @@ def split_regions(labels: np.ndarray, h: int, rows: int = BAND_ROWS) -> np.ndarr
         inner = cut[1:-1, 1:-1]
         view[inner] = new_id[pieces[1:-1, 1:-1][inner]]  # the watershed line (piece 0) becomes background
     return raster_order(out) if next_id > n_labels + 1 else out
+
+
+def piece_ids(markers: np.ndarray, n: int, region_labels: np.ndarray, n_labels: int, next_id: int):
+    """The ids of the pieces a watershed from ``markers`` (1..n) will cut: ``(markers per region,
+    id of each marker's piece or None when no region has two, the next free id)``.
+
+    The first marker of a region keeps the region's id, the others take new ids from ``next_id``;
+    markers of regions with one marker get 0 (their region is not cut).
+    """
+    peaks = markers > 0
+    owner = np.zeros(n + 1, dtype=np.int64)
+    owner[markers[peaks]] = region_labels[peaks]  # a marker lies inside one region
+    per_region = np.bincount(owner[1:], minlength=n_labels + 1)
+    if not (per_region >= 2).any():
+        return per_region, None, next_id
+    new_id = np.zeros(n + 1, dtype=np.int32)
+    keeps = np.zeros(n_labels + 1, dtype=bool)
+    for m in range(1, n + 1):
+        label = int(owner[m])
+        if per_region[label] < 2:
+            continue
+        if not keeps[label]:
+            new_id[m], keeps[label] = label, True
+        else:
+            new_id[m], next_id = next_id, next_id + 1
+    return per_region, new_id, next_id
 
 
 def raster_order(labels: np.ndarray, rows: int = 1024) -> np.ndarray:
