@@ -41,10 +41,12 @@ from napari_virtual_stain.tasks.qc_checks import _calibrated, check_stack, is_ma
 
 # Channels the data README says carry almost no signal: findings there are true, not false flags.
 KNOWN_EMPTY = {"breast": {"CD3", "CD4", "CD8", "CD20", "ER"}}
-# The previous checks (commit 8cd9617, same fields and sabotages): detection per class, clean false flags.
-BEFORE = {"blank_region": (16, 43, 1), "dim_region": (14, 43, 1), "missing": (11, 43, 4), "noise": (42, 43, -2),
-          "misregistered": (21, 43, 13)}
-BEFORE_CLEAN = (8, 181)
+# The previous checks (commit c3c6f94, same fields and sabotages): detected, trials, detected of the
+# detectable, detectable, flags on other markers per class; clean false flags.
+BEFORE_COMMIT = "c3c6f94"
+BEFORE = {"blank_region": (20, 43, 19, 36, 0), "dim_region": (13, 43, 12, 36, 0), "missing": (27, 43, 27, 27, 4),
+          "noise": (42, 43, 42, 43, 4), "misregistered": (24, 43, 24, 31, 2)}
+BEFORE_CLEAN = (1, 181)
 
 
 def overlaps(a, b):
@@ -150,22 +152,22 @@ def main():
              f"Calibration fields (bench/calibrate_qc.py): {', '.join(qc_fields.CALIBRATION)}.", "",
              "Detection: the sabotaged marker gets a finding of its class (areas: a box overlapping the sabotaged one). "
              "False flags per class: findings on the *other* markers of the sabotaged stack that the clean stack did not "
-             "have, per judged marker of those stacks. Before: the checks of commit 8cd9617 (floor-based areas). "
+             f"have, per judged marker of those stacks. Before: the checks of commit {BEFORE_COMMIT}. "
              "Detectable: judged on the clean stack alone (see the docstring of bench/bench_qc.py): the box held at "
              "least half its share of the marker's signal and 400 signal px; no other marker channel of the stack is "
              "empty (or the background has a spread); the marker has structure; it matches a partner in place better "
              "than clean calibration markers match anything by chance.", "",
              "| class | sabotaged markers | detected now | detection now | detection before | detectable (clean stack) "
-             "| detected of detectable | false flags now (other markers) | before |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| detected of detectable | before | false flags now (other markers) | before |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for kind in CLASSES:
         r = rows[kind]
-        hit, n, other_before = BEFORE[kind]
+        hit, n, hit_detectable, detectable_before, other_before = BEFORE[kind]
         rate = f"{other[kind]} ({other[kind] / max(r['judged_others'], 1):.1%})"
         lines.append(f"| {kind} | {r['trials']} | {r['hit']} | {r['hit'] / max(r['trials'], 1):.0%} | {hit / n:.0%} "
                      f"| {r['detectable']} | {r['hit_detectable']} ({r['hit_detectable'] / max(r['detectable'], 1):.0%}) "
-                     f"| {rate} | {other_before} |")
-    lines.append(f"| clean fields | {clean['judged']} judged markers | | | | | | {len(clean['false'])} "
+                     f"| {hit_detectable} ({hit_detectable / detectable_before:.0%}) | {rate} | {other_before} |")
+    lines.append(f"| clean fields | {clean['judged']} judged markers | | | | | | | {len(clean['false'])} "
                  f"({len(clean['false']) / judged:.1%}) | {BEFORE_CLEAN[0]} ({BEFORE_CLEAN[0] / BEFORE_CLEAN[1]:.1%}) |")
     lines += ["", f"Clean fields: {clean['fields']}, {clean['markers']} channels, {clean['judged']} judged "
               f"(the rest: almost no signal, or not a marker stain). False flags: {len(clean['false'])}: "

@@ -28,6 +28,8 @@ from qc_sabotage import sabotage  # noqa: E402
 from napari_virtual_stain.tasks import qc_checks  # noqa: E402
 from napari_virtual_stain.tasks.qc_edges import cut_enough  # noqa: E402
 
+CROP_PX = 384  # the centre crops the cut rule is also calibrated on (tests/test_qc_real.py's size)
+
 
 def targets(results, n=4):
     """The markers the matrix sabotages: every 3rd judgeable marker by signal, at most ``n``."""
@@ -66,6 +68,18 @@ def measures(fields, settings, floors=None):
     return clean, bad
 
 
+def crop_dips(fields, settings, size=CROP_PX):
+    """``(label, measures)`` of every judged marker of the centre crops of ``fields``: the same tissue
+    under another window grid, where a clean dip can meet the boxes' sides differently."""
+    rows = []
+    for name in fields:
+        stack, names = qc_fields.load_field(name, size=size)
+        for m, r in qc_checks.check_stack(stack, names, settings).items():
+            if r.assessable:
+                rows.append((f"{name}@{size}:{m}", r.measures))
+    return rows
+
+
 def between(clean_extreme, bad_extreme, margin=1.15, low_is_bad=True):
     if low_is_bad and bad_extreme < clean_extreme:
         return math.sqrt(bad_extreme * clean_extreme)
@@ -99,8 +113,10 @@ def main():
                 and m["region_ratio_min"] < below and m["region_ratio_min"] <= settings["max_contrast"] * m["region_rest_min"]]
 
     clean_rows = [(f"{f}:{m}", mm) for f, m, mm in clean if mm.get("region_level_judged", True)]
-    # the cut rule also judges markers their partners do not predict: every clean dip counts against it
-    cut_rows = [(f"{f}:{m}", mm) for f, m, mm in clean]
+    # the cut rule also judges markers their partners do not predict: every clean dip counts against it,
+    # on the quadrants and on their centre crops (a tests/ crop of an evaluation field showed a clean dip
+    # cut on two sides that its whole quadrant did not)
+    cut_rows = [(f"{f}:{m}", mm) for f, m, mm in clean] + crop_dips(qc_fields.CALIBRATION, settings)
     blank_clean = sorted(candidates(clean_rows, settings["blank_level"]), reverse=True)
     dim_clean = sorted(candidates(clean_rows, settings["dim_level"]), reverse=True)
     # 1.5x: the first evaluation run (breast fov8 q2, a 384 px crop, HER2) showed a clean marker at 1.25x the

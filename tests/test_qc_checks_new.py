@@ -90,3 +90,33 @@ def test_a_real_missing_stain_where_channels_are_naturally_empty_is_not_assessab
     bad, _ = sabotage(stack, names, "ECAD", "missing")
     result = check_stack(bad, names, only=["ECAD"])["ECAD"]
     assert not result.findings and not result.assessable
+
+
+def _cells(rng, shape, n, radius=4.0):
+    """Counts of ``n`` round cells at random places (a marker of one cell type)."""
+    yy, xx = np.indices(shape)
+    image = np.zeros(shape)
+    for y, x in rng.uniform(0, shape[0], size=(n, 2)):
+        image += 30 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * radius ** 2))
+    return rng.poisson(image + 0.5).astype(np.uint16)
+
+
+def test_two_markers_shifted_against_each_other_alone_are_both_named():
+    """A and B stain the same cells, C and D other cells: shifted A matches only B, and no other marker
+    tells which of the two moved. Both are flagged, each saying that one of the two rounds moved."""
+    rng = np.random.default_rng(0)
+    shape = (512, 512)  # enough cells that C and D match A and B only by chance, equally
+    shared = _cells(rng, shape, 560)
+    stack = np.stack([shared, rng.binomial(shared, 0.8).astype(np.uint16), _cells(rng, shape, 560),
+                      _cells(rng, shape, 560)])
+    names = ["A", "B", "C", "D"]
+    clean = check_stack(stack, names)
+    assert not [m for m, r in clean.items() if r.findings]
+    bad = stack.copy()
+    bad[0] = np.roll(bad[0], (11, -9), axis=(0, 1))
+    results = check_stack(bad, names)
+    flagged = {m: [f for f in r.findings if f.kind == "misregistered"] for m, r in results.items()}
+    assert sorted(m for m, f in flagged.items() if f) == ["A", "B"]
+    (a,), (b,) = flagged["A"], flagged["B"]
+    assert (a.evidence["dy"], a.evidence["dx"]) == (11, -9) and (b.evidence["dy"], b.evidence["dx"]) == (-11, 9)
+    assert a.evidence["which_moved_unknown"] and "do not tell which of the two moved" in a.sentence

@@ -34,7 +34,9 @@ at single pixels. Per marker:
   windowed) of the marker against each of the markers with most signal; a clear peak away
   from zero with its best partner, that its second-best partner confirms, is a shifted round.
   A shift against one partner only is given to whichever of the two the other markers
-  match better displaced (the shifted round, not the partner it was measured against).
+  match better displaced (the shifted round, not the partner it was measured against);
+  where they cannot tell (two markers that match only each other), both are flagged, each
+  saying that one of the two rounds moved.
 - **saturation**: a share of tissue pixels at the dtype's maximum.
 """
 

@@ -34,7 +34,9 @@ that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
    and even where its partners do not predict it, when the area ends in straight cuts across
    the tissue on at least ``min_cut_sides`` sides, or on every side that is not on the image
    border (at least two: a failed quadrant) (``tasks.qc_edges``): a failed tile or stripe does,
-   a natural gap follows the tissue's curved boundaries and does not.
+   a natural gap follows the tissue's curved boundaries and does not. The edges are read
+   against the partners' prediction pixel by pixel: a line where the partners stop too is a
+   tissue boundary, not a cut.
 
 Thresholds come from ``qc_thresholds.json`` (calibrated on clean real fields, never on the
 stack being judged); the fit and the window statistics are of the stack itself.
@@ -153,6 +155,14 @@ def _unpredictable(name, predictability, t) -> str:
             "its biology")
 
 
+def _pixel_expected(target, others, other_signals, used, t) -> np.ndarray:
+    """The marker as its partners predict it pixel by pixel: their signals weighted as the block fit
+    weights their block sums, smoothed to a few pixels. The edges are read against it."""
+    w = _fit(target.ravel(), np.stack([others[k].ravel() for k in used], axis=1), float(t["trim"]))
+    pixel = sum(wk * np.asarray(other_signals[k], np.float64) for wk, k in zip(w, used))
+    return ndimage.gaussian_filter(pixel, 2.0)
+
+
 def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.ndarray], other_names: Sequence[str],
                    t: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
     """``(areas, measures, why not judged)`` for one marker's ``signal`` (above background).
@@ -204,7 +214,8 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     # the edges are read around the windows nearly as low as the lowest: a dimmed area's candidate
     # also takes windows half over its edge, which would put the sides beyond reach of the cut
     tight = _blocks_under(candidate & (ratio <= max(1.25 * worst, 0.02)), size, target.shape)
-    edges = cut_sides(signal, _box_of(tight, block, signal.shape), t) if worst < t["dim_level"] else None
+    pixel_expected = _pixel_expected(target, others, other_signals, used, t) if worst < t["dim_level"] else None
+    edges = cut_sides(signal, _box_of(tight, block, signal.shape), t, pixel_expected) if worst < t["dim_level"] else None
     measures.update(region_ratio_min=worst, region_rest_min=rest_min, region_level_judged=not unpredictable,
                     region_rest_windows=int(rest.sum()), region_area_share=float(covered.mean()))
     if edges is not None:

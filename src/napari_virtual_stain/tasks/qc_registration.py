@@ -116,9 +116,11 @@ def settle_mutual_shifts(out, names, spectra, shape, partners, t) -> None:
     say which of the two moved: put back by the shift, the one that moved matches them better
     (or displaced, the one that stayed loses its match), by ``min_shift_gain`` more than the
     other. The finding goes to that one (where both were flagged, only it keeps its finding).
-    Where they do not tell, a lone finding stays and a pair pointing at each other is cleared."""
+    Where they do not tell, a lone finding stays, and a pair pointing at each other keeps both
+    findings, each saying that one of the two rounds moved and the other markers cannot tell which
+    (two markers that match only each other: a shift between them is real, its owner unknown)."""
     shifted = {n: f for n, r in out.items() for f in r.findings if f.kind == "misregistered"}
-    keep, give, why = set(), {}, {}
+    keep, give, why, undecided = set(), {}, {}, {}
     for n, f in shifted.items():
         p = f.evidence["partner"]
         i, j = names.index(n), names.index(p)
@@ -148,6 +150,16 @@ def settle_mutual_shifts(out, names, spectra, shape, partners, t) -> None:
                 keep.add(n)  # the partner is not judged here (``only``): say what was measured
         elif not mutual:
             keep.add(n)
+        else:
+            keep.add(n)
+            undecided[n] = p
+    for n, p in undecided.items():
+        f = shifted[n]
+        f.evidence["which_moved_unknown"] = True
+        f.sentence = (f"{n} and {p} are shifted by {f.evidence['dy']:+d}, {f.evidence['dx']:+d} px (y, x) against each "
+                      f"other (cell-scale correlation {f.evidence['peak']:.2f} there, {f.evidence['at_zero']:.2f} without "
+                      "shift), and the other markers do not tell which of the two moved: one of these rounds is "
+                      "misregistered")
     for n in shifted:
         if n not in keep:
             out[n].findings = [f for f in out[n].findings if f.kind != "misregistered"]
