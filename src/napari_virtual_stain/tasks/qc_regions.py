@@ -214,8 +214,10 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     # the edges are read around the windows nearly as low as the lowest: a dimmed area's candidate
     # also takes windows half over its edge, which would put the sides beyond reach of the cut
     tight = _blocks_under(candidate & (ratio <= max(1.25 * worst, 0.02)), size, target.shape)
-    pixel_expected = _pixel_expected(target, others, other_signals, used, t) if worst < t["dim_level"] else None
-    edges = cut_sides(signal, _box_of(tight, block, signal.shape), t, pixel_expected) if worst < t["dim_level"] else None
+    edges = None
+    if worst < t["dim_level"]:
+        expected = _pixel_expected(target, others, other_signals, used, t)
+        edges = cut_sides(signal, _box_of(tight, block, signal.shape), t, expected)
     measures.update(region_ratio_min=worst, region_rest_min=rest_min, region_level_judged=not unpredictable,
                     region_rest_windows=int(rest.sum()), region_area_share=float(covered.mean()))
     if edges is not None:

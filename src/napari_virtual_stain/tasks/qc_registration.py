@@ -138,8 +138,8 @@ def settle_mutual_shifts(out, names, spectra, shape, partners, t) -> None:
         mutual = g is not None and abs(g.evidence["dy"] + dy) <= 2 and abs(g.evidence["dx"] + dx) <= 2
         # the third parties decide only when their verdicts differ by min_shift_gain (the gain a shift
         # needs against its partner): the one that moved gains by being put back, or the one that stayed
-        # loses its match with the others when displaced. Else the old rule stands: a lone finding
-        # stays, a pair pointing at each other is cleared
+        # loses its match with the others when displaced. Else a lone finding stays, and so do both
+        # findings of a pair pointing at each other
         if gain_n - gain_p >= t["min_shift_gain"]:
             keep.add(n)
         elif gain_p - gain_n >= t["min_shift_gain"]:
@@ -148,11 +148,10 @@ def settle_mutual_shifts(out, names, spectra, shape, partners, t) -> None:
                 give[p] = (n, f, gain_p, gain_n)
             elif not mutual:
                 keep.add(n)  # the partner is not judged here (``only``): say what was measured
-        elif not mutual:
-            keep.add(n)
         else:
             keep.add(n)
-            undecided[n] = p
+            if mutual:  # both stay, each saying the other markers cannot tell which of the two moved
+                undecided[n] = p
     for n, p in undecided.items():
         f = shifted[n]
         f.evidence["which_moved_unknown"] = True
@@ -163,9 +162,7 @@ def settle_mutual_shifts(out, names, spectra, shape, partners, t) -> None:
     for n in shifted:
         if n not in keep:
             out[n].findings = [f for f in out[n].findings if f.kind != "misregistered"]
-            out[n].measures["registration_cleared"] = why.get(n, (
-                "its shift was against one partner only, which was shifted the other way against it, and the other "
-                "markers do not tell which of the two moved"))
+            out[n].measures["registration_cleared"] = why[n]
     for p, (n, f, gain_p, gain_n) in give.items():
         if any(x.kind == "misregistered" for x in out[p].findings):
             continue
