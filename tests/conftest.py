@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_virtual_stain.models.card import ModelCard
 from napari_virtual_stain.models.checkpoint import save_checkpoint
@@ -87,3 +88,11 @@ def nan_loss_at_call(trainer, call: int) -> None:
         return loss * float("nan") if len(calls) == call else loss
 
     trainer.loss_fn = poisoned
+
+
+def cell_counts(rng, shape, n: int, brightness: float, sigma: float = 3.0, background: float = 0.0) -> np.ndarray:
+    """Poisson counts of ``n`` cell-sized spots at random places (a multiplex marker of one cell type,
+    as MIBI counts it), over a ``background`` rate."""
+    centres = np.zeros(shape)
+    centres[rng.integers(0, shape[0], n), rng.integers(0, shape[1], n)] = 1
+    return rng.poisson(ndimage.gaussian_filter(centres, sigma) * brightness + background)

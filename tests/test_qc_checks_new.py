@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import cell_counts
 from napari_virtual_stain.io.synthetic_multiplex import make_multiplex
 from napari_virtual_stain.tasks.qc_checks import check_stack, thresholds
 
@@ -92,23 +93,14 @@ def test_a_real_missing_stain_where_channels_are_naturally_empty_is_not_assessab
     assert not result.findings and not result.assessable
 
 
-def _cells(rng, shape, n, radius=4.0):
-    """Counts of ``n`` round cells at random places (a marker of one cell type)."""
-    yy, xx = np.indices(shape)
-    image = np.zeros(shape)
-    for y, x in rng.uniform(0, shape[0], size=(n, 2)):
-        image += 30 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * radius ** 2))
-    return rng.poisson(image + 0.5).astype(np.uint16)
-
-
 def test_two_markers_shifted_against_each_other_alone_are_both_named():
     """A and B stain the same cells, C and D other cells: shifted A matches only B, and no other marker
     tells which of the two moved. Both are flagged, each saying that one of the two rounds moved."""
     rng = np.random.default_rng(0)
     shape = (512, 512)  # enough cells that C and D match A and B only by chance, equally
-    shared = _cells(rng, shape, 560)
-    stack = np.stack([shared, rng.binomial(shared, 0.8).astype(np.uint16), _cells(rng, shape, 560),
-                      _cells(rng, shape, 560)])
+    shared = cell_counts(rng, shape, 560, 3000, sigma=4, background=0.5)
+    stack = np.stack([shared, rng.binomial(shared, 0.8)] + [cell_counts(rng, shape, 560, 3000, sigma=4, background=0.5)
+                                                           for _ in range(2)]).astype(np.uint16)
     names = ["A", "B", "C", "D"]
     clean = check_stack(stack, names)
     assert not [m for m, r in clean.items() if r.findings]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import cell_counts
 from napari_virtual_stain.tasks.qc_edges import cut_sides, side_cut
 from napari_virtual_stain.tasks.qc_settings import thresholds
 
@@ -13,11 +14,7 @@ from napari_virtual_stain.tasks.qc_settings import thresholds
 @pytest.fixture(scope="module")
 def cells():
     """A dense marker of cell-sized spots over the whole field (counts, as MIBI gives)."""
-    rng = np.random.default_rng(0)
-    centres = np.zeros((384, 384))
-    centres[rng.integers(0, 384, 900), rng.integers(0, 384, 900)] = 1
-    density = ndimage.gaussian_filter(centres, 3) * 200
-    return rng.poisson(density).astype(np.float32)
+    return cell_counts(np.random.default_rng(0), (384, 384), 900, 200).astype(np.float32)
 
 
 def test_a_rectangle_cut_out_of_the_tissue_shows_straight_cuts_on_its_four_sides(cells):
@@ -83,10 +80,7 @@ def test_a_straight_edge_where_the_partners_stop_too_is_a_tissue_boundary_not_a_
 
 def test_a_sparse_marker_cut_straight_shows_its_cut_pooled_along_the_side():
     """A few counts per segment (sparse MIBI markers): no single strip is sure, the side in all is."""
-    rng = np.random.default_rng(1)
-    centres = np.zeros((384, 384))
-    centres[rng.integers(0, 384, 500), rng.integers(0, 384, 500)] = 1
-    signal = rng.poisson(ndimage.gaussian_filter(centres, 3) * 20).astype(np.float32)
+    signal = cell_counts(np.random.default_rng(1), (384, 384), 500, 20).astype(np.float32)
     signal[100:260, 120:280] = 0
     t = thresholds()
     assert len(cut_sides(signal, (100, 120, 260, 280), t)["cut"]) >= t["min_cut_sides"]
