@@ -121,8 +121,24 @@ def briefly_train(model: torch.nn.Module, source: np.ndarray, target: np.ndarray
     return model.eval()
 
 
-def update_results(section: str, body: str) -> None:
-    """Replace (or append) the section ``## {section}`` of bench/RESULTS.md with ``body``."""
+def cpu_class() -> str:
+    """The vector instructions that decide CPU speed here: "AVX-512" or "AVX2" (or "other")."""
+    try:
+        flags = set(re.search(r"flags\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).split())
+    except (OSError, AttributeError):
+        return "other"
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
+
+
+def update_results(section: str, body: str, per_cpu: bool = False) -> None:
+    """Replace (or append) the section ``## {section}`` of bench/RESULTS.md with ``body``.
+
+    ``per_cpu``: the section is kept once per :func:`cpu_class` (its title says which), so a run
+    on an AVX-512 machine does not overwrite the record of an AVX2 one: sessions get either, and
+    speed ratios differ between them.
+    """
+    if per_cpu:
+        section = f"{section}, {cpu_class()} CPU"
     begin, end = f"<!-- begin {section} -->", f"<!-- end {section} -->"
     block = f"{begin}\n## {section}\n\n{body.strip()}\n{end}\n"
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in `bench/`; each section is replaced when its script runs again.\n\n"

@@ -57,28 +57,33 @@ def _timed_process(command: list[str], cwd: Path | None = None) -> float:
     return time.perf_counter() - started
 
 
+def ours_process(image: Path, model: Path, out: Path, precision: str = "fp32") -> float:
+    """Wall seconds of one whole ``virtual-stain deepliif`` process on ``image``."""
+    return _timed_process([sys.executable, "-m", "napari_virtual_stain.cli", "deepliif", str(image), "--model",
+                           str(model), "-o", str(out), "--precision", precision])
+
+
 def whole_processes(image: Path, model: Path, python: Path, work: Path) -> dict[str, float]:
     """Wall seconds of one whole process of each tool on ``image`` (ours first, then the official)."""
     inputs = work / "in"
     inputs.mkdir()
     (inputs / image.name).symlink_to(image)
-    ours = _timed_process([sys.executable, "-m", "napari_virtual_stain.cli", "deepliif", str(image), "--model",
-                           str(model), "-o", str(work / "ours"), "--precision", "fp32"])
+    ours = ours_process(image, model, work / "ours")
     official = _timed_process([str(python), str(PEER / "harness" / "deepliif_cli.py"), "test", "--input-dir",
                                str(inputs), "--output-dir", str(work / "official"), "--tile-size", "512",
                                "--model-dir", str(model)])
     return {"ours": ours, "official": official}
 
 
-def modality_differences(image: Path, work: Path) -> dict[str, int]:
-    """Largest difference in 8-bit levels between our and the official files of each modality."""
+def modality_differences(image: Path, work: Path, other: str = "official") -> dict[str, int]:
+    """Largest difference in 8-bit levels between our files and ``work/other``'s, per modality."""
     from PIL import Image
 
     stem = image.stem
     pairs = {"Hema": "Hema", "DAPI": "DAPI", "Lap2": "Lap2", "Marker": "Marker", "Seg": "Seg"}
     out = {}
     for ours_name, theirs_name in pairs.items():
-        theirs = sorted((work / "official").glob(f"{stem}_*{theirs_name}.png"))
+        theirs = sorted((work / other).glob(f"{stem}_*{theirs_name}.png"))
         mine = work / "ours" / f"{stem}_{ours_name}.png"
         if theirs and mine.exists():
             a = np.asarray(Image.open(mine).convert("RGB"), dtype=int)

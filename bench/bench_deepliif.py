@@ -34,6 +34,7 @@ import torch
 from _common import DATA, machine, table, update_results
 import _deepliif_peer as peer
 
+from napari_virtual_stain.engine.device import cpu_has_native_bf16
 from napari_virtual_stain.engine.predictor import Predictor
 from napari_virtual_stain.engine.tiling import n_tiles
 from napari_virtual_stain.io.tiff_reader import load_image
@@ -193,6 +194,18 @@ def main() -> None:
     update_results("DeepLIIF pipeline (bench_deepliif.py)", body)
 
 
+def bf16_note(times: dict[str, float], diffs: dict[str, int] | None) -> str:
+    """One paragraph on bf16 where this CPU has it natively (else on why it was not run)."""
+    if diffs is None:
+        return "This CPU has no native bf16, so bf16 was not run (it is emulated and slower here).\n\n"
+    worst = max(diffs.values())
+    return (f"bf16 on this CPU (native), the same command with `--precision bf16`: {times['ours bf16']:.1f} s, "
+            f"{times['official'] / times['ours bf16']:.2f}x the official tool, but its files differ from our fp32 "
+            "files by up to " + ", ".join(f"{k} {v}" for k, v in diffs.items()) + " levels: "
+            + ("within" if worst <= 2 else "outside") + " the 2 levels that count as fp32's answer"
+            + ("" if worst <= 2 else ", so fp32 stays the default for DeepLIIF") + ".\n\n")
+
+
 def official_comparison() -> None:
     """Both tools, whole processes, full-size networks, ROI_1; then our time split by part."""
     python = peer.peer_python()
@@ -210,6 +223,9 @@ def official_comparison() -> None:
     with tempfile.TemporaryDirectory() as work:
         times = peer.whole_processes(image, model, python, Path(work))
         diffs = peer.modality_differences(image, Path(work))
+        if cpu_has_native_bf16():  # what "auto" would choose here: is it fast, and is it fp32's answer?
+            times["ours bf16"] = peer.ours_process(image, model, Path(work) / "ours-bf16", "bf16")
+            bf16_diffs = peer.modality_differences(image, Path(work), "ours-bf16")
     parts, tiles = peer.where_the_time_goes(image, model)
     ratio = times["official"] / times["ours"]
     body = (
@@ -226,11 +242,12 @@ def official_comparison() -> None:
         + "\n\nLargest difference between the two tools' files, 8-bit levels (deepliif pastes tile centres, we "
           "blend overlapping tiles; random weights, so the values are no quality measure): "
         + ", ".join(f"{k} {v}" for k, v in diffs.items()) + ".\n\n"
+        + bf16_note(times, bf16_diffs if "ours bf16" in times else None)
         + f"### Where our time goes (same image and folder, in one process, {tiles} tiles of 512, overlap 64)\n"
         + table(["part", "seconds"], parts)
     )
     print(body)
-    update_results("DeepLIIF full-size: ours vs the official tool (bench_deepliif.py --official)", body)
+    update_results("DeepLIIF full-size: ours vs the official tool (bench_deepliif.py --official)", body, per_cpu=True)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def main() -> None:
             + table(["layer", "where", "oneDNN ms", "NNPACK ms", "oneDNN / NNPACK", "NNPACK's largest error / output scale",
                      "fast_conv chooses"], rows))
     print(body)
-    update_results("One convolution: oneDNN vs NNPACK (bench_fast_conv.py)", body)
+    update_results("One convolution: oneDNN vs NNPACK (bench_fast_conv.py)", body, per_cpu=True)
 
 
 if __name__ == "__main__":

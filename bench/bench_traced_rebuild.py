@@ -94,7 +94,7 @@ def main() -> None:
         body += ("\n\nThese random weights find no cells, so whether the cell counts agree within 1% is not "
                  "measured here: only that every 8-bit output stays within the levels shown.")
     print(body)
-    update_results("DeepLIIF release translators: recording vs rebuild (bench_traced_rebuild.py)", body)
+    update_results("DeepLIIF release translators: recording vs rebuild (bench_traced_rebuild.py)", body, per_cpu=True)
 
 
 if __name__ == "__main__":
