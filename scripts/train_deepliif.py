@@ -61,17 +61,30 @@ SMOOTH_L1_BETA = 0.5  # paper 001 eq. 3: quadratic below 0.5
 CLASSICAL_PREFIX = "classical"
 
 
-def load_real(data: Path, val_rows: int):
+def load_real(data: Path, val_rows: int, hold_out_image: str | None = None):
+    """(training sources, held-out rows, training rows); rows as ``{name: (ihc, truth, rows)}``.
+
+    By default the bottom ``val_rows`` rows of every image are held out. With ``hold_out_image``
+    that whole image is held out instead and the others are trained on in full: one fold of a
+    swap that tells how the method does on an image (here: an organ) it never saw at all.
+    """
     from napari_virtual_stain.io.deepliif_panels import read_panels
     from napari_virtual_stain.training.deepliif_samples import real_source
 
-    sources, held_out = [], {}
-    for path in sorted(data.glob("*.png")):
+    sources, held_out, train_rows = [], {}, {}
+    paths = sorted(data.glob("*.png"))
+    if hold_out_image is not None and hold_out_image not in [path.stem for path in paths]:
+        raise ValueError(f"--hold-out-image {hold_out_image}: there is no {hold_out_image}.png in {data}.")
+    for path in paths:
         panels = read_panels(path)
         height = panels.ihc.shape[0]
-        sources.append(real_source(panels, slice(0, height - val_rows), path.stem))
-        held_out[path.stem] = (panels.ihc, panels.segmentation, slice(height - val_rows, None))
-    return sources, held_out
+        split = (0 if path.stem == hold_out_image else height) if hold_out_image else height - val_rows
+        if split > 0:
+            sources.append(real_source(panels, slice(0, split), path.stem))
+            train_rows[path.stem] = (panels.ihc, panels.segmentation, slice(0, split))
+        if split < height:
+            held_out[path.stem] = (panels.ihc, panels.segmentation, slice(split, None))
+    return sources, held_out, train_rows
 
 
 def batch_tensors(samples: list[dict]) -> tuple[torch.Tensor, ...]:
@@ -114,7 +127,23 @@ def add_gap_weights(sources, args) -> None:
             source.weights[source.rows] = gap_weights(source.classes[source.rows], args.gap_weight, args.gap_sigma)
 
 
-def train(args, real, synthetic) -> tuple[torch.nn.Module, dict]:
+def load_pseudo_labelled(paths: list[Path]) -> list:
+    """Real IHC images without ground truth, their cells labelled by the classical baseline."""
+    from napari_virtual_stain.io.tiff_reader import load_image
+    from napari_virtual_stain.tasks.deepliif_classical import nuclei_labels, positive_cells, unmix
+    from napari_virtual_stain.training.deepliif_samples import pseudo_labelled_source
+
+    out = []
+    for path in paths:
+        rgb = np.asarray(load_image(path).data)[..., :3]
+        hematoxylin, dab = unmix(rgb)
+        labels = nuclei_labels(hematoxylin, dab)
+        out.append(pseudo_labelled_source(rgb, labels, positive_cells(labels, dab), f"pseudo-{path.stem}"))
+        print(f"pseudo-labelled {path.name}: {int(labels.max())} cells by the classical baseline", flush=True)
+    return out
+
+
+def train(args, real, synthetic, pseudo=()) -> tuple[torch.nn.Module, dict]:
     from napari_virtual_stain.models.deepliif_unet import DeepLIIFUNet
     from napari_virtual_stain.training.deepliif_samples import SampleSettings, draw_sample
 
@@ -131,14 +160,15 @@ def train(args, real, synthetic) -> tuple[torch.nn.Module, dict]:
         model.load_state_dict(state)
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     weights = torch.tensor(SEG_CLASS_WEIGHTS[:3] + (args.border_weight,))
-    settings = SampleSettings(crop=args.crop, synthetic_fraction=args.synthetic_fraction)
-    add_gap_weights(real + synthetic, args)
+    settings = SampleSettings(crop=args.crop, synthetic_fraction=args.synthetic_fraction,
+                              pseudo_fraction=args.pseudo_fraction)
+    add_gap_weights(real + synthetic + list(pseudo), args)
     start, history = time.monotonic(), []
     model.train()
     for step in range(1, args.steps + 1):
         for group in optimiser.param_groups:  # constant, then linear decay to 0
             group["lr"] = args.lr * min(1.0, 2.0 * (1.0 - (step - 1) / args.steps))
-        batch = batch_tensors([draw_sample(real, synthetic, rng, settings) for _ in range(args.batch)])
+        batch = batch_tensors([draw_sample(real, synthetic, rng, settings, pseudo) for _ in range(args.batch)])
         loss, parts = loss_terms(model, *batch, weights)
         if not torch.isfinite(loss):
             raise RuntimeError(f"the loss became {float(loss)} at step {step}: lower --lr")
@@ -283,7 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gap-sigma", type=float, default=4.0, help="sigma (px) of U-Net's weight map")
     p.add_argument("--synthetic", type=int, default=24, help="synthetic IHC fields (256 x 256) to train on")
     p.add_argument("--synthetic-fraction", type=float, default=0.25)
+    p.add_argument("--pseudo-labels", type=Path, nargs="*", default=[], metavar="IMAGE",
+                   help="real IHC images without ground truth, labelled by the classical baseline, added to the "
+                        "segmentation training (never an image that is scored)")
+    p.add_argument("--pseudo-fraction", type=float, default=0.3, help="share of samples from --pseudo-labels")
     p.add_argument("--val-rows", type=int, default=128, help="bottom rows of each real image held out for scoring")
+    p.add_argument("--hold-out-image", default=None, metavar="NAME",
+                   help="hold out this whole image (e.g. Lung1) and train on the others in full: one fold of a swap")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--score-only", action="store_true", help="re-score an existing --out model")
@@ -302,17 +338,25 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    real, held_out = load_real(args.data, args.val_rows)
-    if not real:
-        print(f"no 6-panel PNG files in {args.data}", file=sys.stderr)
+    try:
+        real, held_out, train_rows = load_real(args.data, args.val_rows, args.hold_out_image)
+    except ValueError as err:
+        print(err, file=sys.stderr)
         return 2
+    if not real or not held_out:
+        print(f"{args.data} needs 6-panel PNG files to train on and to hold out (with --hold-out-image, two "
+              "or more)", file=sys.stderr)
+        return 2
+    held_out_words = (f"the whole of {args.hold_out_image}" if args.hold_out_image
+                      else f"the bottom {args.val_rows} rows of each")
     if args.score_only:
         model, card = load_checkpoint(args.out)
         info = card.training
     else:
         synthetic = synthetic_sources(args.synthetic, (256, 256), args.seed)
         try:
-            model, info = train(args, real, synthetic)
+            pseudo = load_pseudo_labelled(args.pseudo_labels)
+            model, info = train(args, real, synthetic, pseudo)
         except ValueError as err:
             print(err, file=sys.stderr)
             return 2
@@ -320,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
             "script": "scripts/train_deepliif.py", "seed": args.seed, "batch": args.batch, "crop": args.crop,
             "lr": args.lr, "data": [s.name for s in real], "continued_from": str(args.init or ""), "synthetic_fields": args.synthetic,
             "synthetic_fraction": args.synthetic_fraction,
+            **({"pseudo_labelled": {"images": [str(p) for p in args.pseudo_labels], "labeller": "classical baseline",
+                                    "fraction": args.pseudo_fraction}} if args.pseudo_labels else {}),
             **({"gap_weights": {"w0": args.gap_weight, "sigma": args.gap_sigma}} if args.gap_weight > 0 else {}),
-            "held_out": f"bottom {args.val_rows} rows of each real image (never cropped for training)",
+            "held_out": f"{held_out_words} real image (never cropped for training)",
             "loss": f"cross-entropy (classes weighted {list(SEG_CLASS_WEIGHTS) + [args.border_weight]}) + "
                     f"{MODALITY_WEIGHT} x smooth L1 "
                     "on the modalities (real crops only)",
@@ -331,15 +377,14 @@ def main(argv: list[str] | None = None) -> int:
             args.out.stem, arch_args(args), tile=512, overlap=32, architecture="deepliif-unet",
             description=(f"A compact DeepLIIF (one U-Net, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
                          "parameters): IHC (Ki67) -> hematoxylin, DAPI, Lap2, Ki67 and classified cells. Trained on "
-                         f"the two real DeepLIIF sample pairs ({', '.join(s.name for s in real)}; bottom "
-                         f"{args.val_rows} rows held out) and {args.synthetic} synthetic IHC fields, with stain, "
+                         f"the real DeepLIIF sample pairs ({', '.join(s.name for s in real)}; "
+                         f"{held_out_words} held out) and {args.synthetic} synthetic IHC fields, with stain, "
                          "scale and scanner augmentation. Two real images are little: check its counts on your "
                          "slides, or fine-tune it."),
             training=info)
         save_checkpoint(args.out, model, card)
         print(f"saved {args.out}", flush=True)
 
-    train_rows = {name: (ihc, truth, slice(0, rows.start)) for name, (ihc, truth, rows) in held_out.items()}
     networks = {f"{card.name} (this model)": (model, card)}
     for other in args.compare:
         networks[f"{other.name} (compared)"] = load_checkpoint(other)
@@ -364,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text, flush=True)
     own, calibration = chosen[f"{card.name} (this model)"]
     card.extra[CARD_KEY] = card_entry(own, f"training rows ({row_names(train_rows)})")
-    card.description = describe_card(card, sum(q.numel() for q in model.parameters()) / 1e6, list(held_out),
-                                     args.val_rows, info.get("synthetic_fields", args.synthetic), tables)
+    card.description = describe_card(card, sum(q.numel() for q in model.parameters()) / 1e6,
+                                     [name for name in train_rows], held_out_words,
+                                     info.get("synthetic_fields", args.synthetic), tables)
     card.scores = {"held_out": {k: v["mean"] for k, v in tables["held_out"].items()},
                    "released_model_agreement": {k: v["mean"] for k, v in tables.get("released_model_agreement",
                                                                                     {}).items()},
@@ -384,8 +430,8 @@ def describe_thresholds(t) -> str:
     return f"seg {t.segmentation}, {split}, size {t.size}, {marker}"
 
 
-def describe_card(card, params_m: float, real_names: list[str], val_rows: int, synthetic: int, tables: dict
-                  ) -> str:
+def describe_card(card, params_m: float, real_names: list[str], held_out_words: str, synthetic: int,
+                  tables: dict) -> str:
     """The model card's description: what it is, what it learnt from, its own cell thresholds and
     what they do on real images it never saw, next to deepliif's thresholds and the classical baseline."""
     from napari_virtual_stain.tasks.deepliif_cells import CARD_KEY
@@ -402,8 +448,8 @@ def describe_card(card, params_m: float, real_names: list[str], val_rows: int, s
                          for what, m in found if m is not None)
 
     return (f"A compact DeepLIIF (one U-Net, {params_m:.1f} M parameters): IHC (Ki67) -> "
-            "hematoxylin, DAPI, Lap2, Ki67 and classified cells. Trained on the two real DeepLIIF sample pairs "
-            f"({', '.join(real_names)}; bottom {val_rows} rows held out) and {synthetic} synthetic IHC fields, "
+            "hematoxylin, DAPI, Lap2, Ki67 and classified cells. Trained on the real DeepLIIF sample pairs "
+            f"({', '.join(real_names)}; {held_out_words} held out) and {synthetic} synthetic IHC fields, "
             "with stain, scale and scanner augmentation. Its cell thresholds (segmentation "
             f"{own.get('segmentation')}, size {own.get('size')}"
             + (f", touching nuclei split at {own['split']} px deep distance peaks" if own.get("split") else "")

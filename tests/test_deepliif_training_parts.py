@@ -11,7 +11,7 @@ from napari_virtual_stain.tasks.deepliif_cells import POSITIVE as CELL_POSITIVE
 from napari_virtual_stain.tasks.deepliif_cells import analyse_cells
 from napari_virtual_stain.training.deepliif_augment import StainJitter, optical_density, restain
 from napari_virtual_stain.training.deepliif_samples import (SampleSettings, Source, classes_from_labels,
-                                                            classes_from_mask, draw_sample)
+                                                            classes_from_mask, draw_sample, pseudo_labelled_source)
 
 NO_JITTER = StainJitter(hematoxylin_scale=(1, 1), dab_scale=(1, 1), residual_scale=(1, 1), vector_tilt=0.0,
                         brightness=0.0, contrast=(1, 1), gamma=(1, 1), blur_probability=0.0, noise_sigma=(0, 0),
@@ -90,6 +90,32 @@ def test_synthetic_crops_carry_no_modality_targets(field):
     sample = draw_sample([], [synthetic], np.random.default_rng(0), SampleSettings(crop=48))
     assert sample["modalities"] is None and sample["ihc"].dtype == np.float32
     assert -1.0 <= sample["ihc"].min() and sample["ihc"].max() <= 1.0
+
+
+def test_pseudo_labelled_images_are_drawn_at_their_share_without_modalities(field):
+    real = Source(field["rgb"], classes_from_labels(field["labels"], field["positive"]),
+                  np.zeros((12, 128, 128), np.float32), slice(None), "real")
+    empty = np.zeros(field["labels"].shape, np.int32)  # a labeller that found nothing: all background
+    pseudo = pseudo_labelled_source(field["rgb"], empty, np.zeros(1, bool), "pseudo")
+    settings = SampleSettings(crop=32, jitter=NO_JITTER, pseudo_fraction=0.5)
+    rng = np.random.default_rng(1)
+    samples = [draw_sample([real], [], rng, settings, [pseudo]) for _ in range(200)]
+    from_pseudo = [s for s in samples if s["modalities"] is None]
+    assert 70 <= len(from_pseudo) <= 130  # about half
+    assert all(not s["classes"].any() for s in from_pseudo)  # its labels, not the real source's
+
+
+def test_a_pseudo_share_without_pseudo_labelled_images_changes_no_draw(field):
+    """The bundled model's recipe has none: its samples must stay what they were (no extra random draw)."""
+    real = Source(field["rgb"], classes_from_labels(field["labels"], field["positive"]),
+                  np.zeros((12, 128, 128), np.float32))
+    synthetic = Source(field["rgb"][::-1].copy(), classes_from_labels(field["labels"][::-1], field["positive"]))
+    settings = SampleSettings(crop=32, jitter=NO_JITTER, pseudo_fraction=0.5)
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    a = [draw_sample([real], [synthetic], rng_a, settings)["ihc"] for _ in range(10)]
+    b = [draw_sample([real], [synthetic], rng_b, SampleSettings(crop=32, jitter=NO_JITTER), ())["ihc"]
+         for _ in range(10)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def test_compact_network_draws_classes_the_way_deepliif_reads_them():

@@ -109,12 +109,20 @@ def synthetic_sources(count: int, shape: tuple[int, int], seed: int) -> list[Sou
     return out
 
 
+def pseudo_labelled_source(ihc: np.ndarray, labels: np.ndarray, positive: np.ndarray, name: str = "") -> Source:
+    """A real IHC image without ground truth, its cells labelled by another method (e.g. the
+    classical baseline): segmentation supervision only, like a synthetic field, but with real
+    tissue, stains and scanner."""
+    return Source(np.asarray(ihc)[..., :3], classes_from_labels(labels, positive), None, slice(None), name)
+
+
 @dataclass
 class SampleSettings:
     crop: int = 128
     scale: tuple[float, float] = (0.5, 2.0)  # output pixels per source pixel, drawn log-uniformly
     synthetic_fraction: float = 0.25
     jitter: StainJitter = field(default_factory=StainJitter)
+    pseudo_fraction: float = 0.0  # share of samples from pseudo-labelled real images, when there are any
 
 
 def _crop(source: Source, size: int, rng: np.random.Generator):
@@ -128,9 +136,17 @@ def _crop(source: Source, size: int, rng: np.random.Generator):
 
 
 def draw_sample(real: list[Source], synthetic: list[Source], rng: np.random.Generator,
-                settings: SampleSettings = SampleSettings()) -> dict:
-    """One augmented training sample (float32 arrays, channels first)."""
-    pool = synthetic if synthetic and (not real or rng.uniform() < settings.synthetic_fraction) else real
+                settings: SampleSettings = SampleSettings(), pseudo: list[Source] = ()) -> dict:
+    """One augmented training sample (float32 arrays, channels first).
+
+    ``pseudo`` (pseudo-labelled real images) is drawn from ``settings.pseudo_fraction`` of the
+    time; without it the random draws are the same as before it existed, so earlier recipes
+    (the bundled model's) still give the same samples.
+    """
+    if pseudo and rng.uniform() < settings.pseudo_fraction:
+        pool = list(pseudo)
+    else:
+        pool = synthetic if synthetic and (not real or rng.uniform() < settings.synthetic_fraction) else real
     source = pool[int(rng.integers(len(pool)))]
     c = settings.crop
     scale = float(np.exp(rng.uniform(*np.log(settings.scale))))
