@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from napari_virtual_stain.engine.predictor import Predictor
+    from napari_virtual_stain.errors import VirtualStainError
     from napari_virtual_stain.models.checkpoint import load_checkpoint, save_checkpoint
     from napari_virtual_stain.models.deepliif_net import deepliif_card
     from napari_virtual_stain.tasks.deepliif_calibration import calibrate, card_entry
@@ -353,11 +354,17 @@ def main(argv: list[str] | None = None) -> int:
         model, card = load_checkpoint(args.out)
         info = card.training
     else:
+        scored = [path for path in args.pseudo_labels if path.resolve().parent in
+                  (args.data.resolve(), FIXTURE_MAPS.resolve())]
+        if scored:
+            print(f"--pseudo-labels {scored[0]}: that image is scored in the report, so it cannot also be trained "
+                  "on.", file=sys.stderr)
+            return 2
         synthetic = synthetic_sources(args.synthetic, (256, 256), args.seed)
         try:
             pseudo = load_pseudo_labelled(args.pseudo_labels)
             model, info = train(args, real, synthetic, pseudo)
-        except ValueError as err:
+        except (ValueError, VirtualStainError) as err:
             print(err, file=sys.stderr)
             return 2
         info.update({
