@@ -255,6 +255,19 @@ def test_cli_predicts_with_a_package(tmp_path):
     assert out.shape[-2:] == (40, 56) and np.allclose(np.squeeze(out), expected, atol=1e-5)
 
 
+def test_auto_precision_is_fp32_for_a_package_even_where_the_cpu_has_bf16(tmp_path, monkeypatch):
+    """A package's answers are its authors': "auto" may not pick bf16 for it (ours still do)."""
+    from napari_virtual_stain.engine import device as device_module
+    from napari_virtual_stain.models.registry import BUNDLED_DIR
+
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    model, card = load_model(_package_04(tmp_path / "p04"))
+    assert Predictor(model, card, device="cpu").precision == "fp32"
+    assert Predictor(model, card, device="cpu", precision="bf16").precision == "bf16"  # asked for: given
+    ours, our_card = load_model(BUNDLED_DIR / "demo-2d-nuclei-membrane.pt")
+    assert Predictor(ours, our_card, device="cpu").precision == "bf16"
+
+
 def test_a_foreign_package_runs_but_is_not_fine_tuned(tmp_path, capsys):
     folder = _package_04(tmp_path / "p04")
     data = np.random.default_rng(4).random((64, 64)).astype(np.float32)

@@ -60,6 +60,14 @@ def test_three_generations_of_train_opt_read_as_deepliif_reads_them(release):
     assert current.segmenters == ["G51", "G52", "G53", "G54", "G55"] and current.translators[-1] == "G4"
 
 
+def test_auto_precision_runs_a_release_in_fp32_even_where_the_cpu_has_bf16(release, monkeypatch):
+    from napari_virtual_stain.engine import device as device_module
+
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    model, card = load_deepliif_model(release["current"])
+    assert Predictor(model, card, device="cpu").precision == "fp32"  # deepliif's own answers are the reference
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_one_tile_modalities_and_seg_equal_deepliifs(release, variant):
     model, card = load_deepliif_model(release[variant])

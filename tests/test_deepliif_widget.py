@@ -9,7 +9,7 @@ import torch
 
 from napari_virtual_stain.models.checkpoint import save_checkpoint
 from napari_virtual_stain.models.deepliif_net import DeepLIIFNet, deepliif_arch_args, deepliif_card
-from napari_virtual_stain.tasks.deepliif_cells import NEGATIVE, POSITIVE
+from napari_virtual_stain.tasks.deepliif_cells import NEGATIVE, POSITIVE, Thresholds
 from napari_virtual_stain.widgets.deepliif_widget import MARKER_MANUAL, MARKER_OFF, WHOLE, DeepLIIFWidget
 
 TINY = dict(trans_ngf=4, trans_blocks=1, seg_ngf=4, seg_downs=3, seg_max_mult=2, norm="batch")
@@ -203,6 +203,11 @@ def test_existing_maps_are_counted_like_deepliif_without_a_network(make_napari_v
     assert (widget.seg_layer.value, widget.marker_layer.value) == ("22_2_Seg", "22_2_mod4-Marker")
     widget.count_maps()
     qtbot.waitUntil(lambda: widget.classification is not None and not widget.job.running, timeout=30000)
+    # the dock showing another model's recommended values (as when the model list changes, e.g. while
+    # the viewer closes) is no reason to relabel: only the user's moves are
+    widget._show_thresholds(Thresholds(segmentation=110, split=2))
+    assert widget.split_slider.value == 2 and not widget._relabel_timer.isActive()
+    widget._show_thresholds(Thresholds(segmentation=120))
     c = widget.classification
     assert (c.total, c.positive, c.thresholds.size) == (114, 8, 61)  # deepliif 1.2.7's answer on these maps
     assert "114 cells: 8 positive" in widget.counts.value

@@ -47,7 +47,7 @@ from ..errors import CheckpointError, InputError, check_cancel
 from ..models.card import ModelCard
 from ..models.zwindow import z_window
 from .batch_runner import BatchRunner, CudaPeakProbe, sizes_from_memory
-from .device import preferred_memory_format, resolve_device, resolve_precision
+from .device import AUTO_PRECISION, preferred_memory_format, resolve_device, resolve_precision
 from .normalise import compute_stats, normalise, output_to_display
 from .forward_cancel import cancel_inside_forward
 from .gpu_turn import device_turn
@@ -83,6 +83,8 @@ class Predictor(TileRules):
         self.card = card
         self.tta = bool(tta)
         self.device = resolve_device(device)
+        if precision == "auto" and card.extra.get(AUTO_PRECISION) == "fp32":
+            precision = "fp32"  # a model from outside gives its authors' answers unless bf16 is asked for
         precision = resolve_precision(self.device, precision)
         dims = card.spatial_dims
         self.tile = tuple(int(t) for t in (tile if tile is not None else card.tile))

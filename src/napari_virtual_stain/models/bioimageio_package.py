@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.device import AUTO_PRECISION
 from ..errors import CheckpointError, InputError, plain_text
 from .bioimageio_processing import KIND, Postprocessing, check_postprocessing, tensor_json
 from .bioimageio_weights import (OURS, PROGRAM_FORMATS, choose_weights, load_network, our_card, our_card_or_none,
@@ -281,7 +282,8 @@ def build_card(descr, weight_format: str, source: Path, rule: TileRule) -> Model
         training=ours.training if ours else {"data": str(getattr(training, "id", None) or training)} if training else {},
         scores=ours.scores if ours else {},
         extra={"bioimageio": {"package": str(source), "weights": weight_format, "license": str(descr.license),
-                              "format_version": str(descr.format_version), "program": weight_format in PROGRAM_FORMATS}})
+                              "format_version": str(descr.format_version), "program": weight_format in PROGRAM_FORMATS},
+               AUTO_PRECISION: "fp32"})
 
 
 def load_package(path: str | os.PathLike, weight_format: str | None = None) -> tuple[nn.Module, ModelCard]:

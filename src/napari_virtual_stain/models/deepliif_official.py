@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.device import AUTO_PRECISION
 from ..errors import CheckpointError
 from .deepliif_net import fuse
 from .deepliif_options import OPTIONS_FILE, read_options_file, release_options
@@ -159,7 +160,7 @@ def release_card(folder: str | os.PathLike, overlap: int = 64):
     card.architecture = "deepliif_official"
     # deepliif renders its outputs as uint8((y + 1) / 2 * 255), truncating: we do the same for its
     # models so Seg values (and so which pixels pass the segmentation threshold) are deepliif's.
-    card.extra.update({"to_uint8": "truncate", "modalities_names": opts.modalities_names,
+    card.extra.update({AUTO_PRECISION: "fp32", "to_uint8": "truncate", "modalities_names": opts.modalities_names,
                        "names_forced": opts.names_forced, "deepliif_model": opts.model})
     return card
 

@@ -111,11 +111,11 @@ class CellControls:
             w.changed.connect(self.recount)
         self.settings.events.model.connect(self.use_model_thresholds)
         self.use_model_thresholds()  # the model shown may not be the remembered one
-        # Relabelling is fast but not free on big images: wait until the slider rests.
+        # Relabelling is fast but not free on big images: wait until the slider rests. Values the dock
+        # shows itself (a result's or a model's thresholds) need none: the cells were made with them.
         self._relabel_timer = QTimer(self, singleShot=True, interval=150, timeout=self.relabel)
-        self.seg_slider.changed.connect(lambda *_: self._relabel_timer.start())
-        self.split_slider.changed.connect(lambda *_: self._relabel_timer.start())
-        self.resolution.changed.connect(lambda *_: self._relabel_timer.start())
+        for w in (self.seg_slider, self.split_slider, self.resolution):
+            w.changed.connect(lambda *_: None if self._programmatic else self._relabel_timer.start())
         self.export_csv.changed.connect(lambda *_: self._export("csv"))
         self.export_geojson.changed.connect(lambda *_: self._export("geojson"))
 
@@ -171,8 +171,8 @@ class CellControls:
 
     def relabel(self, *_):
         """The segmentation threshold or split changed: rebuild cells from the stored maps (no network)."""
-        if self.result is None:
-            return
+        if self.result is None or self._source not in self.viewer.layers:
+            return  # nothing shown, or its image was removed (or the viewer is closing)
         workflow.reanalyse(self.result, self.settings)
         self._show_cells()
 
