@@ -46,7 +46,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     body = f"Machine: {machine()}\n\n" + "\n\n".join(bench_model(name, 1 if args.quick else 3) for name in args.model)
     print(body)
-    update_results("Current-view latency (bench_current_view.py)", body)
+    update_results("Current-view latency (bench_current_view.py)", body, per_cpu=True)
 
 
 def bench_model(name: str, repeat: int) -> str:
