@@ -16,6 +16,12 @@ What it trains on, all named in the model's card:
 - every crop re-stained in optical-density space, turned, flipped and rescaled 0.5-2x
   (``training.deepliif_samples``, ``training.deepliif_augment``).
 
+Two options for measuring the recipe rather than the bundled model (bench/RESULTS.md, "2-fold
+swap"): ``--hold-out-image NAME`` holds out one whole image and trains on the others in full
+(one fold: how the recipe does on an organ it never saw); ``--pseudo-labels IMAGE...`` adds real
+IHC images without ground truth, their cells labelled by the classical baseline, as
+segmentation-only crops (``--pseudo-fraction`` of them). Neither is used for the bundled model.
+
 The network is one U-Net with a modality head (smooth L1 against the four mpIF panels, real
 crops only) and a 4-class segmentation head (cross-entropy: background, negative, positive,
 border; the border class splits touching nuclei). Adam, seeded, a fixed number of steps
