@@ -43,8 +43,10 @@ def work(tmp_path, user_models, monkeypatch):
         for tag in ("ImageWidth", "ImageLength", "RowsPerStrip"):
             tf.pages[0].tags[tag].overwrite(100000)
     save_tiff("stack.tif", good_stack(seed=0), "CYX", MARKERS)
+    tifffile.imwrite("complex.tif", (rng.random((64, 64)) + 1j * rng.random((64, 64))).astype(np.complex64))
     Path("notes.txt").write_text("not a folder")
     Path("existing-folder").mkdir()
+    Path("done.tif").write_bytes(b"an earlier result")  # earlier work a repeated command must not replace
     stats = stack_marker_stats(good_stack(seed=1), MARKERS)
     for m in MARKERS:
         save_checkpoint(Path("imputers") / f"imputer-{m}.pt", OracleMean(), oracle_card(m, stats=stats))
@@ -57,8 +59,12 @@ def _fingerprint(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if "user-models" not in p.parts}
 
 
-def refused(folder: Path, capsys, argv: list[str], message: str) -> str:
-    """Run ``argv``; assert exit 2, one error line containing ``message``, and no change in ``folder``."""
+def refused(folder: Path, capsys, argv: list[str], message: str, *, started: bool = False) -> str:
+    """Run ``argv``; assert exit 2, one error line containing ``message``, and no change in ``folder``.
+
+    ``started``: a run of many inputs that fails at a later one has said what it runs and drawn
+    its bar first; the error is still a line of its own, the last.
+    """
     before = _fingerprint(folder)
     try:
         code = main(argv)
@@ -69,6 +75,7 @@ def refused(folder: Path, capsys, argv: list[str], message: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
     assert "Traceback" not in err
+    assert started or len(lines) == 1, err  # the sentence alone: no usage block, no progress or info line before it
     assert lines[-1].startswith(f"virtual-stain {argv[0]}: error:"), lines[-1]
     assert message.lower() in lines[-1].lower(), lines[-1]
     assert "\x1b" not in err
@@ -126,6 +133,25 @@ CASES = {
     "deepliif negative size": (["deepliif", "grey.tif", "-o", "d", "--size-thresh", "-5"], "size"),
     "deepliif upper below lower": (["deepliif", "grey.tif", "-o", "d", "--size-thresh", "50",
                                     "--size-thresh-upper", "10"], "upper"),
+    "band rows 0": (["predict", "grey.tif", "-o", "o.tif", *TINY, "--band-rows", "0"], "argument --band-rows"),
+    "cluster local:0": (["predict", "grey.tif", "-o", "o.tif", *TINY, "--cluster", "local:0"], "argument --cluster"),
+    "cluster bogus": (["qc", "stack.tif", "-o", "r.json", "--cluster", "bogus"], "neither local:n"),
+    "deepliif overlap -1": (["deepliif", "grey.tif", "-o", "d", "--overlap", "-1"], "argument --overlap"),
+    "train 0 minutes": ([*TRAIN, "-o", "m.pt", "--minutes", "0"], "argument --minutes"),
+    "train validation fraction 1.5": ([*TRAIN, "-o", "m.pt", "--val-fraction", "1.5"], "argument --val-fraction"),
+    "a channel of a one-channel image": (["predict", "grey.tif", "-o", "o.tif", *TINY, "--channel", "3"],
+                                         "has a single channel"),
+    "ome-zarr format to a tiff name": (["predict", "grey.tif", "-o", "o.tif", *TINY, "--output-format", "ome-zarr"],
+                                       "names a tiff"),
+    "a complex image": (["predict", "complex.tif", "-o", "o.tif", *TINY], "complex"),
+    "a missing input onto itself": (["predict", "missing.tif", "-o", "missing.tif", *TINY], "there is no file"),
+    "evaluate a missing prediction": (["evaluate", "nope.png", "grey.tif"], "no prediction file or folder at nope.png"),
+    "impute the marker it is told is missing": (["impute", "stack.tif", "--models", "imputers", "--marker", "CD3",
+                                                 "--missing", "CD3", "-o", "i.tif"], "also given as missing"),
+    # earlier work
+    "predict over an earlier result": (["predict", "grey.tif", "-o", "done.tif", *TINY], "add --overwrite"),
+    "impute over an earlier result": (["impute", "stack.tif", "--models", "imputers", "--marker", "CD3",
+                                       "-o", "done.tif", "--device", "cpu"], "add --overwrite"),
     # 6. silent skips
     "impute a typo in --missing": (["impute", "stack.tif", "--models", "imputers", "--marker", "CD3",
                                     "--missing", "NOSUCH", "-o", "i.tif", "--device", "cpu"], "no marker 'NOSUCH'"),
@@ -272,3 +298,79 @@ def test_a_missing_argument_is_status_2(work, capsys):
         main(["predict", "grey.tif"])  # -o missing
     assert exit_info.value.code == 2
     assert "the following arguments are required: -o/--output" in capsys.readouterr().err
+
+
+def test_a_bad_last_input_of_many_leaves_no_output_of_the_earlier_ones(work, capsys):
+    # complex.tif is listed and readable, so it fails only when its turn comes: after grey.tif's output was made
+    Path("outputs").mkdir()
+    Path("outputs/kept.txt").write_text("there before the run")
+    refused(work, capsys, ["predict", "grey.tif", "target.tif", "complex.tif", "-o", "outputs", *TINY], "complex",
+            started=True)
+    refused(work, capsys, ["predict", "grey.tif", "complex.tif", "-o", "new-outputs", *TINY], "complex", started=True)
+    # and when every input is good, each output is there, under its own name
+    assert main(["predict", "grey.tif", "target.tif", "-o", "outputs", *TINY]) == 0
+    assert sorted(p.name for p in Path("outputs").iterdir()) == ["grey.tif", "kept.txt", "target.tif"]
+    capsys.readouterr()
+    refused(work, capsys, ["predict", "grey.tif", "target.tif", "-o", "outputs", *TINY], "add --overwrite")
+    assert main(["predict", "grey.tif", "target.tif", "-o", "outputs", *TINY, "--overwrite"]) == 0
+
+
+def test_a_bad_last_stack_of_many_imputes_nothing(work, capsys):
+    save_tiff("other.tif", good_stack(seed=2), "CYX", MARKERS)
+    impute = ["impute", "stack.tif", "other.tif", "grey.tif", "--models", "imputers", "--marker", "CD3",
+              "--device", "cpu", "-o", "imputed"]
+    refused(work, capsys, impute, "grey.tif", started=True)
+    assert main([*impute[:3], *impute[4:]]) == 0
+    assert sorted(p.name for p in Path("imputed").iterdir()) == ["other_CD3.tif", "stack_CD3.tif"]
+
+
+def test_a_bad_last_image_of_many_leaves_no_deepliif_files(work, capsys):
+    import imageio.v3 as iio
+
+    iio.imwrite("ihc.png", (np.random.default_rng(3).random((64, 64, 3)) * 255).astype(np.uint8))
+    refused(work, capsys, ["deepliif", "ihc.png", "huge.tif", "-o", "cells", "--device", "cpu"], "header declares",
+            started=True)
+    assert main(["deepliif", "ihc.png", "-o", "cells", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    refused(work, capsys, ["deepliif", "ihc.png", "-o", "cells", "--device", "cpu"], "add --overwrite")
+    assert main(["deepliif", "ihc.png", "-o", "cells", "--device", "cpu", "--overwrite"]) == 0
+
+
+def test_an_error_after_a_half_drawn_bar_starts_on_its_own_line():
+    import io
+
+    from napari_virtual_stain.cli.progress import TextProgress, end_open_lines
+
+    stream = io.StringIO()
+    bar = TextProgress("predict", stream=stream)
+    bar(1, 4)
+    end_open_lines()
+    assert stream.getvalue().endswith("\n") and stream.getvalue().count("\n") == 1
+    end_open_lines()  # nothing left open: nothing more written
+    assert stream.getvalue().count("\n") == 1
+
+
+def test_evaluate_on_a_truth_without_cells_says_the_scores_are_undefined(work, capsys):
+    import imageio.v3 as iio
+
+    iio.imwrite("empty.png", np.zeros((16, 16, 3), np.uint8))
+    assert main(["evaluate", "empty.png", "empty.png", "--json", "e.json", "--no-baseline"]) == 0
+    err = capsys.readouterr().err
+    assert "holds no cells" in err and "RuntimeWarning" not in err
+    scores = json.loads(Path("e.json").read_text())  # strict JSON: json.loads takes NaN, so look for null
+    assert scores["mean"]["dice"] is None and "NaN" not in Path("e.json").read_text()
+
+
+def test_nan_pixels_are_warned_about_in_training_and_imputation(work, capsys):
+    data = good_stack(seed=0).astype(np.float32)
+    data[:, :8] = np.nan
+    save_tiff("nan-stack.tif", data, "CYX", MARKERS)
+    assert main(["impute", "nan-stack.tif", "--models", "imputers", "--marker", "CD3", "-o", "i.tif",
+                 "--device", "cpu"]) == 0
+    assert "are NaN or infinite" in capsys.readouterr().err
+    grey = np.random.default_rng(1).random((96, 96)).astype(np.float32)
+    grey[:4] = np.nan
+    tifffile.imwrite("nan-grey.tif", grey)
+    assert main(["train", "nan-grey.tif", "target.tif", "--arch", "unet", "--patch", "32", "--steps", "1",
+                 "--device", "cpu", "-o", "n.pt", "--arch-args", '{"depth": 2, "base": 4}']) == 0
+    assert "4.2% of the pixels of nan-grey.tif are NaN" in capsys.readouterr().err

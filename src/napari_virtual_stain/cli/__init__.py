@@ -16,6 +16,7 @@ import sys
 import traceback
 
 from ..errors import Cancelled, VirtualStainError, plain_text
+from .progress import end_open_lines
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -32,12 +33,23 @@ COMMAND_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one sentence on stderr and exit status 2, as every other user error.
+
+    argparse's own ``error`` prints the whole usage block first, which buries the sentence that
+    says what to change; ``--help`` still shows the usage.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="virtual-stain",
         description="Virtual staining, DeepLIIF and MAXIM imputation for microscopy images.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
@@ -56,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
     except VirtualStainError as err:
         print(f"virtual-stain {args.command}: error: {plain_text(err, 1000)}", file=sys.stderr)
         return 2
@@ -77,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virtual-stain {args.command}: internal error ({type(err).__name__}: {first}); this is a bug, "
               "please report it with VIRTUAL_STAIN_DEBUG=1 set for the full traceback.", file=sys.stderr)
         return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return int(args.func(args) or 0)
+    except BaseException:
+        end_open_lines()  # the error message starts on its own line, not after a half-drawn bar
+        raise
 
 
 if __name__ == "__main__":

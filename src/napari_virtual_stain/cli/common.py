@@ -82,6 +82,18 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def cluster_spec(text: str) -> str:
+    """``--cluster``'s value, checked as it is read: ``local:N`` or a scheduler address."""
+    from ..engine.distributed import parse_cluster
+
+    try:
+        parse_cluster(text)
+    except InputError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither local:N (N worker processes here, at least 1) "
+                                         "nor a dask scheduler address like tcp://HOST:PORT") from None
+    return text
+
+
 def add_axes_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--axes", default=None, metavar="AXES",
                    help="read the input's axes as these letters instead of what the file says, one per axis "

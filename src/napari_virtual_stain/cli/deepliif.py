@@ -27,7 +27,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import _ints
+from .common import _ints, cluster_spec
 from .deepliif_args import add_threshold_arguments
 from .progress import TextProgress
 
@@ -47,10 +47,11 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
                    help="default fp32: bf16 moves segmentation pixels across the threshold and changes cell "
                         "counts by a few percent (bench/RESULTS.md)")
-    p.add_argument("--cluster", default=None, metavar="WHERE",
+    p.add_argument("--cluster", type=cluster_spec, default=None, metavar="WHERE",
                    help="one task per input on local:N (N worker processes here) or tcp://HOST:PORT (an existing "
                         "dask scheduler; workers need this package and the model)")
     add_threshold_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an input's files already in the output folder")
     p.set_defaults(func=run)
 
 
@@ -67,7 +68,7 @@ def settings_from(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..io.outputs import check_output_folder
-    from ..workflows.deepliif_files import deepliif_file
+    from ..workflows.deepliif_files import deepliif_file, plan_inputs
 
     # Everything the user gave is checked before any network runs or any file is written.
     settings = settings_from(args)
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if wants_scale_out(args):
         return run_many(args, settings)
     out_dir = check_output_folder(args.output, inputs=[args.input])
+    plan_inputs([(Path(args.input), Path(args.input).stem)], out_dir, overwrite=args.overwrite)
     info = deepliif_file(args.input, str(out_dir), asdict(settings), progress=TextProgress("deepliif"),
                          log=lambda line: print(line, file=sys.stderr))
     _say(info, out_dir)
@@ -100,7 +102,8 @@ def run_many(args: argparse.Namespace, settings) -> int:
 
     sources = expand_inputs([args.input, *args.more_inputs])
     print(f"{len(sources)} IHC image(s) -> {args.output} on {args.cluster or 'this process'}", file=sys.stderr)
-    results = deepliif_many(settings, sources, args.output, cluster=args.cluster, progress=TextProgress("deepliif"))
+    results = deepliif_many(settings, sources, args.output, cluster=args.cluster, progress=TextProgress("deepliif"),
+                            overwrite=args.overwrite)
     for info in results:
         _say(info, args.output)
     return 0

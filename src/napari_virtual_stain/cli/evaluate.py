@@ -77,6 +77,9 @@ def read_ihc(truth_path: Path, ihc: Path | None) -> np.ndarray | None:
 
 
 def pairs(prediction: Path, truth: Path) -> list[tuple[str, Path, Path]]:
+    for what, path in (("prediction", prediction), ("ground truth", truth)):
+        if not path.exists():
+            raise InputError(f"There is no {what} file or folder at {path}.")
     if truth.is_file() and prediction.is_file():
         return [(truth.stem, prediction, truth)]
     if not (truth.is_dir() and prediction.is_dir()):
@@ -94,7 +97,18 @@ def pairs(prediction: Path, truth: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _mean(results: dict) -> dict:
-    return {c: round(float(np.nanmean([r[c] for r in results.values()])), 4) for c in COLUMNS}
+    """Each score's mean over the images where it is defined (nan where it is nowhere)."""
+    means = {}
+    for c in COLUMNS:
+        values = [float(r[c]) for r in results.values() if np.isfinite(r[c])]
+        means[c] = round(float(np.mean(values)), 4) if values else float("nan")
+    return means
+
+
+def _strict(scores: dict) -> dict:
+    """Scores for a JSON file: an undefined score (nan) is null, as strict JSON readers expect."""
+    return {k: (_strict(v) if isinstance(v, dict) else (v if not isinstance(v, float) or np.isfinite(v) else None))
+            for k, v in scores.items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{pred_path.name} is {pred.shape[1]} x {pred.shape[0]} but {true_path.name} is "
                              f"{true.shape[1]} x {true.shape[0]}: masks must have the same size.")
         results[name] = classified_mask_scores(pred, true)
+        if not np.isfinite(results[name]["dice"]):
+            print(f"warning: {true_path.name}: the ground truth holds no cells, so Dice, IoU and AJI are undefined "
+                  "there (nan) and left out of the mean", file=sys.stderr)
         ihc = None if args.no_baseline else read_ihc(true_path, ihc_source)
         if ihc is not None:
             if ihc.shape != true.shape:
@@ -135,6 +152,6 @@ def run(args: argparse.Namespace) -> int:
         if baseline:
             payload["classical"] = {"images": baseline, "mean": _mean(baseline),
                                     "method": "rgb2hed + Li threshold + watershed, DeepLIIF's positive rule on DAB"}
-        write_json_atomic(args.json, payload, indent=1)
+        write_json_atomic(args.json, _strict(payload), indent=1, allow_nan=False)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.outputs import JSON_OUTPUT_SUFFIXES, OutputTransaction, check_output_file, check_output_folder
-from .common import add_axes_argument, non_negative_int, positive_float, positive_int, unit_interval
+from .common import add_axes_argument, cluster_spec, non_negative_int, positive_float, positive_int, unit_interval
 from .progress import TextProgress
 
 
@@ -32,7 +32,7 @@ def _names(text: str) -> list[str]:
 
 
 def _add_cluster_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", default=None, metavar="WHERE",
+    p.add_argument("--cluster", type=cluster_spec, default=None, metavar="WHERE",
                    help="one task per stack on local:N (N worker processes here) or tcp://HOST:PORT (an existing "
                         "dask scheduler; workers need this package and the imputer folder)")
 
@@ -77,6 +77,7 @@ def register(sub) -> None:
     p.add_argument("--missing", nargs="+", default=(), help="input markers to treat as failed (fed as zeros)")
     p.add_argument("-o", "--output", required=True, help="output TIFF (one channel, values 0-1); a folder for "
                                                        "several stacks")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     _add_cluster_argument(p)
     _add_stack_arguments(p)
     p.set_defaults(func=run_impute)
@@ -171,10 +172,11 @@ def run_impute(args: argparse.Namespace) -> int:
     settings = settings_from(args, args.models)
     one_file = not (args.more_stacks or args.cluster or _names_many(args.stack))
     if one_file:  # the one-file path: any -o ending in .tif, checked as always
-        pairs = [(args.stack, check_output_file(args.output, inputs=[args.stack]))]
+        pairs = [(args.stack, check_output_file(args.output, inputs=[args.stack], overwrite=args.overwrite))]
     settings.validate(workflow.IMPUTE)
     if not one_file:
-        pairs = plan_impute(expand_stacks([args.stack, *args.more_stacks]), args.output, settings)
+        pairs = plan_impute(expand_stacks([args.stack, *args.more_stacks]), args.output, settings,
+                            overwrite=args.overwrite)
         print(f"{len(pairs)} stack(s) -> {args.output} on {args.cluster or 'this process'}", file=sys.stderr)
     single = len(pairs) == 1 and not args.cluster
     results = impute_many(settings, pairs, cluster=args.cluster, names=args.names, axes=args.axes,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..io.ome_zarr_reader import ZARR_SUFFIXES, is_zarr_folder
+from .common import cluster_spec, positive_int
 from .progress import TextProgress
 
 
@@ -19,10 +20,10 @@ def add_scale_out_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("more_inputs", nargs="*", metavar="MORE",
                    help="more inputs: with several inputs, a folder, a glob ('fields/*.tif') or an HCS plate "
                         "(.zarr), -o is a folder that receives one output per input")
-    p.add_argument("--cluster", default=None, metavar="WHERE",
+    p.add_argument("--cluster", type=cluster_spec, default=None, metavar="WHERE",
                    help="run one task per input on local:N (N worker processes here) or tcp://HOST:PORT "
                         "(an existing dask scheduler; workers need this package and the model's file)")
-    p.add_argument("--band-rows", type=int, default=None, metavar="N",
+    p.add_argument("--band-rows", type=positive_int, default=None, metavar="N",
                    help="cut one big 2D image into bands of N rows, one task each (with --cluster, bands run "
                         "on several workers); the output equals a one-process run")
     p.add_argument("--output-format", default="tiff", choices=["tiff", "ome-zarr"],
@@ -59,7 +60,7 @@ def predict_many(args: argparse.Namespace) -> int:
     if wants_plate_output([args.input, *args.more_inputs], args.output):
         return _predict_plate(settings, args)
     sources = expand_inputs([args.input, *args.more_inputs])
-    pairs = plan_outputs(sources, args.output, args.output_format, model=args.model)
+    pairs = plan_outputs(sources, args.output, args.output_format, model=args.model, overwrite=args.overwrite)
     where = args.cluster or "this process"
     if args.band_rows is not None:
         from ..errors import InputError

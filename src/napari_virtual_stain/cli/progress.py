@@ -5,6 +5,18 @@ from __future__ import annotations
 import sys
 import time
 
+# Streams on which a bar is drawn but its line not yet ended: an error that stops the run
+# starts on a line of its own (end_open_lines) instead of after the half-drawn bar.
+_unfinished: set = set()
+
+
+def end_open_lines() -> None:
+    """End the line of every bar left half-drawn (called before an error is printed)."""
+    for stream in list(_unfinished):
+        stream.write("\n")
+        stream.flush()
+    _unfinished.clear()
+
 
 class TextProgress:
     """Callable ``progress(done, total)`` that draws a bar on stderr, at most ~10 times a second."""
@@ -30,4 +42,7 @@ class TextProgress:
         self.stream.write(line)
         if done >= total:
             self.stream.write("\n")
+            _unfinished.discard(self.stream)
+        else:
+            _unfinished.add(self.stream)
         self.stream.flush()

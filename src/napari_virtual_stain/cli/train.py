@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.outputs import check_output_file
+from ..tasks.arrays import nan_fraction
 from .common import add_axes_argument, fraction, non_negative_float, positive_float, positive_int, sizes, unit_interval
 
 
@@ -203,6 +204,11 @@ def run(args: argparse.Namespace) -> int:
         settings.arch, settings.from_model = None, str(output)
     image = image_from_file(args.input, args.axes)
     targets = [image_from_file(path) for path in args.targets]
+    for path, read in zip([args.input, *args.targets], [image, *targets]):
+        share = nan_fraction(read.data)
+        if share > 0:
+            print(f"warning: {share:.1%} of the pixels of {Path(path).name} are NaN or infinite; training treats "
+                  "them as 0", file=sys.stderr)
     trainer = workflow.prepare(settings, image, targets, resume=output if args.resume else None, best_path=output)
     card, trainer_start = trainer.card, trainer.step
     shape = "x".join(map(str, trainer.train_data.shapes[0]))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from .ome_zarr_reader import ZARR_SUFFIXES, is_zarr_folder
-from .outputs import _check_not_an_input, _check_writable_place
+from .outputs import _check_not_an_input, _check_writable_place, refuse_existing
 from .tiff_metadata import bool_as_uint8, output_layout
 
 # Pyramid levels are added (each half the size in Y and X) until the largest side fits this.
@@ -25,7 +25,7 @@ SMALLEST_LEVEL_SIDE = 256
 FORMATS = ("0.4", "0.5")
 
 
-def check_output_store(path, *, inputs=(), label: str = "output") -> Path:
+def check_output_store(path, *, inputs=(), label: str = "output", overwrite: bool = True) -> Path:
     """Check that a command may write the OME-Zarr store ``path`` (a folder ending in .zarr)."""
     if path is None or str(path).strip() == "":
         raise InputError(f"The {label} store name is empty.")
@@ -36,6 +36,7 @@ def check_output_store(path, *, inputs=(), label: str = "output") -> Path:
         # never replace a folder of someone's files because its name ends in .zarr
         raise InputError(f"The {label} {path} exists and is not a zarr store: choose another name.")
     _check_not_an_input(path, inputs, label)
+    refuse_existing(path, overwrite, label)
     _check_writable_place(path, label)
     return path
 

@@ -72,9 +72,9 @@ def _check_writable_place(path: Path, label: str) -> None:
 
 def _check_not_an_input(path: Path, inputs: Iterable[PathLike], label: str) -> None:
     for given in inputs:
-        if given is None:
-            continue
-        given = Path(given)
+        if given is None or not Path(given).expanduser().exists():
+            continue  # nothing to protect: reading it says that it is missing, the true cause
+        given = Path(given).expanduser()
         if _same_file(path, given):
             raise InputError(f"The {label} {path} is also an input: choose another name, "
                              "inputs are never overwritten.")
@@ -82,11 +82,19 @@ def _check_not_an_input(path: Path, inputs: Iterable[PathLike], label: str) -> N
             raise InputError(f"The {label} {path} lies inside the input {given}: choose a place outside it.")
 
 
+def refuse_existing(path: Path, overwrite: bool, label: str = "output") -> None:
+    """An output that is already there is earlier work: replaced only when the user says so."""
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise InputError(f"The {label} {path} already exists; add --overwrite to replace it.")
+
+
 def check_output_file(path: PathLike, *, inputs: Iterable[PathLike] = (),
-                      suffixes: Sequence[str] | None = TIFF_OUTPUT_SUFFIXES, label: str = "output") -> Path:
+                      suffixes: Sequence[str] | None = TIFF_OUTPUT_SUFFIXES, label: str = "output",
+                      overwrite: bool = True) -> Path:
     """Check that a command may write the file ``path``; returns it as a Path.
 
-    ``suffixes``: the endings the file may have (None: any), e.g. ``(".tif", ".tiff")``.
+    ``suffixes``: the endings the file may have (None: any), e.g. ``(".tif", ".tiff")``;
+    ``overwrite`` False refuses a file that exists (the commands' ``--overwrite`` flag).
     """
     if path is None or str(path).strip() == "":
         raise InputError(f"The {label} file name is empty.")
@@ -99,6 +107,7 @@ def check_output_file(path: PathLike, *, inputs: Iterable[PathLike] = (),
     if path.exists() and not path.is_file():
         raise InputError(f"The {label} {path} exists and is not a regular file.")
     _check_not_an_input(path, inputs, label)
+    refuse_existing(path, overwrite, label)
     _check_writable_place(path, label)
     return path
 
@@ -204,6 +213,25 @@ class OutputTransaction:
             self.commit()
         else:
             self.abort()
+
+
+@contextmanager
+def staged_together(targets: Sequence[PathLike]) -> Iterator[list[Path]]:
+    """Where the tasks of one run write ``targets`` so that all of them appear at the end, or none.
+
+    Several targets in one folder are written into a hidden staging folder beside them
+    (:class:`StagedOutputs`) and moved in together when the block ends without an error; a
+    failure in the last task removes the earlier tasks' results and leaves the folder as it
+    was, files that were there before included. A single target is written where it is (each
+    writer is atomic on its own).
+    """
+    targets = [Path(t).expanduser() for t in targets]
+    folders = {t.parent for t in targets}
+    if len(targets) < 2 or len(folders) != 1:
+        yield targets
+        return
+    with StagedOutputs(folders.pop()) as out:
+        yield [out.path(t.name) for t in targets]
 
 
 def write_json_atomic(path: PathLike, payload, **dump_kwargs) -> Path:

@@ -8,6 +8,8 @@ renames it into place, so a crash during a save never corrupts the previous file
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,12 +44,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict]:
     if not path.is_file():
         raise CheckpointError(f"There is no model file at {path}.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for junk (UnpicklingError, struct.error, ...)
+        with warnings.catch_warnings():  # torch's remarks on a foreign pickle's protocol: the error below says it
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's own text is a page on weights_only; one sentence instead
+        raise CheckpointError(
+            f"{path.name} is not a readable napari-virtual-stain model: it is corrupt, or it holds Python "
+            "objects that would have to run code to load, which is never done."
+        ) from err
+    except Exception as err:  # torch raises many types for junk (struct.error, RuntimeError, EOFError, ...)
         first = plain_text(err, 200) or type(err).__name__
         raise CheckpointError(
-            f"{path.name} is not a readable napari-virtual-stain model (corrupt, truncated, "
-            f"or it would need to run code to load): {first}"
+            f"{path.name} is not a readable napari-virtual-stain model (corrupt or truncated): {first}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(

@@ -87,8 +87,11 @@ def deepliif_file(source: str, out_dir: str, settings: dict, stem: str | None = 
     return {"input": str(source), "stem": stem, **info}
 
 
-def plan_inputs(sources: Sequence[tuple[Path, str]], out_dir: str | Path, model: str | None = None) -> Path:
+def plan_inputs(sources: Sequence[tuple[Path, str]], out_dir: str | Path, model: str | None = None,
+                overwrite: bool = True) -> Path:
     """Check the output folder and that no two inputs would write the same files.
+
+    ``overwrite`` False refuses an input whose files are already in the folder (its ``<stem>.json``).
 
     :func:`deepliif_many` makes the folder before any task starts (once the cluster answers),
     so tasks finishing together each move their own files into it.
@@ -96,12 +99,16 @@ def plan_inputs(sources: Sequence[tuple[Path, str]], out_dir: str | Path, model:
     inputs = [s for s, _ in sources] + ([model] if model else [])
     folder = check_output_folder(out_dir, inputs=inputs)
     check_distinct({f"files of {source}": folder / f"{stem}.json" for source, stem in sources})
+    for _, stem in sources:
+        if not overwrite and (folder / f"{stem}.json").exists():
+            raise InputError(f"{folder} already holds the results of {stem} ({stem}.json and its images); "
+                             "add --overwrite to replace them.")
     return folder
 
 
 def deepliif_many(settings: workflow.DeepLIIFSettings, sources: Sequence[tuple[Path, str]], out_dir: str | Path, *,
                   cluster: str | None = None, progress: Callable[[int, int], None] | None = None,
-                  cancel=None) -> list[dict]:
+                  cancel=None, overwrite: bool = True) -> list[dict]:
     """DeepLIIF on every ``(source, stem)``, here (``cluster`` None), on ``local:N`` or ``tcp://HOST:PORT``.
 
     Returns one scoring per input, in order. A model name from this user's model folder is sent
@@ -110,14 +117,16 @@ def deepliif_many(settings: workflow.DeepLIIFSettings, sources: Sequence[tuple[P
     from ..models.registry import model_kind, model_location
 
     settings.validate()
-    folder = plan_inputs(sources, out_dir, settings.model)
+    folder = plan_inputs(sources, out_dir, settings.model, overwrite=overwrite)
     values = asdict(settings)
     if model_kind(settings.model) == "checkpoint":
         values["model"] = str(model_location(settings.model).resolve())
-    jobs = [(str(source), str(folder), values, stem) for source, stem in sources]
     with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
         if client is not None:
             check_environment(client, deepliif_file.__module__)
-        folder.mkdir(parents=True, exist_ok=True)  # not before: a cluster that cannot run the tasks leaves nothing
-        return run_jobs(deepliif_file, jobs, client=client, names=[str(s) for s, _ in sources],
-                        progress=progress, cancel=cancel)
+        # Every task writes into one hidden staging folder (not before: a cluster that cannot run
+        # the tasks leaves nothing); its files move into the output folder when all are done.
+        with StagedOutputs(folder) as staged:
+            jobs = [(str(source), str(staged.stage), values, stem) for source, stem in sources]
+            return run_jobs(deepliif_file, jobs, client=client, names=[str(s) for s, _ in sources],
+                            progress=progress, cancel=cancel)

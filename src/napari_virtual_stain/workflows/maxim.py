@@ -125,6 +125,9 @@ class MaximSettings(Remembered):
             found.append("Choose a folder of imputers and the target marker first.")
         elif folder is not None and not Path(folder).is_dir():
             found.append(f"There is no model folder at {folder}.")
+        if action in ONE_MARKER and self.marker and self.marker in self.missing:
+            found.append(f"{self.marker} is the marker to impute and is also given as missing: the missing "
+                         "markers are the other inputs that failed.")
         if action == CELLS:
             if self.expand < 0:
                 found.append(f"Nuclei can be grown by 0 or more pixels, not {self.expand}.")

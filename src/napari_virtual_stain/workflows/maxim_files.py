@@ -23,9 +23,10 @@ from ..engine.distributed import LOCAL_WORKER_ENV, check_environment, connect, r
 from ..engine.predictor_cache import file_stamp
 from ..errors import InputError
 from ..io.outputs import (JSON_OUTPUT_SUFFIXES, OutputTransaction, check_distinct, check_output_file,
-                          check_output_folder)
+                          check_output_folder, staged_together)
 from . import maxim as workflow
 from .maxim_results import qc_summary
+from ..tasks.arrays import nan_fraction
 from .stain_files import expand_inputs, plan_outputs
 
 IMPUTE, QC = "impute", "qc"
@@ -114,6 +115,10 @@ def impute_file(source: str, target: str, settings: dict, names: list[str] | Non
     settings.validate(workflow.IMPUTE)
     markers, size = read_markers(source, names, axes)
     imputer, problems = imputers_for(settings, IMPUTE)
+    share = nan_fraction(markers.read()[0])
+    if share > 0:
+        problems = (*problems, f"{share:.1%} of the pixels of {Path(source).name} are NaN or infinite; the imputer "
+                               "took them as 0")
     result = workflow.impute(settings, markers, imputer=imputer, progress=progress)
     # One plane: written as Y, X (a one-entry channel axis does not survive a round trip).
     save_tiff(target, result.data.astype(np.float32), "YX", None, size)
@@ -166,12 +171,14 @@ def _jobs_settings(settings: workflow.MaximSettings, cluster: str | None) -> dic
     return values
 
 
-def plan_impute(sources: Sequence[tuple[Path, str, str]], output: str, settings: workflow.MaximSettings):
+def plan_impute(sources: Sequence[tuple[Path, str, str]], output: str, settings: workflow.MaximSettings,
+                overwrite: bool = True):
     """``(source, target)`` pairs: ``output`` itself for one stack and a .tif name, else a folder
-    receiving ``<stem>_<marker>.tif`` per stack; every target checked, none twice."""
+    receiving ``<stem>_<marker>.tif`` per stack; every target checked, none twice (and, with
+    ``overwrite`` False, none already there)."""
     marker = str(settings.marker or "imputed")
     return plan_outputs([(s, f"{stem}_{marker}") for s, stem, _ in sources], output, "tiff",
-                        model=settings.imputer_folder())
+                        model=settings.imputer_folder(), overwrite=overwrite)
 
 
 def impute_many(settings: workflow.MaximSettings, pairs: Sequence[tuple[Path, Path]], *, cluster: str | None = None,
@@ -186,10 +193,15 @@ def impute_many(settings: workflow.MaximSettings, pairs: Sequence[tuple[Path, Pa
     settings.validate(workflow.IMPUTE)
     values = _jobs_settings(settings, cluster)
     imputers_for(workflow.MaximSettings(**values), IMPUTE)  # a wrong folder or marker is said before any work
-    jobs = [(str(s), str(t), values, names, axes, tile_progress if cluster is None else None) for s, t in pairs]
-    with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
-        return run_jobs(impute_file, jobs, client=client, names=[str(s) for s, _ in pairs], progress=progress,
-                        cancel=cancel)
+    with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client, \
+            staged_together([t for _, t in pairs]) as staged:  # a failing last stack leaves no earlier output
+        jobs = [(str(s), str(t), values, names, axes, tile_progress if cluster is None else None)
+                for (s, _), t in zip(pairs, staged)]
+        results = run_jobs(impute_file, jobs, client=client, names=[str(s) for s, _ in pairs], progress=progress,
+                           cancel=cancel)
+    for result, (_, target) in zip(results, pairs):  # where each output is now, not where it was staged
+        result["output"] = str(target)
+    return results
 
 
 def plan_qc(sources: Sequence[tuple[Path, str, str]], output: str, maps: str | None,
@@ -240,8 +252,12 @@ def qc_many(settings: workflow.MaximSettings, sources: Sequence[tuple[Path, str,
     with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
         if client is not None:
             check_environment(client, qc_file.__module__)
-        if reports and reports[0] is not None:  # not before: a cluster that cannot run the tasks leaves nothing
-            Path(reports[0]).parent.mkdir(parents=True, exist_ok=True)
-        results = run_jobs(qc_file, jobs, client=client, names=[str(s) for s, _, _ in sources], progress=progress,
-                           cancel=cancel)
+        own_reports = [r for r in reports if r is not None]
+        # Each stack's report is staged (not before: a cluster that cannot run the tasks leaves
+        # nothing) and all of them move into the folder together when every stack is done.
+        with staged_together(own_reports) as staged:
+            where = iter(staged)
+            jobs = [job[:5] + ((str(next(where)) if job[5] is not None else None),) + job[6:] for job in jobs]
+            results = run_jobs(qc_file, jobs, client=client, names=[str(s) for s, _, _ in sources],
+                               progress=progress, cancel=cancel)
     return results, list(problems)

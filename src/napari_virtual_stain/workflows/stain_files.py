@@ -20,7 +20,7 @@ import numpy as np
 from ..engine.distributed import LOCAL_WORKER_ENV, connect, reads_with_own_threads, run_jobs
 from ..errors import InputError
 from ..io.ome_zarr_reader import ZARR_SUFFIXES, is_plate, is_zarr_folder, plate_fields, read_ome_zarr
-from ..io.outputs import check_distinct, check_output_file, check_output_folder
+from ..io.outputs import check_distinct, check_output_file, check_output_folder, staged_together
 from ..io.tiff_reader import OTHER_IMAGE_SUFFIXES, TIFF_SUFFIXES, image_suffix
 from ..models.zwindow import z_window
 from ..tasks.arrays import layout_for
@@ -76,11 +76,12 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
 
 
 def plan_outputs(sources: list[tuple[Path, str]], output: str | os.PathLike, output_format: str = "tiff",
-                 model: str | None = None) -> list[tuple[Path, Path]]:
+                 model: str | None = None, overwrite: bool = True) -> list[tuple[Path, Path]]:
     """``(source, target)`` pairs, every target checked before any work starts.
 
     One source and an ``output`` that names a file (``.tif``/``.ome.zarr``): that file.
     Otherwise ``output`` is a folder that receives ``<stem><suffix>`` per source.
+    ``overwrite`` False refuses a target that exists.
     """
     from ..io.ome_zarr_writer import check_output_store
 
@@ -98,9 +99,9 @@ def plan_outputs(sources: list[tuple[Path, str]], output: str | os.PathLike, out
         targets = [folder / f"{stem}{OUTPUT_FORMATS[output_format]}" for _, stem in sources]
     for target in targets:
         if target.name.lower().endswith(ZARR_SUFFIXES):
-            check_output_store(target, inputs=inputs)
+            check_output_store(target, inputs=inputs, overwrite=overwrite)
         else:
-            check_output_file(target, inputs=inputs)
+            check_output_file(target, inputs=inputs, overwrite=overwrite)
     check_distinct({f"output for {s}": t for (s, _), t in zip(sources, targets)})
     return [(s, t) for (s, _), t in zip(sources, targets)]
 
@@ -109,6 +110,10 @@ def channels_first(image, card, channel: str | None):
     """The image's data as the model takes it, and whether it is RGB (one channel picked for one-channel models)."""
     data, axes = image.data, image.axes
     rgb = axes.endswith("S")
+    if channel is not None and "C" not in axes and str(channel) != "0":
+        raise InputError(f"--channel {channel} picks one channel of a multi-channel file, but "
+                         f"{Path(image.source_path).name} has a single channel ({axes} {tuple(data.shape)}); "
+                         "leave --channel out.")
     if card.n_in == 1 and not rgb and "C" in axes:
         c, n, names = axes.index("C"), int(data.shape[axes.index("C")]), list(image.channel_names)
         if channel is None and n != 1:
@@ -208,10 +213,14 @@ def stain_many(settings: workflow.StainSettings, pairs: list[tuple[Path, Path]],
     workers need the same file system (or the same installed models), not the same settings.
     """
     values = _settings_for_workers(settings)
-    jobs = [(str(s), str(t), values, channel, axes) for s, t in pairs]
-    with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:
-        return run_jobs(stain_file, jobs, client=client, names=[str(s) for s, _ in pairs],
-                        progress=progress, cancel=cancel)
+    with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client, \
+            staged_together([t for _, t in pairs]) as staged:  # a failing last input leaves no earlier output
+        jobs = [(str(s), str(t), values, channel, axes) for (s, _), t in zip(pairs, staged)]
+        results = run_jobs(stain_file, jobs, client=client, names=[str(s) for s, _ in pairs],
+                           progress=progress, cancel=cancel)
+    for result, (_, target) in zip(results, pairs):  # where each output is now, not where it was staged
+        result["output"] = str(target)
+    return results
 
 
 def plan_plate(plate: str | os.PathLike, output: str | os.PathLike, model: str | None = None):
