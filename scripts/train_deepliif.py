@@ -65,6 +65,7 @@ SEG_CLASS_WEIGHTS = (1.0, 1.0, 2.0)  # background, negative, positive (rarer); t
 MODALITY_WEIGHT = 5.0
 SMOOTH_L1_BETA = 0.5  # paper 001 eq. 3: quadratic below 0.5
 CLASSICAL_PREFIX = "classical"
+DAB_ROW = "positive from the DAB vote"
 
 
 def load_real(data: Path, val_rows: int, hold_out_image: str | None = None):
@@ -329,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--score-only", action="store_true", help="re-score an existing --out model")
+    p.add_argument("--positive-from", choices=("network", "dab"), default="network",
+                   help="what the card asks positive cells to come from: the network's red/blue (deepliif's "
+                        "rule) or the IHC's DAB vote in the network's cells (tasks/deepliif_dab_vote.py); the "
+                        "report scores both")
     p.add_argument("--init", type=Path, default=None,
                    help="start from this deepliif-unet model (fine-tune it on --data) instead of random weights")
     args = p.parse_args(argv)
@@ -340,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_virtual_stain.tasks.deepliif_calibration import calibrate, card_entry
     from napari_virtual_stain.tasks.deepliif_cells import CARD_KEY, SEG_THRESHOLD_DEFAULT, Thresholds
     from napari_virtual_stain.tasks.deepliif_classical import classical_maps
+    from napari_virtual_stain.tasks.deepliif_dab_vote import NETWORK
     from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, network_method
     from napari_virtual_stain.training.deepliif_samples import synthetic_sources
 
@@ -407,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{CLASSICAL}, thresholds chosen the same way ({describe_thresholds(classical_own)})"
         methods[label], thresholds[label] = classical_maps, classical_own
     for label, (net, net_card) in networks.items():
-        method = network_method(Predictor(net, net_card, device="cpu", precision="fp32"))
+        # the network's own classes: the thresholds are chosen on them, and the DAB vote redraws their maps
+        method = network_method(Predictor(net, net_card, device="cpu", precision="fp32"), positive_from=NETWORK)
         timed[label] = method
         cached = remember_maps(method)
         own, calibration = calibrate(cached, train_rows)
@@ -417,11 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         methods[f"{label}, deepliif's thresholds"] = cached
         own_label = f"{label}, own thresholds ({describe_thresholds(own)})"
         methods[own_label], thresholds[own_label] = cached, own
+        dab_label = f"{label}, own thresholds, {DAB_ROW}"
+        methods[dab_label], thresholds[dab_label] = with_dab_vote(cached), own
         thresholds[label] = own  # the speed line's cells
     text, tables = report(methods, thresholds, timed, held_out, train_rows, info)
     print(text, flush=True)
     own, calibration = chosen[f"{card.name} (this model)"]
-    card.extra[CARD_KEY] = card_entry(own, f"training rows ({row_names(train_rows)})")
+    card.extra[CARD_KEY] = card_entry(own, f"training rows ({row_names(train_rows)})", args.positive_from)
     card.description = describe_card(card, sum(q.numel() for q in model.parameters()) / 1e6,
                                      [name for name in train_rows], held_out_words,
                                      info.get("synthetic_fields", args.synthetic), tables)
@@ -450,12 +459,15 @@ def describe_card(card, params_m: float, real_names: list[str], held_out_words: 
     from napari_virtual_stain.tasks.deepliif_cells import CARD_KEY
 
     own = card.extra.get(CARD_KEY, {})
+    dab = own.get("positive_from") == "dab"
 
     def scores(table: str) -> str:
         rows = tables.get(table, {})
         pick = lambda *words: next((v["mean"] for k, v in rows.items() if all(w in k for w in words)), None)
+        own_row = [("own thresholds, DAB vote", ("this model", "own thresholds", DAB_ROW))] if dab else []
+        own_row.append(("own thresholds", ("this model", "own thresholds")))
         found = [(what, pick(*words)) for what, words in (
-            ("own thresholds", ("this model", "own thresholds")), ("deepliif's", ("this model", "deepliif's")),
+            own_row[0], ("deepliif's", ("this model", "deepliif's")),
             ("classical", (CLASSICAL_PREFIX,)))]
         return "; ".join(f"{what} {m['dice']:.2f} / {m['aji']:.2f} / {m['percent_positive_diff']:.1f}"
                          for what, m in found if m is not None)
@@ -467,10 +479,24 @@ def describe_card(card, params_m: float, real_names: list[str], held_out_words: 
             f"{own.get('segmentation')}, size {own.get('size')}"
             + (f", touching nuclei split at {own['split']} px deep distance peaks" if own.get("split") else "")
             + ") were chosen on its training rows; deepliif's "
-            "defaults suit deepliif's own networks. Dice / AJI / |diff % positive| on its held-out rows: "
+            "defaults suit deepliif's own networks."
+            + (" Which cells are positive comes from the IHC's own DAB (colour deconvolution, in the network's "
+               "cells), not from the network's colours: on unseen tissue that was closer to the truth." if dab else "")
+            + " Dice / AJI / |diff % positive| on its held-out rows: "
             f"{scores('held_out')}; against the released DeepLIIF model's answers on two unseen images: "
             f"{scores('released_model_agreement')}. Two real images are little: check its counts on your slides, "
             "or fine-tune it.")
+
+
+def with_dab_vote(method):
+    """``method`` with each cell pixel's positive/negative redrawn from the IHC's DAB vote (its cells unchanged)."""
+    from napari_virtual_stain.tasks.deepliif_dab_vote import redraw_whole
+
+    def run(rgb):
+        seg, marker = method(rgb)
+        return redraw_whole(rgb, seg), marker
+
+    return run
 
 
 def remember_maps(method):

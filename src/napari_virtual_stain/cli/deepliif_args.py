@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ..tasks.deepliif_cells import AUTO, MODEL, RESOLUTIONS, SEG_THRESHOLD_DEFAULT
+from ..tasks.deepliif_dab_vote import POSITIVE_FROM
 from ..workflows.deepliif import DEEPLIIF_TILE, DeepLIIFSettings
 
 
@@ -61,6 +62,10 @@ def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-nuclei", type=_upper, default=MODEL, metavar="PX",
                    help="split touching nuclei at distance-transform peaks at least PX pixels deep, or 'none' "
                         "(deepliif's rules); default: the model's (none for release folders and maps)")
+    p.add_argument("--positive-from", default=MODEL, choices=(MODEL, *POSITIVE_FROM),
+                   help="which cells are positive: 'network' (deepliif's rule: the network's red against blue), "
+                        "'dab' (the IHC's own DAB, by colour deconvolution, in the network's cells); default: the "
+                        "model's (deepliif's rule for release folders)")
     p.add_argument("--resolution", default="auto", choices=("auto",) + RESOLUTIONS,
                    help="scan magnification for the automatic size rule; auto (default) = deepliif's rule from "
                         f"the tile size (40x above 384 px, 20x above 192, else 10x; {DEEPLIIF_TILE} -> 40x)")
@@ -71,4 +76,5 @@ def cell_settings_from(args: argparse.Namespace, tile: int | None = None) -> Dee
     ``tile``: the tile size deepliif ran with (it sets the automatic magnification)."""
     return DeepLIIFSettings(seg_threshold=args.seg_thresh, size=args.size_thresh, size_upper=args.size_thresh_upper,
                             marker=args.marker_thresh, resolution=args.resolution, split=args.split_nuclei,
+                            positive_from=args.positive_from,
                             tile=None if tile is None else (int(tile),))

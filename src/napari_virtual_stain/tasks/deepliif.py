@@ -27,6 +27,7 @@ from ..models.card import ModelCard
 from ..models.deepliif_net import MODALITIES, SEGMENTATION
 from .deepliif_cells import (CHANNEL_COLUMNS, SEG_THRESHOLD_DEFAULT, CellAnalysis, Classification, analyse_cells,
                              class_names)
+from .deepliif_dab_vote import DAB, DabRedraw, card_positive_from, check_positive_from
 from .region import Region
 
 IMAGES = (*MODALITIES, SEGMENTATION)
@@ -79,10 +80,12 @@ class _RGBSink:
     at once, so no full-size float array ever exists.
     """
 
-    def __init__(self, targets: list, shape: tuple[int, int], truncate: bool = False):
+    def __init__(self, targets: list, shape: tuple[int, int], truncate: bool = False,
+                 redraw_last: Callable[[slice, np.ndarray], np.ndarray] | None = None):
         self.targets = targets
         self.shape = (3 * len(targets),) + tuple(shape)
         self.truncate = truncate  # deepliif's own rendering: uint8((y + 1) / 2 * 255), no rounding
+        self.redraw_last = redraw_last  # (rows, strip) -> strip, for the last target (the segmentation)
 
     def __setitem__(self, index, values) -> None:
         rows = index[1] if isinstance(index, tuple) and len(index) > 1 else slice(None)
@@ -91,7 +94,10 @@ class _RGBSink:
             block = values[3 * k:3 * k + 3]
             scaled = block * np.float32(255.0)
             scaled = np.floor(scaled) if self.truncate else np.rint(scaled)
-            target[rows] = np.clip(scaled, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            strip = np.clip(scaled, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            if self.redraw_last is not None and k == len(self.targets) - 1:
+                strip = self.redraw_last(rows, strip)
+            target[rows] = strip
 
 
 def _allocate(shape: tuple[int, int], store: str | os.PathLike | None) -> dict[str, Any]:
@@ -159,12 +165,14 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
                  store: str | os.PathLike | None = None, analyse: bool = True,
                  segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
                  progress: Callable[[int, int], None] | None = None, cancel=None,
-                 split: int | None = None) -> DeepLIIFResult:
+                 split: int | None = None, positive_from: str | None = None) -> DeepLIIFResult:
     """Run DeepLIIF on ``region`` (default: all) of an RGB layer's data (Y, X, 3) uint8.
 
     A margin of real context (the card's overlap) is read around a partial region so its
     border pixels come out as in a whole-image run. ``store``: a folder for zarr outputs
-    (bounded memory for very large regions); ``None`` keeps them in memory.
+    (bounded memory for very large regions); ``None`` keeps them in memory. ``positive_from``:
+    "network" (deepliif's rule) or "dab" (the IHC's DAB vote, :mod:`.deepliif_dab_vote`);
+    None: what the model's card asks for.
     """
     card = predictor.card
     if card.task != "deepliif":
@@ -182,7 +190,9 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
     whole = outer == region
     images = _allocate(outer.shape, store if whole else None)
     truncate = card.extra.get("to_uint8") == "truncate"
-    sink = _RGBSink([images[n] for n in IMAGES], outer.shape, truncate=truncate)
+    positive_from = check_positive_from(positive_from) if positive_from is not None else card_positive_from(card)
+    redraw = DabRedraw(block) if positive_from == DAB else None
+    sink = _RGBSink([images[n] for n in IMAGES], outer.shape, truncate=truncate, redraw_last=redraw)
     predictor.predict(image, out=sink, progress=progress, cancel=cancel)
     check_cancel(cancel)
     if not whole:

@@ -91,11 +91,13 @@ def objective(summary: dict) -> float:
     return summary["dice"] + summary["aji"] - count_error
 
 
-def card_entry(thresholds: Thresholds, chosen_on: str) -> dict:
-    """What a model card stores (``extra["cell_thresholds"]``, read by ``deepliif_cells.model_thresholds``)."""
+def card_entry(thresholds: Thresholds, chosen_on: str, positive_from: str = "network") -> dict:
+    """What a model card stores (``extra["cell_thresholds"]``, read by ``deepliif_cells.model_thresholds``
+    and, for ``positive_from``, by ``deepliif_dab_vote.card_positive_from``)."""
     return {"segmentation": thresholds.segmentation, "size": thresholds.size, "size_upper": thresholds.size_upper,
             "marker": thresholds.marker, **({} if thresholds.split is None else {"split": thresholds.split}),
+            **({} if positive_from == "network" else {"positive_from": positive_from}),
             "chosen_on": chosen_on,
             "rule": "segmentation, split of touching nuclei and size: best mean Dice + AJI - relative error in the "
                     "cell count; marker rule: only if it brings % positive closer by more than one cell "
-                    "(tasks/deepliif_calibration.py)"}
+                    "(tasks/deepliif_calibration.py); positive_from: the training recipe's (--positive-from)"}

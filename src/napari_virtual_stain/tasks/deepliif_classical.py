@@ -75,12 +75,16 @@ def nuclei_labels(hematoxylin: np.ndarray, dab: np.ndarray, settings: ClassicalS
     return segmentation.watershed(-distance, markers, mask=foreground).astype(np.int32)
 
 
+def dab_votes(dab: np.ndarray, settings: ClassicalSettings = ClassicalSettings()) -> np.ndarray:
+    """Bool per pixel: the smoothed DAB optical density is that of a positive pixel."""
+    return ndimage.gaussian_filter(dab, settings.smoothing) > settings.dab_threshold
+
+
 def positive_cells(labels: np.ndarray, dab: np.ndarray, settings: ClassicalSettings = ClassicalSettings()
                    ) -> np.ndarray:
     """Bool per label (index 0 = background): half or more of the cell's pixels are DAB-positive."""
     n = int(labels.max(initial=0))
-    smoothed = ndimage.gaussian_filter(dab, settings.smoothing)
-    votes = np.bincount(labels.ravel(), weights=(smoothed > settings.dab_threshold).ravel(), minlength=n + 1)
+    votes = np.bincount(labels.ravel(), weights=dab_votes(dab, settings).ravel(), minlength=n + 1)
     areas = np.bincount(labels.ravel(), minlength=n + 1)
     positive = votes * 2 >= np.maximum(areas, 1)
     positive[0] = False

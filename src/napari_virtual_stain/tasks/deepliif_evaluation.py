@@ -20,6 +20,7 @@ import numpy as np
 
 from ..seg_metrics import classified_mask_scores
 from .deepliif_cells import Thresholds, analyse_cells
+from .deepliif_dab_vote import DAB, card_positive_from, check_positive_from, redraw_whole
 from .deepliif_render import render_refined
 
 Method = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # IHC -> (segmentation RGB, marker RGB)
@@ -34,13 +35,17 @@ def refined_mask(segmentation: np.ndarray, marker: np.ndarray, thresholds: Thres
     return render_refined(analysis, analysis.classify(thresholds))
 
 
-def network_method(predictor) -> Method:
-    """A method from a Predictor holding a DeepLIIF model (ours, official or bioimage.io)."""
+def network_method(predictor, positive_from: str | None = None) -> Method:
+    """A method from a Predictor holding a DeepLIIF model (ours, official or bioimage.io); its cells'
+    positive/negative as the card asks (:mod:`.deepliif_dab_vote`), or as ``positive_from`` says."""
     from .deepliif import split_outputs
+
+    chosen = check_positive_from(positive_from) if positive_from else card_positive_from(predictor.card)
 
     def run(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = split_outputs(predictor.predict(np.ascontiguousarray(rgb.transpose(2, 0, 1))))
-        return images["Segmentation"], images["Marker"]
+        seg = redraw_whole(rgb, images["Segmentation"]) if chosen == DAB else images["Segmentation"]
+        return seg, images["Marker"]
 
     return run
 

@@ -24,6 +24,7 @@ from ..tasks import deepliif as task  # through the module: tests replace its ne
 from ..tasks.deepliif import DEFAULT_MODEL, MODALITIES, DeepLIIFResult
 from ..tasks.deepliif_cells import (AUTO, MODEL, RESOLUTIONS, Thresholds, check_thresholds, fill_model_values,
                                     model_thresholds, resolution_for_tile, resolve_model_values)
+from ..tasks.deepliif_dab_vote import DAB, POSITIVE_FROM, card_positive_from, redraw_whole
 from ..tasks.layers import output_layer_name
 from ..tasks.region import Region
 from .settings_files import Remembered
@@ -60,6 +61,9 @@ class DeepLIIFSettings(Remembered):
     marker: int | str | None = MODEL
     resolution: str = AUTO
     split: int | str | None = MODEL  # split depth of touching nuclei (px) or None; only our models' cards set one
+    # which pixels are positive: "network" (deepliif's red >= blue), "dab" (the IHC's DAB vote,
+    # tasks.deepliif_dab_vote) or "model" (the card's; deepliif's rule for release folders)
+    positive_from: str = MODEL
 
     def thresholds_asked(self) -> Thresholds:
         """The cell thresholds as given, "model" values unresolved."""
@@ -94,6 +98,8 @@ class DeepLIIFSettings(Remembered):
             check_thresholds(self.thresholds(card))
         except VirtualStainError as err:
             found.append(str(err))
+        if self.positive_from not in (MODEL, *POSITIVE_FROM):
+            found.append(f"Positive cells come from the model, {' or '.join(POSITIVE_FROM)}, not {self.positive_from!r}.")
         if self.resolution not in (AUTO, *RESOLUTIONS):
             found.append(f"The magnification must be {', '.join(RESOLUTIONS)} or automatic, not {self.resolution!r}.")
         elif self.tile and int(self.tile[0]) <= 0:
@@ -172,6 +178,7 @@ def run(settings: DeepLIIFSettings, data, *, name: str = "image", region: Region
     with device_turn(predictor):
         result = task.run_deepliif(predictor, data, name=name, region=region, store=store, analyse=analyse,
                                    segmentation_threshold=thresholds.segmentation, split=thresholds.split,
+                                   positive_from=None if settings.positive_from == MODEL else settings.positive_from,
                                    resolution=resolution, progress=progress, cancel=cancel)
     result.downsample = float(downsample)
     return result
@@ -210,6 +217,10 @@ def count_maps(ihc, seg, marker, names, settings: DeepLIIFSettings, cancel=None)
 
     settings.validate_cells()
     ihc, seg, marker = check_maps(ihc, seg, marker, names)
+    if settings.positive_from == DAB:  # "model" here is deepliif's rule: maps carry no card
+        if ihc is None:
+            raise InputError("Positive cells from the DAB vote need the IHC image the maps came from.")
+        seg = redraw_whole(ihc, seg)
     result = DeepLIIFResult({task.SEGMENTATION: seg, "Marker": marker}, Region.whole(tuple(seg.shape[:2])), None)
     reanalyse(result, settings)
     return result
@@ -286,21 +297,27 @@ def describe_model(card) -> str:
         trained += f" and {card.training['synthetic_fields']} synthetic IHC fields"
     steps = card.training.get("steps")
     line = f"{card.name}: {trained}" + (f" ({steps} steps)" if steps else "") + "."
-    return line + _held_out_line(card.scores.get("held_out") if isinstance(card.scores, dict) else None)
+    dab = card_positive_from(card) == DAB
+    if dab:
+        line += " Positive cells: the IHC's DAB vote in the network's cells."
+    return line + _held_out_line(card.scores.get("held_out") if isinstance(card.scores, dict) else None, dab)
 
 
-def _held_out_line(held_out) -> str:
-    """' Held-out real rows: Dice .., AJI .. (classical ..)' from a card written by scripts/train_deepliif.py."""
+def _held_out_line(held_out, dab: bool = False) -> str:
+    """' Held-out real rows: Dice .., AJI .., % positive off by .. (classical ..)' from a card written by
+    scripts/train_deepliif.py; ``dab``: the model's positives come from the DAB vote (its row is read)."""
     if not isinstance(held_out, dict):
         return ""
     rows = {k: v for k, v in held_out.items() if isinstance(v, dict) and "dice" in v and "aji" in v}
-    # the row at the model's own thresholds (what the dock uses), else the one row of this model
-    own = next((v for k, v in rows.items() if "this model" in k and "own thresholds" in k),
-               next((v for k, v in rows.items() if "this model" in k), None))
+    # the row the dock's answers are: the model's own thresholds and its positive rule, else the one row of it
+    own_rows = [(k, v) for k, v in rows.items() if "this model" in k and "own thresholds" in k]
+    own = next((v for k, v in own_rows if ("DAB vote" in k) == dab), next((v for _, v in own_rows), None))
+    own = own or next((v for k, v in rows.items() if "this model" in k), None)
     classical = next((v for k, v in rows.items() if k.startswith("classical")), None)
     if own is None:
         return ""
-    text = f" Held-out real rows: Dice {own['dice']:.2f}, AJI {own['aji']:.2f}"
+    pos = lambda v: f", % positive off by {v['percent_positive_diff']:.1f}" if "percent_positive_diff" in v else ""
+    text = f" Held-out real rows: Dice {own['dice']:.2f}, AJI {own['aji']:.2f}{pos(own)}"
     if classical is not None:
-        text += f" (classical colour deconvolution: {classical['dice']:.2f}, {classical['aji']:.2f})"
+        text += f" (classical colour deconvolution: {classical['dice']:.2f}, {classical['aji']:.2f}{pos(classical)})"
     return text + "."
