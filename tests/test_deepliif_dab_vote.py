@@ -128,3 +128,13 @@ def test_the_dab_vote_needs_the_ihc_image():
     with pytest.raises(InputError, match="IHC image"):
         workflow.count_maps(None, seg, np.zeros_like(seg), ("IHC", "Seg", "Marker"),
                             DeepLIIFSettings(positive_from=DAB))
+
+
+def test_the_bundled_model_asks_for_the_dab_vote_and_says_so():
+    from napari_virtual_stain.models.registry import model_card
+
+    card = model_card("deepliif-small")
+    assert card_positive_from(card) == DAB
+    assert "DAB vote" in workflow.describe_model(card)
+    held_out = card.scores["held_out"]
+    assert any("DAB vote" in row for row in held_out)  # its scores say which rule they are of
