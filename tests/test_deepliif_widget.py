@@ -327,3 +327,27 @@ def test_run_is_disabled_with_the_reason_and_the_run_state_is_shown(make_napari_
     assert widget.run_state_label.value == "state: done"
     again = DeepLIIFWidget(viewer)  # a new launch remembers what ran
     assert (again.size_auto.value, again.size_slider.value, again.model.value) == (False, 50, tiny_deepliif)
+
+
+def test_positive_cells_from_the_dab_vote_at_the_next_run(make_napari_viewer, qtbot, tiny_deepliif):
+    from skimage import data as skdata
+
+    from napari_virtual_stain.tasks.deepliif_dab_vote import redraw_whole
+
+    viewer = make_napari_viewer()
+    ihc = np.ascontiguousarray(skdata.immunohistochemistry()[:64, :64])
+    viewer.add_image(ihc, name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    widget.scope.value = WHOLE
+    assert widget.positive_from.value == "model" == widget.settings.positive_from
+    widget.run()
+    qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
+    network = widget.result.images["Segmentation"].copy()
+    widget.positive_from.value = "dab"
+    assert widget.settings.positive_from == "dab"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.job.running and widget.result is not None
+                    and widget.result.images["Segmentation"] is not None
+                    and not np.array_equal(widget.result.images["Segmentation"], network), timeout=60000)
+    assert np.array_equal(widget.result.images["Segmentation"], redraw_whole(ihc, network))

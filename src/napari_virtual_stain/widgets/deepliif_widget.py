@@ -30,6 +30,8 @@ from ..engine.device import available_devices
 from ..engine.predictor_cache import SHARED
 from ..errors import InputError
 from ..models.registry import list_models, program_notice
+from ..tasks.deepliif_cells import MODEL
+from ..tasks.deepliif_dab_vote import DAB, NETWORK
 from ..tasks.deepliif_files import find_maps
 from ..workflows import deepliif as workflow
 from ..workflows.deepliif import DeepLIIFSettings
@@ -44,6 +46,7 @@ CURRENT_VIEW = "current view"
 WHOLE = "whole image"
 NO_LAYER = "(none)"
 PRECISIONS = ["fp32", "auto", "bf16"]
+POSITIVE_CHOICES = [("the model's rule", MODEL), ("network colours", NETWORK), ("DAB vote", DAB)]
 
 
 class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
@@ -70,6 +73,12 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
                                   value=st.precision if st.precision in PRECISIONS else "fp32",
                                   tooltip="fp32 (default) gives deepliif's answers; auto/bf16 are faster on GPUs "
                                           "and CPUs with native bf16 but move cell counts by a few percent")
+        self.positive_from = ComboBox(
+            label="positive cells", choices=POSITIVE_CHOICES,
+            value=st.positive_from if st.positive_from in [v for _, v in POSITIVE_CHOICES] else MODEL,
+            tooltip="which cells are positive, at the next run or count: the model's rule (deepliif-small: the "
+                    "DAB vote; a release folder: its network), the network's red against blue (deepliif's rule), "
+                    "or the IHC's own DAB by colour deconvolution in the network's cells")
         self.scope = RadioButtons(label="run on", choices=[CURRENT_VIEW, WHOLE], value=CURRENT_VIEW)
         self.level = ComboBox(label="whole-image level", choices=self._levels,
                               tooltip="for a pyramid: the level a whole-image run reads (auto: nearest the model's "
@@ -86,7 +95,8 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
                                      tooltip="an existing DeepLIIF marker map, e.g. ROI_1_mod4-Marker.png")
         self.count_button = PushButton(text="Count existing maps (no network)")
         self.container = Container(widgets=[
-            self.input, self.model, self.folder, self.model_info, self.device, self.precision, self.scope, self.level,
+            self.input, self.model, self.folder, self.model_info, self.device, self.precision, self.positive_from,
+            self.scope, self.level,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.run_state_label, self.seg_layer, self.marker_layer, self.count_button, self.progress,
             *self._cell_widgets(st)])
@@ -122,6 +132,7 @@ class DeepLIIFWidget(CellControls, JobDockMixin, QWidget):
             "model": ((self.model, self.folder), lambda: self._model_key() or ""),
             "device": ((self.device,), lambda: self.device.value),
             "precision": ((self.precision,), lambda: self.precision.value),
+            "positive_from": ((self.positive_from,), lambda: self.positive_from.value),
             **self._cell_writers(),
         }
         for name, (widgets, value) in writers.items():
