@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from ..errors import CheckpointError, InputError
 from .deepliif_cells import CARD_KEY
 from .deepliif_classical import ClassicalSettings, dab_votes, unmix

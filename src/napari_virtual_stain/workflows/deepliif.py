@@ -316,7 +316,9 @@ def _held_out_line(held_out, dab: bool = False) -> str:
     classical = next((v for k, v in rows.items() if k.startswith("classical")), None)
     if own is None:
         return ""
-    pos = lambda v: f", % positive off by {v['percent_positive_diff']:.1f}" if "percent_positive_diff" in v else ""
+    def pos(v):
+        return f", % positive off by {v['percent_positive_diff']:.1f}" if "percent_positive_diff" in v else ""
+
     text = f" Held-out real rows: Dice {own['dice']:.2f}, AJI {own['aji']:.2f}{pos(own)}"
     if classical is not None:
         text += f" (classical colour deconvolution: {classical['dice']:.2f}, {classical['aji']:.2f}{pos(classical)})"
