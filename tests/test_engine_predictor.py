@@ -334,3 +334,31 @@ def test_default_batch_size_follows_tile_size_and_device():
     assert Predictor(torch.nn.Identity(), make_card(tile=512, overlap=32), device="cpu").batch_size == 4
     assert Predictor(torch.nn.Identity(), make_card(tile=1024, overlap=32), device="cpu").batch_size == 1
     assert Predictor(torch.nn.Identity(), make_card(tile=64, overlap=8), device="cpu").batch_size == 8
+
+
+class LayoutRecorder(torch.nn.Module):
+    """A convolution that notes whether each tile it is given is channels_last."""
+
+    def __init__(self, memory_format=None):
+        super().__init__()
+        self.conv = conv_stack(2, 1)  # two input channels: a tile's two layouts differ
+        if memory_format is not None:
+            self.memory_format = memory_format
+        self.channels_last_tiles: list[bool] = []
+
+    def forward(self, x):
+        self.channels_last_tiles.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("declared", [None, torch.contiguous_format])
+def test_a_model_that_names_its_memory_format_keeps_it_and_gets_the_same_answer(declared):
+    image = np.random.default_rng(0).random((2, 40, 40), dtype=np.float32)
+    model = LayoutRecorder(declared)
+    predictor = Predictor(model, make_card(n_in=2, n_out=1, tile=40, overlap=8), device="cpu", precision="fp32")
+    out = predictor.predict(image)
+    weight = model.conv[2].weight  # 4 -> 4 channels: its two layouts differ
+    keeps_nchw = declared is torch.contiguous_format
+    assert weight.is_contiguous() == keeps_nchw  # converted to channels_last only when nothing is declared
+    assert model.channels_last_tiles and all(t != keeps_nchw for t in model.channels_last_tiles)
+    np.testing.assert_allclose(out, untiled(model.conv, image), atol=1e-5)

@@ -70,10 +70,11 @@ class Predictor(TileRules):
     megapixel (voxels for 3D) per batch on the CPU and four on a GPU (always 1 when the card
     says the network is not batch-independent); on CUDA that default is a cap and the first
     run measures one tile's peak memory to size the batches to the free memory. The model is
-    moved to the device, put in eval mode and (except on MPS) into channels_last layout, in
-    place. ``tta`` is the default for :meth:`predict`'s test-time augmentation (off: one pass
-    per tile). ``streams=False`` turns off the CUDA copy stream and pinned memory (for
-    benchmarks: the plain synchronous path every other device takes).
+    moved to the device, put in eval mode and (except on MPS, or where the model names its own
+    ``memory_format``) into channels_last layout, in place. ``tta`` is the default for
+    :meth:`predict`'s test-time augmentation (off: one pass per tile). ``streams=False`` turns
+    off the CUDA copy stream and pinned memory (for benchmarks: the plain synchronous path every
+    other device takes).
     """
 
     def __init__(self, model: torch.nn.Module, card: ModelCard, device: str = "auto",
@@ -98,7 +99,9 @@ class Predictor(TileRules):
         self._check_tile(self.tile, self.overlap)
         self.warnings: list[str] = []  # sentences about the last run (e.g. seams), for the user
         chosen_batch = self._choose_batch_size(batch_size)
-        self.memory_format = preferred_memory_format(self.device, dims)
+        # A model that arranges its own layers' layouts (a DeepLIIF release: NNPACK wants NCHW) says
+        # so with a ``memory_format`` attribute; converting it would only cost time.
+        self.memory_format = getattr(model, "memory_format", None) or preferred_memory_format(self.device, dims)
         self.model = model.to(self.device).eval()
         if self.memory_format is not torch.contiguous_format:
             try:
