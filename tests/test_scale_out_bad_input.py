@@ -138,3 +138,40 @@ def test_workers_without_the_models_dependencies_are_said_before_any_task(runs, 
                 in said
     finally:
         _stop(processes, log)
+
+
+def _misfit(command, tmp_path):
+    """An input that opens but does not fit the command, and the sentence that says so."""
+    if command == "predict":
+        path = tmp_path / "three.tif"
+        save_tiff(path, np.random.default_rng(2).random((3, 64, 64)).astype(np.float32), "CYX")
+        return path, "three.tif has 3 channels"
+    if command == "deepliif":
+        path = tmp_path / "grey.png"
+        iio.imwrite(path, np.random.default_rng(2).integers(0, 256, (40, 56)).astype(np.uint8))
+        return path, "is a grey image"
+    path = tmp_path / "one.tif"
+    save_tiff(path, np.random.default_rng(2).random((64, 64)).astype(np.float32), "YX")
+    return path, "has a single channel"
+
+
+JOBS = {"predict": ("stain_files", "stain_file"), "deepliif": ("deepliif_files", "deepliif_file"),
+        "impute": ("maxim_files", "impute_file"), "qc": ("maxim_files", "qc_file")}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_last_input_that_does_not_fit_is_said_before_the_first_one_runs(command, runs, tmp_path, capsys,
+                                                                          monkeypatch):
+    import importlib
+
+    module, job = JOBS[command]
+    module = importlib.import_module(f"napari_virtual_stain.workflows.{module}")
+    ran = []
+    real = getattr(module, job)
+    monkeypatch.setattr(module, job, lambda *a, **k: ran.append(a[0]) or real(*a, **k))
+    good, extra = runs[command]
+    bad, sentence = _misfit(command, tmp_path)
+    before = bad.read_bytes()
+    _fails_with(command, [good, bad], extra, tmp_path / "out", sentence, capsys)
+    assert ran == []  # the good first input was not computed either
+    assert bad.read_bytes() == before

@@ -24,15 +24,19 @@ from . import deepliif as workflow
 FILE_SUFFIX = {"Hematoxylin": "Hema", "DAPI": "DAPI", "Lap2": "Lap2", "Marker": "Marker", "Segmentation": "Seg"}
 
 
-def read_input(path: str | Path, name: str):
-    """The input image as (Y, X, 3) uint8 data (lazy for big TIFFs), checked, and its LoadedImage."""
-    from ..io.tiff_reader import load_image
+def read_input(path: str | Path, name: str, header_only: bool = False):
+    """The input image as (Y, X, 3) uint8 data (lazy for big TIFFs), checked, and its LoadedImage.
+
+    ``header_only``: every TIFF is opened lazily and nothing is read that the checks do not need
+    (the check of many inputs before the first one runs).
+    """
+    from ..io.tiff_reader import LAZY_THRESHOLD_BYTES, load_image
     from ..tasks.deepliif import MIN_SIDE, as_rgb8
 
-    image = load_image(path)
+    image = load_image(path, lazy_threshold_bytes=0 if header_only else LAZY_THRESHOLD_BYTES)
     data = image.data
     if image.axes == "CYX" and data.shape[0] in (3, 4):  # a TIFF storing colour as channels
-        data = np.moveaxis(np.asarray(data), 0, -1)
+        data = np.moveaxis(data if header_only else np.asarray(data), 0, -1)
     data = as_rgb8(data, name)
     if min(data.shape[:2]) < MIN_SIDE:
         raise InputError(f"{Path(path).name} is only {data.shape[1]} x {data.shape[0]} pixels; DeepLIIF needs at "
@@ -118,6 +122,9 @@ def deepliif_many(settings: workflow.DeepLIIFSettings, sources: Sequence[tuple[P
 
     settings.validate()
     folder = plan_inputs(sources, out_dir, settings.model, overwrite=overwrite)
+    if len(sources) > 1:  # every input is checked before the first one runs: a bad tenth file is said at once
+        for source, stem in sources:
+            read_input(source, stem, header_only=True)
     values = asdict(settings)
     if model_kind(settings.model) == "checkpoint":
         values["model"] = str(model_location(settings.model).resolve())

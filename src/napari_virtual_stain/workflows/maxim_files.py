@@ -15,7 +15,7 @@ import functools
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -29,20 +29,25 @@ from .maxim_results import qc_summary
 from ..tasks.arrays import nan_fraction
 from .stain_files import expand_inputs, plan_outputs
 
+if TYPE_CHECKING:
+    from ..models.card import ModelCard
+
 IMPUTE, QC = "impute", "qc"
 
 
 # ---- reading ----------------------------------------------------------------------------
 
-def read_stack(path: str, names: list[str] | None = None,
-               axes: str | None = None) -> tuple[np.ndarray, list[str], tuple | None]:
+def read_stack(path: str, names: list[str] | None = None, axes: str | None = None,
+               header_only: bool = False) -> tuple[np.ndarray, list[str], tuple | None]:
     """A (C, Y, X) stack, its marker names and (Y, X) pixel size from a file or an OME-Zarr field.
 
     Time and z axes of length one are dropped: HCS plates store 2D fields as (T, C, Z, Y, X).
+    ``header_only``: the stack stays lazy (memory-mapped or dask) and nothing is read; for the
+    check of many stacks before the first one runs.
     """
-    from ..io.tiff_reader import load_image
+    from ..io.tiff_reader import LAZY_THRESHOLD_BYTES, load_image
 
-    image = load_image(path, axes=axes)
+    image = load_image(path, axes=axes, lazy_threshold_bytes=0 if header_only else LAZY_THRESHOLD_BYTES)
     data, axes, size = image.data, image.axes, image.pixel_size_um
     for axis in "TZ":
         if axis in axes and int(data.shape[axes.index(axis)]) == 1:
@@ -56,7 +61,21 @@ def read_stack(path: str, names: list[str] | None = None,
         raise InputError(f"{path} is an RGB image, not a multiplex stack of marker channels.")
     if "C" not in axes:
         raise InputError(f"{path} has a single channel: imputing a marker needs a stack of several markers.")
-    return np.asarray(data), list(names or image.channel_names), size
+    return (data if header_only else np.asarray(data)), list(names or image.channel_names), size
+
+
+def check_stacks(sources: Sequence[str], names: list[str] | None, axes: str | None,
+                 card: ModelCard | None = None) -> None:
+    """Open every stack (its header: nothing is read) and check its axes, markers and names, and that
+    it has the markers ``card``'s imputer needs, before any work starts: a bad tenth stack is said
+    at once instead of after nine were computed."""
+    from ..tasks.maxim import check_model_fits
+
+    for source in sources:
+        stack, stack_names, _ = read_stack(source, names, axes, header_only=True)
+        checked = workflow.MarkerInput.from_stack(stack, stack_names).check()
+        if card is not None:
+            check_model_fits(card, checked)
 
 
 def read_markers(path: str, names: list[str] | None = None, axes: str | None = None):
@@ -192,7 +211,9 @@ def impute_many(settings: workflow.MaximSettings, pairs: Sequence[tuple[Path, Pa
     """
     settings.validate(workflow.IMPUTE)
     values = _jobs_settings(settings, cluster)
-    imputers_for(workflow.MaximSettings(**values), IMPUTE)  # a wrong folder or marker is said before any work
+    (_, card), _ = imputers_for(workflow.MaximSettings(**values), IMPUTE)  # a wrong folder or marker: said here
+    if len(pairs) > 1:
+        check_stacks([str(s) for s, _ in pairs], names, axes, card)
     with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client, \
             staged_together([t for _, t in pairs]) as staged:  # a failing last stack leaves no earlier output
         jobs = [(str(s), str(t), values, names, axes, tile_progress if cluster is None else None)
@@ -247,6 +268,8 @@ def qc_many(settings: workflow.MaximSettings, sources: Sequence[tuple[Path, str,
     settings.validate(workflow.QC)
     values = _jobs_settings(settings, cluster)
     _, problems = imputers_for(workflow.MaximSettings(**values), QC)  # an unusable folder stops the run here
+    if len(sources) > 1:
+        check_stacks([str(s) for s, _, _ in sources], names, axes)
     jobs = [(str(source), key, values, names, axes, report, maps, tile_progress if cluster is None else None)
             for (source, _, key), report in zip(sources, reports)]
     with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client:

@@ -106,28 +106,61 @@ def plan_outputs(sources: list[tuple[Path, str]], output: str | os.PathLike, out
     return [(s, t) for (s, _), t in zip(sources, targets)]
 
 
+def _channel_index(image, card, channel: str | None) -> int | None:
+    """The channel a one-channel model takes from a multi-channel file (None: the data go as they are),
+    or one sentence saying why the choice does not fit the file."""
+    axes, shape = image.axes, tuple(image.data.shape)
+    rgb = axes.endswith("S")
+    if channel is not None and "C" not in axes and str(channel) != "0":
+        raise InputError(f"--channel {channel} picks one channel of a multi-channel file, but "
+                         f"{Path(image.source_path).name} has a single channel ({axes} {shape}); "
+                         "leave --channel out.")
+    if not (card.n_in == 1 and not rgb and "C" in axes):
+        return None
+    n, names = int(shape[axes.index("C")]), list(image.channel_names)
+    if channel is None and n != 1:
+        raise InputError(f"{Path(image.source_path).name} has {n} channels ({', '.join(names[:8])}) "
+                         "but the model takes one: choose it with --channel NAME.")
+    index = 0 if channel is None else names.index(channel) if channel in names else \
+        int(channel) if str(channel).isdigit() else -1
+    if not 0 <= index < n:
+        raise InputError(f"There is no channel {channel!r} in {Path(image.source_path).name} "
+                         f"(channels: {', '.join(names)}).")
+    return index
+
+
 def channels_first(image, card, channel: str | None):
     """The image's data as the model takes it, and whether it is RGB (one channel picked for one-channel models)."""
     data, axes = image.data, image.axes
     rgb = axes.endswith("S")
-    if channel is not None and "C" not in axes and str(channel) != "0":
-        raise InputError(f"--channel {channel} picks one channel of a multi-channel file, but "
-                         f"{Path(image.source_path).name} has a single channel ({axes} {tuple(data.shape)}); "
-                         "leave --channel out.")
-    if card.n_in == 1 and not rgb and "C" in axes:
-        c, n, names = axes.index("C"), int(data.shape[axes.index("C")]), list(image.channel_names)
-        if channel is None and n != 1:
-            raise InputError(f"{Path(image.source_path).name} has {n} channels ({', '.join(names[:8])}) "
-                             "but the model takes one: choose it with --channel NAME.")
-        index = 0 if channel is None else names.index(channel) if channel in names else \
-            int(channel) if str(channel).isdigit() else -1
-        if not 0 <= index < n:
-            raise InputError(f"There is no channel {channel!r} in {Path(image.source_path).name} "
-                             f"(channels: {', '.join(names)}).")
-        data, axes = np.take(data, index, axis=c), axes.replace("C", "")
+    index = _channel_index(image, card, channel)
+    if index is not None:
+        data = np.take(data, index, axis=axes.index("C"))
     elif "C" in axes and axes.index("C") != 0:
-        data, axes = np.moveaxis(np.asarray(data), axes.index("C"), 0), "C" + axes.replace("C", "")
+        data = np.moveaxis(np.asarray(data), axes.index("C"), 0)
     return data, rgb
+
+
+def check_inputs(settings: workflow.StainSettings, sources: Sequence[str | os.PathLike], channel: str | None = None,
+                 axes: str | None = None) -> None:
+    """Open every input (its header: big files are not read) and check it fits the model, before any
+    work starts: a bad tenth file is said at once instead of after nine were stained.
+
+    The checks are those the staining itself makes (the file opens, the channel choice, the model's
+    channels and dimensions), on a stand-in of the data's shape and type that holds no pixels.
+    """
+    from ..io.tiff_reader import load_image
+
+    card = workflow.predictor_for(settings).card
+    for source in sources:
+        image = load_image(source, lazy_threshold_bytes=0, axes=axes)
+        shape, image_axes = list(image.data.shape), image.axes
+        index = _channel_index(image, card, channel)
+        if "C" in image_axes:
+            c = image_axes.index("C")
+            shape = shape[:c] + shape[c + 1:] if index is not None else [shape[c]] + shape[:c] + shape[c + 1:]
+        stand_in = np.broadcast_to(np.zeros((), np.dtype(image.data.dtype)), tuple(shape))
+        layout_for(stand_in, card, image_axes.endswith("S"), str(source))
 
 
 def one_window_region(card, data, rgb: bool = False, name: str = "image") -> Region | None:
@@ -213,6 +246,8 @@ def stain_many(settings: workflow.StainSettings, pairs: list[tuple[Path, Path]],
     workers need the same file system (or the same installed models), not the same settings.
     """
     values = _settings_for_workers(settings)
+    if len(pairs) > 1:
+        check_inputs(settings, [s for s, _ in pairs], channel, axes)
     with connect(cluster, worker_env=LOCAL_WORKER_ENV) as client, \
             staged_together([t for _, t in pairs]) as staged:  # a failing last input leaves no earlier output
         jobs = [(str(s), str(t), values, channel, axes) for (s, _), t in zip(pairs, staged)]
