@@ -244,3 +244,24 @@ def test_colour_channels_are_named_one_way_in_deepliif_cards_and_in_training():
     assert card.input_channels == rgb_channel_names(3) == ["R", "G", "B"]
     assert output_channel_names()[:3] == ["Hematoxylin R", "Hematoxylin G", "Hematoxylin B"]
     assert rgb_channel_names(4) == ["R", "G", "B", "A"]
+
+
+def test_the_compact_model_folds_its_batch_norms_at_inference_with_the_same_answer():
+    from napari_virtual_stain.models.deepliif_unet import DeepLIIFUNet
+    from test_models_checkpoint import _with_real_looking_norms
+
+    torch.manual_seed(0)
+    plain = _with_real_looking_norms(DeepLIIFUNet(depth=2, base=8, fold_bn=False)).eval()
+    folded = DeepLIIFUNet(depth=2, base=8).eval()  # folding is the default
+    folded.load_state_dict(plain.state_dict())  # the same weights and names: old checkpoints load
+    calls = []
+    for m in folded.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.rand(1, 3, 48, 64) * 2 - 1
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(x).numpy(), plain(x).numpy(), atol=1e-4)
+    assert calls == []  # no batch norm ran: each was folded into its convolution
+    folded.train()
+    folded(x)
+    assert calls  # training normalises with the batch, as before

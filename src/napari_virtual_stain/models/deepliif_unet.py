@@ -41,10 +41,12 @@ class DeepLIIFUNet(nn.Module):
     """IHC (N, 3, H, W) in [-1, 1] -> (N, 15, H, W): four modalities and the classified segmentation."""
 
     def __init__(self, in_channels: int = 3, depth: int = 4, base: int = 16, max_width: int = 128,
-                 norm: str = "batch"):
+                 norm: str = "batch", fold_bn: bool = True):
         super().__init__()
+        # fold_bn: in eval mode each batch norm is folded into its convolution (the same answer to
+        # rounding, the same weights and state dict), so every model of this kind gets it, old ones too.
         self.trunk = UNet(in_channels, N_MODALITY_CHANNELS + len(SEG_CLASSES), spatial_dims=2, depth=depth,
-                          base=base, max_width=max_width, norm=norm, activation="none")
+                          base=base, max_width=max_width, norm=norm, activation="none", fold_bn=fold_bn)
         self.size_multiple = self.trunk.size_multiple
 
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
