@@ -197,3 +197,15 @@ def test_table_built_in_strips_equals_one_pass(scene, monkeypatch):
         np.testing.assert_allclose(strips.table[column], values, err_msg=column)
     assert one_pass.table["marker_max"][one_pass.labels[40, 40] - 1] == 200
     assert np.isnan(one_pass.table["mean_hematoxylin"]).all()
+
+
+def test_the_tables_grey_is_bit_for_bit_the_float32_mean_of_rgb():
+    from napari_virtual_stain.tasks.deepliif_cells import _grey
+
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    rgb[0, :3] = [[255, 255, 255], [0, 0, 0], [255, 254, 1]]  # the extremes of the integer sum
+    reference = rgb.astype(np.float32).mean(axis=-1)
+    got = _grey(rgb)
+    assert got.dtype == np.float32 and np.array_equal(got, reference)
+    strided = rgb[::2, ::3]  # a view, as a strip of the table is
+    assert np.array_equal(_grey(strided), strided.astype(np.float32).mean(axis=-1))

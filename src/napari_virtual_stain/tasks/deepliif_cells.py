@@ -154,8 +154,18 @@ def resolve_model_values(thresholds: Thresholds, card) -> Thresholds:
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
-    """(Y, X, 3) uint8 rendering -> (Y, X) float32 intensity 0-255 (mean of R, G, B), for the table's means."""
-    return np.asarray(rgb, dtype=np.float32).mean(axis=-1)
+    """(Y, X, 3) uint8 rendering -> (Y, X) float32 intensity 0-255 (mean of R, G, B), for the table's means.
+
+    The sum is taken in integers (exact) and divided once: bit for bit the float32 mean, about
+    10x faster than numpy's reduction over a length-3 last axis (9 vs 0.9 ms on 576 x 576).
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        return np.asarray(rgb, dtype=np.float32).mean(axis=-1)
+    total = rgb[..., 0].astype(np.uint16)
+    total += rgb[..., 1]
+    total += rgb[..., 2]
+    return total.astype(np.float32) / np.float32(3)
 
 
 def marker_grey(rgb: np.ndarray) -> np.ndarray:
