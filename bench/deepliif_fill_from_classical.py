@@ -5,7 +5,7 @@
 
 On a whole unseen organ our models find fewer nuclei than the classical baseline (Bladder1: 138 of
 188 against 158), so this asks whether the baseline can fill in what the network misses: a
-classical cell (``deepliif_classical.nuclei_labels``) is pasted into the network's segmentation
+classical cell (``deepliif_classical.classical_cells``) is pasted into the network's segmentation
 map, in the baseline's colours, when fewer than 10% of its pixels are the network's foreground
 (red + blue above the model's segmentation threshold). The cells then go through the model's own
 cell rules, positives from the DAB vote as the bundled card asks.
@@ -37,7 +37,7 @@ from train_deepliif import load_real, reference_images  # noqa: E402
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
 from napari_virtual_stain.models.checkpoint import load_checkpoint  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_cells import model_thresholds  # noqa: E402
-from napari_virtual_stain.tasks.deepliif_classical import classical_maps, nuclei_labels, unmix  # noqa: E402
+from napari_virtual_stain.tasks.deepliif_classical import classical_cells, classical_maps, draw_maps  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_evaluation import (  # noqa: E402
     CLASSICAL, format_table, network_method, score_table)
 
@@ -62,8 +62,8 @@ def remember(method):
 def filled(method, seg_threshold: int):
     def run(rgb):
         seg, marker = method(rgb)
-        classical_seg, _ = classical_maps(rgb)
-        labels = nuclei_labels(*unmix(rgb))
+        labels, positive, dab = classical_cells(rgb)  # once: the labels and the drawing come from it
+        classical_seg, _ = draw_maps(labels, positive, dab)
         network_cells = (seg[..., 0].astype(np.int32) + seg[..., 2]) > seg_threshold
         n = int(labels.max(initial=0))
         area = np.bincount(labels.ravel(), minlength=n + 1)

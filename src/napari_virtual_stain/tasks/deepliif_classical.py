@@ -91,12 +91,22 @@ def positive_cells(labels: np.ndarray, dab: np.ndarray, settings: ClassicalSetti
     return positive
 
 
+def classical_cells(rgb: np.ndarray, settings: ClassicalSettings = ClassicalSettings()
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(instance labels, positive per label, DAB optical density) of an (Y, X, 3) uint8 IHC image."""
+    hematoxylin, dab = unmix(rgb)
+    labels = nuclei_labels(hematoxylin, dab, settings)
+    return labels, positive_cells(labels, dab, settings), dab
+
+
 def classical_maps(rgb: np.ndarray, settings: ClassicalSettings = ClassicalSettings()
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(segmentation RGB, marker RGB), both (Y, X, 3) uint8, drawn as a DeepLIIF network draws them."""
-    hematoxylin, dab = unmix(rgb)
-    labels = nuclei_labels(hematoxylin, dab, settings)
-    positive = positive_cells(labels, dab, settings)
+    return draw_maps(*classical_cells(rgb, settings))
+
+
+def draw_maps(labels: np.ndarray, positive: np.ndarray, dab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline's cells drawn as DeepLIIF's fused segmentation and marker images (see :func:`classical_maps`)."""
     seg = np.zeros(labels.shape + (3,), np.uint8)
     inside = labels > 0
     seg[inside & positive[labels], 0] = 255
