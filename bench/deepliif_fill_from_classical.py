@@ -32,7 +32,7 @@ import numpy as np
 from _common import DATA, REPO, machine, update_results
 
 sys.path.insert(0, str(REPO / "scripts"))
-from train_deepliif import load_real, reference_images  # noqa: E402
+from train_deepliif import load_real, reference_images, remember_maps as remember  # noqa: E402
 
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
 from napari_virtual_stain.models.checkpoint import load_checkpoint  # noqa: E402
@@ -44,19 +44,6 @@ from napari_virtual_stain.tasks.deepliif_evaluation import (  # noqa: E402
 TRAIN = DATA / "deepliif-sample" / "train"
 MIN_FREE = 0.9  # share of a classical cell's pixels outside the network's cells for it to be added
 NETWORK, FILLED = "network (positives from the DAB vote)", "network + classical cells it missed"
-
-
-def remember(method):
-    """The method's maps per image, computed once (every table reads them several times)."""
-    cache: dict[int, tuple] = {}
-
-    def run(rgb):
-        key = id(rgb)
-        if key not in cache:
-            cache[key] = method(rgb)
-        return cache[key]
-
-    return run
 
 
 def filled(method, seg_threshold: int):

@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 
 from _common import DATA, REPO, machine, update_results
-from deepliif_fill_from_classical import remember
 
 sys.path.insert(0, str(REPO / "scripts"))
-from train_deepliif import load_real, reference_images  # noqa: E402
+from train_deepliif import load_real, reference_images, remember_maps as remember  # noqa: E402
 
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
 from napari_virtual_stain.models.checkpoint import load_checkpoint  # noqa: E402

@@ -453,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
 def describe_thresholds(t) -> str:
     marker = {None: "no marker rule", "auto": "marker auto"}.get(t.marker, f"marker {t.marker}")
     split = "no split" if t.split is None else f"split {t.split} px"
-    return f"seg {t.segmentation}, {split}, size {t.size}, {marker}"
+    grow = "" if t.grow is None else f", grown {t.grow} px"
+    return f"seg {t.segmentation}, {split}{grow}, size {t.size}, {marker}"
 
 
 def describe_card(card, params_m: float, real_names: list[str], held_out_words: str, synthetic: int,
@@ -482,6 +483,7 @@ def describe_card(card, params_m: float, real_names: list[str], held_out_words: 
             "with stain, scale and scanner augmentation. Its cell thresholds (segmentation "
             f"{own.get('segmentation')}, size {own.get('size')}"
             + (f", touching nuclei split at {own['split']} px deep distance peaks" if own.get("split") else "")
+            + (f", cells grown {own['grow']} px into the background after the split" if own.get("grow") else "")
             + ") were chosen on its training rows; deepliif's "
             "defaults suit deepliif's own networks."
             + (" Which cells are positive comes from the IHC's own DAB (colour deconvolution, in the network's "

@@ -351,3 +351,29 @@ def test_positive_cells_from_the_dab_vote_at_the_next_run(make_napari_viewer, qt
                     and widget.result.images["Segmentation"] is not None
                     and not np.array_equal(widget.result.images["Segmentation"], network), timeout=60000)
     assert np.array_equal(widget.result.images["Segmentation"], redraw_whole(ihc, network))
+
+
+def test_the_grow_slider_enlarges_the_cells_and_zero_turns_it_off(make_napari_viewer, qtbot, tiny_deepliif):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((64, 64, 3), 180, np.uint8), name="ihc", rgb=True)
+    widget = DeepLIIFWidget(viewer)
+    widget.reset_choices()
+    assert widget.grow_slider.value == 0  # the tiny model's card asks for no growth
+    widget.scope.value = WHOLE
+    widget.run()
+    qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
+    seg = np.zeros((64, 64, 3), np.uint8)  # two nuclei 6 px apart
+    disc(seg, 32, 16, 8, (240, 0, 10))
+    disc(seg, 32, 46, 8, (240, 0, 10))
+    widget.result.images["Segmentation"] = seg
+    widget.size_auto.value = False
+    widget.size_slider.value = 0
+    widget.relabel()
+    plain = int((widget.cell_layer.data > 0).sum())
+    widget.grow_slider.value = 3
+    qtbot.waitUntil(lambda: int((widget.cell_layer.data > 0).sum()) > plain, timeout=5000)
+    assert widget.classification.total == 2  # grown, never merged
+    assert widget.settings.grow == 3 and widget.cell_layer.metadata["deepliif"]["grow_px"] == 3
+    widget.grow_slider.value = 0
+    qtbot.waitUntil(lambda: int((widget.cell_layer.data > 0).sum()) == plain, timeout=5000)
+    assert widget.settings.grow is None

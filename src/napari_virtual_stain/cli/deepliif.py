@@ -64,7 +64,7 @@ def settings_from(args: argparse.Namespace):
                             overlap=tuple(args.overlap) if args.overlap else None,
                             seg_threshold=args.seg_thresh, size=args.size_thresh, size_upper=args.size_thresh_upper,
                             marker=args.marker_thresh, resolution=args.resolution, split=args.split_nuclei,
-                            positive_from=args.positive_from)
+                            grow=args.grow_cells, positive_from=args.positive_from)
 
 
 def run(args: argparse.Namespace) -> int:

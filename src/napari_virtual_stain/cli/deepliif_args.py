@@ -62,6 +62,9 @@ def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-nuclei", type=_upper, default=MODEL, metavar="PX",
                    help="split touching nuclei at distance-transform peaks at least PX pixels deep, or 'none' "
                         "(deepliif's rules); default: the model's (none for release folders and maps)")
+    p.add_argument("--grow-cells", type=_upper, default=MODEL, metavar="PX",
+                   help="grow every cell PX pixels into the background after the split (never into another cell), "
+                        "or 'none' (deepliif's rules); default: the model's (none for release folders and maps)")
     p.add_argument("--positive-from", default=MODEL, choices=(MODEL, *POSITIVE_FROM),
                    help="which cells are positive: 'network' (deepliif's rule: the network's red against blue), "
                         "'dab' (the IHC's own DAB, by colour deconvolution, in the network's cells); default: the "
@@ -76,5 +79,5 @@ def cell_settings_from(args: argparse.Namespace, tile: int | None = None) -> Dee
     ``tile``: the tile size deepliif ran with (it sets the automatic magnification)."""
     return DeepLIIFSettings(seg_threshold=args.seg_thresh, size=args.size_thresh, size_upper=args.size_thresh_upper,
                             marker=args.marker_thresh, resolution=args.resolution, split=args.split_nuclei,
-                            positive_from=args.positive_from,
+                            grow=args.grow_cells, positive_from=args.positive_from,
                             tile=None if tile is None else (int(tile),))

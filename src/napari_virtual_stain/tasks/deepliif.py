@@ -134,16 +134,17 @@ class DeepLIIFResult:
     downsample: float = 1.0
 
     def analyse(self, segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
-                split: int | None = None) -> CellAnalysis:
+                split: int | None = None, grow: int | None = None) -> CellAnalysis:
         """(Re)build the cell table from the stored maps: no network runs.
 
         ``images`` may hold only the Segmentation and Marker (maps a user brought). ``split``:
-        the split depth of touching nuclei (None: deepliif's regions).
+        the split depth of touching nuclei (None: deepliif's regions); ``grow``: px every cell
+        grows after it (None: as drawn).
         """
         modalities = {key: self.images.get(name) for key, name in zip(CHANNEL_COLUMNS, MODALITIES)}
         previous = self.cells
         self.cells = analyse_cells(self.images[SEGMENTATION], modalities["marker"], modalities,
-                                   segmentation_threshold, resolution, split)
+                                   segmentation_threshold, resolution, split, grow)
         if previous is not None and previous.overrides:
             self.cells.overrides = carry_overrides(previous, self.cells)
         return self.cells
@@ -165,7 +166,7 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
                  store: str | os.PathLike | None = None, analyse: bool = True,
                  segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
                  progress: Callable[[int, int], None] | None = None, cancel=None,
-                 split: int | None = None, positive_from: str | None = None) -> DeepLIIFResult:
+                 split: int | None = None, positive_from: str | None = None, grow: int | None = None) -> DeepLIIFResult:
     """Run DeepLIIF on ``region`` (default: all) of an RGB layer's data (Y, X, 3) uint8.
 
     A margin of real context (the card's overlap) is read around a partial region so its
@@ -200,7 +201,7 @@ def run_deepliif(predictor: Predictor, layer_data, *, name: str = "image", regio
         images = {k: np.ascontiguousarray(v[inner]) for k, v in images.items()}
     result = DeepLIIFResult(images, region, card, store=str(store) if store is not None and whole else None)
     if analyse:
-        result.analyse(segmentation_threshold, resolution, split)
+        result.analyse(segmentation_threshold, resolution, split, grow)
     return result
 
 

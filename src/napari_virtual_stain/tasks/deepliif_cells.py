@@ -23,8 +23,9 @@ its training script on its training rows, in its card (``extra["cell_thresholds"
 :func:`model_thresholds`); a threshold left as :data:`MODEL` takes the card's value, or
 deepliif's default for a card without one (the official release folders, maps a user brought).
 Such a card may also ask for a split of touching nuclei (``split``: an h-maxima depth in
-pixels, :mod:`.deepliif_split`), a step deepliif does not have: without it (every release
-folder, every map a user brought, every older card) the rules above are deepliif's exactly.
+pixels, :mod:`.deepliif_split`) and a growth of the cells after it (``grow``: pixels,
+:mod:`.deepliif_grow`), steps deepliif does not have: without them (every release folder,
+every map a user brought, every older card) the rules above are deepliif's exactly.
 
 Everything a threshold needs is computed once into a per-cell table (:class:`CellAnalysis`),
 so moving the size or marker threshold reclassifies in microseconds and never runs the
@@ -80,6 +81,8 @@ class Thresholds:
     marker: Auto = None
     # Not deepliif's: split touching nuclei at distance-transform peaks at least this deep (px), None = no split.
     split: int | None = None
+    # Not deepliif's: grow every cell this many px into the background after the split (deepliif_grow), None = no growth.
+    grow: int | None = None
 
 
 def check_thresholds(t: Thresholds) -> Thresholds:
@@ -111,11 +114,16 @@ def check_thresholds(t: Thresholds) -> Thresholds:
         split = number(t.split, "split depth")
         if not 1 <= split <= MAX_SPLIT:
             raise InputError(f"The split depth must lie between 1 and {MAX_SPLIT} pixels (or no split), not {split}.")
+    if t.grow is not None:
+        grow = number(t.grow, "growth of the cells")
+        if not 1 <= grow <= MAX_GROW:
+            raise InputError(f"The growth of the cells must lie between 1 and {MAX_GROW} pixels (or none), not {grow}.")
     return t
 
 
 MAX_SPLIT = 50  # px: deeper than any nucleus's distance transform at 40x; beyond it nothing would split
-THRESHOLD_FIELDS = ("segmentation", "size", "size_upper", "marker", "split")
+MAX_GROW = 10  # px: more would reach past a nucleus's neighbours at 40x
+THRESHOLD_FIELDS = ("segmentation", "size", "size_upper", "marker", "split", "grow")
 
 
 def is_model(value) -> bool:
@@ -267,7 +275,8 @@ class Classification:
                 "percent_pos": round(self.percent_positive, 1) if self.positive else 0,
                 "seg_thresh": t.segmentation, "size_thresh": t.size, "size_thresh_upper": t.size_upper,
                 "marker_thresh": t.marker, "resolution": self.resolution,
-                **({} if t.split is None else {"split_depth": t.split})}  # deepliif's keys alone without a split
+                **({} if t.split is None else {"split_depth": t.split}),  # deepliif's keys alone without a split
+                **({} if t.grow is None else {"grow_px": t.grow})}
 
 
 @dataclass
@@ -282,6 +291,7 @@ class CellAnalysis:
     resolution: str = "40x"
     overrides: dict[int, int] = field(default_factory=dict)  # label id -> class chosen by hand
     split: int | None = None  # the split depth the labels were made with (None: deepliif's regions)
+    grow: int | None = None  # the px the cells were grown by (None: not grown)
 
     @property
     def n_cells(self) -> int:
@@ -294,7 +304,7 @@ class CellAnalysis:
             marker = None  # no marker image: deepliif reports no marker threshold either
         elif marker == AUTO:
             marker = self.auto_marker
-        return replace(thresholds, segmentation=self.segmentation_threshold, split=self.split,
+        return replace(thresholds, segmentation=self.segmentation_threshold, split=self.split, grow=self.grow,
                        size=self.auto_size if thresholds.size in (None, AUTO) else int(thresholds.size),
                        marker=None if marker is None else int(marker))
 
@@ -384,12 +394,13 @@ def _table(labels: np.ndarray, n: int, positive: np.ndarray, negative: np.ndarra
 
 def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None = None,
                   segmentation_threshold: int = SEG_THRESHOLD_DEFAULT, resolution: str = "40x",
-                  split: int | None = None) -> CellAnalysis:
+                  split: int | None = None, grow: int | None = None) -> CellAnalysis:
     """Label the cells of a fused segmentation RGB image and build their table.
 
     ``split``: cut touching nuclei inside a region at distance-transform peaks at least this
     many pixels deep (:func:`.deepliif_split.split_regions`); None (the default) keeps
-    deepliif's regions.
+    deepliif's regions. ``grow``: then grow every cell this many pixels into the background
+    (:func:`.deepliif_grow.grow_cells`); its positive and negative pixels stay those of the map.
 
     ``marker`` and the entries of ``modalities`` ("hematoxylin", "dapi", "lap2", "marker")
     are the inferred RGB renderings (Y, X, 3) uint8 of the same region. All may be numpy,
@@ -398,7 +409,7 @@ def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None =
     """
     if len(segmentation.shape) != 3 or segmentation.shape[-1] != 3:
         raise InputError(f"The segmentation must be an RGB image (Y, X, 3), not shape {tuple(segmentation.shape)}.")
-    check_thresholds(Thresholds(segmentation=segmentation_threshold, split=split))
+    check_thresholds(Thresholds(segmentation=segmentation_threshold, split=split, grow=grow))
     if resolution not in AUTO_SIZE_SQRT:
         raise InputError(f"The magnification must be one of {', '.join(RESOLUTIONS)}, not {resolution!r}.")
     channels = {k: v for k, v in (modalities or {}).items() if k in CHANNEL_COLUMNS and v is not None}
@@ -422,6 +433,10 @@ def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None =
 
         labels = split_regions(labels, split)
         n = int(labels.max(initial=0))
+    if grow is not None:
+        from .deepliif_grow import grow_cells
+
+        labels = grow_cells(labels, grow)
     table = _table(labels, n, positive, cell & ~positive, channels)
     auto_marker = None
     if "marker" in channels:  # beyond 16 megapixels a regular subsample gives the same percentiles
@@ -429,14 +444,14 @@ def analyse_cells(segmentation, marker=None, modalities: dict[str, Any] | None =
         auto_marker = auto_marker_threshold(np.asarray(channels["marker"][::step, ::step]))
     auto_size = auto_size_threshold(table["area"][table["area"] > NOISE_SIZE], resolution)
     return CellAnalysis(labels, table, int(segmentation_threshold), auto_size, auto_marker, resolution,
-                        split=None if split is None else int(split))
+                        split=None if split is None else int(split), grow=None if grow is None else int(grow))
 
 
 def classify_cells(segmentation: np.ndarray, marker: np.ndarray | None = None,
                    thresholds: Thresholds = Thresholds(), resolution: str = "40x") -> tuple[CellAnalysis, Classification]:
     """Convenience: analyse and classify in one call."""
     analysis = analyse_cells(segmentation, marker, segmentation_threshold=thresholds.segmentation,
-                             resolution=resolution, split=thresholds.split)
+                             resolution=resolution, split=thresholds.split, grow=thresholds.grow)
     return analysis, analysis.classify(thresholds)
 
 

@@ -31,7 +31,7 @@ SUMMARY = ("dice", "aji", "percent_positive_diff")
 def refined_mask(segmentation: np.ndarray, marker: np.ndarray, thresholds: Thresholds = Thresholds()) -> np.ndarray:
     """The SegRefined image (classified cells) of a segmentation map under deepliif's cell rules."""
     analysis = analyse_cells(segmentation, marker, segmentation_threshold=thresholds.segmentation,
-                             split=thresholds.split)
+                             split=thresholds.split, grow=thresholds.grow)
     return render_refined(analysis, analysis.classify(thresholds))
 
 

@@ -20,7 +20,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QTimer
 
 from ..tasks.deepliif import summary
-from ..tasks.deepliif_cells import AUTO, MAX_SPLIT, MODEL, RESOLUTIONS, is_model
+from ..tasks.deepliif_cells import AUTO, MAX_GROW, MAX_SPLIT, MODEL, RESOLUTIONS, is_model
 from ..tasks.layers import output_layer_name
 from ..workflows import deepliif as workflow
 from ..workflows import deepliif_results as shown
@@ -29,7 +29,7 @@ from ._worker import report_error, show_warning
 CELLS = "cells"
 MARKER_OFF, MARKER_AUTO, MARKER_MANUAL = "none (deepliif's default)", "automatic", "manual"
 RESOLUTION_AUTO = "from tile size"
-THRESHOLD_SETTINGS = ("seg_threshold", "size", "size_upper", "marker", "split")  # DeepLIIFSettings' cell thresholds
+THRESHOLD_SETTINGS = ("seg_threshold", "size", "size_upper", "marker", "split", "grow")  # DeepLIIFSettings' cell thresholds
 
 
 class CellControls:
@@ -64,6 +64,11 @@ class CellControls:
                                    tooltip="cut a cell region where its nuclei's distance-transform peaks are at least "
                                            "this deep (not a deepliif step: off for release folders; our models' "
                                            "cards recommend a depth)")
+        self.grow_slider = Slider(label="grow cells (px, 0 = off)", min=0, max=MAX_GROW,
+                                  value=min(max(int(t.grow or 0), 0), MAX_GROW),
+                                  tooltip="grow every cell this many pixels into the background after the split, "
+                                          "never into another cell (not a deepliif step: off for release folders; "
+                                          "our models' cards recommend a growth)")
         self.resolution = ComboBox(label="magnification", choices=[RESOLUTION_AUTO, *RESOLUTIONS],
                                    value=st.resolution if st.resolution in RESOLUTIONS else RESOLUTION_AUTO,
                                    tooltip="for the automatic size rule; deepliif takes it from the tile size (512 -> 40x)")
@@ -74,12 +79,12 @@ class CellControls:
         for name, widgets in self._threshold_widgets().items():  # before the settings writers: they read the mark
             for w in widgets:
                 w.changed.connect(lambda *_, name=name: self._touch(name))
-        return [self.seg_slider, self.split_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
+        return [self.seg_slider, self.split_slider, self.grow_slider, self.size_auto, self.size_slider, self.upper_slider, self.marker_mode,
                 self.marker_slider, self.resolution, self.counts,
                 Container(widgets=[self.export_csv, self.export_geojson], layout="horizontal", labels=False), self.help]
 
     def _threshold_widgets(self) -> dict:
-        return {"seg_threshold": (self.seg_slider,), "split": (self.split_slider,),
+        return {"seg_threshold": (self.seg_slider,), "split": (self.split_slider,), "grow": (self.grow_slider,),
                 "size": (self.size_auto, self.size_slider),
                 "size_upper": (self.upper_slider,), "marker": (self.marker_mode, self.marker_slider)}
 
@@ -102,6 +107,7 @@ class CellControls:
             "marker": (w["marker"], self._or_model("marker", lambda: {MARKER_OFF: None, MARKER_AUTO: AUTO}.get(
                 self.marker_mode.value, int(self.marker_slider.value)))),
             "split": (w["split"], self._or_model("split", lambda: int(self.split_slider.value) or None)),
+            "grow": (w["grow"], self._or_model("grow", lambda: int(self.grow_slider.value) or None)),
             "resolution": ((self.resolution,), lambda: AUTO if self.resolution.value == RESOLUTION_AUTO
                            else self.resolution.value),
         }
@@ -114,7 +120,7 @@ class CellControls:
         # Relabelling is fast but not free on big images: wait until the slider rests. Values the dock
         # shows itself (a result's or a model's thresholds) need none: the cells were made with them.
         self._relabel_timer = QTimer(self, singleShot=True, interval=150, timeout=self.relabel)
-        for w in (self.seg_slider, self.split_slider, self.resolution):
+        for w in (self.seg_slider, self.split_slider, self.grow_slider, self.resolution):
             w.changed.connect(lambda *_: None if self._programmatic else self._relabel_timer.start())
         self.export_csv.changed.connect(lambda *_: self._export("csv"))
         self.export_geojson.changed.connect(lambda *_: self._export("geojson"))
@@ -149,6 +155,8 @@ class CellControls:
                 self.seg_slider.value = min(max(int(t.segmentation), 0), 510)
             if "split" not in self._touched:
                 self.split_slider.value = min(max(int(t.split or 0), 0), MAX_SPLIT)
+            if "grow" not in self._touched:
+                self.grow_slider.value = min(max(int(t.grow or 0), 0), MAX_GROW)
         finally:
             self._programmatic = False
 
@@ -170,7 +178,7 @@ class CellControls:
         self.recount()
 
     def relabel(self, *_):
-        """The segmentation threshold or split changed: rebuild cells from the stored maps (no network)."""
+        """The segmentation threshold, split or growth changed: rebuild cells from the stored maps (no network)."""
         if self.result is None or self._source not in self.viewer.layers:
             return  # nothing shown, or its image was removed (or the viewer is closing)
         workflow.reanalyse(self.result, self.settings)

@@ -47,7 +47,8 @@ class DeepLIIFSettings(Remembered):
     model without any (official release folders) and for maps a user brought; a number,
     "auto" or None overrides it. :meth:`thresholds` resolves them for a card. ``split`` (not a
     deepliif setting) is the same: a card of ours may ask for touching nuclei to be split
-    (``tasks.deepliif_split``), None splits nothing, and without a card nothing is split.
+    (``tasks.deepliif_split``), None splits nothing, and without a card nothing is split;
+    ``grow`` likewise (px every cell grows after the split, ``tasks.deepliif_grow``).
     """
 
     model: str = DEFAULT_MODEL  # a name, a .pt file, a DeepLIIF release folder or a bioimage.io package
@@ -61,13 +62,14 @@ class DeepLIIFSettings(Remembered):
     marker: int | str | None = MODEL
     resolution: str = AUTO
     split: int | str | None = MODEL  # split depth of touching nuclei (px) or None; only our models' cards set one
+    grow: int | str | None = MODEL  # px every cell grows after the split, or None; only our models' cards set one
     # which pixels are positive: "network" (deepliif's red >= blue), "dab" (the IHC's DAB vote,
     # tasks.deepliif_dab_vote) or "model" (the card's; deepliif's rule for release folders)
     positive_from: str = MODEL
 
     def thresholds_asked(self) -> Thresholds:
         """The cell thresholds as given, "model" values unresolved."""
-        return Thresholds(self.seg_threshold, self.size, self.size_upper, self.marker, self.split)
+        return Thresholds(self.seg_threshold, self.size, self.size_upper, self.marker, self.split, self.grow)
 
     def thresholds(self, card=None) -> Thresholds:
         """The cell thresholds for a model with this ``card`` (None: no model, deepliif's defaults
@@ -178,6 +180,7 @@ def run(settings: DeepLIIFSettings, data, *, name: str = "image", region: Region
     with device_turn(predictor):
         result = task.run_deepliif(predictor, data, name=name, region=region, store=store, analyse=analyse,
                                    segmentation_threshold=thresholds.segmentation, split=thresholds.split,
+                                   grow=thresholds.grow,
                                    positive_from=None if settings.positive_from == MODEL else settings.positive_from,
                                    resolution=resolution, progress=progress, cancel=cancel)
     result.downsample = float(downsample)
@@ -232,7 +235,8 @@ def reanalyse(result: DeepLIIFResult, settings: DeepLIIFSettings):
     model's; maps a user brought: deepliif's 512) sets the automatic magnification, as in :func:`run`."""
     tile = settings.tile[0] if settings.tile else (result.card.tile[0] if result.card is not None else DEEPLIIF_TILE)
     thresholds = settings.thresholds(result.card)
-    return result.analyse(thresholds.segmentation, settings.resolution_for(tile, result.downsample), thresholds.split)
+    return result.analyse(thresholds.segmentation, settings.resolution_for(tile, result.downsample), thresholds.split,
+                          thresholds.grow)
 
 
 def classify(result: DeepLIIFResult, settings: DeepLIIFSettings):

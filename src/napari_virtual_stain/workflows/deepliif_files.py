@@ -79,7 +79,7 @@ def deepliif_file(source: str, out_dir: str, settings: dict, stem: str | None = 
         t1 = time.perf_counter()
         thresholds = settings.thresholds(predictor.card)  # "model" values: the card's
         cells = result.analyse(thresholds.segmentation, settings.resolution_for(
-            settings.tile[0] if settings.tile else predictor.card.tile[0]), thresholds.split)
+            settings.tile[0] if settings.tile else predictor.card.tile[0]), thresholds.split, thresholds.grow)
         classes = cells.classify(thresholds)
         t2 = time.perf_counter()
         for name, suffix in FILE_SUFFIX.items():
