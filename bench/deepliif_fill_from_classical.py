@@ -23,25 +23,21 @@ fixed beforehand and no other value was tried.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, REPO, machine, update_results
+from _common import REPO
+from _deepliif_variants import main
 
 sys.path.insert(0, str(REPO / "scripts"))
-from train_deepliif import load_real, reference_images, remember_maps as remember  # noqa: E402
+from train_deepliif import remember_maps as remember  # noqa: E402
 
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
-from napari_virtual_stain.models.checkpoint import load_checkpoint  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_cells import model_thresholds  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_classical import classical_cells, classical_maps, draw_maps  # noqa: E402
-from napari_virtual_stain.tasks.deepliif_evaluation import (  # noqa: E402
-    CLASSICAL, format_table, network_method, score_table)
+from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, network_method  # noqa: E402
 
-TRAIN = DATA / "deepliif-sample" / "train"
 MIN_FREE = 0.9  # share of a classical cell's pixels outside the network's cells for it to be added
 NETWORK, FILLED = "network (positives from the DAB vote)", "network + classical cells it missed"
 
@@ -65,29 +61,13 @@ def filled(method, seg_threshold: int):
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="PATH[:HELD_OUT_IMAGE]")
-    args = parser.parse_args()
-    references = reference_images()
-    parts = [machine(), "", f"Command: `python bench/deepliif_fill_from_classical.py {' '.join('--model ' + m for m in args.model)}`"]
-    for given in args.model:
-        path, _, hold_out = given.partition(":")
-        net, card = load_checkpoint(path)
-        thresholds = model_thresholds(card)
-        network = remember(network_method(Predictor(net, card, device="cpu", precision="fp32"), positive_from="dab"))
-        methods = {CLASSICAL: classical_maps, NETWORK: network, FILLED: filled(network, thresholds.segmentation)}
-        own = {NETWORK: thresholds, FILLED: thresholds}
-        _, held_out, train_rows = load_real(TRAIN, 128, hold_out or None)
-        where = f"the whole of {hold_out}" if hold_out else "the bottom 128 rows of each training image"
-        for title, images in ((f"held out ({where})", held_out), ("agreement with the released model", references),
-                              ("training rows (a check)", train_rows)):
-            text = format_table(score_table(methods, images, own))
-            parts += ["", f"### {Path(path).stem}: {title}", "", text]
-            print(parts[-3], text, sep="\n", flush=True)
-    update_results("DeepLIIF: network cells + the classical cells it missed (experiment, not shipped)",
-                   "\n".join(parts))
+def variants(net, card, train_rows):
+    thresholds = model_thresholds(card)
+    network = remember(network_method(Predictor(net, card, device="cpu", precision="fp32"), positive_from="dab"))
+    methods = {CLASSICAL: classical_maps, NETWORK: network, FILLED: filled(network, thresholds.segmentation)}
+    return methods, {NETWORK: thresholds, FILLED: thresholds}, list
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, "deepliif_fill_from_classical.py", variants,
+         "DeepLIIF: network cells + the classical cells it missed (experiment, not shipped)")

@@ -24,23 +24,20 @@ not worse by > 0.01 Dice or AJI.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from _common import DATA, REPO, machine, update_results
+from _common import REPO
+from _deepliif_variants import main
 
 sys.path.insert(0, str(REPO / "scripts"))
-from train_deepliif import load_real, reference_images, remember_maps as remember, with_dab_vote  # noqa: E402
+from train_deepliif import remember_maps as remember, with_dab_vote  # noqa: E402
 
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
-from napari_virtual_stain.models.checkpoint import load_checkpoint  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_calibration import calibrate  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_classical import classical_maps  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_dab_vote import NETWORK  # noqa: E402
-from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, format_table, network_method, score_table  # noqa: E402
+from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, network_method  # noqa: E402
 
-TRAIN = DATA / "deepliif-sample" / "train"
 GROW_GRID = (None, 1, 2, 3)  # written with the rule; now the shipped grid too
 
 
@@ -48,33 +45,17 @@ def describe(t) -> str:
     return f"seg {t.segmentation}, split {t.split or 'none'}, size {t.size}, grow {t.grow or 'none'}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="PATH[:HELD_OUT_IMAGE]")
-    args = parser.parse_args()
-    references = reference_images()
-    parts = [machine(), "", f"Command: `python bench/deepliif_grow.py {' '.join('--model ' + m for m in args.model)}`"]
-    for given in args.model:
-        path, _, hold_out = given.partition(":")
-        net, card = load_checkpoint(path)
-        _, held_out, train_rows = load_real(TRAIN, 128, hold_out or None)
-        # thresholds are chosen on the network's own classes, as scripts/train_deepliif.py does
-        own_classes = remember(network_method(Predictor(net, card, device="cpu", precision="fp32"),
-                                              positive_from=NETWORK))
-        shipped, _ = calibrate(own_classes, train_rows, grow_grid=(None,))  # the grid before this experiment
-        grown, _ = calibrate(own_classes, train_rows, grow_grid=GROW_GRID)
-        voted = with_dab_vote(own_classes)
-        plain_label, grown_label = f"network, shipped grid ({describe(shipped)})", f"network, with growth ({describe(grown)})"
-        methods = {CLASSICAL: classical_maps, plain_label: voted, grown_label: voted}
-        own = {plain_label: shipped, grown_label: grown}
-        where = f"the whole of {hold_out}" if hold_out else "the bottom 128 rows of each training image"
-        for title, images in ((f"held out ({where})", held_out), ("agreement with the released model", references),
-                              ("training rows (where the thresholds were chosen)", train_rows)):
-            text = format_table(score_table(methods, images, own))
-            parts += ["", f"### {Path(path).stem}: {title}", "", text]
-            print(parts[-3], text, sep="\n", flush=True)
-    update_results("DeepLIIF: cells grown after the cut (experiment, issue 12)", "\n".join(parts))
+def variants(net, card, train_rows):
+    # thresholds are chosen on the network's own classes, as scripts/train_deepliif.py does
+    own_classes = remember(network_method(Predictor(net, card, device="cpu", precision="fp32"), positive_from=NETWORK))
+    shipped, _ = calibrate(own_classes, train_rows, grow_grid=(None,))  # the grid before this experiment
+    grown, _ = calibrate(own_classes, train_rows, grow_grid=GROW_GRID)
+    voted = with_dab_vote(own_classes)
+    plain_label, grown_label = f"network, shipped grid ({describe(shipped)})", f"network, with growth ({describe(grown)})"
+    methods = {CLASSICAL: classical_maps, plain_label: voted, grown_label: voted}
+    return methods, {plain_label: shipped, grown_label: grown}, list
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, "deepliif_grow.py", variants,
+         "DeepLIIF: cells grown after the cut (experiment, issue 12)")

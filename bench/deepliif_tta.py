@@ -23,23 +23,20 @@ by > 0.01 Dice or AJI.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
-from _common import DATA, REPO, machine, update_results
+from _common import REPO
+from _deepliif_variants import main
 
 sys.path.insert(0, str(REPO / "scripts"))
-from train_deepliif import load_real, reference_images, remember_maps as remember  # noqa: E402
+from train_deepliif import remember_maps as remember  # noqa: E402
 
 from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
-from napari_virtual_stain.models.checkpoint import load_checkpoint  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_cells import model_thresholds  # noqa: E402
 from napari_virtual_stain.tasks.deepliif_classical import classical_maps  # noqa: E402
-from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, format_table, network_method, score_table  # noqa: E402
+from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, network_method  # noqa: E402
 
-TRAIN = DATA / "deepliif-sample" / "train"
 PLAIN, TTA = "network (positives from the DAB vote)", "network with TTA (8 transforms averaged)"
 
 
@@ -55,33 +52,19 @@ def timed(method):
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="PATH[:HELD_OUT_IMAGE]")
-    args = parser.parse_args()
-    references = reference_images()
-    parts = [machine(), "", f"Command: `python bench/deepliif_tta.py {' '.join('--model ' + m for m in args.model)}`"]
-    for given in args.model:
-        path, _, hold_out = given.partition(":")
-        net, card = load_checkpoint(path)
-        thresholds = model_thresholds(card)
-        predictor = Predictor(net, card, device="cpu", precision="fp32")
-        plain = timed(network_method(predictor, positive_from="dab"))
-        augmented = timed(lambda rgb: predictor_tta(predictor, rgb))
-        methods = {CLASSICAL: classical_maps, PLAIN: remember(plain), TTA: remember(augmented)}
-        own = {PLAIN: thresholds, TTA: thresholds}
-        _, held_out, train_rows = load_real(TRAIN, 128, hold_out or None)
-        where = f"the whole of {hold_out}" if hold_out else "the bottom 128 rows of each training image"
-        for title, images in ((f"held out ({where})", held_out), ("agreement with the released model", references),
-                              ("training rows (a check)", train_rows)):
-            text = format_table(score_table(methods, images, own))
-            parts += ["", f"### {Path(path).stem}: {title}", "", text]
-            print(parts[-3], text, sep="\n", flush=True)
-        cost = sum(augmented.seconds) / max(sum(plain.seconds), 1e-9)
-        parts += ["", f"Seconds for the model's maps of these images: plain {sum(plain.seconds):.1f}, "
-                      f"TTA {sum(augmented.seconds):.1f} ({cost:.1f}x)."]
-        print(parts[-1], flush=True)
-    update_results("DeepLIIF: test-time augmentation on unseen tissue (experiment, issue 12)", "\n".join(parts))
+def variants(net, card, train_rows):
+    thresholds = model_thresholds(card)
+    predictor = Predictor(net, card, device="cpu", precision="fp32")
+    plain = timed(network_method(predictor, positive_from="dab"))
+    augmented = timed(lambda rgb: predictor_tta(predictor, rgb))
+
+    def cost() -> list[str]:
+        ratio = sum(augmented.seconds) / max(sum(plain.seconds), 1e-9)
+        return ["", f"Seconds for the model's maps of these images: plain {sum(plain.seconds):.1f}, "
+                    f"TTA {sum(augmented.seconds):.1f} ({ratio:.1f}x)."]
+
+    methods = {CLASSICAL: classical_maps, PLAIN: remember(plain), TTA: remember(augmented)}
+    return methods, {PLAIN: thresholds, TTA: thresholds}, cost
 
 
 def predictor_tta(predictor, rgb):
@@ -93,4 +76,5 @@ def predictor_tta(predictor, rgb):
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, "deepliif_tta.py", variants,
+         "DeepLIIF: test-time augmentation on unseen tissue (experiment, issue 12)")

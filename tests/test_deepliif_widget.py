@@ -85,15 +85,21 @@ def test_run_then_thresholds_and_clicks_recount(make_napari_viewer, qtbot, tiny_
     assert widget.cell_layer.colormap.color_dict[int(negative)][2] > 0.9  # drawn blue
 
 
-def test_the_split_slider_cuts_touching_nuclei_and_zero_turns_it_off(make_napari_viewer, qtbot, tiny_deepliif):
+def _dock_with_cells(make_napari_viewer, qtbot):
+    """The DeepLIIF dock after a whole-image run of the tiny model on a flat 64 x 64 image."""
     viewer = make_napari_viewer()
     viewer.add_image(np.full((64, 64, 3), 180, np.uint8), name="ihc", rgb=True)
     widget = DeepLIIFWidget(viewer)
     widget.reset_choices()
-    assert widget.split_slider.value == 0  # the tiny model's card asks for no split
     widget.scope.value = WHOLE
     widget.run()
     qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
+    return widget
+
+
+def test_the_split_slider_cuts_touching_nuclei_and_zero_turns_it_off(make_napari_viewer, qtbot, tiny_deepliif):
+    widget = _dock_with_cells(make_napari_viewer, qtbot)
+    assert widget.split_slider.value == 0  # the tiny model's card asks for no split
     seg = np.zeros((64, 64, 3), np.uint8)  # two round nuclei that touch: one region for deepliif
     disc(seg, 32, 22, 9, (240, 0, 10))
     disc(seg, 32, 38, 9, (240, 0, 10))
@@ -354,14 +360,8 @@ def test_positive_cells_from_the_dab_vote_at_the_next_run(make_napari_viewer, qt
 
 
 def test_the_grow_slider_enlarges_the_cells_and_zero_turns_it_off(make_napari_viewer, qtbot, tiny_deepliif):
-    viewer = make_napari_viewer()
-    viewer.add_image(np.full((64, 64, 3), 180, np.uint8), name="ihc", rgb=True)
-    widget = DeepLIIFWidget(viewer)
-    widget.reset_choices()
+    widget = _dock_with_cells(make_napari_viewer, qtbot)
     assert widget.grow_slider.value == 0  # the tiny model's card asks for no growth
-    widget.scope.value = WHOLE
-    widget.run()
-    qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
     seg = np.zeros((64, 64, 3), np.uint8)  # two nuclei 6 px apart
     disc(seg, 32, 16, 8, (240, 0, 10))
     disc(seg, 32, 46, 8, (240, 0, 10))
