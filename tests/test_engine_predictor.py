@@ -301,6 +301,35 @@ def test_tiles_are_fitted_to_the_image_for_models_with_a_size_multiple():
     np.testing.assert_array_equal(result, image)
 
 
+class SeenConv(torch.nn.Module):
+    """``conv_stack`` that records the tile shapes it is given and accepts any multiple of 4."""
+    size_multiple = 4
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.seen = conv_stack(1, 1), []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[2:]))
+        return self.net(x)
+
+
+def test_a_current_view_with_its_margins_is_one_tile_and_the_untiled_answer():
+    image = RNG.random((1, 24, 24), dtype=np.float32)  # a 16 x 16 view read with 4 px (the overlap) around it
+    model = SeenConv()
+    result = Predictor(model, make_card(tile=16, overlap=4), device="cpu").predict(image)
+    assert model.seen == [(24, 24)]  # one tile, not a 2 x 2 grid of 12-px tiles
+    np.testing.assert_allclose(result, untiled(model.net, image), atol=1e-6)  # no seam to blend
+
+    model = SeenConv()  # rounded up to the size multiple; one pixel more than a tile and its margins: tiled as before
+    Predictor(model, make_card(tile=16, overlap=4), device="cpu").predict(RNG.random((1, 25, 21), dtype=np.float32))
+    assert model.seen[0][0] <= 16 and model.seen[0][1] == 24
+
+    model = SeenConv()  # a tile the user chose is kept: it may be a memory limit
+    Predictor(model, make_card(tile=16, overlap=4), device="cpu", tile=(16, 16)).predict(image)
+    assert model.seen and all(s == (16, 16) for s in model.seen)
+
+
 def test_region_with_whole_image_stats_matches_the_whole_image_run():
     image = np.linspace(0, 1000, 60 * 60, dtype=np.float32).reshape(1, 60, 60)
     card = make_card(tile=16, overlap=4, norm={"kind": "percentile", "low": 1.0, "high": 99.0})

@@ -89,6 +89,7 @@ class Predictor(TileRules):
         precision = resolve_precision(self.device, precision)
         dims = card.spatial_dims
         self.tile = tuple(int(t) for t in (tile if tile is not None else card.tile))
+        self.tile_from_card = tile is None  # the card's tile may grow to one tile per current view (tile_rules)
         self.overlap = tuple(int(o) for o in (overlap if overlap is not None else card.overlap))
         if len(self.tile) != dims or len(self.overlap) != dims:
             raise InputError(f"This is a {dims}D model: tile and overlap need {dims} values each, "

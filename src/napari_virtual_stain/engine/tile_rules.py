@@ -1,7 +1,7 @@
 """Which tiles and batches a model gets: the smallest trustworthy tile, tiles fitted to the
 image, the batch size, seam warnings and which test-time transforms fit (a mixin of the
-``Predictor``, which holds ``model``, ``card``, ``device``, ``tile``, ``overlap`` and
-``size_multiple``)."""
+``Predictor``, which holds ``model``, ``card``, ``device``, ``tile``, ``overlap``,
+``tile_from_card`` and ``size_multiple``)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,23 @@ class TileRules:
                 f"Tiles of {'x'.join(map(str, tile))} pixels are too small for {self.card.name}: the smallest it can use "
                 f"is {'x'.join(map(str, smallest))} (smaller tiles see too little context around each pixel{why}).")
 
+    def _one_tile_per_view(self, spatial: Sequence[int], tile: tuple[int, ...]) -> tuple[int, ...]:
+        """One tile along each in-plane axis no longer than the card's tile plus an overlap on either side.
+
+        That is the current view with the context margin the tasks read around it (``overlap``
+        pixels each side): fitted tiles would cut it into a 2 x 2 grid of smaller tiles (a 512 x
+        512 DeepLIIF view read as 576 x 576: four tiles of 304 px, 370k pixels and a blend) where
+        one tile of 576 px computes 332k pixels and gives the untiled answer, which the blend
+        only approaches. Only with the card's own tile (a tile the user chose is a memory limit
+        kept as given) and only in Y and X: a 3D tile's depth stays as fitted.
+        """
+        if not self.tile_from_card or getattr(self.model, "check_tile", None) is not None:
+            return tile  # a user's tile, or a network that accepts only some sizes
+        m = self.size_multiple
+        planar = len(tile) - 2  # the first in-plane axis
+        return tuple(t if axis < planar or n <= t or n > card + 2 * o else -(-n // m) * m
+                     for axis, (n, t, card, o) in enumerate(zip(spatial, tile, self.tile, self.overlap)))
+
     def _quarter_turns_fit(self, tile: Sequence[int]) -> bool:
         """Whether the network accepts a tile turned a quarter (its Y and X sizes swapped)."""
         if tile[-2] == tile[-1]:
@@ -120,6 +137,7 @@ class TileRules:
         # Never below the smallest trustworthy tile, unless one fitted tile covers the axis.
         tile = tuple(f if n <= f else min(t, max(f, m))
                      for n, t, f, m in zip(spatial, self.tile, fitted, self.min_tile()))
+        tile = self._one_tile_per_view(spatial, tile)
         if getattr(self.model, "min_tile", None) is not None:  # a declared minimum is a hard limit: pad up to it
             tile = tuple(max(t, m) for t, m in zip(tile, self.min_tile()))
         # A fitted tile can be shorter than the overlap only where one tile covers the axis.
