@@ -107,6 +107,16 @@ def test_strip_blender_reproduces_constant_tiles_and_writes_each_row_once():
     assert max(stop - start for start, stop in written) <= tile[0]
 
 
+def test_one_tile_over_the_whole_image_is_written_once_as_it_came():
+    values = np.random.default_rng(1).random((3, 20, 24)).astype(np.float32)
+    written = []
+    blender = StripBlender(lambda rows, v: written.append((rows, v)), 3, (20, 24), (20, 24), (8, 8))
+    blender.add((slice(0, 20), slice(0, 24)), values)
+    blender.close()
+    assert len(written) == 1 and written[0][0] == slice(0, 20)
+    np.testing.assert_array_equal(written[0][1], values)  # the blend of one tile is the tile
+
+
 def test_strip_blender_refuses_out_of_order_tiles():
     blender = StripBlender(lambda rows, v: None, 1, (40, 10), (16, 10), (4, 0))
     slices = tile_slices((40, 10), (16, 10), (4, 0))

@@ -206,6 +206,9 @@ class StripBlender:
             for n, t, o in zip(self.shape, self.tile, self.overlap)
         ]
         self.strips = strips if strips is not None else range(len(self.starts0))
+        # One tile over the whole image (a current view, a small image): every normalised weight is
+        # exactly 1 (a profile divided by itself), so its output is the answer as it comes.
+        self._one_tile = all(len(w) == 1 for w in self.weights)
         self._strip = self.strips.start - 1  # index into starts0 of the strip being accumulated
         self._lo = 0  # first image row held in the buffer
         self._buffer: np.ndarray | None = None
@@ -232,6 +235,10 @@ class StripBlender:
         index = self.starts0.index(start0)
         if index < self._strip:
             raise ValueError("tiles must be added in grid order")
+        if self._one_tile:
+            self.write(slice(0, self.shape[0]), np.asarray(values, dtype=np.float32))
+            self._strip = self.strips.stop - 1  # written: close() has nothing left to do
+            return
         while self._strip < index:
             self._begin_strip(self._strip + 1)
         weight = np.ones((), dtype=np.float64)

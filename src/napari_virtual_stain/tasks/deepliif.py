@@ -90,11 +90,12 @@ class _RGBSink:
     def __setitem__(self, index, values) -> None:
         rows = index[1] if isinstance(index, tuple) and len(index) > 1 else slice(None)
         values = np.asarray(values)
+        scaled = np.empty((3,) + values.shape[1:], dtype=np.float32)  # one buffer, reused: no temporaries
         for k, target in enumerate(self.targets):
-            block = values[3 * k:3 * k + 3]
-            scaled = block * np.float32(255.0)
-            scaled = np.floor(scaled) if self.truncate else np.rint(scaled)
-            strip = np.clip(scaled, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            np.multiply(values[3 * k:3 * k + 3], np.float32(255.0), out=scaled)
+            (np.floor if self.truncate else np.rint)(scaled, out=scaled)
+            np.clip(scaled, 0, 255, out=scaled)
+            strip = scaled.astype(np.uint8).transpose(1, 2, 0)
             if self.redraw_last is not None and k == len(self.targets) - 1:
                 strip = self.redraw_last(rows, strip)
             target[rows] = strip
