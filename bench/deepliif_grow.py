@@ -45,15 +45,22 @@ def describe(t) -> str:
     return f"seg {t.segmentation}, split {t.split or 'none'}, size {t.size}, grow {t.grow or 'none'}"
 
 
-def variants(net, card, train_rows):
-    # thresholds are chosen on the network's own classes, as scripts/train_deepliif.py does
-    own_classes = remember(network_method(Predictor(net, card, device="cpu", precision="fp32"), positive_from=NETWORK))
-    shipped, _ = calibrate(own_classes, train_rows, grow_grid=(None,))  # the grid before this experiment
-    grown, _ = calibrate(own_classes, train_rows, grow_grid=GROW_GRID)
-    voted = with_dab_vote(own_classes)
-    plain_label, grown_label = f"network, shipped grid ({describe(shipped)})", f"network, with growth ({describe(grown)})"
-    methods = {CLASSICAL: classical_maps, plain_label: voted, grown_label: voted}
-    return methods, {plain_label: shipped, grown_label: grown}, list
+def grid_variants(grids: dict[str, tuple]):
+    """The experiment's variants: the network calibrated with each named growth grid, the classical baseline beside."""
+    def variants(net, card, train_rows):
+        # thresholds are chosen on the network's own classes, as scripts/train_deepliif.py does
+        own_classes = remember(network_method(Predictor(net, card, device="cpu", precision="fp32"), positive_from=NETWORK))
+        voted = with_dab_vote(own_classes)
+        methods, own = {CLASSICAL: classical_maps}, {}
+        for name, grid in grids.items():
+            chosen, _ = calibrate(own_classes, train_rows, grow_grid=grid)
+            label = f"network, {name} ({describe(chosen)})"
+            methods[label], own[label] = voted, chosen
+        return methods, own, list
+    return variants
+
+
+variants = grid_variants({"shipped grid": (None,), "with growth": GROW_GRID})  # (None,): the grid before this experiment
 
 
 if __name__ == "__main__":

@@ -21,38 +21,13 @@ not worse by > 0.01 Dice or AJI.
 
 from __future__ import annotations
 
-import sys
-
-from _common import REPO
+from deepliif_grow import grid_variants
 from _deepliif_variants import main
 
-sys.path.insert(0, str(REPO / "scripts"))
-from train_deepliif import remember_maps as remember, with_dab_vote  # noqa: E402
-
-from napari_virtual_stain.engine.predictor import Predictor  # noqa: E402
-from napari_virtual_stain.tasks.deepliif_calibration import GROW_GRID, calibrate  # noqa: E402
-from napari_virtual_stain.tasks.deepliif_classical import classical_maps  # noqa: E402
-from napari_virtual_stain.tasks.deepliif_dab_vote import NETWORK  # noqa: E402
-from napari_virtual_stain.tasks.deepliif_evaluation import CLASSICAL, network_method  # noqa: E402
+from napari_virtual_stain.tasks.deepliif_calibration import GROW_GRID
 
 WIDER_GRID = (None, 1, 2, 3, 4, 5, 6)  # written with the rule
 
-
-def describe(t) -> str:
-    return f"seg {t.segmentation}, split {t.split or 'none'}, size {t.size}, grow {t.grow or 'none'}"
-
-
-def variants(net, card, train_rows):
-    # thresholds are chosen on the network's own classes, as scripts/train_deepliif.py does
-    own_classes = remember(network_method(Predictor(net, card, device="cpu", precision="fp32"), positive_from=NETWORK))
-    shipped, _ = calibrate(own_classes, train_rows, grow_grid=GROW_GRID)
-    wider, _ = calibrate(own_classes, train_rows, grow_grid=WIDER_GRID)
-    voted = with_dab_vote(own_classes)
-    shipped_label, wider_label = f"network, shipped grid ({describe(shipped)})", f"network, grid to 6 px ({describe(wider)})"
-    methods = {CLASSICAL: classical_maps, shipped_label: voted, wider_label: voted}
-    return methods, {shipped_label: shipped, wider_label: wider}, list
-
-
 if __name__ == "__main__":
-    main(__doc__, "deepliif_grow_wider.py", variants,
+    main(__doc__, "deepliif_grow_wider.py", grid_variants({"shipped grid": GROW_GRID, "grid to 6 px": WIDER_GRID}),
          "DeepLIIF: cells grown up to 6 px (experiment, issue 12)")
