@@ -156,6 +156,11 @@ def main() -> None:
     own_view()
     view_s = min(timed(lambda: run_deepliif(small, image, region=view))[1] for _ in range(3))
     own_view_s = min(timed(own_view)[1] for _ in range(3))
+    # where the view's time goes: the networks (with the output conversion) and the cells at the card's rules
+    maps_only = run_deepliif(small, image, region=view, analyse=False)
+    maps_s = min(timed(lambda: run_deepliif(small, image, region=view, analyse=False))[1] for _ in range(3))
+    own_cells_s = min(timed(lambda: maps_only.analyse(own.segmentation, "40x", own.split, own.grow))[1]
+                      for _ in range(3))
     cells = view_result.cells
     _, classify_s, _ = timed(lambda: [cells.classify(Thresholds(size=s, marker=200)) for s in range(100)])
     whole_cells = roi1_result.cells
@@ -189,6 +194,8 @@ def main() -> None:
         + table(["action", "seconds"], [
             [f"Run on a 512x512 current view (networks + cells at the card's thresholds: split {own.split} px, "
              f"grown {own.grow} px), warm, best of 3, {args.threads} thread(s)", f"{own_view_s:.2f}"],
+            ["of the view at the card's rules: the networks and the 8-bit maps", f"{maps_s:.2f}"],
+            ["of the view at the card's rules: the cells (labels, split, growth, table)", f"{own_cells_s:.2f}"],
             ["the same view with deepliif's cell rules (no split, no growth)", f"{view_s:.2f}"],
             ["move the size or marker threshold: recount, 512x512 view", f"{classify_s / 100 * 1000:.3f} ms"],
             ["move the size or marker threshold: recount, whole ROI_1", f"{classify_whole_s / 100 * 1000:.3f} ms"],
