@@ -317,7 +317,8 @@ class SeenConv(torch.nn.Module):
 def test_a_current_view_with_its_margins_is_one_tile_and_the_untiled_answer():
     image = RNG.random((1, 24, 24), dtype=np.float32)  # a 16 x 16 view read with 4 px (the overlap) around it
     model = SeenConv()
-    result = Predictor(model, make_card(tile=16, overlap=4), device="cpu").predict(image)
+    # fp32: "auto" is bf16 on CPUs with native bf16, and this compares to an fp32 run
+    result = Predictor(model, make_card(tile=16, overlap=4), device="cpu", precision="fp32").predict(image)
     assert model.seen == [(24, 24)]  # one tile, not a 2 x 2 grid of 12-px tiles
     np.testing.assert_allclose(result, untiled(model.net, image), atol=1e-6)  # no seam to blend
 
