@@ -77,17 +77,18 @@ def detectable(stack, names, res, marker, kind, box, t):
     return bool(reg and zero >= chance), f"in place {zero:.2f} (chance {chance:.2f})"
 
 
-def run(fields, quick=False):
+def run(fields, quick=False, settings=None):
+    """The matrix over ``fields`` with the shipped thresholds, updated by ``settings`` (experiments)."""
     rows = defaultdict(lambda: {"trials": 0, "hit": 0, "not_assessable": 0, "judged_others": 0,
                                 "detectable": 0, "hit_detectable": 0})
     clean = {"fields": 0, "markers": 0, "judged": 0, "false": [], "known_empty": []}
     other_false = defaultdict(int)
     seconds, cases = [], []
-    t = thresholds()
+    t = thresholds(settings)
     for name in fields:
         stack, names = qc_fields.load_field(name)
         t0 = time.perf_counter()
-        res = check_stack(stack, names)
+        res = check_stack(stack, names, settings)
         seconds.append(time.perf_counter() - t0)
         clean["fields"] += 1
         clean["markers"] += len(res)
@@ -100,7 +101,7 @@ def run(fields, quick=False):
             for kind in CLASSES:
                 bad, box = sabotage(stack, names, marker, kind, seed=k)
                 can, why = detectable(stack, names, res, marker, kind, box, t)
-                out = check_stack(bad, names, only=[marker] if quick else None)
+                out = check_stack(bad, names, settings, only=[marker] if quick else None)
                 row = rows[kind]
                 row["trials"] += 1
                 # a missing stain over noisy background has no structure but a spread: reported as noise

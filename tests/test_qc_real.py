@@ -162,3 +162,24 @@ def test_the_report_names_class_evidence_and_region(tmp_path):
     else:  # ...or by its straight edges
         assert len(evidence["cut_sides"]) >= report["thresholds"]["min_cut_sides"]
     assert finding["evidence"]["predicted_from"]
+
+
+def test_further_dips_are_judged_when_asked_so_a_second_failed_tile_is_found_too():
+    """``max_candidates`` (off in the shipped settings, bench/qc_more_candidates.py) judges the
+    next-lowest separate dips too: of two blanked corner tiles, the lowest-window rule alone finds one."""
+    import numpy as np
+
+    from napari_virtual_stain.tasks.qc_checks import check_stack
+
+    stack, names = _field("breast-q0")
+    c = names.index("BetaTubulin")
+    bad = stack.copy()
+    tiles = [(0, 0, 128, 128), (256, 256, 384, 384)]
+    for y0, x0, y1, x1 in tiles:
+        bad[c, y0:y1, x0:x1] = np.percentile(stack[c], 1)
+    shipped = check_stack(bad, names, only=["BetaTubulin"])["BetaTubulin"].findings
+    wider = check_stack(bad, names, {"max_candidates": 2}, only=["BetaTubulin"])["BetaTubulin"].findings
+    assert len(shipped) == 1 and shipped[0].kind == "blank_region"
+    assert sorted(f.kind for f in wider) == ["blank_region", "blank_region"]
+    assert all(any(_overlaps(f.box, tile) for f in wider) for tile in tiles)
+    assert stack[c, :128, :128].max() > np.percentile(stack[c], 1)  # the input stack was not changed

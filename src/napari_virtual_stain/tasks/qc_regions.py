@@ -21,7 +21,8 @@ that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
 4. every window of ``window_blocks`` x ``window_blocks`` blocks with an expected signal of
    at least ``min_expected_counts`` (and at least ``min_expected_share`` of the marker's
    typical window) gets observed / expected. The lowest window and the windows around it
-   that stay within twice its level are the candidate area;
+   that stay within twice its level are the candidate area (with ``max_candidates`` > 0 the
+   next-lowest separate dips below ``dim_level`` are candidates too, each judged by steps 5-6);
 5. the candidate is flagged when it is below ``dim_level`` (``blank_level``: blank) *and*
    the marker never falls that low elsewhere: the lowest window sharing no block with the
    area is at least ``min_rest_dim`` (``min_rest_blank``) of its expected level and the
@@ -69,6 +70,9 @@ REGION_DEFAULTS: dict[str, float] = {
     "min_rest_blank": 0.58,  # a blank area: elsewhere the marker never falls below this share of its expected level
     "min_rest_dim": 0.72,  # ... a dimmed area (a milder dip needs a steadier marker around it)
     "min_cut_sides": 3,  # ... or: the area ends in straight cuts on this many sides (tasks/qc_edges.py)
+    # separate dips judged after the lowest, so that a natural gap as low elsewhere cannot hide a failed
+    # area; tried at 2 (bench/qc_more_candidates.py): one dimmed area more found, one false flag more: off
+    "max_candidates": 0,
     **EDGE_DEFAULTS,
 }
 
@@ -186,12 +190,51 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     if not judged.any():
         return [], measures, f"regions: {name} is expected too sparsely anywhere to judge an area"
     ratio = np.where(judged, obs / np.maximum(exp, 1e-9), np.inf)
-    worst = float(ratio.min())
-    # the candidate area: the windows around the lowest one that stay within twice its level
-    low = judged & (ratio <= max(2 * worst, 0.02))
-    labels_w, _ = ndimage.label(low)
-    at = np.unravel_index(int(np.argmin(ratio)), ratio.shape)
-    candidate = labels_w == labels_w[at]
+    # the areas judged: the lowest, and (``max_candidates``) the next-lowest separate dips below
+    # ``dim_level``. A natural gap as low as a failed area elsewhere must not hide the failure.
+    candidates = _candidate_areas(ratio, judged, t)
+    found, first = [], None
+    for rank, candidate in enumerate(candidates):
+        areas, area_measures, why = _judge_area(name, candidate, ratio, judged, target, predicted, predictability,
+                                                others, other_signals, other_names, used, signal, t)
+        if rank == 0:
+            first = (area_measures, why)
+        if areas and not found:
+            measures.update(area_measures)  # the measures reported are those of the first area flagged
+            measures["region_candidate_rank"] = rank
+        found += areas
+    if found:
+        return found, measures, None
+    measures.update(first[0])
+    return [], measures, first[1]
+
+
+def _candidate_areas(ratio: np.ndarray, judged: np.ndarray, t: Mapping[str, Any]) -> list[np.ndarray]:
+    """Window maps of the candidate areas, lowest first: around each dip's lowest window, the
+    windows that stay within twice its level (the lowest window always; the others only if below
+    ``dim_level``)."""
+    out, taken = [], np.zeros(ratio.shape, bool)
+    for _ in range(1 + int(t["max_candidates"])):
+        left = np.where(taken, np.inf, ratio)
+        worst = float(left.min())
+        if not np.isfinite(worst) or (out and worst >= t["dim_level"]):
+            break
+        low = judged & ~taken & (ratio <= max(2 * worst, 0.02))
+        labels_w, _ = ndimage.label(low)
+        at = np.unravel_index(int(np.argmin(left)), ratio.shape)
+        candidate = labels_w == labels_w[at]
+        out.append(candidate)
+        # the next candidate is a separate dip: not within a window's reach of this one
+        taken |= ndimage.binary_dilation(candidate, iterations=int(t["window_blocks"]))
+    return out
+
+
+def _judge_area(name, candidate, ratio, judged, target, predicted, predictability, others, other_signals, other_names,
+                used, signal, t) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
+    """``(areas, measures, why not judged)`` for one candidate area (steps 3-6 of the module docstring)."""
+    block, size = int(t["block_px"]), int(t["window_blocks"])
+    worst = float(ratio[candidate].min())
+    measures: dict[str, Any] = {}
     covered = _blocks_under(candidate, size, target.shape)
     # the rest: windows that share no block with the candidate area
     cov = np.pad(covered, ((1, 0), (1, 0))).cumsum(0).cumsum(1).astype(np.int64)
