@@ -330,7 +330,8 @@ def test_run_is_disabled_with_the_reason_and_the_run_state_is_shown(make_napari_
     widget.scope.value = WHOLE
     widget.run()
     qtbot.waitUntil(lambda: widget.cell_layer is not None and not widget.job.running, timeout=60000)
-    assert widget.run_state_label.value == "state: done"
+    # the worker stops running before its finished signal reaches the label: wait for the label itself
+    qtbot.waitUntil(lambda: widget.run_state_label.value == "state: done", timeout=10000)
     again = DeepLIIFWidget(viewer)  # a new launch remembers what ran
     assert (again.size_auto.value, again.size_slider.value, again.model.value) == (False, 50, tiny_deepliif)
 
