@@ -58,7 +58,7 @@ def main():
     lines = [f"Machine: {machine()}.",
              f"Command: `python bench/qc_more_candidates.py --candidates {args.candidates}` "
              f"({time.perf_counter() - start:.0f} s in all). Fields: bench/qc_fields.py EVALUATION (matrix) and "
-             "CALIBRATION (clean false flags). Rule (written first, docstring): detection of blank or dimmed areas up, "
+             "CALIBRATION (clean false flags). Rule (docstring; written down after a first trial run on the evaluation fields): detection of blank or dimmed areas up, "
              "no class down, no false-flag count up.", "",
              "| class | detected of detectable, lowest dip only (shipped) | with further dips | false flags on other "
              "markers, shipped | with further dips |", "|---|---|---|---|---|"]
@@ -70,7 +70,7 @@ def main():
     lines.append(f"| clean calibration fields | | | {cal[0][0]} of {cal[0][1]} | "
                  f"{cal[args.candidates][0]} of {cal[args.candidates][1]} |")
     lines += ["", f"Verdict: {'adopt' if adopt else 'not adopted'} (detection gain {gain}, loss {loss}, "
-              f"more false flags {more_false}). New clean false flags: "
+              f"more false flags {more_false}). New clean false flags on the evaluation fields: "
               f"{sorted(set(new['clean'][2]) - set(old['clean'][2])) or 'none'}."]
     text = "\n".join(lines)
     print(text)
