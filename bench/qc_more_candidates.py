@@ -58,7 +58,8 @@ def main():
     lines = [f"Machine: {machine()}.",
              f"Command: `python bench/qc_more_candidates.py --candidates {args.candidates}` "
              f"({time.perf_counter() - start:.0f} s in all). Fields: bench/qc_fields.py EVALUATION (matrix) and "
-             "CALIBRATION (clean false flags). Rule (docstring; written down after a first trial run on the evaluation fields): detection of blank or dimmed areas up, "
+             "CALIBRATION (clean false flags). Rule (docstring; written down after a first trial run on the "
+             "evaluation fields): detection of blank or dimmed areas up, "
              "no class down, no false-flag count up.", "",
              "| class | detected of detectable, lowest dip only (shipped) | with further dips | false flags on other "
              "markers, shipped | with further dips |", "|---|---|---|---|---|"]
