@@ -43,13 +43,8 @@ def dips(stack, names, marker, t):
     signals = [signal_of(ch, t["background_percentile"])[0] for ch in stack]
     informative = [i for i, n in enumerate(names) if is_marker(n) and (signals[i] > 0).sum() >= t["min_signal_px"]]
     i = names.index(marker)
-    target = qc_regions.block_sums(signals[i], block)
-    others = np.stack([qc_regions.block_sums(signals[j], block) for j in informative if j != i])
-    predicted, predictability, _ = qc_regions.predict_blocks(target, others, t)
-    obs, exp = qc_regions.window_ratios(target, predicted, size)
-    typical = float(np.median(exp[exp > 0])) if (exp > 0).any() else 0.0
-    judged = (exp >= t["min_expected_counts"]) & (exp >= t["min_expected_share"] * typical)
-    ratio = np.where(judged, obs / np.maximum(exp, 1e-9), np.inf)
+    target, _, predicted, predictability, _, ratio, judged = qc_regions.window_levels(
+        signals[i], [signals[j] for j in informative if j != i], t)
     out = {}
     for kind, level in LEVELS.items():
         labels, n = ndimage.label(judged & (ratio <= t[level]))

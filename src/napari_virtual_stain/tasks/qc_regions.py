@@ -167,6 +167,22 @@ def _pixel_expected(target, others, other_signals, used, t) -> np.ndarray:
     return ndimage.gaussian_filter(pixel, 2.0)
 
 
+def window_levels(signal: np.ndarray, other_signals: Sequence[np.ndarray], t: Mapping[str, Any]):
+    """Steps 1-4 for one marker: ``(target, others, predicted, predictability, used, ratio, judged)``:
+    its block sums, its partners' (K, by, bx), its held-out prediction, that prediction's correlation
+    with it, the partners used, observed / expected per window (inf where not judged) and the
+    windows judged."""
+    block, size = int(t["block_px"]), int(t["window_blocks"])
+    target = block_sums(signal, block)
+    others = np.stack([block_sums(s, block) for s in other_signals])
+    predicted, predictability, used = predict_blocks(target, others, t)
+    obs, exp = window_ratios(target, predicted, size)
+    typical = float(np.median(exp[exp > 0])) if (exp > 0).any() else 0.0
+    judged = (exp >= t["min_expected_counts"]) & (exp >= t["min_expected_share"] * typical)
+    ratio = np.where(judged, obs / np.maximum(exp, 1e-9), np.inf)
+    return target, others, predicted, predictability, used, ratio, judged
+
+
 def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.ndarray], other_names: Sequence[str],
                    t: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any], str | None]:
     """``(areas, measures, why not judged)`` for one marker's ``signal`` (above background).
@@ -174,22 +190,16 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     Each area: {"kind": blank_region | dim_region, "box": (y0, x0, y1, x1), "evidence": {...}}.
     """
     block, size = int(t["block_px"]), int(t["window_blocks"])
-    target = block_sums(signal, block)
-    if min(target.shape) < size + 1 or not other_signals:
+    if min(math.ceil(n / block) for n in signal.shape) < size + 1 or not other_signals:
         return [], {}, "regions: the image is too small (or has no other marker) to judge areas"
-    others = np.stack([block_sums(s, block) for s in other_signals])
-    predicted, predictability, used = predict_blocks(target, others, t)
+    target, others, predicted, predictability, used, ratio, judged = window_levels(signal, other_signals, t)
     measures: dict[str, Any] = {"region_predictability": predictability,
                                 "region_partners": [other_names[k] for k in used]}
     if not used:
         return [], measures, _unpredictable(name, predictability, t)
-    obs, exp = window_ratios(target, predicted, size)
-    typical = float(np.median(exp[exp > 0])) if (exp > 0).any() else 0.0
-    judged = (exp >= t["min_expected_counts"]) & (exp >= t["min_expected_share"] * typical)
     measures["region_windows_judged"] = int(judged.sum())
     if not judged.any():
         return [], measures, f"regions: {name} is expected too sparsely anywhere to judge an area"
-    ratio = np.where(judged, obs / np.maximum(exp, 1e-9), np.inf)
     # the areas judged: the lowest, and (``max_candidates``) the next-lowest separate dips below
     # ``dim_level``. A natural gap as low as a failed area elsewhere must not hide the failure.
     candidates = _candidate_areas(ratio, judged, t)
