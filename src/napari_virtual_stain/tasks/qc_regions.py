@@ -37,7 +37,11 @@ that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
    border (at least two: a failed quadrant) (``tasks.qc_edges``): a failed tile or stripe does,
    a natural gap follows the tissue's curved boundaries and does not. The edges are read
    against the partners' prediction pixel by pixel: a line where the partners stop too is a
-   tissue boundary, not a cut.
+   tissue boundary, not a cut;
+7. where steps 4-6 flag nothing (the failed area is not the lowest dip, or merges with a natural
+   gap next to it, so its edges were read on the wrong box), a rectangle anywhere in the field
+   bounded by straight cuts on ``min_cut_sides`` sides (``tasks.qc_cut_boxes``) is flagged blank
+   when it keeps under ``blank_level`` of its partners' prediction (``box_search``).
 
 Thresholds come from ``qc_thresholds.json`` (calibrated on clean real fields, never on the
 stack being judged); the fit and the window statistics are of the stack itself.
@@ -52,6 +56,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import nnls
 
+from .qc_cut_boxes import BOX_DEFAULTS, cut_boxes
 from .qc_edges import EDGE_DEFAULTS, cut_enough, cut_sides
 
 REGION_DEFAULTS: dict[str, float] = {
@@ -73,7 +78,9 @@ REGION_DEFAULTS: dict[str, float] = {
     # separate dips judged after the lowest, so that a natural gap as low elsewhere cannot hide a failed
     # area; tried at 2 (bench/qc_more_candidates.py): one dimmed area more found, one false flag more: off
     "max_candidates": 0,
+    "box_search": True,  # step 7
     **EDGE_DEFAULTS,
+    **BOX_DEFAULTS,
 }
 
 
@@ -216,7 +223,36 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     if found:
         return found, measures, None
     measures.update(first[0])
+    if t["box_search"]:
+        boxed = _cut_box_area(target, others, other_signals, other_names, used, signal, t)
+        if boxed is not None:
+            area, box_measures = boxed
+            measures.update(box_measures)
+            return [area], measures, None
     return [], measures, first[1]
+
+
+def _cut_box_area(target, others, other_signals, other_names, used, signal, t):
+    """Step 7: ``(area, measures)`` of a blank rectangle bounded by cuts on ``min_cut_sides`` sides
+    (``tasks.qc_cut_boxes``), or None."""
+    expected = _pixel_expected(target, others, other_signals, used, t)
+    for found in cut_boxes(signal, expected, t):
+        if len(found["sides"]) < t["min_cut_sides"]:
+            break  # most sides first
+        y0, x0, y1, x1 = found["box"]
+        o, e = float(signal[y0:y1, x0:x1].sum()), float(expected[y0:y1, x0:x1].sum())
+        # blank only: clean markers' rectangles of as many sides keep 0.19x or more of their partners'
+        # prediction, dimmed ones 0.26x or more (bench/qc_cut_boxes.py), so a dimmed one is left to steps 5-6
+        if (y1 - y0) * (x1 - x0) > t["max_area_share"] * signal.size or o >= t["blank_level"] * e:
+            continue
+        return {"kind": "blank_region", "box": found["box"], "evidence": {
+            "observed": o, "expected": e, "observed_over_expected": o / max(e, 1e-9),
+            "worst_window_ratio": o / max(e, 1e-9), "lowest_ratio_elsewhere": None, "limit": t["blank_level"],
+            "steady_elsewhere": False, "cut_sides": found["sides"], "edge_cover": {},
+            "predicted_from": [other_names[k] for k in used], "predictability": None,
+            "area_px": (y1 - y0) * (x1 - x0)}}, {"region_cut_box": list(found["box"]),
+                                                 "region_cut_box_sides": found["sides"]}
+    return None
 
 
 def _candidate_areas(ratio: np.ndarray, judged: np.ndarray, t: Mapping[str, Any]) -> list[np.ndarray]:
