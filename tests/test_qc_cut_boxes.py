@@ -1,5 +1,6 @@
 """Rectangles bounded by straight cuts, found anywhere in the field (tasks/qc_cut_boxes.py), and
-step 7 of the area check that flags them (tasks/qc_regions.py)."""
+step 7 of the area check that flags them (tasks/qc_regions.py; ``box_search``, off in the shipped
+settings after its trial on real fields, bench/qc_trial.py, so turned on here)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def cells():
 
 
 def test_a_blanked_rectangle_is_found_where_it_is_with_four_cut_sides(cells):
-    t = thresholds()
+    t = thresholds({"box_search": True})
     signal = cells.copy()
     signal[100:260, 120:300] = 0
     partners = ndimage.gaussian_filter(cells, 2.0)  # the other markers go on across the failure
@@ -33,7 +34,7 @@ def test_a_blanked_rectangle_is_found_where_it_is_with_four_cut_sides(cells):
 
 
 def test_lines_are_reported_in_image_coordinates_on_every_side(cells):
-    t = thresholds()
+    t = thresholds({"box_search": True})
     signal = cells.copy()
     signal[100:260, 120:300] = 0
     partners = ndimage.gaussian_filter(cells, 2.0)
@@ -45,14 +46,14 @@ def test_lines_are_reported_in_image_coordinates_on_every_side(cells):
 
 def test_where_the_partners_stop_too_a_straight_edge_is_a_tissue_boundary(cells):
     """A rectangle of tissue missing from every marker (a tear, the slide's edge) has no cut."""
-    t = thresholds()
+    t = thresholds({"box_search": True})
     signal = cells.copy()
     signal[100:260, 120:300] = 0
     assert cut_boxes(signal, ndimage.gaussian_filter(signal, 2.0), t) == []
 
 
 def test_a_round_gap_makes_no_rectangle(cells):
-    t = thresholds()
+    t = thresholds({"box_search": True})
     yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
     signal = cells.copy()
     signal[(yy - 180) ** 2 + (xx - 200) ** 2 < 85 ** 2] = 0
@@ -76,7 +77,7 @@ def _field_with_a_gap_and_a_failure(rng):
 
 
 def test_a_blank_rectangle_is_flagged_although_a_natural_gap_is_as_low():
-    t = thresholds()
+    t = thresholds({"box_search": True})
     marker, failed, partners = _field_with_a_gap_and_a_failure(np.random.default_rng(1))
     areas, measures, _ = find_low_areas("M", failed, partners, ["P", "Q"], t)
     boxes = [a["box"] for a in areas if a["kind"] == "blank_region"]
@@ -96,7 +97,7 @@ def test_without_the_box_search_the_same_failure_hides_behind_the_gap():
 
 
 def test_the_clean_marker_with_its_natural_gaps_is_not_flagged():
-    t = thresholds()
+    t = thresholds({"box_search": True})
     marker, _, partners = _field_with_a_gap_and_a_failure(np.random.default_rng(1))
     areas, _, _ = find_low_areas("M", marker, partners, ["P", "Q"], t)
     assert areas == []

@@ -165,7 +165,7 @@ def test_the_report_names_class_evidence_and_region(tmp_path):
 
 
 def test_further_dips_are_judged_when_asked_so_a_second_failed_tile_is_found_too():
-    """``max_candidates`` (off in the shipped settings, bench/qc_more_candidates.py) judges the
+    """``max_candidates`` (off in the shipped settings, bench/qc_trial.py) judges the
     next-lowest separate dips too: of two blanked corner tiles, the lowest-window rule alone finds one."""
     import numpy as np
 

@@ -41,7 +41,8 @@ that go with it: keratin goes with E-cadherin, CD8 with CD3. So per marker:
 7. where steps 4-6 flag nothing (the failed area is not the lowest dip, or merges with a natural
    gap next to it, so its edges were read on the wrong box), a rectangle anywhere in the field
    bounded by straight cuts on ``min_cut_sides`` sides (``tasks.qc_cut_boxes``) is flagged blank
-   when it keeps under ``blank_level`` of its partners' prediction (``box_search``).
+   when it keeps under ``blank_level`` of its partners' prediction (``box_search``, off: see
+   bench/qc_trial.py).
 
 Thresholds come from ``qc_thresholds.json`` (calibrated on clean real fields, never on the
 stack being judged); the fit and the window statistics are of the stack itself.
@@ -76,9 +77,10 @@ REGION_DEFAULTS: dict[str, float] = {
     "min_rest_dim": 0.72,  # ... a dimmed area (a milder dip needs a steadier marker around it)
     "min_cut_sides": 3,  # ... or: the area ends in straight cuts on this many sides (tasks/qc_edges.py)
     # separate dips judged after the lowest, so that a natural gap as low elsewhere cannot hide a failed
-    # area; tried at 2 (bench/qc_more_candidates.py): one dimmed area more found, one false flag more: off
+    # area; tried at 2 (bench/qc_trial.py): one dimmed area more found, one false flag more: off
     "max_candidates": 0,
-    "box_search": True,  # step 7
+    # step 7; tried on (bench/qc_trial.py): one blanked area more found, one false flag more: off
+    "box_search": False,
     **EDGE_DEFAULTS,
     **BOX_DEFAULTS,
 }
