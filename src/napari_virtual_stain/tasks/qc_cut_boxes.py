@@ -24,8 +24,9 @@ sides are such lines.
    (over half the rectangle's side). The rectangle's sides are the pair plus those matched.
 
 A natural gap ends along the tissue's curves and its partners' boundaries, which do not read as
-long straight cut lines on several sides of one rectangle; how many sides a failure needs
-(``min_cut_sides``) is calibrated on clean real fields (``bench/calibrate_qc.py``).
+long straight cut lines on several sides of one rectangle. How many sides a failure needs is
+``min_cut_sides``, the number ``bench/calibrate_qc.py`` sets for ``tasks.qc_edges`` on clean real
+fields; ``bench/qc_cut_boxes.py`` shows how low clean markers' rectangles of that many sides go.
 """
 
 from __future__ import annotations

@@ -243,8 +243,8 @@ def _cut_box_area(target, others, other_signals, other_names, used, signal, t):
             break  # most sides first
         y0, x0, y1, x1 = found["box"]
         o, e = float(signal[y0:y1, x0:x1].sum()), float(expected[y0:y1, x0:x1].sum())
-        # blank only: clean markers' rectangles of as many sides keep 0.19x or more of their partners'
-        # prediction, dimmed ones 0.26x or more (bench/qc_cut_boxes.py), so a dimmed one is left to steps 5-6
+        # blank only: clean markers' rectangles of as many sides keep 0.18x or more of their partners'
+        # prediction, dimmed ones 0.25x or more (bench/qc_cut_boxes.py), so a dimmed one is left to steps 5-6
         if (y1 - y0) * (x1 - x0) > t["max_area_share"] * signal.size or o >= t["blank_level"] * e:
             continue
         return {"kind": "blank_region", "box": found["box"], "evidence": {
