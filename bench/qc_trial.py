@@ -10,6 +10,8 @@ Trials run so far (bench/RESULTS.md):
   looked at (``tasks/qc_regions.py``, steps 4-6).
 - ``--set box_search=true``: step 7 of ``tasks/qc_regions.py``, blank rectangles bounded by
   straight cuts found anywhere in the field (``tasks/qc_cut_boxes.py``), for the same misses.
+- ``--set tie_break_by_size=true``: of separate dips tied at the lowest level (many windows at 0
+  in sparse counts), judge the largest rather than the first in raster order.
 
 Adoption rule (the one the earlier QC experiments used; written down after a first trial run of
 ``max_candidates`` on the evaluation fields, so it is not blind to that run, and applied unchanged

@@ -112,3 +112,17 @@ def test_two_markers_shifted_against_each_other_alone_are_both_named():
     (a,), (b,) = flagged["A"], flagged["B"]
     assert (a.evidence["dy"], a.evidence["dx"]) == (11, -9) and (b.evidence["dy"], b.evidence["dx"]) == (-11, 9)
     assert a.evidence["which_moved_unknown"] and "do not tell which of the two moved" in a.sentence
+
+
+def test_of_dips_tied_at_the_lowest_level_the_tie_break_judges_the_largest():
+    """``tie_break_by_size`` (off in the shipped settings, bench/qc_trial.py): with several separate
+    dips at ratio 0, the largest is judged instead of the first in raster order."""
+    from napari_virtual_stain.tasks.qc_regions import _candidate_areas
+    ratio = np.ones((20, 20))
+    ratio[1:3, 1:3] = 0  # a small gap first in raster order
+    ratio[10:17, 10:17] = 0  # a larger one further on
+    judged = np.ones(ratio.shape, bool)
+    first = _candidate_areas(ratio, judged, thresholds({"tie_break_by_size": False}))[0]
+    largest = _candidate_areas(ratio, judged, thresholds({"tie_break_by_size": True}))[0]
+    assert first.sum() == 4 and first[1, 1]
+    assert largest.sum() == 49 and largest[10, 10]

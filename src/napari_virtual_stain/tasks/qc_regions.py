@@ -79,6 +79,9 @@ REGION_DEFAULTS: dict[str, float] = {
     # separate dips judged after the lowest, so that a natural gap as low elsewhere cannot hide a failed
     # area; tried at 2 (bench/qc_trial.py): one dimmed area more found, one false flag more: off
     "max_candidates": 0,
+    # among separate dips tied at the lowest level, judge the largest (not the first in raster order);
+    # tried on (bench/qc_trial.py): nothing more found, one false flag more: off
+    "tie_break_by_size": False,
     # step 7; tried on (bench/qc_trial.py): one blanked area more found, one false flag more: off
     "box_search": False,
     **EDGE_DEFAULTS,
@@ -270,7 +273,14 @@ def _candidate_areas(ratio: np.ndarray, judged: np.ndarray, t: Mapping[str, Any]
         low = judged & ~taken & (ratio <= max(2 * worst, 0.02))
         labels_w, _ = ndimage.label(low)
         at = np.unravel_index(int(np.argmin(left)), ratio.shape)
-        candidate = labels_w == labels_w[at]
+        if t["tie_break_by_size"]:
+            # several separate dips at the same lowest level (sparse counts: many windows at 0): the
+            # largest, rather than the first in raster order
+            tied = np.unique(labels_w[(left <= worst + 1e-3) & low])
+            sizes = ndimage.sum_labels(low, labels_w, tied)
+            candidate = labels_w == tied[int(np.argmax(sizes))]
+        else:
+            candidate = labels_w == labels_w[at]
         out.append(candidate)
         # the next candidate is a separate dip: not within a window's reach of this one
         taken |= ndimage.binary_dilation(candidate, iterations=int(t["window_blocks"]))
