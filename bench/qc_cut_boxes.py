@@ -29,8 +29,7 @@ from bench_qc import detectable, overlaps  # noqa: E402
 from calibrate_qc import targets  # noqa: E402
 from qc_sabotage import sabotage  # noqa: E402
 from napari_virtual_stain.tasks.qc_checks import check_stack, is_marker, signal_of, thresholds  # noqa: E402
-from napari_virtual_stain.tasks.qc_cut_boxes import cut_boxes  # noqa: E402
-from napari_virtual_stain.tasks.qc_regions import _pixel_expected, window_levels  # noqa: E402
+from napari_virtual_stain.tasks.qc_regions import cut_box_sums, window_levels  # noqa: E402
 
 
 def rectangle_levels(stack, names, marker, t):
@@ -44,13 +43,7 @@ def rectangle_levels(stack, names, marker, t):
     target, blocks, _, _, used, _, _ = window_levels(signals[i], others, t)
     if not used:
         return []
-    expected = _pixel_expected(target, blocks, others, used, t)
-    out = []
-    for found in cut_boxes(signals[i], expected, t):
-        if len(found["sides"]) >= t["min_cut_sides"]:
-            y0, x0, y1, x1 = found["box"]
-            out.append((float(signals[i][y0:y1, x0:x1].sum() / max(expected[y0:y1, x0:x1].sum(), 1e-9)), found["box"]))
-    return out
+    return [(o / max(e, 1e-9), found["box"]) for o, e, found in cut_box_sums(target, blocks, others, used, signals[i], t)]
 
 
 def run(fields, t):

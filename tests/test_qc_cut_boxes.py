@@ -23,7 +23,7 @@ def cells():
 
 
 def test_a_blanked_rectangle_is_found_where_it_is_with_four_cut_sides(cells):
-    t = thresholds({"box_search": True})
+    t = thresholds()
     signal = cells.copy()
     signal[100:260, 120:300] = 0
     partners = ndimage.gaussian_filter(cells, 2.0)  # the other markers go on across the failure
@@ -34,7 +34,7 @@ def test_a_blanked_rectangle_is_found_where_it_is_with_four_cut_sides(cells):
 
 
 def test_lines_are_reported_in_image_coordinates_on_every_side(cells):
-    t = thresholds({"box_search": True})
+    t = thresholds()
     signal = cells.copy()
     signal[100:260, 120:300] = 0
     partners = ndimage.gaussian_filter(cells, 2.0)
@@ -46,14 +46,14 @@ def test_lines_are_reported_in_image_coordinates_on_every_side(cells):
 
 def test_where_the_partners_stop_too_a_straight_edge_is_a_tissue_boundary(cells):
     """A rectangle of tissue missing from every marker (a tear, the slide's edge) has no cut."""
-    t = thresholds({"box_search": True})
+    t = thresholds()
     signal = cells.copy()
     signal[100:260, 120:300] = 0
     assert cut_boxes(signal, ndimage.gaussian_filter(signal, 2.0), t) == []
 
 
 def test_a_round_gap_makes_no_rectangle(cells):
-    t = thresholds({"box_search": True})
+    t = thresholds()
     yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
     signal = cells.copy()
     signal[(yy - 180) ** 2 + (xx - 200) ** 2 < 85 ** 2] = 0

@@ -237,15 +237,24 @@ def find_low_areas(name: str, signal: np.ndarray, other_signals: Sequence[np.nda
     return [], measures, first[1]
 
 
-def _cut_box_area(target, others, other_signals, other_names, used, signal, t):
-    """Step 7: ``(area, measures)`` of a blank rectangle bounded by cuts on ``min_cut_sides`` sides
-    (``tasks.qc_cut_boxes``), or None."""
+def cut_box_sums(target, others, other_signals, used, signal, t) -> list[tuple[float, float, dict[str, Any]]]:
+    """``[(observed, expected, rectangle)]`` of the marker's rectangles bounded by cuts on at least
+    ``min_cut_sides`` sides (``tasks.qc_cut_boxes``), most sides first: the sums inside of its
+    signal and of its partners' pixel prediction. Step 7 judges them; bench/qc_cut_boxes.py shows them."""
     expected = _pixel_expected(target, others, other_signals, used, t)
+    out = []
     for found in cut_boxes(signal, expected, t):
         if len(found["sides"]) < t["min_cut_sides"]:
             break  # most sides first
         y0, x0, y1, x1 = found["box"]
-        o, e = float(signal[y0:y1, x0:x1].sum()), float(expected[y0:y1, x0:x1].sum())
+        out.append((float(signal[y0:y1, x0:x1].sum()), float(expected[y0:y1, x0:x1].sum()), found))
+    return out
+
+
+def _cut_box_area(target, others, other_signals, other_names, used, signal, t):
+    """Step 7: ``(area, measures)`` of a blank rectangle bounded by cuts on ``min_cut_sides`` sides, or None."""
+    for o, e, found in cut_box_sums(target, others, other_signals, used, signal, t):
+        y0, x0, y1, x1 = found["box"]
         # blank only: clean markers' rectangles of as many sides keep 0.18x or more of their partners'
         # prediction, dimmed ones 0.25x or more (bench/qc_cut_boxes.py), so a dimmed one is left to steps 5-6
         if (y1 - y0) * (x1 - x0) > t["max_area_share"] * signal.size or o >= t["blank_level"] * e:
